@@ -1,0 +1,367 @@
+//! Typed settings with embedded defaults, an optional TOML file and `GIAOBAN_*` environment overrides.
+//!
+//! Every key is documented in `config/giaoban.example.toml`. `Config::validate` names the key and the problem.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub tls: TlsConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where the web client, the WebSocket and the API listen.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address the one media UDP socket binds to (every peer shares it).
+    pub listen_ip: IpAddr,
+    /// The media UDP port (0 = pick a free one, for tests).
+    pub udp_port: u16,
+    /// Addresses put in ICE host candidates. Empty = the listen address if specific, else the machine's
+    /// non-loopback addresses (or 127.0.0.1 when there are none).
+    pub announced_ips: Vec<IpAddr>,
+    /// How many media workers (threads) to run; rooms are spread over them.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain. With `key`, HTTP is served over TLS (rustls).
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// When listening beyond loopback without `cert`/`key`, generate a self-signed certificate (default true),
+    /// so browsers on the LAN get the secure context that camera access needs.
+    pub self_signed: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `giaoban_sfu=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Participants a room may hold.
+    pub max_participants_per_room: usize,
+    /// Longest room name and display name, in characters.
+    pub max_name_chars: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            listen_ip: IpAddr::from([0, 0, 0, 0]),
+            udp_port: 40000,
+            announced_ips: Vec::new(),
+            workers: 1,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 64 * 1024,
+            max_participants_per_room: 200,
+            max_name_chars: 64,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            tls: TlsConfig {
+                self_signed: true,
+                ..TlsConfig::default()
+            },
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Settings for a test server: everything on loopback, ports picked by the OS, no TLS.
+    pub fn for_tests() -> Self {
+        let mut c = Config::default();
+        c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.media.listen_ip = IpAddr::from([127, 0, 0, 1]);
+        c.media.udp_port = 0;
+        c.tls.self_signed = false;
+        c.log.level = "warn".into();
+        c
+    }
+
+    /// Defaults, then the TOML file if given, then `GIAOBAN_*` environment variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Apply `GIAOBAN_SECTION_KEY=value` overrides (e.g. `GIAOBAN_MEDIA_UDP_PORT=40001`).
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (var, value) in vars {
+            let Some(key) = var.strip_prefix("GIAOBAN_") else {
+                continue;
+            };
+            let err = |message: String| ConfigError::Env {
+                var: var.clone(),
+                message,
+            };
+            let parse = |what: &str| -> Result<_, ConfigError> {
+                Err(err(format!("`{value}` is not a valid {what}")))
+            };
+            match key {
+                "HTTP_LISTEN" => match value.parse() {
+                    Ok(v) => self.http.listen = v,
+                    Err(_) => return parse("socket address (ip:port)"),
+                },
+                "MEDIA_LISTEN_IP" => match value.parse() {
+                    Ok(v) => self.media.listen_ip = v,
+                    Err(_) => return parse("IP address"),
+                },
+                "MEDIA_UDP_PORT" => match value.parse() {
+                    Ok(v) => self.media.udp_port = v,
+                    Err(_) => return parse("port"),
+                },
+                "MEDIA_ANNOUNCED_IPS" => {
+                    let mut ips = Vec::new();
+                    for part in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                        match part.parse() {
+                            Ok(ip) => ips.push(ip),
+                            Err(_) => return parse("comma-separated list of IP addresses"),
+                        }
+                    }
+                    self.media.announced_ips = ips;
+                }
+                "MEDIA_WORKERS" => match value.parse() {
+                    Ok(v) => self.media.workers = v,
+                    Err(_) => return parse("number"),
+                },
+                "TLS_CERT" => self.tls.cert = Some(PathBuf::from(value.clone())),
+                "TLS_KEY" => self.tls.key = Some(PathBuf::from(value.clone())),
+                "TLS_SELF_SIGNED" => match value.parse() {
+                    Ok(v) => self.tls.self_signed = v,
+                    Err(_) => return parse("boolean (true/false)"),
+                },
+                "LOG_FORMAT" => match value.as_str() {
+                    "text" => self.log.format = LogFormat::Text,
+                    "json" => self.log.format = LogFormat::Json,
+                    _ => return parse("log format (text/json)"),
+                },
+                "LOG_LEVEL" => self.log.level = value.clone(),
+                "LIMITS_MAX_MESSAGE_BYTES" => match value.parse() {
+                    Ok(v) => self.limits.max_message_bytes = v,
+                    Err(_) => return parse("number"),
+                },
+                "LIMITS_MAX_PARTICIPANTS_PER_ROOM" => match value.parse() {
+                    Ok(v) => self.limits.max_participants_per_room = v,
+                    Err(_) => return parse("number"),
+                },
+                "LIMITS_MAX_NAME_CHARS" => match value.parse() {
+                    Ok(v) => self.limits.max_name_chars = v,
+                    Err(_) => return parse("number"),
+                },
+                _ => return Err(err("unknown setting".into())),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        if self.media.workers == 0 || self.media.workers > 64 {
+            return invalid("media.workers", "must be between 1 and 64");
+        }
+        if self.media.announced_ips.iter().any(|ip| ip.is_unspecified()) {
+            return invalid(
+                "media.announced_ips",
+                "0.0.0.0 / :: cannot be announced; give addresses peers can reach",
+            );
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls.cert", "tls.cert and tls.key must be given together");
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return invalid(
+                "limits.max_message_bytes",
+                "must be at least 1024 (an SDP offer is several kB)",
+            );
+        }
+        if self.limits.max_participants_per_room == 0 {
+            return invalid("limits.max_participants_per_room", "must be at least 1");
+        }
+        if self.limits.max_name_chars == 0 {
+            return invalid("limits.max_name_chars", "must be at least 1");
+        }
+        if self.log.level.trim().is_empty() {
+            return invalid("log.level", "must not be empty (e.g. `info`)");
+        }
+        Ok(())
+    }
+
+    /// Whether HTTP should be served over TLS, and whether the certificate must be generated.
+    pub fn tls_mode(&self) -> TlsMode {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => TlsMode::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ if self.tls.self_signed && !self.http.listen.ip().is_loopback() => {
+                TlsMode::SelfSigned
+            }
+            _ => TlsMode::Plain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    Plain,
+    SelfSigned,
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+        Config::for_tests().validate().expect("test config validates");
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../giaoban.example.toml");
+        let parsed = Config::from_toml_str(text).expect("example parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[media]\nudp_prot = 1\n").expect_err("typo refused");
+        assert!(err.contains("udp_prot"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_bad_values_name_the_variable() {
+        let mut c = Config::default();
+        c.apply_env([("GIAOBAN_MEDIA_UDP_PORT".to_string(), "41000".to_string())])
+            .expect("valid");
+        assert_eq!(c.media.udp_port, 41000);
+        let err = c
+            .apply_env([("GIAOBAN_MEDIA_UDP_PORT".to_string(), "x".to_string())])
+            .expect_err("bad port");
+        assert!(err.to_string().contains("GIAOBAN_MEDIA_UDP_PORT"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let mut c = Config::default();
+        c.media.workers = 0;
+        let err = c.validate().expect_err("zero workers");
+        assert!(err.to_string().contains("media.workers"), "{err}");
+        let mut c = Config::default();
+        c.tls.cert = Some("a.pem".into());
+        assert!(c.validate().expect_err("half tls").to_string().contains("tls.cert"));
+    }
+
+    #[test]
+    fn tls_mode_self_signed_only_beyond_loopback() {
+        assert_eq!(Config::default().tls_mode(), TlsMode::SelfSigned);
+        assert_eq!(Config::for_tests().tls_mode(), TlsMode::Plain);
+    }
+}

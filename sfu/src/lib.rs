@@ -1,0 +1,1 @@
+//! giaoban media plane.

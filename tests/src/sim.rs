@@ -1,0 +1,1 @@
+//! Simulated endpoint (to be written).
