@@ -1,0 +1,171 @@
+// The WebSocket control session (docs/protocol.md), apart from the UI.
+//
+// A Session connects to ws(s)://<host>/ws, sends `join` on every (re)connection, keeps the socket alive with
+// `ping` every 20 s and reconnects with exponential backoff when the server is unreachable or the socket
+// drops. Every (re)join gives a fresh participant id: the app rebuilds its media connections on each `joined`.
+//
+// Events (EventTarget, each a CustomEvent with `detail`):
+//   status   {state: 'connecting'|'open'|'retrying'|'closed', attempt, delayMs, everOpened}
+//   message  the parsed server message (also dispatched as `msg:<type>`)
+
+export const PING_INTERVAL_MS = 20_000;
+/** Reconnect if nothing at all arrived for this long (pongs included). */
+export const SILENCE_TIMEOUT_MS = 50_000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 10_000;
+
+export function wsUrl(loc = window.location) {
+  const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${loc.host}/ws`;
+}
+
+export class Session extends EventTarget {
+  constructor({ url = wsUrl(), room, name, token } = {}) {
+    super();
+    this.url = url;
+    this.room = room;
+    this.name = name;
+    this.token = token;
+    this.ws = null;
+    this.state = 'idle';
+    this.attempt = 0; // failed attempts since the last successful open
+    this.everOpened = false;
+    this.stopped = false;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.lastHeard = 0;
+  }
+
+  /** Open the socket (and keep it open until close()). */
+  start() {
+    this.stopped = false;
+    this.#open();
+  }
+
+  /** Send one client message; returns false when the socket is not open (the message is dropped). */
+  send(msg) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /** Drop the current socket and reconnect after the backoff (e.g. after the media connections failed). */
+  reconnect() {
+    if (this.stopped) return;
+    const ws = this.ws;
+    this.#detach();
+    if (ws) {
+      try {
+        ws.close(4000, 'reconnect');
+      } catch {
+        // already closing
+      }
+    }
+    this.#scheduleRetry();
+  }
+
+  /** Leave for good: optionally send `leave`, then close without reconnecting. */
+  close({ leave = true } = {}) {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const ws = this.ws;
+    if (ws && ws.readyState === WebSocket.OPEN && leave) ws.send(JSON.stringify({ type: 'leave' }));
+    this.#detach();
+    if (ws) {
+      try {
+        ws.close(1000, 'leave');
+      } catch {
+        // already closing
+      }
+    }
+    this.#setState('closed');
+  }
+
+  #open() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.#setState('connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      console.warn('giaoban: cannot create WebSocket', err);
+      this.#scheduleRetry();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      this.attempt = 0;
+      this.everOpened = true;
+      this.lastHeard = Date.now();
+      this.#setState('open');
+      const join = { type: 'join', room: this.room, name: this.name };
+      if (this.token) join.token = this.token;
+      ws.send(JSON.stringify(join));
+      this.pingTimer = setInterval(() => this.#keepAlive(), PING_INTERVAL_MS);
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== this.ws) return;
+      this.lastHeard = Date.now();
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        console.warn('giaoban: ignoring non-JSON frame', ev.data);
+        return;
+      }
+      if (!msg || typeof msg.type !== 'string') return;
+      this.dispatchEvent(new CustomEvent('message', { detail: msg }));
+      this.dispatchEvent(new CustomEvent(`msg:${msg.type}`, { detail: msg }));
+    };
+    ws.onerror = () => {
+      // A close event always follows; retrying happens there.
+    };
+    ws.onclose = (ev) => {
+      if (ws !== this.ws) return;
+      this.#detach();
+      if (this.stopped) return;
+      console.info(`giaoban: socket closed (code ${ev.code}${ev.reason ? ', ' + ev.reason : ''})`);
+      this.#scheduleRetry();
+    };
+  }
+
+  #keepAlive() {
+    if (Date.now() - this.lastHeard > SILENCE_TIMEOUT_MS) {
+      console.warn('giaoban: server silent, reconnecting');
+      this.reconnect();
+      return;
+    }
+    this.send({ type: 'ping' });
+  }
+
+  #detach() {
+    clearInterval(this.pingTimer);
+    this.pingTimer = null;
+    if (this.ws) {
+      this.ws.onopen = this.ws.onmessage = this.ws.onerror = this.ws.onclose = null;
+    }
+    this.ws = null;
+  }
+
+  #scheduleRetry() {
+    if (this.stopped) return;
+    clearTimeout(this.retryTimer);
+    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
+    const delayMs = Math.round(base * (0.8 + Math.random() * 0.4));
+    this.attempt += 1;
+    this.#setState('retrying', { delayMs });
+    this.retryTimer = setTimeout(() => this.#open(), delayMs);
+  }
+
+  #setState(state, extra = {}) {
+    this.state = state;
+    this.dispatchEvent(
+      new CustomEvent('status', {
+        detail: { state, attempt: this.attempt, everOpened: this.everOpened, ...extra },
+      }),
+    );
+  }
+}
