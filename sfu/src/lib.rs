@@ -1,1 +1,113 @@
-//! giaoban media plane.
+//! giaoban's media plane.
+//!
+//! `start` binds the media socket(s) and spawns the media workers; the returned [`SfuHandle`] takes
+//! [`Command`]s, and the [`Event`] receiver tells the control plane what happened. Inside a worker, packets
+//! never cross a thread or a lock: see `worker.rs`.
+
+pub mod api;
+pub mod codec;
+pub mod connection;
+pub mod forwarder;
+pub mod keyframe;
+pub mod router;
+pub mod udp;
+pub mod vp8;
+mod worker;
+
+pub use api::{
+    Command, Event, Leg, MediaKind, ParticipantId, RoomId, SfuError, SfuHandle, TrackDesc,
+    WorkerStats,
+};
+
+use std::net::{IpAddr, SocketAddr};
+use tokio::sync::mpsc;
+
+/// What the media plane needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    pub listen_ip: IpAddr,
+    /// Port of the first worker's socket; worker `i` uses `udp_port + i` (0 = any free port).
+    pub udp_port: u16,
+    pub announced_ips: Vec<IpAddr>,
+    pub workers: usize,
+}
+
+/// The addresses to announce: configured ones, else the listen address if specific, else this machine's
+/// non-loopback addresses (loopback if there are none).
+pub fn announced_ips(config: &SfuConfig) -> Vec<IpAddr> {
+    if !config.announced_ips.is_empty() {
+        return config.announced_ips.clone();
+    }
+    if !config.listen_ip.is_unspecified() {
+        return vec![config.listen_ip];
+    }
+    let want_v4 = config.listen_ip.is_ipv4();
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == want_v4)
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+            IpAddr::V4(v4) => !v4.is_link_local(),
+        })
+        .collect();
+    ips.dedup();
+    if ips.is_empty() {
+        ips.push(if want_v4 {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    ips
+}
+
+/// Bind the media sockets and start the workers (one thread each).
+pub fn start(
+    config: &SfuConfig,
+) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<Event>)> {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let ips = announced_ips(config);
+    let mut workers = Vec::new();
+    let mut media_addrs = Vec::new();
+    for i in 0..config.workers.max(1) {
+        let port = if config.udp_port == 0 {
+            0
+        } else {
+            config.udp_port.saturating_add(i as u16)
+        };
+        let socket = udp::MediaSocket::bind(SocketAddr::new(config.listen_ip, port))?;
+        let local = socket.local_addr()?;
+        let endpoint = connection::Endpoint {
+            candidates: ips.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect(),
+        };
+        tracing::info!(worker = i, addr = %local, candidates = ?endpoint.candidates, "media worker listening");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let events = events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("media-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start media worker runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // The socket is registered with this thread's reactor.
+                    match udp::MediaSocket::from_std(socket) {
+                        Ok(socket) => worker::Worker::new(socket, endpoint, events).run(rx).await,
+                        Err(e) => tracing::error!(error = %e, "media socket unusable"),
+                    }
+                });
+            })?;
+        workers.push(tx);
+        media_addrs.push(local);
+    }
+    Ok((SfuHandle::new(workers, media_addrs), events_rx))
+}

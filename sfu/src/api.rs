@@ -1,0 +1,221 @@
+//! The typed handle between the control plane and the media plane: commands in, events out. Nothing else
+//! crosses the boundary (no shared locks).
+
+use std::net::SocketAddr;
+use tokio::sync::{mpsc, oneshot};
+
+/// A participant as the media plane knows it (assigned by signaling).
+pub type ParticipantId = String;
+pub type RoomId = String;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leg {
+    Publish,
+    Subscribe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// A producer (an incoming track) as announced to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackDesc {
+    pub id: String,
+    pub kind: MediaKind,
+    pub mime_type: String,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SfuError {
+    #[error("unknown participant")]
+    UnknownParticipant,
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    #[error("negotiation failed: {0}")]
+    Negotiation(String),
+    #[error("no subscribe offer is outstanding")]
+    NoOfferOutstanding,
+    #[error("unknown track {0}")]
+    UnknownTrack(String),
+    #[error("invalid candidate: {0}")]
+    InvalidCandidate(String),
+    #[error("the media plane has stopped")]
+    Stopped,
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
+
+#[derive(Debug)]
+pub enum Command {
+    /// A participant joined a room (no media yet).
+    Join {
+        participant: ParticipantId,
+        room: RoomId,
+    },
+    /// The client's publish offer; the reply carries the answer SDP.
+    PublishOffer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    /// The client's answer to the last subscribe offer.
+    SubscribeAnswer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    /// A trickled client candidate.
+    RemoteCandidate {
+        participant: ParticipantId,
+        leg: Leg,
+        candidate: String,
+        sdp_mid: Option<String>,
+        sdp_mline_index: Option<u16>,
+    },
+    /// A subscriber asks for a keyframe of a producer it receives.
+    RequestKeyframe {
+        participant: ParticipantId,
+        track_id: String,
+        reply: Reply<()>,
+    },
+    /// The participant left: close its connections, remove its producers and consumers.
+    Leave { participant: ParticipantId },
+    /// Counters for `/api` and the logs.
+    Stats { reply: oneshot::Sender<WorkerStats> },
+    /// Close every connection and stop the worker.
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Send this offer to the participant's subscribe connection.
+    SubscribeOffer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    TrackPublished {
+        participant: ParticipantId,
+        track: TrackDesc,
+    },
+    TrackUnpublished {
+        participant: ParticipantId,
+        track_id: String,
+    },
+    ConnectionState {
+        participant: ParticipantId,
+        leg: Leg,
+        state: String,
+    },
+    /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is gone.
+    ParticipantFailed {
+        participant: ParticipantId,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub connections: usize,
+    pub producers: usize,
+    pub consumers: usize,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rtp_forwarded: u64,
+    pub send_dropped: u64,
+    pub unroutable: u64,
+}
+
+/// The control plane's handle to the media plane. Commands for a participant go to the worker that holds its
+/// room (chosen at `Join` by the room name); the map is touched once per command, never per packet.
+#[derive(Clone, Debug)]
+pub struct SfuHandle {
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+    participant_worker: std::sync::Arc<dashmap::DashMap<ParticipantId, usize>>,
+    /// Each worker's media socket address.
+    pub media_addrs: Vec<SocketAddr>,
+}
+
+impl SfuHandle {
+    pub(crate) fn new(workers: Vec<mpsc::UnboundedSender<Command>>, media_addrs: Vec<SocketAddr>) -> Self {
+        SfuHandle {
+            workers,
+            participant_worker: Default::default(),
+            media_addrs,
+        }
+    }
+
+    fn worker_for_room(&self, room: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        room.hash(&mut h);
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    pub fn send(&self, command: Command) -> Result<(), SfuError> {
+        let index = match &command {
+            Command::Join { participant, room } => {
+                let w = self.worker_for_room(room);
+                self.participant_worker.insert(participant.clone(), w);
+                w
+            }
+            Command::Shutdown => {
+                for w in &self.workers {
+                    let _ = w.send(Command::Shutdown);
+                }
+                return Ok(());
+            }
+            Command::Stats { .. } => 0,
+            Command::Leave { participant } => self
+                .participant_worker
+                .remove(participant)
+                .map(|(_, w)| w)
+                .ok_or(SfuError::UnknownParticipant)?,
+            Command::PublishOffer { participant, .. }
+            | Command::SubscribeAnswer { participant, .. }
+            | Command::RemoteCandidate { participant, .. }
+            | Command::RequestKeyframe { participant, .. } => *self
+                .participant_worker
+                .get(participant)
+                .ok_or(SfuError::UnknownParticipant)?,
+        };
+        self.workers[index].send(command).map_err(|_| SfuError::Stopped)
+    }
+
+    /// Send a command that carries a reply and wait for it.
+    pub async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Counters summed over all workers.
+    pub async fn stats(&self) -> Result<WorkerStats, SfuError> {
+        let mut total = WorkerStats::default();
+        for w in &self.workers {
+            let (tx, rx) = oneshot::channel();
+            w.send(Command::Stats { reply: tx }).map_err(|_| SfuError::Stopped)?;
+            total.add(&rx.await.map_err(|_| SfuError::Stopped)?);
+        }
+        Ok(total)
+    }
+}
+
+impl WorkerStats {
+    fn add(&mut self, o: &WorkerStats) {
+        self.connections += o.connections;
+        self.producers += o.producers;
+        self.consumers += o.consumers;
+        self.datagrams_in += o.datagrams_in;
+        self.datagrams_out += o.datagrams_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.rtp_forwarded += o.rtp_forwarded;
+        self.send_dropped += o.send_dropped;
+        self.unroutable += o.unroutable;
+    }
+}

@@ -1,0 +1,152 @@
+//! Building one Connection: an `rtc` RTCPeerConnection configured as an ICE-lite, DTLS-server endpoint whose
+//! only candidates are the shared media port on the announced addresses.
+
+use crate::api::Leg;
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long without any packet from the peer before ICE says disconnected, then failed.
+pub const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(5);
+pub const ICE_FAILED_AFTER: Duration = Duration::from_secs(10);
+pub const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// The codecs the SFU forwards. Payload types are the server's own (they matter only on the subscribe leg,
+/// where the server offers; on the publish leg the browser's offer decides).
+fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
+    let mut engine = MediaEngine::default();
+    let video_feedback = || {
+        vec![
+            RTCPFeedback {
+                typ: "ccm".into(),
+                parameter: "fir".into(),
+            },
+            RTCPFeedback {
+                typ: "goog-remb".into(),
+                parameter: String::new(),
+            },
+        ]
+    };
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.into(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_VP8.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: video_feedback(),
+            },
+            payload_type: 96,
+        },
+        RtpCodecKind::Video,
+    )?;
+    for (pt, profile) in [(102u8, "42e01f"), (108, "42001f")] {
+        engine.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_H264.into(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!(
+                        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
+                    ),
+                    rtcp_feedback: video_feedback(),
+                },
+                payload_type: pt,
+            },
+            RtpCodecKind::Video,
+        )?;
+    }
+    Ok(engine)
+}
+
+/// Everything a new connection needs to know about where it lives.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Host candidates: each announced IP with the shared media port.
+    pub candidates: Vec<SocketAddr>,
+}
+
+pub fn build(
+    now: Instant,
+    leg: Leg,
+    endpoint: &Endpoint,
+    ufrag: &str,
+    pwd: &str,
+) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    let mut engine = media_engine()?;
+    // Interceptors: NACK both ways, RTCP sender/receiver reports, transport-wide CC feedback for the browser's
+    // bandwidth estimate. The perf issue replaces these with the SFU's own (DESIGN.md).
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_ice_timeouts(
+            Some(ICE_DISCONNECTED_AFTER),
+            Some(ICE_FAILED_AFTER),
+            Some(ICE_KEEPALIVE),
+        )
+        .build();
+    let config = RTCConfigurationBuilder::new().build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(config)
+        .with_setting_engine(settings)
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .build(now)?;
+    for addr in &endpoint.candidates {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    }
+    // End of candidates: the server has no others to trickle.
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    tracing::trace!(?leg, ufrag, "connection built");
+    Ok(pc)
+}
+
+/// A random ICE credential of `len` characters from the ICE alphabet.
+pub fn random_ice_string(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}

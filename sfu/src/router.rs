@@ -1,0 +1,125 @@
+//! Which connection a datagram on the shared media port belongs to: known 5-tuple first; otherwise a STUN
+//! binding request is routed by the local ICE ufrag in its USERNAME (`<server ufrag>:<client ufrag>`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A connection's index in its worker.
+pub type ConnId = u64;
+
+const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+const STUN_BINDING_REQUEST: u16 = 0x0001;
+const STUN_ATTR_USERNAME: u16 = 0x0006;
+
+/// The local (server) ufrag of a STUN binding request, if the datagram is one.
+pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
+    if datagram.len() < 20 || datagram[0] & 0xC0 != 0 || datagram[4..8] != STUN_MAGIC_COOKIE {
+        return None;
+    }
+    let msg_type = u16::from_be_bytes([datagram[0], datagram[1]]);
+    if msg_type != STUN_BINDING_REQUEST {
+        return None;
+    }
+    let body_len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
+    let end = 20usize.checked_add(body_len)?.min(datagram.len());
+    let mut pos = 20;
+    while pos + 4 <= end {
+        let attr = u16::from_be_bytes([datagram[pos], datagram[pos + 1]]);
+        let len = usize::from(u16::from_be_bytes([datagram[pos + 2], datagram[pos + 3]]));
+        let value = datagram.get(pos + 4..pos + 4 + len)?;
+        if attr == STUN_ATTR_USERNAME {
+            let username = std::str::from_utf8(value).ok()?;
+            return username.split(':').next();
+        }
+        pos += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}
+
+/// The routing tables of one worker's shared socket.
+#[derive(Debug, Default)]
+pub struct Router {
+    by_addr: HashMap<SocketAddr, ConnId>,
+    by_ufrag: HashMap<String, ConnId>,
+}
+
+impl Router {
+    pub fn add_ufrag(&mut self, ufrag: String, conn: ConnId) {
+        self.by_ufrag.insert(ufrag, conn);
+    }
+
+    /// Forget everything that routes to `conn`.
+    pub fn remove_conn(&mut self, conn: ConnId) {
+        self.by_addr.retain(|_, c| *c != conn);
+        self.by_ufrag.retain(|_, c| *c != conn);
+    }
+
+    /// Find the connection for a datagram from `from`. A STUN request naming a known ufrag also (re)binds the
+    /// address to that connection (a client whose address changed, or its first check).
+    pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ConnId> {
+        if let Some(ufrag) = stun_local_ufrag(datagram)
+            && let Some(&conn) = self.by_ufrag.get(ufrag)
+        {
+            self.by_addr.insert(from, conn);
+            return Some(conn);
+        }
+        self.by_addr.get(&from).copied()
+    }
+
+    pub fn len(&self) -> (usize, usize) {
+        (self.by_addr.len(), self.by_ufrag.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding_request(username: &str) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        // A PRIORITY attribute first, to check attribute walking.
+        attrs.extend_from_slice(&0x0024u16.to_be_bytes());
+        attrs.extend_from_slice(&4u16.to_be_bytes());
+        attrs.extend_from_slice(&[0, 0, 0, 1]);
+        attrs.extend_from_slice(&STUN_ATTR_USERNAME.to_be_bytes());
+        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(username.as_bytes());
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
+        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        m.extend_from_slice(&STUN_MAGIC_COOKIE);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attrs);
+        m
+    }
+
+    #[test]
+    fn parses_local_ufrag() {
+        assert_eq!(stun_local_ufrag(&binding_request("srvA:cli1")), Some("srvA"));
+    }
+
+    #[test]
+    fn non_stun_and_truncated_are_none() {
+        assert_eq!(stun_local_ufrag(&[0x80; 40]), None); // RTP
+        let mut m = binding_request("srvA:cli1");
+        m.truncate(30);
+        assert_eq!(stun_local_ufrag(&m), None);
+    }
+
+    #[test]
+    fn routes_by_ufrag_then_by_address() {
+        let mut r = Router::default();
+        r.add_ufrag("srvA".into(), 1);
+        r.add_ufrag("srvB".into(), 2);
+        let a: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        assert_eq!(r.route(a, &[0x80, 0, 0, 0]), None);
+        assert_eq!(r.route(a, &binding_request("srvB:x")), Some(2));
+        assert_eq!(r.route(a, &[0x80, 0, 0, 0]), Some(2));
+        r.remove_conn(2);
+        assert_eq!(r.route(a, &[0x80, 0, 0, 0]), None);
+        assert_eq!(r.route(a, &binding_request("nobody:x")), None);
+    }
+}

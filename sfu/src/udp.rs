@@ -1,0 +1,179 @@
+//! The one media UDP socket of a worker, read and written in batches through quinn-udp (recvmmsg, GRO on
+//! receive; GSO on send for runs of same-sized datagrams to one destination).
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+
+/// Receive buffer per datagram slot: large enough for a GRO-coalesced batch.
+const RECV_SLOT: usize = 64 * 1024;
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+pub struct MediaSocket {
+    socket: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    pub local_addr: SocketAddr,
+    recv_bufs: Vec<Vec<u8>>,
+    recv_meta: Vec<RecvMeta>,
+}
+
+impl MediaSocket {
+    /// Bind the socket (on any thread).
+    pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        let std_socket = std::net::UdpSocket::bind(addr)?;
+        std_socket.set_nonblocking(true)?;
+        Ok(std_socket)
+    }
+
+    /// Take a bound socket into the current thread's tokio reactor.
+    pub fn from_std(std_socket: std::net::UdpSocket) -> io::Result<Self> {
+        let state = UdpSocketState::new((&std_socket).into())?;
+        // Bigger kernel buffers absorb a burst of video fan-out; failure to grow them is not fatal.
+        let _ = state.set_send_buffer_size((&std_socket).into(), SOCKET_BUFFER);
+        let _ = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER);
+        let local_addr = std_socket.local_addr()?;
+        let socket = tokio::net::UdpSocket::from_std(std_socket)?;
+        let batch = quinn_udp::BATCH_SIZE.max(1);
+        Ok(MediaSocket {
+            socket,
+            state,
+            local_addr,
+            recv_bufs: (0..batch).map(|_| vec![0u8; RECV_SLOT]).collect(),
+            recv_meta: vec![RecvMeta::default(); batch],
+        })
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    /// Receive one batch without waiting. Calls `on_datagram(from, local_ip, bytes)` for each datagram (GRO
+    /// batches split by stride). Returns how many datagrams were delivered; `WouldBlock` when none were ready.
+    pub fn recv_batch(
+        &mut self,
+        mut on_datagram: impl FnMut(SocketAddr, Option<IpAddr>, &[u8]),
+    ) -> io::Result<usize> {
+        let MediaSocket {
+            socket,
+            state,
+            recv_bufs,
+            recv_meta,
+            ..
+        } = self;
+        let n = socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                recv_bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            state.recv((&*socket).into(), &mut slices, recv_meta)
+        })?;
+        let mut delivered = 0;
+        for (meta, buf) in recv_meta.iter().zip(recv_bufs.iter()).take(n) {
+            let stride = meta.stride.max(1);
+            for chunk in buf[..meta.len].chunks(stride) {
+                on_datagram(meta.addr, meta.dst_ip, chunk);
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+
+    pub fn max_gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    /// Send one transmit now; a full socket buffer drops it (UDP semantics: nobody waits on a slow peer).
+    pub fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+            self.state.try_send((&self.socket).into(), transmit)
+        })
+    }
+}
+
+/// Datagrams queued during one turn of the loop, sent together at its end.
+#[derive(Default)]
+pub struct Outbox {
+    data: Vec<u8>,
+    items: Vec<Queued>,
+}
+
+#[derive(Clone, Copy)]
+struct Queued {
+    to: SocketAddr,
+    src_ip: Option<IpAddr>,
+    start: usize,
+    len: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushResult {
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    pub syscalls: u64,
+}
+
+impl Outbox {
+    pub fn push(&mut self, to: SocketAddr, src_ip: Option<IpAddr>, bytes: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        self.items.push(Queued {
+            to,
+            src_ip,
+            start,
+            len: bytes.len(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Send everything: consecutive datagrams to the same destination with the same size (the last of a run
+    /// may be shorter) go out as one GSO transmit.
+    pub fn flush(&mut self, socket: &MediaSocket) -> FlushResult {
+        let mut result = FlushResult::default();
+        let max_segments = socket.max_gso_segments().max(1);
+        let mut i = 0;
+        while i < self.items.len() {
+            let first = self.items[i];
+            let mut j = i + 1;
+            let mut end = first.start + first.len;
+            while max_segments > 1
+                && j < self.items.len()
+                && j - i < max_segments
+                && self.items[j].to == first.to
+                && self.items[j].src_ip == first.src_ip
+                && self.items[j].start == end
+                && self.items[j].len <= first.len
+                && self.items[j - 1].len == first.len
+            {
+                end += self.items[j].len;
+                j += 1;
+            }
+            let segments = j - i;
+            let transmit = Transmit {
+                destination: first.to,
+                ecn: None,
+                contents: &self.data[first.start..end],
+                segment_size: (segments > 1).then_some(first.len),
+                src_ip: first.src_ip,
+            };
+            result.syscalls += 1;
+            match socket.try_send(&transmit) {
+                Ok(()) => {
+                    result.datagrams += segments as u64;
+                    result.bytes += (end - first.start) as u64;
+                }
+                Err(e) => {
+                    result.dropped += segments as u64;
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(to = %first.to, error = %e, "media send failed");
+                    }
+                }
+            }
+            i = j;
+        }
+        self.data.clear();
+        self.items.clear();
+        result
+    }
+}

@@ -1,0 +1,1030 @@
+//! A media Worker: one thread that owns its socket, its connections, rooms, producers and consumers outright
+//! and forwards packets directly from its loop — no lock and no channel hop per packet.
+//!
+//! The loop: wait for (a command | the socket readable | the next connection deadline); feed what came in;
+//! forward RTP from publishers to the consumers of that producer; then drain the connections that have output
+//! and send everything queued this turn in batches.
+
+use crate::api::{
+    Command, Event, Leg, MediaKind, ParticipantId, RoomId, SfuError, TrackDesc, WorkerStats,
+};
+use crate::codec::Codec;
+use crate::connection::{self, Endpoint};
+use crate::forwarder::{Drop as FwdDrop, Forwarder};
+use crate::keyframe::KeyframeThrottle;
+use crate::router::{ConnId, Router};
+use crate::udp::{MediaSocket, Outbox};
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Housekeeping cadence: deferred keyframe requests, stats.
+const TICK: Duration = Duration::from_millis(100);
+/// At most this many receive batches per loop turn before commands and timers get a look in.
+const MAX_RECV_BATCHES_PER_TURN: usize = 16;
+
+type ProducerKey = u64;
+
+struct Conn {
+    pc: RTCPeerConnection,
+    participant: ParticipantId,
+    leg: Leg,
+    /// The local address (announced candidate) the peer talks to, as rtc's ICE needs it.
+    local_addr: SocketAddr,
+    /// The real destination IP of the peer's packets, used as source IP when the socket is bound to 0.0.0.0.
+    src_ip: Option<IpAddr>,
+    next_timeout: Option<Instant>,
+    dirty: bool,
+    state: RTCPeerConnectionState,
+    /// Publish leg: the remote track id → producer.
+    producer_by_track: HashMap<String, ProducerKey>,
+    /// Subscribe leg: the SSRC the subscriber sees → producer (for PLI/FIR from the subscriber).
+    producer_by_ssrc: HashMap<u32, ProducerKey>,
+}
+
+struct Consumer {
+    subscriber: ParticipantId,
+    conn: ConnId,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    /// The payload type negotiated on the subscriber's connection; `None` until its answer arrives.
+    payload_type: Option<u8>,
+    forwarder: Forwarder,
+}
+
+struct Producer {
+    id: String,
+    owner: ParticipantId,
+    room: RoomId,
+    conn: ConnId,
+    kind: MediaKind,
+    codec: Codec,
+    rtp_codec: RTCRtpCodec,
+    receiver: RTCRtpReceiverId,
+    media_ssrc: u32,
+    keyframes: KeyframeThrottle,
+    consumers: Vec<Consumer>,
+}
+
+struct Participant {
+    room: RoomId,
+    publish: Option<ConnId>,
+    subscribe: Option<ConnId>,
+    offer_outstanding: bool,
+    renegotiate: bool,
+    next_track_no: u32,
+}
+
+#[derive(Default)]
+struct Room {
+    participants: Vec<ParticipantId>,
+    producers: Vec<ProducerKey>,
+}
+
+pub struct Worker {
+    socket: MediaSocket,
+    endpoint: Endpoint,
+    outbox: Outbox,
+    router: Router,
+    conns: HashMap<ConnId, Conn>,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<RoomId, Room>,
+    producers: HashMap<ProducerKey, Producer>,
+    next_id: u64,
+    events: mpsc::UnboundedSender<Event>,
+    dirty: Vec<ConnId>,
+    reads: Vec<TaggedRTCMessage>,
+    stats: WorkerStats,
+}
+
+impl Worker {
+    pub fn new(
+        socket: MediaSocket,
+        endpoint: Endpoint,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        Worker {
+            socket,
+            endpoint,
+            outbox: Outbox::default(),
+            router: Router::default(),
+            conns: HashMap::new(),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            producers: HashMap::new(),
+            next_id: 1,
+            events,
+            dirty: Vec::new(),
+            reads: Vec::new(),
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// The loop. Returns when `Shutdown` arrives or the command channel closes.
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let deadline = self.next_deadline().map_or(next_tick, |d| d.min(next_tick));
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if !self.handle_command(cmd) { break; }
+                    while let Ok(cmd) = commands.try_recv() {
+                        if !self.handle_command(cmd) {
+                            self.shutdown();
+                            return;
+                        }
+                    }
+                }
+                ready = self.socket.readable() => {
+                    if let Err(e) = ready {
+                        warn!(error = %e, "media socket failed");
+                    }
+                    self.receive();
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            let now = Instant::now();
+            self.handle_timeouts(now);
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+            self.end_of_turn();
+        }
+        self.shutdown();
+    }
+
+    fn end_of_turn(&mut self) {
+        self.flush_dirty();
+        self.send_offers();
+        // Offers and closes may have produced output.
+        self.flush_dirty();
+        if !self.outbox.is_empty() {
+            let sent = self.outbox.flush(&self.socket);
+            self.stats.datagrams_out += sent.datagrams;
+            self.stats.bytes_out += sent.bytes;
+            self.stats.send_dropped += sent.dropped;
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.conns.values().filter_map(|c| c.next_timeout).min()
+    }
+
+    // ---------------------------------------------------------------- receive path
+
+    fn receive(&mut self) {
+        for _ in 0..MAX_RECV_BATCHES_PER_TURN {
+            let mut batch: Vec<(SocketAddr, Option<IpAddr>, BytesMut)> = Vec::new();
+            match self.socket.recv_batch(|from, dst_ip, bytes| {
+                batch.push((from, dst_ip, BytesMut::from(bytes)));
+            }) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "media receive error");
+                    break;
+                }
+            }
+            let now = Instant::now();
+            for (from, dst_ip, bytes) in batch {
+                self.on_datagram(now, from, dst_ip, bytes);
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, now: Instant, from: SocketAddr, dst_ip: Option<IpAddr>, bytes: BytesMut) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let Some(conn_id) = self.router.route(from, &bytes) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            self.stats.unroutable += 1;
+            return;
+        };
+        if dst_ip.is_some() {
+            conn.src_ip = dst_ip.filter(|_| self.socket.local_addr.ip().is_unspecified());
+            if let Some(ip) = dst_ip
+                && let Some(c) = self.endpoint.candidates.iter().find(|c| c.ip() == ip)
+            {
+                conn.local_addr = *c;
+            }
+        }
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: conn.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: bytes,
+        };
+        if let Err(e) = conn.pc.handle_read(msg) {
+            debug!(participant = %conn.participant, leg = ?conn.leg, error = %e, "dropped datagram");
+        }
+        self.drain(conn_id, now);
+    }
+
+    /// After input to a connection: collect its output, events and messages, and act on them.
+    fn drain(&mut self, conn_id: ConnId, now: Instant) {
+        let mut events = Vec::new();
+        {
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                return;
+            };
+            while let Some(ev) = conn.pc.poll_event() {
+                events.push(ev);
+            }
+            while let Some(m) = conn.pc.poll_read() {
+                self.reads.push(m);
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(conn_id);
+            }
+        }
+        for ev in events {
+            self.on_event(conn_id, ev, now);
+        }
+        let mut reads = std::mem::take(&mut self.reads);
+        for m in reads.drain(..) {
+            self.on_message(conn_id, m);
+        }
+        self.reads = reads;
+    }
+
+    fn on_message(&mut self, conn_id: ConnId, m: TaggedRTCMessage) {
+        match m.message {
+            RTCMessage::RtpPacket(track_id, packet) => self.forward(conn_id, &track_id, packet, m.now),
+            RTCMessage::RtcpPacket(_track_id, packets) => {
+                // Feedback from a subscriber about one of our forwarded streams: keyframe requests go upstream.
+                for p in &packets {
+                    let any = p.as_any();
+                    let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                        Some(pli.media_ssrc)
+                    } else {
+                        any.downcast_ref::<FullIntraRequest>()
+                            .and_then(|fir| fir.fir.first().map(|e| e.ssrc))
+                    };
+                    if let Some(ssrc) = media_ssrc {
+                        let key = self
+                            .conns
+                            .get(&conn_id)
+                            .and_then(|c| c.producer_by_ssrc.get(&ssrc).copied());
+                        if let Some(key) = key {
+                            self.request_keyframe(key, m.now);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The hot path: one RTP packet of a producer, out to each of its consumers.
+    fn forward(&mut self, conn_id: ConnId, track_id: &str, packet: rtc::rtp::Packet, now: Instant) {
+        let Some(key) = self
+            .conns
+            .get(&conn_id)
+            .and_then(|c| c.producer_by_track.get(track_id).copied())
+        else {
+            return;
+        };
+        let Some(producer) = self.producers.get_mut(&key) else {
+            return;
+        };
+        let mut want_keyframe = false;
+        for consumer in producer.consumers.iter_mut() {
+            let Some(pt) = consumer.payload_type else {
+                continue;
+            };
+            let rewrite = match consumer.forwarder.forward(
+                now,
+                packet.header.ssrc,
+                packet.header.sequence_number,
+                packet.header.timestamp,
+                &packet.payload,
+            ) {
+                Ok(r) => r,
+                Err(FwdDrop::WaitingForKeyframe) => {
+                    want_keyframe = true;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let Some(conn) = self.conns.get_mut(&consumer.conn) else {
+                continue;
+            };
+            let mut out = packet.clone();
+            out.header.ssrc = consumer.ssrc;
+            out.header.payload_type = pt;
+            out.header.sequence_number = rewrite.seq;
+            out.header.timestamp = rewrite.timestamp;
+            // The subscriber's leg negotiated its own extension ids: send none rather than wrong ones.
+            out.header.extension = false;
+            out.header.extensions.clear();
+            out.header.extension_profile = 0;
+            if rewrite.picture_id.is_some() || rewrite.tl0picidx.is_some() {
+                if let Some(desc) = crate::vp8::parse(&out.payload) {
+                    let mut payload = BytesMut::from(&out.payload[..]);
+                    crate::vp8::rewrite(&mut payload, &desc, rewrite.picture_id, rewrite.tl0picidx);
+                    out.payload = payload.freeze();
+                }
+            }
+            let Some(mut sender) = conn.pc.rtp_sender(consumer.sender) else {
+                continue;
+            };
+            if sender.write_rtp(now, out).is_ok() {
+                self.stats.rtp_forwarded += 1;
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(consumer.conn);
+            }
+        }
+        if want_keyframe {
+            self.request_keyframe(key, now);
+        }
+    }
+
+    fn request_keyframe(&mut self, key: ProducerKey, now: Instant) {
+        let Some(producer) = self.producers.get_mut(&key) else {
+            return;
+        };
+        if producer.kind != MediaKind::Video || !producer.keyframes.request(now) {
+            return;
+        }
+        Self::send_pli(&mut self.conns, &mut self.dirty, producer, now);
+    }
+
+    fn send_pli(
+        conns: &mut HashMap<ConnId, Conn>,
+        dirty: &mut Vec<ConnId>,
+        producer: &Producer,
+        now: Instant,
+    ) {
+        let Some(conn) = conns.get_mut(&producer.conn) else {
+            return;
+        };
+        if let Some(mut receiver) = conn.pc.rtp_receiver(producer.receiver) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: producer.media_ssrc,
+            };
+            if let Err(e) = receiver.write_rtcp(now, vec![Box::new(pli)]) {
+                debug!(producer = %producer.id, error = %e, "PLI not sent");
+            }
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            dirty.push(producer.conn);
+        }
+    }
+
+    // ---------------------------------------------------------------- events of a connection
+
+    fn on_event(&mut self, conn_id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
+        match ev {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.on_track_open(conn_id, init.track_id, init.receiver_id, init.ssrc, now);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                let key = self
+                    .conns
+                    .get_mut(&conn_id)
+                    .and_then(|c| c.producer_by_track.remove(&track_id));
+                if let Some(key) = key {
+                    self.remove_producer(key);
+                }
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(conn) = self.conns.get_mut(&conn_id) else {
+                    return;
+                };
+                conn.state = state;
+                let participant = conn.participant.clone();
+                let leg = conn.leg;
+                info!(%participant, ?leg, %state, "connection state");
+                let _ = self.events.send(Event::ConnectionState {
+                    participant: participant.clone(),
+                    leg,
+                    state: state.to_string(),
+                });
+                match state {
+                    RTCPeerConnectionState::Connected if leg == Leg::Subscribe => {
+                        // Anything forwarded before the subscriber could decrypt it is lost: start each video
+                        // stream again from a keyframe.
+                        let keys: Vec<ProducerKey> =
+                            conn.producer_by_ssrc.values().copied().collect();
+                        for key in keys {
+                            if let Some(p) = self.producers.get_mut(&key) {
+                                for c in p.consumers.iter_mut().filter(|c| c.conn == conn_id) {
+                                    c.forwarder.wait_for_keyframe();
+                                }
+                            }
+                            self.request_keyframe(key, now);
+                        }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        let _ = self.events.send(Event::ParticipantFailed {
+                            participant: participant.clone(),
+                            reason: format!("{leg:?} connection {state}"),
+                        });
+                        self.leave(&participant);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_track_open(
+        &mut self,
+        conn_id: ConnId,
+        track_id: String,
+        receiver_id: RTCRtpReceiverId,
+        ssrc: u32,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if conn.leg != Leg::Publish {
+            return;
+        }
+        if let Some(old) = conn.producer_by_track.get(&track_id).copied() {
+            // Same track, new SSRC (renegotiation): keep the producer, follow the new stream.
+            if let Some(p) = self.producers.get_mut(&old) {
+                p.media_ssrc = ssrc;
+                p.receiver = receiver_id;
+            }
+            return;
+        }
+        let Some((kind, rtp_codec)) = conn.pc.rtp_receiver(receiver_id).map(|mut r| {
+            let kind = r.track().kind();
+            let codec = r
+                .get_parameters()
+                .rtp_parameters
+                .codecs
+                .first()
+                .map(|c| c.rtp_codec.clone());
+            (kind, codec)
+        }) else {
+            return;
+        };
+        let Some(rtp_codec) = rtp_codec else {
+            warn!(participant = %conn.participant, "track with no negotiated codec ignored");
+            return;
+        };
+        let kind = match kind {
+            RtpCodecKind::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        };
+        let owner = conn.participant.clone();
+        let Some(participant) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        let id = format!("{owner}-{}", participant.next_track_no);
+        participant.next_track_no += 1;
+        let room = participant.room.clone();
+        let key = self.next_id;
+        self.next_id += 1;
+        conn.producer_by_track.insert(track_id, key);
+        let codec = Codec::from_mime(&rtp_codec.mime_type);
+        info!(participant = %owner, track = %id, mime = %rtp_codec.mime_type, ssrc, "producer opened");
+        let _ = self.events.send(Event::TrackPublished {
+            participant: owner.clone(),
+            track: TrackDesc {
+                id: id.clone(),
+                kind,
+                mime_type: rtp_codec.mime_type.clone(),
+            },
+        });
+        self.producers.insert(
+            key,
+            Producer {
+                id,
+                owner: owner.clone(),
+                room: room.clone(),
+                conn: conn_id,
+                kind,
+                codec,
+                rtp_codec,
+                receiver: receiver_id,
+                media_ssrc: ssrc,
+                keyframes: KeyframeThrottle::default(),
+                consumers: Vec::new(),
+            },
+        );
+        let subscribers: Vec<ParticipantId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.participants.iter().filter(|p| **p != owner).cloned().collect())
+            .unwrap_or_default();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.producers.push(key);
+        }
+        for sub in subscribers {
+            self.add_consumer(key, &sub, now);
+        }
+    }
+
+    // ---------------------------------------------------------------- consumers and the subscribe leg
+
+    fn add_consumer(&mut self, key: ProducerKey, subscriber: &ParticipantId, now: Instant) {
+        let Some(conn_id) = self.ensure_subscribe_conn(subscriber, now) else {
+            return;
+        };
+        let Some(producer) = self.producers.get_mut(&key) else {
+            return;
+        };
+        if producer.consumers.iter().any(|c| &c.subscriber == subscriber) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let ssrc = rand::random::<u32>();
+        let kind = match producer.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let track = MediaStreamTrack::new(
+            producer.owner.clone(),
+            producer.id.clone(),
+            producer.id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: producer.rtp_codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let sender = match conn.pc.add_track(track) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%subscriber, producer = %producer.id, error = %e, "cannot add consumer");
+                return;
+            }
+        };
+        conn.producer_by_ssrc.insert(ssrc, key);
+        producer.consumers.push(Consumer {
+            subscriber: subscriber.clone(),
+            conn: conn_id,
+            sender,
+            ssrc,
+            payload_type: None,
+            forwarder: Forwarder::new(producer.codec, producer.rtp_codec.clock_rate),
+        });
+        if let Some(p) = self.participants.get_mut(subscriber) {
+            p.renegotiate = true;
+        }
+    }
+
+    fn ensure_subscribe_conn(&mut self, participant: &ParticipantId, now: Instant) -> Option<ConnId> {
+        let p = self.participants.get(participant)?;
+        if let Some(id) = p.subscribe {
+            return Some(id);
+        }
+        let id = self.new_conn(participant, Leg::Subscribe, now).ok()?;
+        if let Some(p) = self.participants.get_mut(participant) {
+            p.subscribe = Some(id);
+        }
+        Some(id)
+    }
+
+    fn new_conn(&mut self, participant: &ParticipantId, leg: Leg, now: Instant) -> Result<ConnId, SfuError> {
+        let ufrag = connection::random_ice_string(16);
+        let pwd = connection::random_ice_string(32);
+        let pc = connection::build(now, leg, &self.endpoint, &ufrag, &pwd)
+            .map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.router.add_ufrag(ufrag, id);
+        let local_addr = self
+            .endpoint
+            .candidates
+            .first()
+            .copied()
+            .unwrap_or(self.socket.local_addr);
+        self.conns.insert(
+            id,
+            Conn {
+                pc,
+                participant: participant.clone(),
+                leg,
+                local_addr,
+                src_ip: None,
+                next_timeout: None,
+                dirty: false,
+                state: RTCPeerConnectionState::New,
+                producer_by_track: HashMap::new(),
+                producer_by_ssrc: HashMap::new(),
+            },
+        );
+        self.mark_dirty(id);
+        Ok(id)
+    }
+
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Offer to every subscriber whose set of tracks changed and who has no offer outstanding.
+    fn send_offers(&mut self) {
+        let due: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.renegotiate && !p.offer_outstanding && p.subscribe.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let now = Instant::now();
+        for pid in due {
+            let Some(p) = self.participants.get_mut(&pid) else {
+                continue;
+            };
+            let Some(conn_id) = p.subscribe else { continue };
+            p.renegotiate = false;
+            let Some(conn) = self.conns.get_mut(&conn_id) else {
+                continue;
+            };
+            let result = conn.pc.create_offer(None).and_then(|offer| {
+                let sdp = offer.sdp.clone();
+                conn.pc.set_local_description(now, offer).map(|_| sdp)
+            });
+            match result {
+                Ok(sdp) => {
+                    p.offer_outstanding = true;
+                    let _ = self.events.send(Event::SubscribeOffer {
+                        participant: pid.clone(),
+                        sdp,
+                    });
+                }
+                Err(e) => warn!(participant = %pid, error = %e, "subscribe offer failed"),
+            }
+            self.mark_dirty(conn_id);
+        }
+    }
+
+    fn on_subscribe_answer(&mut self, participant: &ParticipantId, sdp: String) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(participant)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let conn_id = p.subscribe.ok_or(SfuError::NoOfferOutstanding)?;
+        if !p.offer_outstanding {
+            return Err(SfuError::NoOfferOutstanding);
+        }
+        let conn = self.conns.get_mut(&conn_id).ok_or(SfuError::UnknownParticipant)?;
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        conn.pc
+            .set_remote_description(Instant::now(), answer)
+            .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        p.offer_outstanding = false;
+        // Resolve each new consumer's payload type on this leg.
+        let keys: Vec<ProducerKey> = conn.producer_by_ssrc.values().copied().collect();
+        let now = Instant::now();
+        let mut keyframes_wanted = Vec::new();
+        for key in keys {
+            let Some(producer) = self.producers.get_mut(&key) else {
+                continue;
+            };
+            let mime = producer.rtp_codec.mime_type.clone();
+            let mut need_keyframe = false;
+            for c in producer
+                .consumers
+                .iter_mut()
+                .filter(|c| c.conn == conn_id && c.payload_type.is_none())
+            {
+                if let Some(mut sender) = conn.pc.rtp_sender(c.sender) {
+                    c.payload_type = sender
+                        .get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|codec| codec.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+                        .map(|codec| codec.payload_type);
+                    if c.payload_type.is_none() {
+                        warn!(%participant, producer = %producer.id, %mime, "subscriber did not accept the codec");
+                    }
+                    need_keyframe = true;
+                }
+            }
+            if need_keyframe {
+                keyframes_wanted.push(key);
+            }
+        }
+        for key in keyframes_wanted {
+            self.request_keyframe(key, now);
+        }
+        self.mark_dirty(conn_id);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- publish leg
+
+    fn on_publish_offer(&mut self, participant: &ParticipantId, sdp: String) -> Result<String, SfuError> {
+        let now = Instant::now();
+        let existing = self
+            .participants
+            .get(participant)
+            .ok_or(SfuError::UnknownParticipant)?
+            .publish;
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let conn_id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.new_conn(participant, Leg::Publish, now)?;
+                if let Some(p) = self.participants.get_mut(participant) {
+                    p.publish = Some(id);
+                }
+                id
+            }
+        };
+        let result = {
+            let conn = self.conns.get_mut(&conn_id).ok_or(SfuError::UnknownParticipant)?;
+            conn.pc
+                .set_remote_description(now, offer)
+                .map_err(|e| SfuError::InvalidSdp(e.to_string()))
+                .and_then(|_| {
+                    let answer = conn
+                        .pc
+                        .create_answer(None)
+                        .map_err(|e| SfuError::Negotiation(e.to_string()))?;
+                    let sdp = answer.sdp.clone();
+                    conn.pc
+                        .set_local_description(now, answer)
+                        .map_err(|e| SfuError::Negotiation(e.to_string()))?;
+                    Ok(sdp)
+                })
+        };
+        if result.is_err() && existing.is_none() {
+            // A failed first offer leaves nothing behind.
+            self.close_conn(conn_id);
+            if let Some(p) = self.participants.get_mut(participant) {
+                p.publish = None;
+            }
+        } else {
+            self.mark_dirty(conn_id);
+        }
+        result
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// Returns false on shutdown.
+    fn handle_command(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Join { participant, room } => {
+                let now = Instant::now();
+                self.participants.insert(
+                    participant.clone(),
+                    Participant {
+                        room: room.clone(),
+                        publish: None,
+                        subscribe: None,
+                        offer_outstanding: false,
+                        renegotiate: false,
+                        next_track_no: 0,
+                    },
+                );
+                let r = self.rooms.entry(room).or_default();
+                r.participants.push(participant.clone());
+                let existing = r.producers.clone();
+                for key in existing {
+                    self.add_consumer(key, &participant, now);
+                }
+            }
+            Command::PublishOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_publish_offer(&participant, sdp));
+            }
+            Command::SubscribeAnswer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_subscribe_answer(&participant, sdp));
+            }
+            Command::RemoteCandidate {
+                participant,
+                leg,
+                candidate,
+                sdp_mid,
+                sdp_mline_index,
+            } => {
+                let conn_id = self.participants.get(&participant).and_then(|p| match leg {
+                    Leg::Publish => p.publish,
+                    Leg::Subscribe => p.subscribe,
+                });
+                if let Some(conn) = conn_id.and_then(|id| self.conns.get_mut(&id)) {
+                    let init = RTCIceCandidateInit {
+                        candidate,
+                        sdp_mid,
+                        sdp_mline_index,
+                        ..Default::default()
+                    };
+                    // An ICE-lite server learns the client's address from its checks; a candidate it cannot
+                    // use is harmless.
+                    if let Err(e) = conn.pc.add_remote_candidate(init) {
+                        debug!(%participant, error = %e, "remote candidate ignored");
+                    }
+                }
+            }
+            Command::RequestKeyframe {
+                participant,
+                track_id,
+                reply,
+            } => {
+                let key = self
+                    .producers
+                    .iter()
+                    .find(|(_, p)| p.id == track_id && p.consumers.iter().any(|c| c.subscriber == participant))
+                    .map(|(k, _)| *k);
+                match key {
+                    Some(key) => {
+                        self.request_keyframe(key, Instant::now());
+                        let _ = reply.send(Ok(()));
+                    }
+                    None => {
+                        let _ = reply.send(Err(SfuError::UnknownTrack(track_id)));
+                    }
+                }
+            }
+            Command::Leave { participant } => self.leave(&participant),
+            Command::Stats { reply } => {
+                let mut s = self.stats.clone();
+                s.connections = self.conns.len();
+                s.producers = self.producers.len();
+                s.consumers = self.producers.values().map(|p| p.consumers.len()).sum();
+                let _ = reply.send(s);
+            }
+            Command::Shutdown => return false,
+        }
+        true
+    }
+
+    // ---------------------------------------------------------------- leaving
+
+    fn leave(&mut self, participant: &ParticipantId) {
+        let Some(p) = self.participants.remove(participant) else {
+            return;
+        };
+        // Its producers leave every subscriber.
+        let owned: Vec<ProducerKey> = self
+            .producers
+            .iter()
+            .filter(|(_, pr)| &pr.owner == participant)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in owned {
+            self.remove_producer(key);
+        }
+        // Its consumers leave every producer.
+        for producer in self.producers.values_mut() {
+            producer.consumers.retain(|c| &c.subscriber != participant);
+        }
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.participants.retain(|x| x != participant);
+            if room.participants.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        for conn in [p.publish, p.subscribe].into_iter().flatten() {
+            self.close_conn(conn);
+        }
+        info!(%participant, "left the media plane");
+    }
+
+    fn remove_producer(&mut self, key: ProducerKey) {
+        let Some(producer) = self.producers.remove(&key) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(&producer.conn) {
+            conn.producer_by_track.retain(|_, k| *k != key);
+        }
+        if let Some(room) = self.rooms.get_mut(&producer.room) {
+            room.producers.retain(|k| *k != key);
+        }
+        for c in &producer.consumers {
+            if let Some(conn) = self.conns.get_mut(&c.conn) {
+                conn.producer_by_ssrc.remove(&c.ssrc);
+                if let Err(e) = conn.pc.remove_track(c.sender) {
+                    debug!(error = %e, "remove_track failed");
+                }
+            }
+            if let Some(sub) = self.participants.get_mut(&c.subscriber) {
+                sub.renegotiate = true;
+            }
+        }
+        let _ = self.events.send(Event::TrackUnpublished {
+            participant: producer.owner.clone(),
+            track_id: producer.id.clone(),
+        });
+    }
+
+    fn close_conn(&mut self, id: ConnId) {
+        self.router.remove_conn(id);
+        if let Some(mut conn) = self.conns.remove(&id) {
+            let _ = conn.pc.close();
+            while let Some(msg) = conn.pc.poll_write() {
+                self.outbox
+                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- time
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.next_timeout.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.next_timeout = None;
+                let _ = conn.pc.handle_timeout(now);
+            }
+            self.drain(id, now);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let Worker {
+            producers,
+            conns,
+            dirty,
+            ..
+        } = self;
+        for producer in producers.values_mut() {
+            if producer.keyframes.poll(now) {
+                Self::send_pli(conns, dirty, producer, now);
+            }
+        }
+    }
+
+    /// Send what the connections touched this turn have queued, and learn their next deadlines.
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in &dirty {
+            let Some(conn) = self.conns.get_mut(id) else {
+                continue;
+            };
+            conn.dirty = false;
+            while let Some(msg) = conn.pc.poll_write() {
+                self.outbox
+                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+            }
+            conn.next_timeout = conn.pc.poll_timeout();
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn shutdown(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close_conn(id);
+        }
+        let _ = self.outbox.flush(&self.socket);
+        info!("media worker stopped");
+    }
+}
