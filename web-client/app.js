@@ -296,7 +296,7 @@ function addParticipant(info) {
       keyframeTimer: null,
     };
     view.tile.dataset.participantId = info.id;
-    view.video.srcObject = p.stream;
+    // srcObject is set once the stream has a track: a <video> on an empty stream delays the page's load event.
     meeting.participants.set(info.id, p);
     ui.grid.append(view.tile);
   } else if (info.name && info.name !== p.name) {
@@ -351,6 +351,7 @@ function attachRemoteTrack(participantId, track, trackId) {
 function detachRemoteTrack(p, track) {
   if (!p.stream.getTracks().includes(track)) return;
   p.stream.removeTrack(track);
+  if (p.stream.getTracks().length === 0) p.view.video.srcObject = null;
   renderParticipant(p);
 }
 
@@ -361,6 +362,7 @@ function removeRemoteTrackById(participantId, trackId) {
   for (const track of p.stream.getTracks()) {
     if (remoteTrackIds.get(track) === trackId) p.stream.removeTrack(track);
   }
+  if (p.stream.getTracks().length === 0) p.view.video.srcObject = null;
   renderParticipant(p);
 }
 
@@ -764,8 +766,10 @@ function startMeeting(room, name) {
     }
     m.local = local;
     m.mediaSettled = true;
-    self.video.srcObject = local.stream;
-    playVideo(self.video);
+    if (local.stream.getTracks().length > 0) {
+      self.video.srcObject = local.stream;
+      playVideo(self.video);
+    }
     renderAll();
     return local;
   });
