@@ -333,6 +333,11 @@ function attachRemoteTrack(participantId, track, trackId) {
   const p = meeting.participants.get(participantId) || addParticipant({ id: participantId, name: participantId });
   if (!p) return;
   remoteTrackIds.set(track, trackId);
+  // A receiver's track object belongs to its m-line; if the server reuses the m-line for someone else, the
+  // track moves: take it out of any other participant's stream first.
+  for (const other of meeting.participants.values()) {
+    if (other !== p && other.stream.getTracks().includes(track)) detachRemoteTrack(other, track);
+  }
   for (const old of p.stream.getTracks()) {
     if (old === track) return;
     // A participant has one track of each kind: a newer one replaces an older (e.g. after re-publishing).
