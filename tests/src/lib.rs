@@ -1,1 +1,3 @@
+//! Whole-system test support: the simulated endpoint ([`sim`]) shared by the tests in `tests/` and by `loadtest`.
+
 pub mod sim;

@@ -1,1 +1,1712 @@
-//! Simulated endpoint (to be written).
+//! The simulated endpoint: a participant driven by the async `webrtc` crate, used by the whole-system tests and by
+//! `loadtest`.
+//!
+//! A [`SimEndpoint`] opens the WebSocket, joins a room, optionally publishes one Opus and one VP8 track of
+//! synthetic RTP, answers every `subscribe_offer`, and records what it receives per (publishing participant,
+//! track). Every payload carries a per-track packet counter and the send time, so a receiver can tell loss,
+//! duplicates, reordering, corruption and added latency without decoding anything.
+//!
+//! Payload layout (after the codec's own bytes):
+//! `counter: u64 BE | send time: u64 BE (µs since the UNIX epoch) | padding`, where padding byte `i` (counted
+//! from the start of the padding) is `(counter as u8) ^ (i as u8)`.
+//!
+//! * audio (Opus, 48 kHz clock): the 16 bytes and padding, `audio_bytes` long in all;
+//! * video (VP8, 90 kHz clock): a VP8 payload descriptor (RFC 7741 §4.2: X=1, S=1 on the first packet of a frame,
+//!   extension byte I=1, 15-bit PictureID with M=1, incremented per frame), on the S=1 packet a VP8 payload
+//!   header (3-byte frame tag, P=0 on keyframes plus the 7 bytes of the key frame start code and size), then the
+//!   16 bytes and padding. The RTP marker bit is set on the last packet of a frame.
+//!
+//! The receive path is one uncontended mutex lock per packet and no allocation beyond what the `webrtc` crate
+//! already does (the seen-counter bitmap grows by doubling).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use giaoban_signaling::protocol::{
+    ClientMessage, ErrorCode, Leg, ParticipantInfo, ServerMessage, TrackKind,
+};
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, register_default_interceptors,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder,
+    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+/// The payload type we register for Opus; the negotiated one is read back from the sender.
+const OPUS_PT: u8 = 111;
+/// The payload type we register for VP8.
+const VP8_PT: u8 = 96;
+/// Bytes of counter + send time in every payload.
+const STAMP_BYTES: usize = 16;
+
+/// Which interceptors the endpoint's peer connections run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interceptors {
+    /// webrtc-rs's default set (NACK generator/responder, RTCP reports, TWCC receiver), like a browser.
+    Default,
+    /// Only the keyframe-request forwarder: the least client CPU per packet (for `loadtest`).
+    Minimal,
+}
+
+/// What a publishing endpoint sends.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaProfile {
+    pub audio: bool,
+    pub video: bool,
+    /// Audio packets per second (Opus: 50 = 20 ms frames).
+    pub audio_pps: u32,
+    /// Audio payload size in bytes.
+    pub audio_bytes: usize,
+    pub video_fps: u32,
+    pub video_bitrate_bps: u64,
+    /// Largest video payload per RTP packet.
+    pub video_max_payload: usize,
+}
+
+impl Default for MediaProfile {
+    fn default() -> Self {
+        MediaProfile {
+            audio: true,
+            video: true,
+            audio_pps: 50,
+            audio_bytes: 100,
+            video_fps: 30,
+            video_bitrate_bps: 1_500_000,
+            video_max_payload: 1100,
+        }
+    }
+}
+
+impl MediaProfile {
+    /// Bytes of one video frame at the configured bitrate and frame rate.
+    pub fn video_frame_bytes(&self) -> usize {
+        ((self.video_bitrate_bps / 8) / u64::from(self.video_fps.max(1))) as usize
+    }
+
+    /// RTP packets per video frame.
+    pub fn video_packets_per_frame(&self) -> usize {
+        self.video_frame_bytes().div_ceil(self.video_max_payload.max(64)).max(1)
+    }
+}
+
+/// How to reach the server and who to be.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Base URL of the server, `http://127.0.0.1:PORT` (the WebSocket is `ws://…/ws`).
+    pub url: String,
+    pub room: String,
+    pub name: String,
+    pub media: MediaProfile,
+    pub interceptors: Interceptors,
+    /// Check every received payload's padding bytes (cheap; on by default).
+    pub verify_payload: bool,
+    /// Deadline for each signalling step (join, answer, connect).
+    pub step_timeout: Duration,
+}
+
+impl SimOptions {
+    pub fn new(url: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
+        SimOptions {
+            url: url.into(),
+            room: room.into(),
+            name: name.into(),
+            media: MediaProfile::default(),
+            interceptors: Interceptors::Default,
+            verify_payload: true,
+            step_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Same options for a server at `addr` (an in-process test server's `http_addr`).
+    pub fn for_addr(addr: SocketAddr, room: &str, name: &str) -> Self {
+        SimOptions::new(format!("http://{addr}"), room, name)
+    }
+
+    pub fn ws_url(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        let base = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            base.to_string()
+        };
+        format!("{base}/ws")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Latency histogram
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Log-linear histogram of microseconds: exact below 64 µs, then 32 buckets per power of two (≈3 % precision),
+/// up to ~2 s (larger values land in the last bucket). Fixed size, no allocation per sample.
+#[derive(Clone)]
+pub struct LatencyHistogram {
+    buckets: Box<[u32; HIST_BUCKETS]>,
+    count: u64,
+    sum_us: u64,
+    max_us: u64,
+    /// Samples whose send time was after the receive time (clock step): counted, not binned.
+    negative: u64,
+}
+
+const HIST_BUCKETS: usize = 64 + 15 * 32 + 32;
+
+impl std::fmt::Debug for LatencyHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyHistogram")
+            .field("count", &self.count)
+            .field("p50_us", &self.quantile_us(0.5))
+            .field("p99_us", &self.quantile_us(0.99))
+            .field("max_us", &self.max_us)
+            .finish()
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            buckets: Box::new([0; HIST_BUCKETS]),
+            count: 0,
+            sum_us: 0,
+            max_us: 0,
+            negative: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    fn bucket(v: u64) -> usize {
+        if v < 64 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize; // >= 6
+        if e > 20 {
+            return HIST_BUCKETS - 1;
+        }
+        let sub = ((v >> (e - 5)) & 31) as usize;
+        64 + (e - 6) * 32 + sub
+    }
+
+    /// Lower bound of a bucket, in µs.
+    fn bucket_value(i: usize) -> u64 {
+        if i < 64 {
+            return i as u64;
+        }
+        let e = (i - 64) / 32 + 6;
+        let sub = ((i - 64) % 32) as u64;
+        (32 + sub) << (e - 5)
+    }
+
+    pub fn record(&mut self, us: u64) {
+        self.buckets[Self::bucket(us)] += 1;
+        self.count += 1;
+        self.sum_us += us;
+        self.max_us = self.max_us.max(us);
+    }
+
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *a += *b;
+        }
+        self.count += other.count;
+        self.sum_us += other.sum_us;
+        self.max_us = self.max_us.max(other.max_us);
+        self.negative += other.negative;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn max_us(&self) -> u64 {
+        self.max_us
+    }
+
+    pub fn mean_us(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_us as f64 / self.count as f64
+        }
+    }
+
+    /// The value below which a fraction `q` of samples lie (bucket lower bound), or 0 when empty.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += u64::from(*n);
+            if seen >= target {
+                return Self::bucket_value(i);
+            }
+        }
+        self.max_us
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Per received track recording
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Snapshot of one received track.
+#[derive(Debug, Clone)]
+pub struct TrackStats {
+    /// The publishing participant (the remote track's stream id).
+    pub participant_id: String,
+    /// The published track id (the remote track's track id).
+    pub track_id: String,
+    pub kind: TrackKind,
+    /// SSRC of the first packet received.
+    pub ssrc: u32,
+    /// Packets whose SSRC differed from the first packet's.
+    pub ssrc_changes: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Counter of the first packet received.
+    pub first_counter: Option<u64>,
+    /// Highest counter received.
+    pub max_counter: u64,
+    /// Different counters received at or after `first_counter`.
+    pub distinct: u64,
+    /// Packets whose counter had already been received.
+    pub duplicates: u64,
+    /// Packets whose counter was lower than one received before them (not duplicates).
+    pub out_of_order: u64,
+    /// Times the RTP sequence number was not the previous one + 1.
+    pub seq_jumps: u64,
+    /// Payloads too short, undecodable, or with wrong padding bytes.
+    pub payload_errors: u64,
+    /// Video keyframes (S=1 packets with P=0).
+    pub keyframes: u64,
+    pub first_packet_at: Option<Instant>,
+    pub last_packet_at: Option<Instant>,
+    /// Times a remote track with this (participant, track) opened on the subscribe connection.
+    pub opens: u64,
+    /// The remote track ended (its event stream closed).
+    pub ended: bool,
+    pub latency: LatencyHistogram,
+}
+
+impl TrackStats {
+    /// Counters expected from the first received to the highest received, inclusive.
+    pub fn expected(&self) -> u64 {
+        match self.first_counter {
+            Some(first) => self.max_counter.saturating_sub(first) + 1,
+            None => 0,
+        }
+    }
+
+    /// Counters never received between the first and the highest received.
+    pub fn missing(&self) -> u64 {
+        self.expected().saturating_sub(self.distinct)
+    }
+
+    /// Fraction of the expected counters received (1.0 when nothing is expected).
+    pub fn delivered_ratio(&self) -> f64 {
+        let expected = self.expected();
+        if expected == 0 {
+            1.0
+        } else {
+            self.distinct as f64 / expected as f64
+        }
+    }
+}
+
+struct TrackState {
+    kind: TrackKind,
+    ssrc: Option<u32>,
+    ssrc_changes: u64,
+    packets: u64,
+    bytes: u64,
+    first_counter: Option<u64>,
+    max_counter: u64,
+    distinct: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    last_seq: Option<u16>,
+    seq_jumps: u64,
+    payload_errors: u64,
+    keyframes: u64,
+    first_packet_at: Option<Instant>,
+    last_packet_at: Option<Instant>,
+    opens: u64,
+    ended: bool,
+    /// Bit `c - first_counter` set when counter `c` was received.
+    seen: Vec<u64>,
+    latency: LatencyHistogram,
+}
+
+/// Everything recorded about one received track, and the handle to send RTCP about it.
+pub struct TrackRecorder {
+    participant_id: String,
+    track_id: String,
+    verify_payload: bool,
+    state: StdMutex<TrackState>,
+    remote: StdMutex<Option<(Arc<dyn TrackRemote>, u32)>>,
+}
+
+impl TrackRecorder {
+    fn new(participant_id: String, track_id: String, kind: TrackKind, verify_payload: bool) -> Self {
+        TrackRecorder {
+            participant_id,
+            track_id,
+            verify_payload,
+            state: StdMutex::new(TrackState {
+                kind,
+                ssrc: None,
+                ssrc_changes: 0,
+                packets: 0,
+                bytes: 0,
+                first_counter: None,
+                max_counter: 0,
+                distinct: 0,
+                duplicates: 0,
+                out_of_order: 0,
+                last_seq: None,
+                seq_jumps: 0,
+                payload_errors: 0,
+                keyframes: 0,
+                first_packet_at: None,
+                last_packet_at: None,
+                opens: 0,
+                ended: false,
+                seen: Vec::with_capacity(256),
+                latency: LatencyHistogram::default(),
+            }),
+            remote: StdMutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn on_packet(&self, pkt: &rtc::rtp::Packet) {
+        let now = Instant::now();
+        let now_us = unix_micros();
+        let decoded = decode_payload(
+            &pkt.payload,
+            self.lock().kind == TrackKind::Video,
+            self.verify_payload,
+        );
+        let mut s = self.lock();
+        s.packets += 1;
+        s.bytes += pkt.payload.len() as u64;
+        if s.first_packet_at.is_none() {
+            s.first_packet_at = Some(now);
+        }
+        s.last_packet_at = Some(now);
+        match s.ssrc {
+            None => s.ssrc = Some(pkt.header.ssrc),
+            Some(first) if first != pkt.header.ssrc => s.ssrc_changes += 1,
+            Some(_) => {}
+        }
+        let seq = pkt.header.sequence_number;
+        if let Some(last) = s.last_seq
+            && seq != last.wrapping_add(1)
+        {
+            s.seq_jumps += 1;
+        }
+        s.last_seq = Some(seq);
+        let Some(d) = decoded else {
+            s.payload_errors += 1;
+            return;
+        };
+        if d.keyframe {
+            s.keyframes += 1;
+        }
+        if !d.intact {
+            s.payload_errors += 1;
+        }
+        if now_us >= d.sent_us {
+            s.latency.record(now_us - d.sent_us);
+        } else {
+            s.latency.negative += 1;
+        }
+        let first = match s.first_counter {
+            Some(first) => first,
+            None => {
+                s.first_counter = Some(d.counter);
+                s.max_counter = d.counter;
+                d.counter
+            }
+        };
+        if d.counter < first {
+            s.out_of_order += 1;
+            return;
+        }
+        let offset = (d.counter - first) as usize;
+        let word = offset / 64;
+        if word >= s.seen.len() {
+            if word > 1 << 24 {
+                // A counter absurdly far ahead: corrupt, not loss.
+                s.payload_errors += 1;
+                return;
+            }
+            let new_len = (word + 1).max(s.seen.len() * 2);
+            s.seen.resize(new_len, 0);
+        }
+        let bit = 1u64 << (offset % 64);
+        if s.seen[word] & bit != 0 {
+            s.duplicates += 1;
+            return;
+        }
+        s.seen[word] |= bit;
+        s.distinct += 1;
+        if d.counter < s.max_counter {
+            s.out_of_order += 1;
+        } else {
+            s.max_counter = d.counter;
+        }
+    }
+
+    pub fn snapshot(&self) -> TrackStats {
+        let s = self.lock();
+        TrackStats {
+            participant_id: self.participant_id.clone(),
+            track_id: self.track_id.clone(),
+            kind: s.kind,
+            ssrc: s.ssrc.unwrap_or(0),
+            ssrc_changes: s.ssrc_changes,
+            packets: s.packets,
+            bytes: s.bytes,
+            first_counter: s.first_counter,
+            max_counter: s.max_counter,
+            distinct: s.distinct,
+            duplicates: s.duplicates,
+            out_of_order: s.out_of_order,
+            seq_jumps: s.seq_jumps,
+            payload_errors: s.payload_errors,
+            keyframes: s.keyframes,
+            first_packet_at: s.first_packet_at,
+            last_packet_at: s.last_packet_at,
+            opens: s.opens,
+            ended: s.ended,
+            latency: s.latency.clone(),
+        }
+    }
+
+    /// Packets and bytes received so far (no histogram copy).
+    pub fn counts(&self) -> (u64, u64) {
+        let s = self.lock();
+        (s.packets, s.bytes)
+    }
+}
+
+struct Decoded {
+    counter: u64,
+    sent_us: u64,
+    keyframe: bool,
+    intact: bool,
+}
+
+/// Find the counter and send time in a payload, and check the padding.
+fn decode_payload(payload: &[u8], video: bool, verify: bool) -> Option<Decoded> {
+    let mut pos = 0usize;
+    let mut keyframe = false;
+    if video {
+        let b0 = *payload.first()?;
+        let x = b0 & 0x80 != 0;
+        let s = b0 & 0x10 != 0;
+        let pid = b0 & 0x07;
+        pos = 1;
+        if x {
+            let ext = *payload.get(pos)?;
+            pos += 1;
+            if ext & 0x80 != 0 {
+                // I: PictureID, 1 or 2 bytes (M bit)
+                let m = *payload.get(pos)? & 0x80 != 0;
+                pos += if m { 2 } else { 1 };
+            }
+            if ext & 0x40 != 0 {
+                pos += 1; // L: TL0PICIDX
+            }
+            if ext & 0x30 != 0 {
+                pos += 1; // T/K
+            }
+        }
+        if s && pid == 0 {
+            let p = *payload.get(pos)? & 0x01;
+            if p == 0 {
+                keyframe = true;
+                pos += 10;
+            } else {
+                pos += 3;
+            }
+        }
+    }
+    let stamp = payload.get(pos..pos + STAMP_BYTES)?;
+    let counter = u64::from_be_bytes(stamp[0..8].try_into().ok()?);
+    let sent_us = u64::from_be_bytes(stamp[8..16].try_into().ok()?);
+    let mut intact = true;
+    if verify {
+        let c = counter as u8;
+        for (i, b) in payload[pos + STAMP_BYTES..].iter().enumerate() {
+            if *b != c ^ (i as u8) {
+                intact = false;
+                break;
+            }
+        }
+    }
+    Some(Decoded {
+        counter,
+        sent_us,
+        keyframe,
+        intact,
+    })
+}
+
+fn put_stamp_and_padding(buf: &mut BytesMut, counter: u64, sent_us: u64, total_len: usize) {
+    buf.put_u64(counter);
+    buf.put_u64(sent_us);
+    let c = counter as u8;
+    let mut i = 0usize;
+    while buf.len() < total_len {
+        buf.put_u8(c ^ (i as u8));
+        i += 1;
+    }
+}
+
+/// Microseconds since the UNIX epoch.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Publishing side
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Counters of what this endpoint sent and the feedback it got.
+#[derive(Default)]
+pub struct SendCounters {
+    pub audio_packets: AtomicU64,
+    pub audio_bytes: AtomicU64,
+    pub video_packets: AtomicU64,
+    pub video_bytes: AtomicU64,
+    pub video_frames: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub write_errors: AtomicU64,
+    /// PLIs received on the publish connection (about any of our tracks).
+    pub plis: AtomicU64,
+    pub firs: AtomicU64,
+    keyframe_requested: AtomicBool,
+}
+
+/// Snapshot of [`SendCounters`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendStats {
+    pub audio_packets: u64,
+    pub audio_bytes: u64,
+    pub video_packets: u64,
+    pub video_bytes: u64,
+    pub video_frames: u64,
+    pub keyframes: u64,
+    pub write_errors: u64,
+    pub plis: u64,
+    pub firs: u64,
+}
+
+impl SendCounters {
+    fn snapshot(&self) -> SendStats {
+        SendStats {
+            audio_packets: self.audio_packets.load(Ordering::Relaxed),
+            audio_bytes: self.audio_bytes.load(Ordering::Relaxed),
+            video_packets: self.video_packets.load(Ordering::Relaxed),
+            video_bytes: self.video_bytes.load(Ordering::Relaxed),
+            video_frames: self.video_frames.load(Ordering::Relaxed),
+            keyframes: self.keyframes.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+            plis: self.plis.load(Ordering::Relaxed),
+            firs: self.firs.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Marks inbound PLI/FIR for the application (inbound RTCP otherwise stops at the end of the interceptor chain)
+/// and lets everything else end there as usual.
+struct KeyframeRequestTap {
+    reads: std::collections::VecDeque<TaggedPacket>,
+    writes: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
+            && packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+            })
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Media engine with Opus and VP8 (with nack / nack pli / ccm fir feedback) and the interceptor registry.
+fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Registry)> {
+    let mut me = MediaEngine::default();
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: OPUS_PT,
+            ..Default::default()
+        },
+        RtpCodecKind::Audio,
+    )?;
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: vp8_codec(),
+            payload_type: VP8_PT,
+            ..Default::default()
+        },
+        RtpCodecKind::Video,
+    )?;
+    let registry = match interceptors {
+        Interceptors::Default => register_default_interceptors(Registry::new(), &mut me)?,
+        Interceptors::Minimal => {
+            for (typ, parameter) in [("nack", ""), ("nack", "pli")] {
+                me.register_feedback(
+                    RTCPFeedback {
+                        typ: typ.to_owned(),
+                        parameter: parameter.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                );
+            }
+            configure_simulcast_extension_headers(&mut me)?;
+            Registry::new()
+        }
+    };
+    me.register_feedback(
+        RTCPFeedback {
+            typ: "ccm".to_owned(),
+            parameter: "fir".to_owned(),
+        },
+        RtpCodecKind::Video,
+    );
+    let registry = registry.with(
+        Slot::from(14_000),
+        KeyframeRequestTap {
+            reads: Default::default(),
+            writes: Default::default(),
+        },
+    );
+    Ok((me, registry))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Peer connection event handling
+// ---------------------------------------------------------------------------------------------------------------
+
+struct PcHandler {
+    leg: Leg,
+    state: watch::Sender<RTCPeerConnectionState>,
+    gathered: watch::Sender<bool>,
+    inner: Weak<Inner>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PcHandler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(leg = ?self.leg, %state, "sim peer connection state");
+        let _ = self.state.send(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+            let participant_id = track.stream_id().await;
+            let track_id = track.track_id().await;
+            let kind = match track.kind().await {
+                RtpCodecKind::Video => TrackKind::Video,
+                _ => TrackKind::Audio,
+            };
+            let recorder = inner.recorder(&participant_id, &track_id, kind);
+            {
+                let mut remote = recorder.remote.lock().unwrap_or_else(|p| p.into_inner());
+                *remote = Some((Arc::clone(&track), ssrc));
+            }
+            recorder.lock().opens += 1;
+            recorder.lock().ended = false;
+            drop(inner);
+            while let Some(event) = track.poll().await {
+                match event {
+                    TrackRemoteEvent::OnRtpPacket(pkt) => recorder.on_packet(&pkt),
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+            recorder.lock().ended = true;
+        });
+    }
+}
+
+struct PcSlot {
+    pc: Arc<dyn PeerConnection>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    gathered: watch::Receiver<bool>,
+}
+
+async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
+    let (me, registry) = media_setup(inner.opts.interceptors)?;
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .with_include_loopback_candidate(true)
+        .build();
+    let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+    let (gathered_tx, gathered_rx) = watch::channel(false);
+    let handler = Arc::new(PcHandler {
+        leg,
+        state: state_tx,
+        gathered: gathered_tx,
+        inner: Arc::downgrade(inner),
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(me)
+        .with_setting_engine(settings)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))])
+        .build()
+        .await
+        .context("building a peer connection")?;
+    Ok(PcSlot {
+        pc: Arc::new(pc),
+        state: state_rx,
+        gathered: gathered_rx,
+    })
+}
+
+/// Wait (bounded) until ICE gathering is complete, then read the local description's SDP.
+async fn local_sdp(slot: &PcSlot, timeout: Duration) -> anyhow::Result<String> {
+    let mut gathered = slot.gathered.clone();
+    let _ = tokio::time::timeout(timeout, gathered.wait_for(|g| *g)).await;
+    let desc = slot
+        .pc
+        .local_description()
+        .await
+        .ok_or_else(|| anyhow!("no local description"))?;
+    Ok(desc.sdp)
+}
+
+async fn wait_connected(
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let result = tokio::time::timeout(
+        timeout,
+        state.wait_for(|s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Connected
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+            )
+        }),
+    )
+    .await;
+    match result {
+        Ok(Ok(s)) if *s == RTCPeerConnectionState::Connected => Ok(()),
+        Ok(Ok(s)) => bail!("peer connection {}", *s),
+        Ok(Err(_)) => bail!("peer connection handler gone"),
+        Err(_) => bail!("peer connection not connected after {timeout:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The endpoint
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One message the endpoint received, parsed or not.
+#[derive(Debug, Clone)]
+pub enum Received {
+    Message(ServerMessage),
+    /// A text frame that is not a `ServerMessage` (kept verbatim).
+    Unparsed(String),
+    /// The server closed the WebSocket (close frame or end of stream).
+    Closed,
+}
+
+enum WsOut {
+    Text(String),
+    Close,
+}
+
+struct Inner {
+    opts: SimOptions,
+    participant_id: StdMutex<Option<String>>,
+    out_tx: mpsc::UnboundedSender<WsOut>,
+    log: StdMutex<Vec<Received>>,
+    log_notify: Notify,
+    closed: AtomicBool,
+    publish: tokio::sync::Mutex<Option<PcSlot>>,
+    subscribe: tokio::sync::Mutex<Option<PcSlot>>,
+    recorders: StdMutex<HashMap<(String, String), Arc<TrackRecorder>>>,
+    sent: Arc<SendCounters>,
+    tasks: StdMutex<Vec<JoinHandle<()>>>,
+    subscribe_answers: AtomicU64,
+    subscribe_errors: AtomicU64,
+    opened_at: Instant,
+    join_sent_at: StdMutex<Option<Instant>>,
+}
+
+impl Inner {
+    fn recorder(&self, participant_id: &str, track_id: &str, kind: TrackKind) -> Arc<TrackRecorder> {
+        let mut map = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            map.entry((participant_id.to_string(), track_id.to_string()))
+                .or_insert_with(|| {
+                    Arc::new(TrackRecorder::new(
+                        participant_id.to_string(),
+                        track_id.to_string(),
+                        kind,
+                        self.opts.verify_payload,
+                    ))
+                }),
+        )
+    }
+
+    fn push(&self, r: Received) {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+        self.log_notify.notify_waiters();
+    }
+
+    fn send(&self, msg: &ClientMessage) -> anyhow::Result<()> {
+        let text = serde_json::to_string(msg)?;
+        self.send_text(text)
+    }
+
+    fn send_text(&self, text: String) -> anyhow::Result<()> {
+        self.out_tx
+            .send(WsOut::Text(text))
+            .map_err(|_| anyhow!("websocket writer gone"))
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    async fn on_subscribe_offer(self: &Arc<Self>, sdp: String) -> anyhow::Result<()> {
+        let mut guard = self.subscribe.lock().await;
+        if guard.is_none() {
+            *guard = Some(build_pc(self, Leg::Subscribe).await?);
+        }
+        let slot = guard.as_ref().ok_or_else(|| anyhow!("no subscribe pc"))?;
+        slot.pc
+            .set_remote_description(RTCSessionDescription::offer(sdp)?)
+            .await
+            .context("subscribe: set_remote_description(offer)")?;
+        let answer = slot.pc.create_answer(None).await.context("create_answer")?;
+        slot.pc
+            .set_local_description(answer)
+            .await
+            .context("subscribe: set_local_description(answer)")?;
+        let sdp = local_sdp(slot, self.opts.step_timeout).await?;
+        self.send(&ClientMessage::SubscribeAnswer { sdp })?;
+        self.subscribe_answers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Everything an endpoint has counted, cheap to take.
+#[derive(Debug, Clone)]
+pub struct EndpointStats {
+    pub participant_id: Option<String>,
+    pub sent: SendStats,
+    pub received: Vec<TrackStats>,
+    pub subscribe_answers: u64,
+    pub subscribe_errors: u64,
+}
+
+impl EndpointStats {
+    /// The received track published by `participant_id` with kind `kind`, if any.
+    pub fn track_from(&self, participant_id: &str, kind: TrackKind) -> Option<&TrackStats> {
+        self.received
+            .iter()
+            .find(|t| t.participant_id == participant_id && t.kind == kind)
+    }
+}
+
+/// A simulated participant. Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct SimEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl SimEndpoint {
+    /// Open the WebSocket without joining (for protocol tests).
+    pub async fn open(opts: SimOptions) -> anyhow::Result<SimEndpoint> {
+        let url = opts.ws_url();
+        let (ws, _resp) = tokio::time::timeout(
+            opts.step_timeout,
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .map_err(|_| anyhow!("websocket connect to {url} timed out"))?
+        .with_context(|| format!("websocket connect to {url}"))?;
+        let (mut sink, mut stream) = ws.split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsOut>();
+        let inner = Arc::new(Inner {
+            opts,
+            participant_id: StdMutex::new(None),
+            out_tx,
+            log: StdMutex::new(Vec::new()),
+            log_notify: Notify::new(),
+            closed: AtomicBool::new(false),
+            publish: tokio::sync::Mutex::new(None),
+            subscribe: tokio::sync::Mutex::new(None),
+            recorders: StdMutex::new(HashMap::new()),
+            sent: Arc::new(SendCounters::default()),
+            tasks: StdMutex::new(Vec::new()),
+            subscribe_answers: AtomicU64::new(0),
+            subscribe_errors: AtomicU64::new(0),
+            opened_at: Instant::now(),
+            join_sent_at: StdMutex::new(None),
+        });
+
+        inner.spawn(async move {
+            while let Some(out) = out_rx.recv().await {
+                match out {
+                    WsOut::Text(t) => {
+                        if sink.send(Message::Text(t.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    WsOut::Close => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        let _ = sink.close().await;
+                        break;
+                    }
+                }
+            }
+        });
+
+        let weak = Arc::downgrade(&inner);
+        inner.spawn(async move {
+            while let Some(frame) = stream.next().await {
+                let Some(inner) = weak.upgrade() else { break };
+                match frame {
+                    Ok(Message::Text(text)) => {
+                        match serde_json::from_str::<ServerMessage>(text.as_str()) {
+                            Ok(msg) => {
+                                if let ServerMessage::SubscribeOffer { sdp } = &msg {
+                                    let sdp = sdp.clone();
+                                    inner.push(Received::Message(msg));
+                                    if let Err(e) = inner.on_subscribe_offer(sdp).await {
+                                        inner.subscribe_errors.fetch_add(1, Ordering::Relaxed);
+                                        tracing::warn!(
+                                            name = %inner.opts.name,
+                                            "sim: answering subscribe_offer failed: {e:#}"
+                                        );
+                                    }
+                                } else {
+                                    inner.push(Received::Message(msg));
+                                }
+                            }
+                            Err(_) => inner.push(Received::Unparsed(text.to_string())),
+                        }
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                inner.closed.store(true, Ordering::Relaxed);
+                inner.push(Received::Closed);
+            }
+        });
+        Ok(SimEndpoint { inner })
+    }
+
+    /// Open the WebSocket and join: returns once `joined` arrived (or fails with the server's `error`).
+    pub async fn connect(opts: SimOptions) -> anyhow::Result<SimEndpoint> {
+        let ep = SimEndpoint::open(opts).await?;
+        ep.join().await?;
+        Ok(ep)
+    }
+
+    /// Send `join` and wait for `joined`; returns the participants already in the room.
+    pub async fn join(&self) -> anyhow::Result<Vec<ParticipantInfo>> {
+        let from = self.log_len();
+        *self
+            .inner
+            .join_sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.inner.send(&ClientMessage::Join {
+            room: self.inner.opts.room.clone(),
+            name: self.inner.opts.name.clone(),
+            token: None,
+        })?;
+        let reply = self
+            .wait_message_since(from, self.inner.opts.step_timeout, |m| {
+                matches!(m, ServerMessage::Joined { .. } | ServerMessage::Error { .. })
+            })
+            .await
+            .context("waiting for joined")?;
+        match reply {
+            ServerMessage::Joined {
+                participant_id,
+                participants,
+                ..
+            } => {
+                *self
+                    .inner
+                    .participant_id
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(participant_id);
+                Ok(participants)
+            }
+            ServerMessage::Error { code, message } => bail!("join refused: {code:?}: {message}"),
+            other => bail!("unexpected reply to join: {other:?}"),
+        }
+    }
+
+    /// The participant id the server gave us (after `joined`).
+    pub fn id(&self) -> String {
+        self.inner
+            .participant_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.opts.name
+    }
+
+    /// When `join` was sent.
+    pub fn join_sent_at(&self) -> Option<Instant> {
+        *self
+            .inner
+            .join_sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn opened_at(&self) -> Instant {
+        self.inner.opened_at
+    }
+
+    /// Create the publish connection with the configured tracks, exchange `publish_offer` / `publish_answer`,
+    /// wait until it is connected and start sending.
+    pub async fn publish(&self) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let media = inner.opts.media;
+        let slot = build_pc(inner, Leg::Publish).await?;
+        let stream_id = format!("sim-{}", inner.opts.name);
+        let mut tracks: Vec<(RtpCodecKind, Arc<TrackLocalStaticRTP>, u32, Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>)> =
+            Vec::new();
+        for (kind, enabled) in [(RtpCodecKind::Audio, media.audio), (RtpCodecKind::Video, media.video)] {
+            if !enabled {
+                continue;
+            }
+            let ssrc: u32 = rand::random();
+            let codec = if kind == RtpCodecKind::Audio { opus_codec() } else { vp8_codec() };
+            let label = if kind == RtpCodecKind::Audio { "mic" } else { "camera" };
+            let track = Arc::new(TrackLocalStaticRTP::new(rtc::media_stream::MediaStreamTrack::new(
+                stream_id.clone(),
+                format!("{label}-{ssrc:08x}"),
+                label.to_string(),
+                kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    active: true,
+                    codec,
+                    ..Default::default()
+                }],
+            )));
+            let transceiver = slot
+                .pc
+                .add_transceiver_from_track(
+                    Arc::clone(&track) as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![stream_id.clone()],
+                        send_encodings: vec![],
+                    }),
+                )
+                .await
+                .context("add_transceiver_from_track")?;
+            tracks.push((kind, track, ssrc, transceiver));
+        }
+        let offer = slot.pc.create_offer(None).await.context("create_offer")?;
+        slot.pc
+            .set_local_description(offer)
+            .await
+            .context("publish: set_local_description(offer)")?;
+        let sdp = local_sdp(&slot, inner.opts.step_timeout).await?;
+        let from = self.log_len();
+        inner.send(&ClientMessage::PublishOffer { sdp })?;
+        let reply = self
+            .wait_message_since(from, inner.opts.step_timeout, |m| {
+                matches!(m, ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. })
+            })
+            .await
+            .context("waiting for publish_answer")?;
+        let answer = match reply {
+            ServerMessage::PublishAnswer { sdp } => sdp,
+            ServerMessage::Error { code, message } => bail!("publish refused: {code:?}: {message}"),
+            other => bail!("unexpected reply to publish_offer: {other:?}"),
+        };
+        slot.pc
+            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await
+            .context("publish: set_remote_description(answer)")?;
+
+        let state = slot.state.clone();
+        *inner.publish.lock().await = Some(slot);
+        wait_connected(state, inner.opts.step_timeout)
+            .await
+            .context("publish connection")?;
+
+        for (kind, track, ssrc, transceiver) in tracks {
+            let pt = match transceiver.sender().await? {
+                Some(sender) => sender
+                    .get_parameters()
+                    .await?
+                    .rtp_parameters
+                    .codecs
+                    .first()
+                    .map(|c| c.payload_type)
+                    .unwrap_or(if kind == RtpCodecKind::Audio { OPUS_PT } else { VP8_PT }),
+                None => bail!("transceiver without sender"),
+            };
+            // Keyframe requests about this track.
+            let sent = Arc::clone(&inner.sent);
+            let rtcp_track = Arc::clone(&track);
+            inner.spawn(async move {
+                while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = rtcp_track.poll().await {
+                    for p in packets {
+                        let any = p.as_any();
+                        if any.is::<PictureLossIndication>() {
+                            sent.plis.fetch_add(1, Ordering::Relaxed);
+                            sent.keyframe_requested.store(true, Ordering::Relaxed);
+                        } else if any.is::<FullIntraRequest>() {
+                            sent.firs.fetch_add(1, Ordering::Relaxed);
+                            sent.keyframe_requested.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            let sent = Arc::clone(&inner.sent);
+            if kind == RtpCodecKind::Audio {
+                inner.spawn(send_audio(track, ssrc, pt, media, sent));
+            } else {
+                inner.spawn(send_video(track, ssrc, pt, media, sent));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of messages received so far (a cursor for [`wait_message_since`](Self::wait_message_since)).
+    pub fn log_len(&self) -> usize {
+        self.inner.log.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Every server message received so far.
+    pub fn messages(&self) -> Vec<ServerMessage> {
+        self.inner
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|r| match r {
+                Received::Message(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Everything received so far, including unparsed frames and the close.
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the server closed the WebSocket.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Relaxed)
+    }
+
+    /// Wait until a message at index `from` or later matches `pred`; fails on timeout or when the socket closed.
+    pub async fn wait_message_since(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&ServerMessage) -> bool,
+    ) -> anyhow::Result<ServerMessage> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.log_notify.notified();
+            {
+                let log = self.inner.log.lock().unwrap_or_else(|p| p.into_inner());
+                for r in log.iter().skip(from) {
+                    match r {
+                        Received::Message(m) if pred(m) => return Ok(m.clone()),
+                        Received::Closed => bail!(
+                            "{}: websocket closed while waiting; received since: {:?}",
+                            self.inner.opts.name,
+                            &log[from.min(log.len())..]
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let log = self.inner.log.lock().unwrap_or_else(|p| p.into_inner());
+                bail!(
+                    "{}: no matching message within {timeout:?}; received since: {:?}",
+                    self.inner.opts.name,
+                    &log[from.min(log.len())..]
+                );
+            }
+        }
+    }
+
+    /// Wait for an `error` at index `from` or later and return its code and message.
+    pub async fn wait_error_since(
+        &self,
+        from: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<(ErrorCode, String)> {
+        match self
+            .wait_message_since(from, timeout, |m| matches!(m, ServerMessage::Error { .. }))
+            .await?
+        {
+            ServerMessage::Error { code, message } => Ok((code, message)),
+            _ => unreachable!("predicate matched only errors"),
+        }
+    }
+
+    /// Send a protocol message.
+    pub fn send(&self, msg: &ClientMessage) -> anyhow::Result<()> {
+        self.inner.send(msg)
+    }
+
+    /// Send a raw text frame (for malformed-input tests).
+    pub fn send_raw(&self, text: impl Into<String>) -> anyhow::Result<()> {
+        self.inner.send_text(text.into())
+    }
+
+    /// Snapshot of one received track.
+    pub fn track(&self, participant_id: &str, track_id: &str) -> Option<TrackStats> {
+        self.inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(participant_id.to_string(), track_id.to_string()))
+            .map(|r| r.snapshot())
+    }
+
+    /// Snapshot of everything counted.
+    pub fn stats(&self) -> EndpointStats {
+        let recorders: Vec<Arc<TrackRecorder>> = self
+            .inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        EndpointStats {
+            participant_id: self
+                .inner
+                .participant_id
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            sent: self.inner.sent.snapshot(),
+            received: recorders.iter().map(|r| r.snapshot()).collect(),
+            subscribe_answers: self.inner.subscribe_answers.load(Ordering::Relaxed),
+            subscribe_errors: self.inner.subscribe_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What this endpoint sent so far (atomics only).
+    pub fn sent(&self) -> SendStats {
+        self.inner.sent.snapshot()
+    }
+
+    /// Packets and bytes received over all tracks (no histogram copies).
+    pub fn received_counts(&self) -> (u64, u64) {
+        let map = self.inner.recorders.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().fold((0, 0), |(p, b), r| {
+            let (rp, rb) = r.counts();
+            (p + rp, b + rb)
+        })
+    }
+
+    /// Send an RTCP PLI for a received track on the subscribe connection. Fails if the track was not received.
+    pub async fn send_pli(&self, participant_id: &str, track_id: &str) -> anyhow::Result<()> {
+        let recorder = self
+            .inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(participant_id.to_string(), track_id.to_string()))
+            .cloned()
+            .ok_or_else(|| anyhow!("no received track {participant_id}/{track_id}"))?;
+        let remote = recorder
+            .remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| anyhow!("track {participant_id}/{track_id} has no remote handle"))?;
+        let (track, ssrc) = remote;
+        let ssrc = if ssrc == 0 { recorder.snapshot().ssrc } else { ssrc };
+        track
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: ssrc,
+            })])
+            .await
+            .context("write_rtcp(PLI)")?;
+        Ok(())
+    }
+
+    /// Connection state of the publish / subscribe connection as this endpoint sees it.
+    pub async fn pc_state(&self, leg: Leg) -> Option<RTCPeerConnectionState> {
+        let guard = match leg {
+            Leg::Publish => self.inner.publish.lock().await,
+            Leg::Subscribe => self.inner.subscribe.lock().await,
+        };
+        guard.as_ref().map(|s| *s.state.borrow())
+    }
+
+    /// Send `leave`, close both connections and the socket.
+    pub async fn close(&self) {
+        let _ = self.inner.send(&ClientMessage::Leave);
+        self.shutdown().await;
+    }
+
+    /// Close connections and socket without sending `leave`.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        // Stop the senders first, keep the writer running long enough to flush `leave`.
+        let _ = self.inner.out_tx.send(WsOut::Close);
+        if let Some(slot) = self.inner.publish.lock().await.take() {
+            let _ = slot.pc.close().await;
+        }
+        if let Some(slot) = self.inner.subscribe.lock().await.take() {
+            let _ = slot.pc.close().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Media generators
+// ---------------------------------------------------------------------------------------------------------------
+
+fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, payload: Bytes) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+            ..Default::default()
+        },
+        payload,
+    }
+}
+
+async fn send_audio(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    pt: u8,
+    media: MediaProfile,
+    sent: Arc<SendCounters>,
+) {
+    let pps = media.audio_pps.max(1);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(pps)));
+    let ts_step = 48_000 / pps;
+    let mut seq: u16 = rand::random();
+    let mut ts: u32 = rand::random();
+    let size = media.audio_bytes.max(STAMP_BYTES);
+    let mut buf = BytesMut::with_capacity(size * 64);
+    let mut counter = 0u64;
+    loop {
+        tick.tick().await;
+        if buf.capacity() < size {
+            buf.reserve(size * 64);
+        }
+        put_stamp_and_padding(&mut buf, counter, unix_micros(), size);
+        let payload = buf.split().freeze();
+        let len = payload.len() as u64;
+        match track.write_rtp(rtp_packet(pt, seq, ts, ssrc, false, payload)).await {
+            Ok(()) => {
+                sent.audio_packets.fetch_add(1, Ordering::Relaxed);
+                sent.audio_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            Err(_) => {
+                sent.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        counter += 1;
+        seq = seq.wrapping_add(1);
+        ts = ts.wrapping_add(ts_step);
+    }
+}
+
+async fn send_video(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    pt: u8,
+    media: MediaProfile,
+    sent: Arc<SendCounters>,
+) {
+    let fps = media.video_fps.max(1);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(fps)));
+    let ts_step = 90_000 / fps;
+    let mut seq: u16 = rand::random();
+    let mut ts: u32 = rand::random();
+    let mut picture_id: u16 = rand::random::<u16>() & 0x7fff;
+    let frame_bytes = media.video_frame_bytes().max(STAMP_BYTES + 16);
+    let npk = media.video_packets_per_frame();
+    let per_packet = frame_bytes.div_ceil(npk).max(STAMP_BYTES + 16);
+    let mut buf = BytesMut::with_capacity(frame_bytes * 8);
+    let mut counter = 0u64;
+    let mut first_frame = true;
+    loop {
+        tick.tick().await;
+        let keyframe = first_frame || sent.keyframe_requested.swap(false, Ordering::Relaxed);
+        first_frame = false;
+        if buf.capacity() < frame_bytes + npk * 16 {
+            buf.reserve(frame_bytes * 8);
+        }
+        let now_us = unix_micros();
+        for i in 0..npk {
+            let start = i == 0;
+            // VP8 payload descriptor: X, S (first packet), PID 0; I; M + 15-bit PictureID.
+            buf.put_u8(0x80 | if start { 0x10 } else { 0 });
+            buf.put_u8(0x80);
+            buf.put_u8(0x80 | ((picture_id >> 8) as u8 & 0x7f));
+            buf.put_u8(picture_id as u8);
+            if start {
+                // VP8 frame tag: P (bit 0) = 0 keyframe / 1 interframe, version 0, show_frame 1,
+                // first partition size (19 bits) — small, it is synthetic.
+                let first_part: u32 = 64;
+                let tag: u32 = (if keyframe { 0 } else { 1 }) | (1 << 4) | (first_part << 5);
+                buf.put_u8(tag as u8);
+                buf.put_u8((tag >> 8) as u8);
+                buf.put_u8((tag >> 16) as u8);
+                if keyframe {
+                    buf.put_slice(&[0x9d, 0x01, 0x2a]);
+                    buf.put_u16_le(640);
+                    buf.put_u16_le(360);
+                }
+            }
+            let header_len = buf.len();
+            put_stamp_and_padding(&mut buf, counter, now_us, header_len + per_packet.max(STAMP_BYTES));
+            let payload = buf.split().freeze();
+            let len = payload.len() as u64;
+            let last = i + 1 == npk;
+            match track.write_rtp(rtp_packet(pt, seq, ts, ssrc, last, payload)).await {
+                Ok(()) => {
+                    sent.video_packets.fetch_add(1, Ordering::Relaxed);
+                    sent.video_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    sent.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            counter += 1;
+            seq = seq.wrapping_add(1);
+        }
+        sent.video_frames.fetch_add(1, Ordering::Relaxed);
+        if keyframe {
+            sent.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        picture_id = (picture_id + 1) & 0x7fff;
+        ts = ts.wrapping_add(ts_step);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Small HTTP client (HTTP/1.0, loopback only) for /api/rooms and /healthz
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `GET path` on `addr`; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect to {addr} timed out"))??;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| anyhow!("GET {path}: response timed out"))??;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: malformed response: {text:?}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("GET {path}: no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_monotonic_and_precise() {
+        let mut last = 0;
+        for v in [0u64, 1, 63, 64, 65, 100, 1000, 5000, 20_000, 1_000_000, 2_000_000] {
+            let b = LatencyHistogram::bucket(v);
+            assert!(b >= last);
+            last = b;
+            let lower = LatencyHistogram::bucket_value(b);
+            assert!(lower <= v || b == HIST_BUCKETS - 1, "{v} -> {b} -> {lower}");
+            assert!(v - lower.min(v) <= v / 30 + 1 || b == HIST_BUCKETS - 1, "{v} -> {lower}");
+        }
+        let mut h = LatencyHistogram::default();
+        for v in 1..=100 {
+            h.record(v * 100);
+        }
+        let p50 = h.quantile_us(0.5);
+        assert!((4800..=5000).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn payloads_round_trip() {
+        let mut buf = BytesMut::new();
+        put_stamp_and_padding(&mut buf, 42, 1234, 100);
+        let d = decode_payload(&buf, false, true).expect("decodes");
+        assert_eq!((d.counter, d.sent_us, d.intact, d.keyframe), (42, 1234, true, false));
+        let mut bad = buf.to_vec();
+        bad[50] ^= 1;
+        assert!(!decode_payload(&bad, false, true).expect("decodes").intact);
+
+        // VP8 keyframe start packet
+        let mut v = BytesMut::new();
+        v.put_slice(&[0x90, 0x80, 0x81, 0x23]);
+        v.put_slice(&[0x10, 0x08, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        let hl = v.len();
+        put_stamp_and_padding(&mut v, 7, 99, hl + 200);
+        let d = decode_payload(&v, true, true).expect("decodes");
+        assert_eq!((d.counter, d.sent_us, d.intact, d.keyframe), (7, 99, true, true));
+        // continuation packet
+        let mut c = BytesMut::new();
+        c.put_slice(&[0x80, 0x80, 0x81, 0x23]);
+        let hl = c.len();
+        put_stamp_and_padding(&mut c, 8, 99, hl + 200);
+        let d = decode_payload(&c, true, true).expect("decodes");
+        assert_eq!((d.counter, d.keyframe, d.intact), (8, false, true));
+    }
+}
