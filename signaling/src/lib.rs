@@ -1,1 +1,125 @@
+//! giaoban's control plane: HTTP and WebSocket (axum), rooms and participants, and the glue to the media
+//! plane. `start` runs a whole server; the binary (`main.rs`) adds config loading, logging and signals.
+
+pub mod http;
+pub mod hub;
 pub mod protocol;
+pub mod session;
+pub mod tls;
+
+use giaoban_config::Config;
+use giaoban_sfu::SfuConfig;
+use hub::Hub;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running server.
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    /// The first media worker's UDP address.
+    pub media_addr: SocketAddr,
+    /// Whether HTTP is served over TLS, and if so whether with a generated certificate.
+    pub tls: Option<bool>,
+    pub hub: Arc<Hub>,
+    handle: axum_server::Handle<SocketAddr>,
+    serve: tokio::task::JoinHandle<()>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The URL to open (loopback if the server listens on all addresses).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let addr = if self.http_addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], self.http_addr.port()))
+        } else {
+            self.http_addr
+        };
+        format!("{scheme}://{addr}/")
+    }
+
+    /// Tell every participant, close their connections, stop the media workers and the HTTP server.
+    pub async fn shutdown(self) {
+        self.hub.shutdown();
+        // Let the goodbyes reach the sockets.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        let _ = self.serve.await;
+        self.events.abort();
+    }
+}
+
+/// Start the media plane and the HTTP server as configured.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let sfu_config = SfuConfig {
+        listen_ip: config.media.listen_ip,
+        udp_port: config.media.udp_port,
+        announced_ips: config.media.announced_ips.clone(),
+        workers: config.media.workers,
+    };
+    let announced = giaoban_sfu::announced_ips(&sfu_config);
+    let (sfu, mut media_events) = giaoban_sfu::start(&sfu_config).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind media UDP port {}:{}: {e}",
+            config.media.listen_ip,
+            config.media.udp_port
+        )
+    })?;
+    let media_addr = sfu.media_addrs[0];
+    let hub = Arc::new(Hub::new(config.clone(), sfu));
+
+    let events_hub = hub.clone();
+    let events = tokio::spawn(async move {
+        while let Some(event) = media_events.recv().await {
+            events_hub.on_media_event(event);
+        }
+    });
+
+    let listener = std::net::TcpListener::bind(config.http.listen).map_err(|e| {
+        anyhow::anyhow!("cannot listen on {} (http.listen): {e}", config.http.listen)
+    })?;
+    listener.set_nonblocking(true)?;
+    let http_addr = listener.local_addr()?;
+    let app = http::router(hub.clone()).into_make_service();
+    let handle = axum_server::Handle::new();
+    let tls = tls::prepare(&config.tls_mode(), &announced).await?;
+    let (serve, tls_flag) = match tls {
+        tls::Tls::Off => {
+            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            (
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(app).await {
+                        tracing::error!(error = %e, "http server failed");
+                    }
+                }),
+                None,
+            )
+        }
+        tls::Tls::On {
+            config: rustls,
+            self_signed,
+        } => {
+            let server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
+            (
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(app).await {
+                        tracing::error!(error = %e, "https server failed");
+                    }
+                }),
+                Some(self_signed),
+            )
+        }
+    };
+    Ok(RunningServer {
+        http_addr,
+        media_addr,
+        tls: tls_flag,
+        hub,
+        handle,
+        serve,
+        events,
+    })
+}

@@ -1,0 +1,70 @@
+//! The HTTP surface: the embedded web client, the WebSocket, health and the rooms API.
+
+use crate::hub::Hub;
+use crate::session;
+use axum::Router;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use std::sync::Arc;
+
+/// The web client, compiled into the binary: (path, content type, body).
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../web-client/index.html")),
+    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../web-client/app.js")),
+    ("/protocol.js", "text/javascript; charset=utf-8", include_str!("../../web-client/protocol.js")),
+    ("/i18n.js", "text/javascript; charset=utf-8", include_str!("../../web-client/i18n.js")),
+    ("/style.css", "text/css; charset=utf-8", include_str!("../../web-client/style.css")),
+];
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    let mut app = Router::new();
+    for (path, content_type, body) in ASSETS {
+        app = app.route(
+            path,
+            get(move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, *content_type),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    *body,
+                )
+            }),
+        );
+    }
+    app.route("/ws", get(ws))
+        .route("/healthz", get(healthz))
+        .route("/api/rooms", get(rooms))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
+        .with_state(hub)
+}
+
+async fn ws(ws: WebSocketUpgrade, State(hub): State<Arc<Hub>>) -> Response {
+    let cap = session::frame_cap(hub.config.limits.max_message_bytes);
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| session::run(socket, hub))
+}
+
+async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
+    match hub.sfu.stats().await {
+        Ok(stats) => Json(serde_json::json!({
+            "status": "ok",
+            "participants": hub.participant_count(),
+            "connections": stats.connections,
+            "media_addrs": hub.sfu.media_addrs,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn rooms(State(hub): State<Arc<Hub>>) -> Response {
+    Json(serde_json::json!({ "rooms": hub.rooms() })).into_response()
+}

@@ -1,0 +1,300 @@
+//! One participant's WebSocket session: parse and check each message, act on it through the Hub and the media
+//! plane, and answer. Bad input gets an `error` that names the problem; the session carries on.
+
+use crate::hub::{Hub, Outgoing};
+use crate::protocol::{ClientMessage, ErrorCode, Leg, ServerMessage};
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use giaoban_sfu::{Command, SfuError};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info_span};
+
+/// Hard cap on a frame before it is even read as a message (the configured limit is checked after, so an
+/// oversized message up to this size gets a polite `too_large` error rather than a closed socket).
+pub fn frame_cap(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_mul(4).max(1024 * 1024)
+}
+
+enum State {
+    AwaitingJoin,
+    Joined { id: String },
+}
+
+pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                Outgoing::Message(m) => {
+                    let text = match serde_json::to_string(&m) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot serialize a server message");
+                            continue;
+                        }
+                    };
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Outgoing::Close => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
+            }
+        }
+    });
+
+    let mut state = State::AwaitingJoin;
+    let span = info_span!("session", room = tracing::field::Empty, participant = tracing::field::Empty);
+    async {
+        while let Some(frame) = stream.next().await {
+            let text = match frame {
+                Ok(Message::Text(t)) => t.to_string(),
+                Ok(Message::Binary(_)) => {
+                    reply(&tx, ErrorCode::BadMessage, "binary frames are not accepted; send JSON text");
+                    continue;
+                }
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if text.len() > hub.config.limits.max_message_bytes {
+                reply(
+                    &tx,
+                    ErrorCode::TooLarge,
+                    &format!(
+                        "message of {} bytes is larger than the limit of {} bytes",
+                        text.len(),
+                        hub.config.limits.max_message_bytes
+                    ),
+                );
+                continue;
+            }
+            let msg: ClientMessage = match serde_json::from_str(&text) {
+                Ok(m) => m,
+                Err(e) => {
+                    reply(&tx, ErrorCode::BadMessage, &format!("cannot read message: {e}"));
+                    continue;
+                }
+            };
+            if !handle(&hub, &tx, &mut state, msg).await {
+                break;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+
+    if let State::Joined { id } = &state {
+        hub.leave(id);
+    }
+    let _ = tx.send(Outgoing::Close);
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn reply(tx: &mpsc::UnboundedSender<Outgoing>, code: ErrorCode, message: &str) {
+    debug!(?code, message, "refused");
+    let _ = tx.send(Outgoing::Message(ServerMessage::error(code, message)));
+}
+
+fn send(tx: &mpsc::UnboundedSender<Outgoing>, message: ServerMessage) {
+    let _ = tx.send(Outgoing::Message(message));
+}
+
+fn sfu_error_code(e: &SfuError) -> ErrorCode {
+    match e {
+        SfuError::InvalidSdp(_) | SfuError::UnknownTrack(_) | SfuError::InvalidCandidate(_) => {
+            ErrorCode::InvalidField
+        }
+        SfuError::NoOfferOutstanding => ErrorCode::WrongState,
+        SfuError::UnknownParticipant | SfuError::Negotiation(_) | SfuError::Stopped => {
+            ErrorCode::Media
+        }
+    }
+}
+
+/// A room or display name: trimmed, 1..=max characters, no control characters.
+fn check_name(what: &str, value: &str, max_chars: usize) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if v.chars().count() > max_chars {
+        return Err(format!("{what} is longer than {max_chars} characters"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("{what} contains control characters"));
+    }
+    Ok(v.to_owned())
+}
+
+fn check_sdp(sdp: &str) -> Result<(), String> {
+    if !sdp.starts_with("v=0") {
+        return Err("sdp is not a session description (it must start with `v=0`)".into());
+    }
+    Ok(())
+}
+
+/// Returns false when the session should end.
+async fn handle(
+    hub: &Arc<Hub>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    state: &mut State,
+    msg: ClientMessage,
+) -> bool {
+    let id = match (&*state, &msg) {
+        (State::AwaitingJoin, ClientMessage::Join { room, name, token: _ }) => {
+            let max = hub.config.limits.max_name_chars;
+            let (room, name) = match (check_name("room", room, max), check_name("name", name, max)) {
+                (Ok(r), Ok(n)) => (r, n),
+                (Err(e), _) | (_, Err(e)) => {
+                    reply(tx, ErrorCode::InvalidField, &e);
+                    return true;
+                }
+            };
+            let id = new_participant_id();
+            match hub.join(&room, &id, &name, tx.clone()) {
+                Ok(participants) => {
+                    tracing::Span::current().record("room", room.as_str());
+                    tracing::Span::current().record("participant", id.as_str());
+                    send(
+                        tx,
+                        ServerMessage::Joined {
+                            participant_id: id.clone(),
+                            room,
+                            participants,
+                        },
+                    );
+                    *state = State::Joined { id };
+                }
+                Err(e) => reply(tx, e.code(), &e.to_string()),
+            }
+            return true;
+        }
+        (State::AwaitingJoin, ClientMessage::Ping) => {
+            send(tx, ServerMessage::Pong);
+            return true;
+        }
+        (State::AwaitingJoin, _) => {
+            reply(tx, ErrorCode::WrongState, "send `join` first");
+            return true;
+        }
+        (State::Joined { .. }, ClientMessage::Join { .. }) => {
+            reply(tx, ErrorCode::WrongState, "already joined; open a new connection to join another room");
+            return true;
+        }
+        (State::Joined { id }, _) => id.clone(),
+    };
+
+    match msg {
+        ClientMessage::Join { .. } => unreachable!("handled above"),
+        ClientMessage::PublishOffer { sdp } => {
+            if let Err(e) = check_sdp(&sdp) {
+                reply(tx, ErrorCode::InvalidField, &e);
+                return true;
+            }
+            let participant = id.clone();
+            match hub
+                .sfu
+                .call(|reply| Command::PublishOffer { participant, sdp, reply })
+                .await
+            {
+                Ok(sdp) => send(tx, ServerMessage::PublishAnswer { sdp }),
+                Err(e) => reply(tx, sfu_error_code(&e), &format!("publish offer refused: {e}")),
+            }
+        }
+        ClientMessage::SubscribeAnswer { sdp } => {
+            if let Err(e) = check_sdp(&sdp) {
+                reply(tx, ErrorCode::InvalidField, &e);
+                return true;
+            }
+            let participant = id.clone();
+            if let Err(e) = hub
+                .sfu
+                .call(|reply| Command::SubscribeAnswer { participant, sdp, reply })
+                .await
+            {
+                reply(tx, sfu_error_code(&e), &format!("subscribe answer refused: {e}"));
+            }
+        }
+        ClientMessage::Candidate { leg, candidate } => {
+            if candidate.candidate.len() > 1024 {
+                reply(tx, ErrorCode::InvalidField, "candidate is too long");
+                return true;
+            }
+            let _ = hub.sfu.send(Command::RemoteCandidate {
+                participant: id.clone(),
+                leg: match leg {
+                    Leg::Publish => giaoban_sfu::Leg::Publish,
+                    Leg::Subscribe => giaoban_sfu::Leg::Subscribe,
+                },
+                candidate: candidate.candidate,
+                sdp_mid: candidate.sdp_mid,
+                sdp_mline_index: candidate.sdp_m_line_index,
+            });
+        }
+        ClientMessage::MediaState { mic, camera } => hub.set_media_state(&id, mic, camera),
+        ClientMessage::RequestKeyframe { track_id } => {
+            let participant = id.clone();
+            if let Err(e) = hub
+                .sfu
+                .call(|reply| Command::RequestKeyframe { participant, track_id, reply })
+                .await
+            {
+                reply(tx, sfu_error_code(&e), &format!("keyframe request refused: {e}"));
+            }
+        }
+        ClientMessage::Leave => {
+            hub.leave(&id);
+            *state = State::AwaitingJoin;
+            send(tx, ServerMessage::Bye { reason: "left".into() });
+            return false;
+        }
+        ClientMessage::Ping => send(tx, ServerMessage::Pong),
+    }
+    true
+}
+
+fn new_participant_id() -> String {
+    format!("p{:012x}", rand_u64() & 0xffff_ffff_ffff)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process and mixed per call with a counter.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_checked() {
+        assert_eq!(check_name("room", "  giao ban  ", 64), Ok("giao ban".to_string()));
+        assert!(check_name("room", "   ", 64).expect_err("empty").contains("room"));
+        assert!(check_name("name", &"x".repeat(65), 64).expect_err("long").contains("64"));
+        assert!(check_name("name", "a\u{0007}b", 64).is_err());
+        assert_eq!(check_name("name", "Xã Tân Phú", 10), Ok("Xã Tân Phú".to_string()));
+    }
+
+    #[test]
+    fn sdp_must_look_like_sdp() {
+        assert!(check_sdp("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n").is_ok());
+        assert!(check_sdp("hello").is_err());
+    }
+
+    #[test]
+    fn participant_ids_differ() {
+        let a = new_participant_id();
+        let b = new_participant_id();
+        assert_ne!(a, b);
+        assert!(a.starts_with('p') && a.len() == 13);
+    }
+}
