@@ -1,1 +1,617 @@
-fn main() {}
+//! `loadtest`: one publisher (synthetic VP8 ~1.5 Mbit/s at 30 fps + Opus at 50 packets/s) → N subscribers, all
+//! simulated endpoints on this machine, against a giaoban server on loopback. Reports delivery, added latency,
+//! join → first packet, and (given the server's PID) the server's CPU per forwarded packet and its memory.
+//!
+//! The publisher joins and starts sending first; the subscribers then join (a few at a time), so "join → first
+//! packet" is what a participant arriving in a running meeting sees. Counting happens in a measuring window that
+//! starts once every subscriber receives media: packets sent and received, latency, server and client CPU are all
+//! differences between the window's two ends.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use giaoban_signaling::protocol::TrackKind;
+use giaoban_tests::sim::{Interceptors, LatencyHistogram, SimEndpoint, SimOptions};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(name = "loadtest", about = "One publisher → N subscribers against a giaoban server on loopback")]
+struct Args {
+    /// Server base URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Number of subscribing endpoints.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Length of the measuring window, seconds.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// PID of the server process, for its CPU time and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Start the server binary on free loopback ports, measure it, stop it afterwards.
+    #[arg(long)]
+    spawn_server: bool,
+    /// Server binary for --spawn-server.
+    #[arg(long, default_value = "target/release/giaoban")]
+    server_bin: PathBuf,
+    /// Write the JSON summary here (it is printed too).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Room name.
+    #[arg(long, default_value = "loadtest")]
+    room: String,
+    /// Subscribers joining at the same time.
+    #[arg(long, default_value_t = 10)]
+    join_concurrency: usize,
+    /// Run webrtc-rs's default interceptors on the subscribers too (costs client CPU); by default they run only
+    /// on the publisher.
+    #[arg(long)]
+    full_interceptors: bool,
+    /// Video bitrate, bit/s.
+    #[arg(long, default_value_t = 1_500_000)]
+    video_bitrate: u64,
+    /// Video frame rate.
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
+    /// Longest wait for all subscribers to receive media before the window starts, seconds.
+    #[arg(long, default_value_t = 60)]
+    settle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSample {
+    /// utime + stime, seconds.
+    cpu_s: f64,
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process (`self` or a PID), in seconds.
+fn cpu_of(pid: Option<u32>, ticks: f64) -> anyhow::Result<CpuSample> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: field 3 (state) is index 0, utime (14) index 11, stime (15) index 12.
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("no utime in {path}"))?;
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("no stime in {path}"))?;
+    Ok(CpuSample {
+        cpu_s: (utime + stime) / ticks,
+    })
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+fn rss_of(pid: Option<u32>) -> Option<(u64, u64)> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_string(),
+    };
+    let text = std::fs::read_to_string(path).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
+}
+
+fn check_loopback(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--url must be http://127.0.0.1:PORT (plain HTTP on loopback)"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    let addr: SocketAddr = hostport
+        .parse()
+        .map_err(|_| anyhow!("--url host must be a loopback IP with a port, got {hostport}"))?;
+    if !addr.ip().is_loopback() {
+        bail!("loadtest only runs against loopback addresses, not {}", addr.ip());
+    }
+    Ok(addr)
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct SpawnedServer {
+    child: tokio::process::Child,
+    url: String,
+    pid: u32,
+    log: PathBuf,
+}
+
+async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let http_port = free_tcp_port()?;
+    let udp_port = free_udp_port()?;
+    let log = std::env::temp_dir().join(format!("giaoban-loadtest-server-{http_port}.log"));
+    let mut child = tokio::process::Command::new(bin)
+        .env("GIAOBAN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("GIAOBAN_MEDIA_UDP_PORT", udp_port.to_string())
+        .env("GIAOBAN_MEDIA_LISTEN_IP", "127.0.0.1")
+        .env("GIAOBAN_TLS_SELF_SIGNED", "false")
+        .env("GIAOBAN_LOG_LEVEL", std::env::var("GIAOBAN_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (build it: cargo build --release -p giaoban-signaling)", bin.display()))?;
+    let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let file = Arc::new(std::sync::Mutex::new(std::fs::File::create(&log)?));
+    let f1 = Arc::clone(&file);
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("giaoban listening on")
+                && let Some(tx) = ready.take()
+            {
+                let _ = tx.send(());
+            }
+            if let Ok(mut f) = f1.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    let f2 = Arc::clone(&file);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut f) = f2.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(15), ready_rx)
+        .await
+        .map_err(|_| anyhow!("server did not print `giaoban listening on` within 15 s; see {}", log.display()))?
+        .map_err(|_| anyhow!("server exited before listening; see {}", log.display()))?;
+    Ok(SpawnedServer {
+        child,
+        url: format!("http://127.0.0.1:{http_port}"),
+        pid,
+        log,
+    })
+}
+
+#[derive(Serialize, Debug, Default)]
+struct Summary {
+    url: String,
+    subscribers_requested: usize,
+    subscribers_joined: usize,
+    subscribers_receiving: usize,
+    window_s: f64,
+    video_fps: u32,
+    video_bitrate_bps: u64,
+    sent_packets: u64,
+    sent_payload_bytes: u64,
+    received_packets: u64,
+    received_payload_bytes: u64,
+    /// received / (sent × subscribers joined), in %.
+    delivered_pct: f64,
+    /// Counter gaps inside the window over all subscribers (loss seen by sequence counter).
+    missing_packets: u64,
+    duplicate_packets: u64,
+    out_of_order_packets: u64,
+    corrupt_payloads: u64,
+    latency_samples: u64,
+    latency_p50_ms: f64,
+    latency_p99_ms: f64,
+    latency_max_ms: f64,
+    join_to_first_packet_p50_ms: Option<f64>,
+    join_to_first_packet_p95_ms: Option<f64>,
+    join_to_first_keyframe_p50_ms: Option<f64>,
+    join_to_first_keyframe_p95_ms: Option<f64>,
+    in_pps: f64,
+    in_payload_bytes_per_s: f64,
+    out_pps: f64,
+    out_payload_bytes_per_s: f64,
+    server_pid: Option<u32>,
+    server_cpu_s: Option<f64>,
+    server_cpu_pct: Option<f64>,
+    server_rss_kib_before: Option<u64>,
+    server_rss_kib_after: Option<u64>,
+    server_rss_kib_peak: Option<u64>,
+    server_rss_kib_per_subscriber: Option<f64>,
+    forwarded_packets_per_cpu_s: Option<f64>,
+    server_us_per_forwarded_packet: Option<f64>,
+    client_cpu_s: f64,
+    client_cpu_pct: f64,
+    client_rss_kib: Option<u64>,
+    publisher_plis: u64,
+    publisher_keyframes: u64,
+    publisher_write_errors: u64,
+    subscribe_answer_errors: u64,
+    errors: Vec<String>,
+}
+
+fn quantile_ms(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Some(sorted[idx])
+}
+
+/// Per subscriber and track: (packets, bytes, distinct, missing, duplicates, out_of_order, corrupt, latency).
+#[derive(Clone, Default)]
+struct Counts {
+    packets: u64,
+    bytes: u64,
+    missing: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    corrupt: u64,
+    latency: LatencyHistogram,
+}
+
+fn counts_from(ep: &SimEndpoint, publisher_id: &str) -> Counts {
+    let mut c = Counts::default();
+    for t in ep.stats().received.iter().filter(|t| t.participant_id == publisher_id) {
+        c.packets += t.packets;
+        c.bytes += t.bytes;
+        c.missing += t.missing();
+        c.duplicates += t.duplicates;
+        c.out_of_order += t.out_of_order;
+        c.corrupt += t.payload_errors;
+        c.latency.merge(&t.latency);
+    }
+    c
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run(args));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    if args.subscribers == 0 {
+        bail!("--subscribers must be at least 1");
+    }
+    let ticks = clock_ticks();
+    let mut spawned = None;
+    let (url, server_pid) = if args.spawn_server {
+        let s = spawn_server(&args.server_bin).await?;
+        eprintln!("started {} (pid {}) at {}; log {}", args.server_bin.display(), s.pid, s.url, s.log.display());
+        let r = (s.url.clone(), Some(s.pid));
+        spawned = Some(s);
+        r
+    } else {
+        (args.url.clone(), args.server_pid)
+    };
+    let http = check_loopback(&url)?;
+    if !matches!(http.ip(), IpAddr::V4(_) | IpAddr::V6(_)) {
+        bail!("bad address");
+    }
+    // Hard bound on the whole run: joins + settle + window + teardown.
+    let budget = Duration::from_secs(
+        args.settle_timeout + args.duration + 60 + (args.subscribers as u64 / 2),
+    );
+    let outcome = tokio::time::timeout(budget, measure(&args, &url, server_pid, ticks)).await;
+    if let Some(mut s) = spawned {
+        let _ = s.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.child.wait()).await;
+    }
+    let summary = match outcome {
+        Ok(r) => r?,
+        Err(_) => bail!("loadtest exceeded its time bound of {budget:?}"),
+    };
+    print_summary(&summary);
+    let json = serde_json::to_string_pretty(&summary)?;
+    println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("summary written to {}", path.display());
+    }
+    Ok(())
+}
+
+async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) -> anyhow::Result<Summary> {
+    let mut summary = Summary {
+        url: url.to_string(),
+        subscribers_requested: args.subscribers,
+        video_fps: args.fps,
+        video_bitrate_bps: args.video_bitrate,
+        server_pid,
+        ..Default::default()
+    };
+    summary.server_rss_kib_before = server_pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
+
+    // Publisher.
+    let mut popts = SimOptions::new(url, &args.room, "publisher");
+    popts.media.video_bitrate_bps = args.video_bitrate;
+    popts.media.video_fps = args.fps;
+    popts.verify_payload = false;
+    let publisher = SimEndpoint::connect(popts).await.context("publisher joins")?;
+    publisher.publish().await.context("publisher publishes")?;
+    let pub_id = publisher.id();
+    eprintln!("publisher {pub_id} sending ~{} kbit/s VP8 at {} fps + Opus 50 pps", args.video_bitrate / 1000, args.fps);
+
+    // Subscribers, a few at a time.
+    let bar = ProgressBar::new(args.subscribers as u64);
+    bar.set_style(
+        ProgressStyle::with_template("joining   {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.join_concurrency.max(1)));
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..args.subscribers {
+        let mut opts = SimOptions::new(url, &args.room, format!("sub-{i:03}"));
+        opts.media.audio = false;
+        opts.media.video = false;
+        opts.verify_payload = false;
+        opts.interceptors = if args.full_interceptors {
+            Interceptors::Default
+        } else {
+            Interceptors::Minimal
+        };
+        let sem = Arc::clone(&sem);
+        joins.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            SimEndpoint::connect(opts).await
+        });
+    }
+    let mut subs = Vec::new();
+    while let Some(r) = joins.join_next().await {
+        match r {
+            Ok(Ok(ep)) => subs.push(ep),
+            Ok(Err(e)) => summary.errors.push(format!("join: {e:#}")),
+            Err(e) => summary.errors.push(format!("join task: {e}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    summary.subscribers_joined = subs.len();
+    eprintln!("{} of {} subscribers joined", subs.len(), args.subscribers);
+    if subs.is_empty() {
+        bail!("no subscriber could join: {:?}", summary.errors);
+    }
+
+    // Settle: every subscriber receives audio and video.
+    let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
+    let bar = ProgressBar::new(subs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("settling  {bar:40} {pos}/{len} receiving media")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        let receiving = subs
+            .iter()
+            .filter(|s| {
+                let st = s.stats();
+                st.track_from(&pub_id, TrackKind::Audio).is_some_and(|t| t.packets > 0)
+                    && st.track_from(&pub_id, TrackKind::Video).is_some_and(|t| t.packets > 0)
+            })
+            .count();
+        bar.set_position(receiving as u64);
+        if receiving == subs.len() || Instant::now() >= settle_deadline {
+            summary.subscribers_receiving = receiving;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bar.finish_and_clear();
+    if summary.subscribers_receiving < subs.len() {
+        summary.errors.push(format!(
+            "only {} of {} subscribers received audio and video within {} s",
+            summary.subscribers_receiving,
+            subs.len(),
+            args.settle_timeout
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Join → first packet / first keyframe.
+    let mut first_pkt = Vec::new();
+    let mut first_key = Vec::new();
+    for s in &subs {
+        let Some(joined) = s.join_sent_at() else { continue };
+        let st = s.stats();
+        let from_pub: Vec<_> = st.received.iter().filter(|t| t.participant_id == pub_id).collect();
+        if let Some(first) = from_pub.iter().filter_map(|t| t.first_packet_at).min() {
+            first_pkt.push(first.saturating_duration_since(joined).as_secs_f64() * 1000.0);
+        }
+        // First keyframe arrival is not timestamped separately; a subscriber whose first video packet started a
+        // keyframe could decode at once. Use first video packet time when the track saw ≥1 keyframe.
+        if let Some(v) = from_pub.iter().find(|t| t.kind == TrackKind::Video)
+            && v.keyframes > 0
+            && let Some(at) = v.first_keyframe_at
+        {
+            first_key.push(at.saturating_duration_since(joined).as_secs_f64() * 1000.0);
+        }
+    }
+    first_pkt.sort_by(|a, b| a.total_cmp(b));
+    first_key.sort_by(|a, b| a.total_cmp(b));
+    summary.join_to_first_packet_p50_ms = quantile_ms(&first_pkt, 0.5);
+    summary.join_to_first_packet_p95_ms = quantile_ms(&first_pkt, 0.95);
+    summary.join_to_first_keyframe_p50_ms = quantile_ms(&first_key, 0.5);
+    summary.join_to_first_keyframe_p95_ms = quantile_ms(&first_key, 0.95);
+
+    // Measuring window.
+    let sent0 = publisher.sent();
+    let recv0: Vec<Counts> = subs.iter().map(|s| counts_from(s, &pub_id)).collect();
+    let server_cpu0 = match server_pid {
+        Some(p) => Some(cpu_of(Some(p), ticks)?),
+        None => None,
+    };
+    let client_cpu0 = cpu_of(None, ticks)?;
+    let t0 = Instant::now();
+
+    let window = Duration::from_secs(args.duration);
+    let bar = ProgressBar::new(window.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("measuring {bar:40} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut last_rx = recv0.iter().map(|c| c.packets).sum::<u64>();
+    let mut last_at = t0;
+    while t0.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(500).min(window.saturating_sub(t0.elapsed()))).await;
+        let rx: u64 = subs.iter().map(|s| s.received_counts().0).sum();
+        let sent = publisher.sent();
+        let tx = (sent.audio_packets + sent.video_packets) - (sent0.audio_packets + sent0.video_packets);
+        let rx_win = rx.saturating_sub(recv0.iter().map(|c| c.packets).sum::<u64>());
+        let rate = (rx.saturating_sub(last_rx)) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+        last_rx = rx;
+        last_at = Instant::now();
+        let delivered = if tx > 0 {
+            rx_win as f64 * 100.0 / (tx as f64 * subs.len() as f64)
+        } else {
+            0.0
+        };
+        let server_cpu = match (server_pid, server_cpu0) {
+            (Some(p), Some(c0)) => cpu_of(Some(p), ticks)
+                .map(|c| format!(" server CPU {:.0} %", (c.cpu_s - c0.cpu_s) * 100.0 / t0.elapsed().as_secs_f64()))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        bar.set_position(t0.elapsed().as_millis() as u64);
+        bar.set_message(format!("delivered {delivered:.2} %  out {rate:.0} pkt/s{server_cpu}"));
+    }
+    bar.finish_and_clear();
+
+    let elapsed = t0.elapsed().as_secs_f64();
+    let sent1 = publisher.sent();
+    let recv1: Vec<Counts> = subs.iter().map(|s| counts_from(s, &pub_id)).collect();
+    let server_cpu1 = match server_pid {
+        Some(p) => Some(cpu_of(Some(p), ticks)?),
+        None => None,
+    };
+    let client_cpu1 = cpu_of(None, ticks)?;
+    let server_rss = server_pid.and_then(|p| rss_of(Some(p)));
+
+    let sent_packets = (sent1.audio_packets + sent1.video_packets) - (sent0.audio_packets + sent0.video_packets);
+    let sent_bytes = (sent1.audio_bytes + sent1.video_bytes) - (sent0.audio_bytes + sent0.video_bytes);
+    let mut lat = LatencyHistogram::default();
+    for (a, b) in recv0.iter().zip(recv1.iter()) {
+        summary.received_packets += b.packets - a.packets;
+        summary.received_payload_bytes += b.bytes - a.bytes;
+        summary.missing_packets += b.missing.saturating_sub(a.missing);
+        summary.duplicate_packets += b.duplicates - a.duplicates;
+        summary.out_of_order_packets += b.out_of_order - a.out_of_order;
+        summary.corrupt_payloads += b.corrupt - a.corrupt;
+        lat.merge(&b.latency.since(&a.latency));
+    }
+    summary.window_s = elapsed;
+    summary.sent_packets = sent_packets;
+    summary.sent_payload_bytes = sent_bytes;
+    summary.delivered_pct = if sent_packets > 0 {
+        summary.received_packets as f64 * 100.0 / (sent_packets as f64 * subs.len() as f64)
+    } else {
+        0.0
+    };
+    summary.latency_samples = lat.count();
+    summary.latency_p50_ms = lat.quantile_us(0.5) as f64 / 1000.0;
+    summary.latency_p99_ms = lat.quantile_us(0.99) as f64 / 1000.0;
+    summary.latency_max_ms = lat.max_us() as f64 / 1000.0;
+    summary.in_pps = sent_packets as f64 / elapsed;
+    summary.in_payload_bytes_per_s = sent_bytes as f64 / elapsed;
+    summary.out_pps = summary.received_packets as f64 / elapsed;
+    summary.out_payload_bytes_per_s = summary.received_payload_bytes as f64 / elapsed;
+    if let (Some(c0), Some(c1)) = (server_cpu0, server_cpu1) {
+        let cpu = c1.cpu_s - c0.cpu_s;
+        summary.server_cpu_s = Some(cpu);
+        summary.server_cpu_pct = Some(cpu * 100.0 / elapsed);
+        if cpu > 0.0 {
+            summary.forwarded_packets_per_cpu_s = Some(summary.received_packets as f64 / cpu);
+        }
+        if summary.received_packets > 0 {
+            summary.server_us_per_forwarded_packet = Some(cpu * 1e6 / summary.received_packets as f64);
+        }
+    }
+    if let Some((rss, hwm)) = server_rss {
+        summary.server_rss_kib_after = Some(rss);
+        summary.server_rss_kib_peak = Some(hwm);
+        if let Some(before) = summary.server_rss_kib_before {
+            summary.server_rss_kib_per_subscriber =
+                Some(rss.saturating_sub(before) as f64 / subs.len() as f64);
+        }
+    }
+    summary.client_cpu_s = client_cpu1.cpu_s - client_cpu0.cpu_s;
+    summary.client_cpu_pct = summary.client_cpu_s * 100.0 / elapsed;
+    summary.client_rss_kib = rss_of(None).map(|r| r.0);
+    summary.publisher_plis = sent1.plis;
+    summary.publisher_keyframes = sent1.keyframes;
+    summary.publisher_write_errors = sent1.write_errors;
+    summary.subscribe_answer_errors = subs.iter().map(|s| s.stats().subscribe_errors).sum();
+
+    // Teardown, bounded.
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut set = tokio::task::JoinSet::new();
+        for s in subs {
+            set.spawn(async move { s.close().await });
+        }
+        while set.join_next().await.is_some() {}
+        publisher.close().await;
+    })
+    .await;
+    Ok(summary)
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map(|v| format!("{v:.1} {unit}")).unwrap_or_else(|| "n/a".into())
+}
+
+fn print_summary(s: &Summary) {
+    println!();
+    println!("giaoban loadtest: 1 publisher → {} subscribers ({} joined, {} receiving), window {:.1} s", s.subscribers_requested, s.subscribers_joined, s.subscribers_receiving, s.window_s);
+    println!("  delivered            {:.3} %  (received {} / (sent {} × {}))", s.delivered_pct, s.received_packets, s.sent_packets, s.subscribers_joined);
+    println!("  counter gaps         {} missing, {} duplicate, {} out of order, {} corrupt", s.missing_packets, s.duplicate_packets, s.out_of_order_packets, s.corrupt_payloads);
+    println!("  added latency        p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} samples; send → receive, includes both clients' stacks)", s.latency_p50_ms, s.latency_p99_ms, s.latency_max_ms, s.latency_samples);
+    println!("  join → first packet  p50 {}  p95 {}", opt(s.join_to_first_packet_p50_ms, "ms"), opt(s.join_to_first_packet_p95_ms, "ms"));
+    println!("  join → keyframe      p50 {}  p95 {}", opt(s.join_to_first_keyframe_p50_ms, "ms"), opt(s.join_to_first_keyframe_p95_ms, "ms"));
+    println!("  in                   {:.0} pkt/s  {:.0} kB/s payload", s.in_pps, s.in_payload_bytes_per_s / 1000.0);
+    println!("  out                  {:.0} pkt/s  {:.0} kB/s payload", s.out_pps, s.out_payload_bytes_per_s / 1000.0);
+    match (s.server_cpu_s, s.server_cpu_pct) {
+        (Some(cpu), Some(pct)) => {
+            println!("  server CPU           {cpu:.2} s ({pct:.1} % of one core)");
+            println!("  per forwarded packet {}  ({} pkt per CPU-second)", opt(s.server_us_per_forwarded_packet, "µs"), s.forwarded_packets_per_cpu_s.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into()));
+        }
+        _ => println!("  server CPU           n/a (give --server-pid or --spawn-server)"),
+    }
+    if let Some(rss) = s.server_rss_kib_after {
+        println!("  server RSS           {:.1} MiB (before {:.1} MiB, peak {:.1} MiB; {} per subscriber)", rss as f64 / 1024.0, s.server_rss_kib_before.unwrap_or(0) as f64 / 1024.0, s.server_rss_kib_peak.unwrap_or(0) as f64 / 1024.0, opt(s.server_rss_kib_per_subscriber, "KiB"));
+    }
+    println!("  client CPU           {:.2} s ({:.1} % of one core) — if near 100 % × cores, the client is the bottleneck", s.client_cpu_s, s.client_cpu_pct);
+    println!("  publisher            {} PLIs received, {} keyframes sent, {} write errors; {} subscribe-answer errors", s.publisher_plis, s.publisher_keyframes, s.publisher_write_errors, s.subscribe_answer_errors);
+    for e in &s.errors {
+        println!("  error: {e}");
+    }
+    println!();
+}

@@ -244,6 +244,18 @@ impl LatencyHistogram {
         self.negative += other.negative;
     }
 
+    /// The samples recorded after `earlier` (a snapshot of this same histogram taken before).
+    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let mut out = self.clone();
+        for (a, b) in out.buckets.iter_mut().zip(earlier.buckets.iter()) {
+            *a = a.saturating_sub(*b);
+        }
+        out.count = self.count.saturating_sub(earlier.count);
+        out.sum_us = self.sum_us.saturating_sub(earlier.sum_us);
+        out.negative = self.negative.saturating_sub(earlier.negative);
+        out
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -311,6 +323,8 @@ pub struct TrackStats {
     pub payload_errors: u64,
     /// Video keyframes (S=1 packets with P=0).
     pub keyframes: u64,
+    /// When the first keyframe packet arrived.
+    pub first_keyframe_at: Option<Instant>,
     pub first_packet_at: Option<Instant>,
     pub last_packet_at: Option<Instant>,
     /// Times a remote track with this (participant, track) opened on the subscribe connection.
@@ -360,6 +374,7 @@ struct TrackState {
     seq_jumps: u64,
     payload_errors: u64,
     keyframes: u64,
+    first_keyframe_at: Option<Instant>,
     first_packet_at: Option<Instant>,
     last_packet_at: Option<Instant>,
     opens: u64,
@@ -399,6 +414,7 @@ impl TrackRecorder {
                 seq_jumps: 0,
                 payload_errors: 0,
                 keyframes: 0,
+                first_keyframe_at: None,
                 first_packet_at: None,
                 last_packet_at: None,
                 opens: 0,
@@ -447,6 +463,9 @@ impl TrackRecorder {
         };
         if d.keyframe {
             s.keyframes += 1;
+            if s.first_keyframe_at.is_none() {
+                s.first_keyframe_at = Some(now);
+            }
         }
         if !d.intact {
             s.payload_errors += 1;
@@ -511,6 +530,7 @@ impl TrackRecorder {
             seq_jumps: s.seq_jumps,
             payload_errors: s.payload_errors,
             keyframes: s.keyframes,
+            first_keyframe_at: s.first_keyframe_at,
             first_packet_at: s.first_packet_at,
             last_packet_at: s.last_packet_at,
             opens: s.opens,
