@@ -700,13 +700,15 @@ function onServerError(msg) {
 
 function onBye(reason) {
   showMessage('server', 'msg.bye', { reason }, 'warn');
-  // A restarting server: keep retrying (protocol.js reconnects when the socket closes). Anything else
-  // (removed from the room, room closed) ends the meeting here.
-  if (/shut|restart|stopp/i.test(reason)) return;
+  // The socket closes next. When the session ended for a passing reason (server restarting, media connection
+  // lost), protocol.js reconnects with backoff and we join again. When this hall was sent away on purpose
+  // (removed, room closed or locked), the meeting ends here.
+  if (!/\b(remov|kick|ban|room closed|closed the room|ended|locked)/i.test(reason)) return;
   const room = meeting.room;
   const name = meeting.name;
   endMeeting({ leave: false });
   showJoinForm(room, name);
+  showMessage('server', 'msg.bye', { reason }, 'warn');
 }
 
 function mediaFailure(leg, err) {

@@ -13,6 +13,7 @@ export const PING_INTERVAL_MS = 20_000;
 export const SILENCE_TIMEOUT_MS = 50_000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
+const STABLE_AFTER_MS = 10_000;
 
 export function wsUrl(loc = window.location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -28,11 +29,12 @@ export class Session extends EventTarget {
     this.token = token;
     this.ws = null;
     this.state = 'idle';
-    this.attempt = 0; // failed attempts since the last successful open
+    this.attempt = 0; // attempts since the socket last stayed open for STABLE_AFTER_MS
     this.everOpened = false;
     this.stopped = false;
     this.retryTimer = null;
     this.pingTimer = null;
+    this.stableTimer = null;
     this.lastHeard = 0;
   }
 
@@ -97,7 +99,11 @@ export class Session extends EventTarget {
     this.ws = ws;
     ws.onopen = () => {
       if (ws !== this.ws) return;
-      this.attempt = 0;
+      // Back off again from the start only once the socket has stayed up a while: a server that accepts and
+      // then drops at once (e.g. refusing with `bye`) must not be hammered.
+      this.stableTimer = setTimeout(() => {
+        this.attempt = 0;
+      }, STABLE_AFTER_MS);
       this.everOpened = true;
       this.lastHeard = Date.now();
       this.#setState('open');
@@ -144,6 +150,8 @@ export class Session extends EventTarget {
   #detach() {
     clearInterval(this.pingTimer);
     this.pingTimer = null;
+    clearTimeout(this.stableTimer);
+    this.stableTimer = null;
     if (this.ws) {
       this.ws.onopen = this.ws.onmessage = this.ws.onerror = this.ws.onclose = null;
     }

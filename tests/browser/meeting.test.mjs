@@ -232,9 +232,14 @@ async function meanColour(page, name) {
   }, name);
 }
 
+/**
+ * The mean colour shows the publisher's colour: its dominant channel is bright and the other two are dark. (Not an
+ * exact match: the decoded picture may come out in a different YUV range, e.g. 210 green is shown as 255.)
+ */
 function colourMatches(mean, rgb) {
   if (!mean) return false;
-  return mean.every((v, i) => Math.abs(v - rgb[i]) <= 45);
+  const want = rgb.indexOf(Math.max(...rgb));
+  return mean.every((v, i) => (i === want ? v >= 150 : v <= 90));
 }
 
 function diagnostics(people) {
