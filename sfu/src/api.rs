@@ -141,7 +141,10 @@ pub struct SfuHandle {
 }
 
 impl SfuHandle {
-    pub(crate) fn new(workers: Vec<mpsc::UnboundedSender<Command>>, media_addrs: Vec<SocketAddr>) -> Self {
+    pub(crate) fn new(
+        workers: Vec<mpsc::UnboundedSender<Command>>,
+        media_addrs: Vec<SocketAddr>,
+    ) -> Self {
         SfuHandle {
             workers,
             participant_worker: Default::default(),
@@ -183,7 +186,9 @@ impl SfuHandle {
                 .get(participant)
                 .ok_or(SfuError::UnknownParticipant)?,
         };
-        self.workers[index].send(command).map_err(|_| SfuError::Stopped)
+        self.workers[index]
+            .send(command)
+            .map_err(|_| SfuError::Stopped)
     }
 
     /// Send a command that carries a reply and wait for it.
@@ -198,7 +203,8 @@ impl SfuHandle {
         let mut total = WorkerStats::default();
         for w in &self.workers {
             let (tx, rx) = oneshot::channel();
-            w.send(Command::Stats { reply: tx }).map_err(|_| SfuError::Stopped)?;
+            w.send(Command::Stats { reply: tx })
+                .map_err(|_| SfuError::Stopped)?;
             total.add(&rx.await.map_err(|_| SfuError::Stopped)?);
         }
         Ok(total)

@@ -57,7 +57,9 @@ fn h264_has_idr_or_sps(payload: &[u8]) -> bool {
             }
             false
         }
-        28 => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && is_key(*fu)),
+        28 => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && is_key(*fu)),
         _ => is_key(first),
     }
 }

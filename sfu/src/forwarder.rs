@@ -52,6 +52,8 @@ pub struct Forwarder {
     codec: Codec,
     clock_rate: u32,
     source: Option<Source>,
+    /// The source switched away from: its late packets are dropped, not mistaken for a new source.
+    previous_ssrc: Option<u32>,
     last: Option<LastOut>,
     waiting_for_keyframe: bool,
 }
@@ -62,6 +64,7 @@ impl Forwarder {
             codec,
             clock_rate: clock_rate.max(1),
             source: None,
+            previous_ssrc: None,
             last: None,
             waiting_for_keyframe: codec.is_video(),
         }
@@ -86,6 +89,9 @@ impl Forwarder {
         } else {
             None
         };
+        if self.previous_ssrc == Some(ssrc) {
+            return Err(Drop::OldSource);
+        }
         let new_source = self.source.is_none_or(|s| s.ssrc != ssrc);
         if self.waiting_for_keyframe || new_source {
             let keyframe = match vp8 {
@@ -93,13 +99,11 @@ impl Forwarder {
                 None => self.codec.is_keyframe_start(payload),
             };
             if self.codec.is_video() && !keyframe {
-                if new_source && self.source.is_some_and(|s| s.ssrc != ssrc) {
-                    // Keep forwarding the old source until the new one can be decoded.
-                    self.waiting_for_keyframe = true;
-                }
+                // The current source (if any) keeps flowing until the new one can be decoded.
                 return Err(Drop::WaitingForKeyframe);
             }
             if new_source {
+                self.previous_ssrc = self.source.map(|s| s.ssrc);
                 self.switch_to(now, ssrc, seq, timestamp, vp8);
             }
             self.waiting_for_keyframe = false;
@@ -117,8 +121,7 @@ impl Forwarder {
             seq: seq.wrapping_add(src.seq_offset),
             timestamp: timestamp.wrapping_add(src.ts_offset),
             picture_id: vp8.and_then(|d| d.picture_id).and_then(|p| {
-                (src.pid_offset != 0)
-                    .then(|| (p.value.wrapping_add(src.pid_offset)) % p.modulus())
+                (src.pid_offset != 0).then(|| (p.value.wrapping_add(src.pid_offset)) % p.modulus())
             }),
             tl0picidx: vp8
                 .and_then(|d| d.tl0picidx)
@@ -223,8 +226,11 @@ mod tests {
     }
 
     fn pid_of(payload: &[u8], r: &Rewrite) -> u16 {
-        r.picture_id
-            .unwrap_or_else(|| vp8::parse(payload).and_then(|d| d.picture_id).map_or(0, |p| p.value))
+        r.picture_id.unwrap_or_else(|| {
+            vp8::parse(payload)
+                .and_then(|d| d.picture_id)
+                .map_or(0, |p| p.value)
+        })
     }
 
     #[test]
@@ -245,11 +251,17 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Forwarder::new(Codec::Vp8, 90_000);
         let delta = vp8_packet(false, true, 10, 1);
-        assert_eq!(f.forward(t0, 1, 5, 0, &delta), Err(Drop::WaitingForKeyframe));
+        assert_eq!(
+            f.forward(t0, 1, 5, 0, &delta),
+            Err(Drop::WaitingForKeyframe)
+        );
         assert!(f.is_waiting_for_keyframe());
         let key = vp8_packet(true, true, 11, 2);
         assert!(f.forward(t0, 1, 6, 3000, &key).is_ok());
-        assert!(f.forward(t0, 1, 7, 3000, &vp8_packet(false, false, 11, 2)).is_ok());
+        assert!(
+            f.forward(t0, 1, 7, 3000, &vp8_packet(false, false, 11, 2))
+                .is_ok()
+        );
         assert!(!f.is_waiting_for_keyframe());
     }
 
@@ -262,7 +274,13 @@ mod tests {
         for i in 0..10u16 {
             let p = vp8_packet(i == 0, true, 300 + i, 9 + i as u8);
             let r = f
-                .forward(t0 + Duration::from_millis(33 * u64::from(i)), 0xA, 1000 + i, 50_000 + 3000 * u32::from(i), &p)
+                .forward(
+                    t0 + Duration::from_millis(33 * u64::from(i)),
+                    0xA,
+                    1000 + i,
+                    50_000 + 3000 * u32::from(i),
+                    &p,
+                )
                 .expect("A forwarded");
             last = Some((r, pid_of(&p, &r)));
         }
@@ -275,7 +293,9 @@ mod tests {
         );
         // B's keyframe switches: seq +1, ts advanced by wall time since A's last packet, pid +1, tl0 +1.
         let key = vp8_packet(true, true, 20_001, 201);
-        let r = f.forward(t1, 0xB, 8, 1_003_000, &key).expect("B keyframe forwarded");
+        let r = f
+            .forward(t1, 0xB, 8, 1_003_000, &key)
+            .expect("B keyframe forwarded");
         assert_eq!(r.seq, last_a.seq.wrapping_add(1));
         let ts_gap = r.timestamp.wrapping_sub(last_a.timestamp);
         assert_eq!(ts_gap, 90 * (400 - 33 * 9));
@@ -283,7 +303,13 @@ mod tests {
         assert_eq!(r.tl0picidx, Some(9 + 9 + 1));
         // Next B packet follows on, and a late A packet is dropped.
         let r2 = f
-            .forward(t1, 0xB, 9, 1_003_000, &vp8_packet(false, false, 20_001, 201))
+            .forward(
+                t1,
+                0xB,
+                9,
+                1_003_000,
+                &vp8_packet(false, false, 20_001, 201),
+            )
             .expect("B forwarded");
         assert_eq!(r2.seq, r.seq.wrapping_add(1));
         assert_eq!(r2.timestamp, r.timestamp);
@@ -293,7 +319,13 @@ mod tests {
         );
         // A reordered B packet from before the switch point is not sent.
         assert_eq!(
-            f.forward(t1, 0xB, 7, 1_000_000, &vp8_packet(false, false, 20_000, 200)),
+            f.forward(
+                t1,
+                0xB,
+                7,
+                1_000_000,
+                &vp8_packet(false, false, 20_000, 200)
+            ),
             Err(Drop::BeforeSwitch)
         );
     }
@@ -306,7 +338,9 @@ mod tests {
         let b = f.forward(t0, 1, 0, 960, &[0]).expect("ok");
         assert_eq!(b.seq, a.seq.wrapping_add(1));
         // Switch after the wrap still continues by one.
-        let c = f.forward(t0 + Duration::from_millis(20), 2, 5000, 7, &[0]).expect("ok");
+        let c = f
+            .forward(t0 + Duration::from_millis(20), 2, 5000, 7, &[0])
+            .expect("ok");
         assert_eq!(c.seq, b.seq.wrapping_add(1));
         assert_eq!(c.timestamp, b.timestamp.wrapping_add(960));
     }
@@ -315,13 +349,16 @@ mod tests {
     fn wait_for_keyframe_on_request_holds_video_until_next_keyframe() {
         let t0 = Instant::now();
         let mut f = Forwarder::new(Codec::Vp8, 90_000);
-        f.forward(t0, 1, 1, 0, &vp8_packet(true, true, 1, 0)).expect("key");
+        f.forward(t0, 1, 1, 0, &vp8_packet(true, true, 1, 0))
+            .expect("key");
         f.wait_for_keyframe();
         assert_eq!(
             f.forward(t0, 1, 2, 3000, &vp8_packet(false, true, 2, 0)),
             Err(Drop::WaitingForKeyframe)
         );
-        let r = f.forward(t0, 1, 3, 6000, &vp8_packet(true, true, 3, 0)).expect("key");
+        let r = f
+            .forward(t0, 1, 3, 6000, &vp8_packet(true, true, 3, 0))
+            .expect("key");
         // Same source: offsets unchanged, no rewrite of the payload.
         assert_eq!((r.seq, r.picture_id), (3, None));
     }

@@ -29,7 +29,10 @@ impl KeyframeThrottle {
 
     /// Someone wants a keyframe. Returns true if a PLI should be sent now.
     pub fn request(&mut self, now: Instant) -> bool {
-        if self.last_sent.is_none_or(|t| now.saturating_duration_since(t) >= self.interval) {
+        if self
+            .last_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.interval)
+        {
             self.last_sent = Some(now);
             self.pending = false;
             true
@@ -46,7 +49,8 @@ impl KeyframeThrottle {
 
     /// When a deferred request becomes due, if one is pending.
     pub fn next_due(&self) -> Option<Instant> {
-        self.pending.then(|| self.last_sent.map_or(Instant::now(), |t| t + self.interval))
+        self.pending
+            .then(|| self.last_sent.map_or(Instant::now(), |t| t + self.interval))
     }
 }
 

@@ -64,9 +64,7 @@ pub fn announced_ips(config: &SfuConfig) -> Vec<IpAddr> {
 }
 
 /// Bind the media sockets and start the workers (one thread each).
-pub fn start(
-    config: &SfuConfig,
-) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<Event>)> {
+pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedReceiver<Event>)> {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let ips = announced_ips(config);
     let mut workers = Vec::new();
@@ -80,7 +78,10 @@ pub fn start(
         let socket = udp::MediaSocket::bind(SocketAddr::new(config.listen_ip, port))?;
         let local = socket.local_addr()?;
         let endpoint = connection::Endpoint {
-            candidates: ips.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect(),
+            candidates: ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, local.port()))
+                .collect(),
         };
         tracing::info!(worker = i, addr = %local, candidates = ?endpoint.candidates, "media worker listening");
         let (tx, rx) = mpsc::unbounded_channel();

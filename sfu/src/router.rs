@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn parses_local_ufrag() {
-        assert_eq!(stun_local_ufrag(&binding_request("srvA:cli1")), Some("srvA"));
+        assert_eq!(
+            stun_local_ufrag(&binding_request("srvA:cli1")),
+            Some("srvA")
+        );
     }
 
     #[test]

@@ -213,7 +213,13 @@ impl Worker {
         }
     }
 
-    fn on_datagram(&mut self, now: Instant, from: SocketAddr, dst_ip: Option<IpAddr>, bytes: BytesMut) {
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        dst_ip: Option<IpAddr>,
+        bytes: BytesMut,
+    ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let Some(conn_id) = self.router.route(from, &bytes) else {
@@ -278,12 +284,15 @@ impl Worker {
 
     fn on_message(&mut self, conn_id: ConnId, m: TaggedRTCMessage) {
         match m.message {
-            RTCMessage::RtpPacket(track_id, packet) => self.forward(conn_id, &track_id, packet, m.now),
+            RTCMessage::RtpPacket(track_id, packet) => {
+                self.forward(conn_id, &track_id, packet, m.now)
+            }
             RTCMessage::RtcpPacket(_track_id, packets) => {
                 // Feedback from a subscriber about one of our forwarded streams: keyframe requests go upstream.
                 for p in &packets {
                     let any = p.as_any();
-                    let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                    let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>()
+                    {
                         Some(pli.media_ssrc)
                     } else {
                         any.downcast_ref::<FullIntraRequest>()
@@ -347,12 +356,12 @@ impl Worker {
             out.header.extension = false;
             out.header.extensions.clear();
             out.header.extension_profile = 0;
-            if rewrite.picture_id.is_some() || rewrite.tl0picidx.is_some() {
-                if let Some(desc) = crate::vp8::parse(&out.payload) {
-                    let mut payload = BytesMut::from(&out.payload[..]);
-                    crate::vp8::rewrite(&mut payload, &desc, rewrite.picture_id, rewrite.tl0picidx);
-                    out.payload = payload.freeze();
-                }
+            if (rewrite.picture_id.is_some() || rewrite.tl0picidx.is_some())
+                && let Some(desc) = crate::vp8::parse(&out.payload)
+            {
+                let mut payload = BytesMut::from(&out.payload[..]);
+                crate::vp8::rewrite(&mut payload, &desc, rewrite.picture_id, rewrite.tl0picidx);
+                out.payload = payload.freeze();
             }
             let Some(mut sender) = conn.pc.rtp_sender(consumer.sender) else {
                 continue;
@@ -543,7 +552,13 @@ impl Worker {
         let subscribers: Vec<ParticipantId> = self
             .rooms
             .get(&room)
-            .map(|r| r.participants.iter().filter(|p| **p != owner).cloned().collect())
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .filter(|p| **p != owner)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(r) = self.rooms.get_mut(&room) {
             r.producers.push(key);
@@ -562,7 +577,11 @@ impl Worker {
         let Some(producer) = self.producers.get_mut(&key) else {
             return;
         };
-        if producer.consumers.iter().any(|c| &c.subscriber == subscriber) {
+        if producer
+            .consumers
+            .iter()
+            .any(|c| &c.subscriber == subscriber)
+        {
             return;
         }
         let Some(conn) = self.conns.get_mut(&conn_id) else {
@@ -608,7 +627,11 @@ impl Worker {
         }
     }
 
-    fn ensure_subscribe_conn(&mut self, participant: &ParticipantId, now: Instant) -> Option<ConnId> {
+    fn ensure_subscribe_conn(
+        &mut self,
+        participant: &ParticipantId,
+        now: Instant,
+    ) -> Option<ConnId> {
         let p = self.participants.get(participant)?;
         if let Some(id) = p.subscribe {
             return Some(id);
@@ -620,7 +643,12 @@ impl Worker {
         Some(id)
     }
 
-    fn new_conn(&mut self, participant: &ParticipantId, leg: Leg, now: Instant) -> Result<ConnId, SfuError> {
+    fn new_conn(
+        &mut self,
+        participant: &ParticipantId,
+        leg: Leg,
+        now: Instant,
+    ) -> Result<ConnId, SfuError> {
         let ufrag = connection::random_ice_string(16);
         let pwd = connection::random_ice_string(32);
         let pc = connection::build(now, leg, &self.endpoint, &ufrag, &pwd)
@@ -698,7 +726,11 @@ impl Worker {
         }
     }
 
-    fn on_subscribe_answer(&mut self, participant: &ParticipantId, sdp: String) -> Result<(), SfuError> {
+    fn on_subscribe_answer(
+        &mut self,
+        participant: &ParticipantId,
+        sdp: String,
+    ) -> Result<(), SfuError> {
         let p = self
             .participants
             .get_mut(participant)
@@ -707,8 +739,12 @@ impl Worker {
         if !p.offer_outstanding {
             return Err(SfuError::NoOfferOutstanding);
         }
-        let conn = self.conns.get_mut(&conn_id).ok_or(SfuError::UnknownParticipant)?;
-        let answer = RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let conn = self
+            .conns
+            .get_mut(&conn_id)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         conn.pc
             .set_remote_description(Instant::now(), answer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
@@ -755,14 +791,19 @@ impl Worker {
 
     // ---------------------------------------------------------------- publish leg
 
-    fn on_publish_offer(&mut self, participant: &ParticipantId, sdp: String) -> Result<String, SfuError> {
+    fn on_publish_offer(
+        &mut self,
+        participant: &ParticipantId,
+        sdp: String,
+    ) -> Result<String, SfuError> {
         let now = Instant::now();
         let existing = self
             .participants
             .get(participant)
             .ok_or(SfuError::UnknownParticipant)?
             .publish;
-        let offer = RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let conn_id = match existing {
             Some(id) => id,
             None => {
@@ -774,7 +815,10 @@ impl Worker {
             }
         };
         let result = {
-            let conn = self.conns.get_mut(&conn_id).ok_or(SfuError::UnknownParticipant)?;
+            let conn = self
+                .conns
+                .get_mut(&conn_id)
+                .ok_or(SfuError::UnknownParticipant)?;
             conn.pc
                 .set_remote_description(now, offer)
                 .map_err(|e| SfuError::InvalidSdp(e.to_string()))
@@ -874,7 +918,9 @@ impl Worker {
                 let key = self
                     .producers
                     .iter()
-                    .find(|(_, p)| p.id == track_id && p.consumers.iter().any(|c| c.subscriber == participant))
+                    .find(|(_, p)| {
+                        p.id == track_id && p.consumers.iter().any(|c| c.subscriber == participant)
+                    })
                     .map(|(k, _)| *k);
                 match key {
                     Some(key) => {
