@@ -130,6 +130,10 @@ pub struct SimOptions {
     pub verify_payload: bool,
     /// Deadline for each signalling step (join, answer, connect).
     pub step_timeout: Duration,
+    /// Run the peer connections' drivers on webrtc-rs's dedicated reactor pool (one thread, process-wide). Only
+    /// then does dropping a connection without `close()` stop it silently, which
+    /// [`drop_media`](SimEndpoint::drop_media) needs.
+    pub dedicated_reactor: bool,
 }
 
 impl SimOptions {
@@ -142,6 +146,7 @@ impl SimOptions {
             interceptors: Interceptors::Default,
             verify_payload: true,
             step_timeout: Duration::from_secs(10),
+            dedicated_reactor: false,
         }
     }
 
@@ -620,6 +625,13 @@ fn put_stamp_and_padding(buf: &mut BytesMut, counter: u64, sent_us: u64, total_l
     }
 }
 
+/// Print an SDP to stderr when `GIAOBAN_SIM_DUMP_SDP` is set (debugging negotiation).
+fn dump_sdp(name: &str, what: &str, sdp: &str) {
+    if std::env::var_os("GIAOBAN_SIM_DUMP_SDP").is_some() {
+        eprintln!("=== {name}: {what} ===\n{sdp}");
+    }
+}
+
 /// Microseconds since the UNIX epoch.
 pub fn unix_micros() -> u64 {
     SystemTime::now()
@@ -874,7 +886,11 @@ async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
         gathered: gathered_tx,
         inner: Arc::downgrade(inner),
     });
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new();
+    if inner.opts.dedicated_reactor {
+        builder = builder.with_dedicated_reactor_pool_size(1);
+    }
+    let pc = builder
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
         .with_setting_engine(settings)
@@ -1005,6 +1021,7 @@ impl Inner {
     }
 
     async fn on_subscribe_offer(self: &Arc<Self>, sdp: String) -> anyhow::Result<()> {
+        dump_sdp(&self.opts.name, "subscribe offer", &sdp);
         let mut guard = self.subscribe.lock().await;
         if guard.is_none() {
             *guard = Some(build_pc(self, Leg::Subscribe).await?);
@@ -1020,6 +1037,7 @@ impl Inner {
             .await
             .context("subscribe: set_local_description(answer)")?;
         let sdp = local_sdp(slot, self.opts.step_timeout).await?;
+        dump_sdp(&self.opts.name, "subscribe answer", &sdp);
         self.send(&ClientMessage::SubscribeAnswer { sdp })?;
         self.subscribe_answers.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1213,7 +1231,8 @@ impl SimEndpoint {
         let inner = &self.inner;
         let media = inner.opts.media;
         let slot = build_pc(inner, Leg::Publish).await?;
-        let stream_id = format!("sim-{}", inner.opts.name);
+        // msid ids are tokens: no spaces (the display name may have some).
+        let stream_id = format!("sim-{:016x}", rand::random::<u64>());
         let mut tracks: Vec<(RtpCodecKind, Arc<TrackLocalStaticRTP>, u32, Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>)> =
             Vec::new();
         for (kind, enabled) in [(RtpCodecKind::Audio, media.audio), (RtpCodecKind::Video, media.video)] {
@@ -1258,6 +1277,7 @@ impl SimEndpoint {
             .await
             .context("publish: set_local_description(offer)")?;
         let sdp = local_sdp(&slot, inner.opts.step_timeout).await?;
+        dump_sdp(&inner.opts.name, "publish offer", &sdp);
         let from = self.log_len();
         inner.send(&ClientMessage::PublishOffer { sdp })?;
         let reply = self
@@ -1267,7 +1287,10 @@ impl SimEndpoint {
             .await
             .context("waiting for publish_answer")?;
         let answer = match reply {
-            ServerMessage::PublishAnswer { sdp } => sdp,
+            ServerMessage::PublishAnswer { sdp } => {
+                dump_sdp(&inner.opts.name, "publish answer", &sdp);
+                sdp
+            }
             ServerMessage::Error { code, message } => bail!("publish refused: {code:?}: {message}"),
             other => bail!("unexpected reply to publish_offer: {other:?}"),
         };
@@ -1493,6 +1516,19 @@ impl SimEndpoint {
             Leg::Subscribe => self.inner.subscribe.lock().await,
         };
         guard.as_ref().map(|s| *s.state.borrow())
+    }
+
+    /// Drop both peer connections without closing them (no DTLS close_notify, no more STUN): to the server the
+    /// media just stops, as when a cable is pulled. Needs [`SimOptions::dedicated_reactor`]; the WebSocket stays.
+    pub async fn drop_media(&self) -> anyhow::Result<()> {
+        if !self.inner.opts.dedicated_reactor {
+            bail!("drop_media needs SimOptions::dedicated_reactor (else the drivers keep running)");
+        }
+        let publish = self.inner.publish.lock().await.take();
+        let subscribe = self.inner.subscribe.lock().await.take();
+        drop(publish);
+        drop(subscribe);
+        Ok(())
     }
 
     /// Send `leave`, close both connections and the socket.

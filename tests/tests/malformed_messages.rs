@@ -71,7 +71,14 @@ async fn unknown_type_and_fields_are_bad_message() {
     let (a, b, m) = room(&server, "loi-kieu", true).await;
     expect_error(&m, r#"{"type":"fly"}"#.into(), ErrorCode::BadMessage, "unknown type").await;
     expect_error(&m, r#"{"sdp":"v=0"}"#.into(), ErrorCode::BadMessage, "no type").await;
-    expect_error(&m, r#"{"type":"ping","x":1}"#.into(), ErrorCode::BadMessage, "unknown field").await;
+    expect_error(
+        &m,
+        r#"{"type":"media_state","mic":true,"camera":true,"x":1}"#.into(),
+        ErrorCode::BadMessage,
+        "unknown field on a message with fields",
+    )
+    .await;
+    expect_error(&m, r#"{"type":"ping","x":1}"#.into(), ErrorCode::BadMessage, "unknown field on ping").await;
     expect_error(&m, r#"{"type":"publish_offer"}"#.into(), ErrorCode::BadMessage, "missing field").await;
     still_working(&m, &a, &b).await;
     finish(server, [a, b, m]).await;

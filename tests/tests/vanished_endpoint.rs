@@ -76,3 +76,43 @@ async fn vanished_endpoint_is_removed() {
     a.close().await;
     server.shutdown().await;
 }
+
+/// The endpoint's media dies (peer connections dropped without a DTLS close, no more ICE consent checks) while
+/// its WebSocket stays open: the server's ICE timeout (about 10 s here) must remove it. Slower than the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_whose_media_dies_is_removed() {
+    let server = TestServer::start().await;
+    let room = "giao-ban-mat-mang";
+    let a = server.endpoint(room, "Xã A", true).await;
+    let mut opts = server.opts(room, "Xã mất mạng");
+    opts.dedicated_reactor = true;
+    let dead = SimEndpoint::connect(opts).await.expect("joins");
+    dead.publish().await.expect("publishes");
+    wait_all_flowing(&[&a, &dead], &[&a, &dead], Duration::from_secs(15)).await;
+    let dead_id = dead.id();
+
+    let from = a.log_len();
+    let t0 = Instant::now();
+    dead.drop_media().await.expect("media dropped");
+
+    let id = dead_id.clone();
+    a.wait_message_since(from, Duration::from_secs(40), |m| {
+        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == id)
+    })
+    .await
+    .expect("participant_left for the endpoint whose media died");
+    println!("endpoint with dead media removed after {:?}", t0.elapsed());
+    wait_until_async("/api/rooms to drop it", Duration::from_secs(5), || async {
+        let strings = json_strings(&server.rooms().await);
+        (!strings.contains(&dead_id)).then_some(())
+    })
+    .await;
+    println!(
+        "its socket: closed={}, last messages {:?}",
+        dead.is_closed(),
+        dead.messages().iter().rev().take(3).map(common::short).collect::<Vec<_>>()
+    );
+    a.close().await;
+    dead.shutdown().await;
+    server.shutdown().await;
+}

@@ -123,21 +123,31 @@ pub async fn wait_receiving(
     timeout: Duration,
 ) -> TrackStats {
     let pid = publisher.id();
-    wait_until(
-        &format!(
-            "{} to receive {min_packets} {kind:?} packets from {} ({pid})",
-            sub.name(),
-            publisher.name()
-        ),
-        timeout,
-        || {
-            sub.stats()
-                .track_from(&pid, kind)
-                .filter(|t| t.packets >= min_packets)
-                .cloned()
-        },
-    )
-    .await
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let stats = sub.stats();
+        if let Some(t) = stats.track_from(&pid, kind).filter(|t| t.packets >= min_packets) {
+            return t.clone();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let brief: Vec<String> = stats
+                .received
+                .iter()
+                .map(|t| format!("{}/{} {:?}: {} packets, {} keyframes", t.participant_id, t.track_id, t.kind, t.packets, t.keyframes))
+                .collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {} to receive {min_packets} {kind:?} packets from {} ({pid}); \
+                 it receives {brief:?}; publisher sent {:?}; subscribe answers {}, errors {}; messages: {:?}",
+                sub.name(),
+                publisher.name(),
+                publisher.sent(),
+                stats.subscribe_answers,
+                stats.subscribe_errors,
+                sub.messages().iter().map(short).collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Wait until `sub` receives audio and video from every one of `publishers`.
@@ -219,4 +229,13 @@ pub async fn assert_still_flowing(sub: &SimEndpoint, publisher: &SimEndpoint, mi
         || (packets_from(sub, &pid) >= before + min).then_some(()),
     )
     .await;
+}
+
+/// A message without its SDP, for failure output.
+pub fn short(m: &ServerMessage) -> String {
+    match m {
+        ServerMessage::PublishAnswer { sdp } => format!("publish_answer({} bytes)", sdp.len()),
+        ServerMessage::SubscribeOffer { sdp } => format!("subscribe_offer({} bytes)", sdp.len()),
+        other => format!("{other:?}"),
+    }
 }
