@@ -21,7 +21,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
-#[command(name = "loadtest", about = "One publisher → N subscribers against a giaoban server on loopback")]
+#[command(
+    name = "loadtest",
+    about = "One publisher → N subscribers against a giaoban server on loopback"
+)]
 struct Args {
     /// Server base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -95,8 +98,14 @@ fn cpu_of(pid: Option<u32>, ticks: f64) -> anyhow::Result<CpuSample> {
         .ok_or_else(|| anyhow!("unexpected {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: field 3 (state) is index 0, utime (14) index 11, stime (15) index 12.
-    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("no utime in {path}"))?;
-    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("no stime in {path}"))?;
+    let utime: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no utime in {path}"))?;
+    let stime: f64 = fields
+        .get(12)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no stime in {path}"))?;
     Ok(CpuSample {
         cpu_s: (utime + stime) / ticks,
     })
@@ -128,17 +137,24 @@ fn check_loopback(url: &str) -> anyhow::Result<SocketAddr> {
         .parse()
         .map_err(|_| anyhow!("--url host must be a loopback IP with a port, got {hostport}"))?;
     if !addr.ip().is_loopback() {
-        bail!("loadtest only runs against loopback addresses, not {}", addr.ip());
+        bail!(
+            "loadtest only runs against loopback addresses, not {}",
+            addr.ip()
+        );
     }
     Ok(addr)
 }
 
 fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 struct SpawnedServer {
@@ -158,12 +174,20 @@ async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
         .env("GIAOBAN_MEDIA_UDP_PORT", udp_port.to_string())
         .env("GIAOBAN_MEDIA_LISTEN_IP", "127.0.0.1")
         .env("GIAOBAN_TLS_SELF_SIGNED", "false")
-        .env("GIAOBAN_LOG_LEVEL", std::env::var("GIAOBAN_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "GIAOBAN_LOG_LEVEL",
+            std::env::var("GIAOBAN_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {} (build it: cargo build --release -p giaoban-signaling)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (build it: cargo build --release -p giaoban-signaling)",
+                bin.display()
+            )
+        })?;
     let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
@@ -195,7 +219,12 @@ async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
     });
     tokio::time::timeout(Duration::from_secs(15), ready_rx)
         .await
-        .map_err(|_| anyhow!("server did not print `giaoban listening on` within 15 s; see {}", log.display()))?
+        .map_err(|_| {
+            anyhow!(
+                "server did not print `giaoban listening on` within 15 s; see {}",
+                log.display()
+            )
+        })?
         .map_err(|_| anyhow!("server exited before listening; see {}", log.display()))?;
     Ok(SpawnedServer {
         child,
@@ -278,7 +307,12 @@ struct Counts {
 
 fn counts_from(ep: &SimEndpoint, publisher_id: &str) -> Counts {
     let mut c = Counts::default();
-    for t in ep.stats().received.iter().filter(|t| t.participant_id == publisher_id) {
+    for t in ep
+        .stats()
+        .received
+        .iter()
+        .filter(|t| t.participant_id == publisher_id)
+    {
         c.packets += t.packets;
         c.bytes += t.bytes;
         c.missing += t.missing();
@@ -308,7 +342,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut spawned = None;
     let (url, server_pid) = if args.spawn_server {
         let s = spawn_server(&args.server_bin).await?;
-        eprintln!("started {} (pid {}) at {}; log {}", args.server_bin.display(), s.pid, s.url, s.log.display());
+        eprintln!(
+            "started {} (pid {}) at {}; log {}",
+            args.server_bin.display(),
+            s.pid,
+            s.url,
+            s.log.display()
+        );
         let r = (s.url.clone(), Some(s.pid));
         spawned = Some(s);
         r
@@ -342,7 +382,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) -> anyhow::Result<Summary> {
+async fn measure(
+    args: &Args,
+    url: &str,
+    server_pid: Option<u32>,
+    ticks: f64,
+) -> anyhow::Result<Summary> {
     let mut summary = Summary {
         url: url.to_string(),
         subscribers_requested: args.subscribers,
@@ -358,10 +403,16 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
     popts.media.video_bitrate_bps = args.video_bitrate;
     popts.media.video_fps = args.fps;
     popts.verify_payload = false;
-    let publisher = SimEndpoint::connect(popts).await.context("publisher joins")?;
+    let publisher = SimEndpoint::connect(popts)
+        .await
+        .context("publisher joins")?;
     publisher.publish().await.context("publisher publishes")?;
     let pub_id = publisher.id();
-    eprintln!("publisher {pub_id} sending ~{} kbit/s VP8 at {} fps + Opus 50 pps", args.video_bitrate / 1000, args.fps);
+    eprintln!(
+        "publisher {pub_id} sending ~{} kbit/s VP8 at {} fps + Opus 50 pps",
+        args.video_bitrate / 1000,
+        args.fps
+    );
 
     // Subscribers, a few at a time.
     let bar = ProgressBar::new(args.subscribers as u64);
@@ -415,8 +466,11 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
             .iter()
             .filter(|s| {
                 let st = s.stats();
-                st.track_from(&pub_id, TrackKind::Audio).is_some_and(|t| t.packets > 0)
-                    && st.track_from(&pub_id, TrackKind::Video).is_some_and(|t| t.packets > 0)
+                st.track_from(&pub_id, TrackKind::Audio)
+                    .is_some_and(|t| t.packets > 0)
+                    && st
+                        .track_from(&pub_id, TrackKind::Video)
+                        .is_some_and(|t| t.packets > 0)
             })
             .count();
         bar.set_position(receiving as u64);
@@ -441,9 +495,15 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
     let mut first_pkt = Vec::new();
     let mut first_key = Vec::new();
     for s in &subs {
-        let Some(joined) = s.join_sent_at() else { continue };
+        let Some(joined) = s.join_sent_at() else {
+            continue;
+        };
         let st = s.stats();
-        let from_pub: Vec<_> = st.received.iter().filter(|t| t.participant_id == pub_id).collect();
+        let from_pub: Vec<_> = st
+            .received
+            .iter()
+            .filter(|t| t.participant_id == pub_id)
+            .collect();
         if let Some(first) = from_pub.iter().filter_map(|t| t.first_packet_at).min() {
             first_pkt.push(first.saturating_duration_since(joined).as_secs_f64() * 1000.0);
         }
@@ -482,10 +542,12 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
     let mut last_rx = recv0.iter().map(|c| c.packets).sum::<u64>();
     let mut last_at = t0;
     while t0.elapsed() < window {
-        tokio::time::sleep(Duration::from_millis(500).min(window.saturating_sub(t0.elapsed()))).await;
+        tokio::time::sleep(Duration::from_millis(500).min(window.saturating_sub(t0.elapsed())))
+            .await;
         let rx: u64 = subs.iter().map(|s| s.received_counts().0).sum();
         let sent = publisher.sent();
-        let tx = (sent.audio_packets + sent.video_packets) - (sent0.audio_packets + sent0.video_packets);
+        let tx =
+            (sent.audio_packets + sent.video_packets) - (sent0.audio_packets + sent0.video_packets);
         let rx_win = rx.saturating_sub(recv0.iter().map(|c| c.packets).sum::<u64>());
         let rate = (rx.saturating_sub(last_rx)) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
         last_rx = rx;
@@ -497,12 +559,19 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
         };
         let server_cpu = match (server_pid, server_cpu0) {
             (Some(p), Some(c0)) => cpu_of(Some(p), ticks)
-                .map(|c| format!(" server CPU {:.0} %", (c.cpu_s - c0.cpu_s) * 100.0 / t0.elapsed().as_secs_f64()))
+                .map(|c| {
+                    format!(
+                        " server CPU {:.0} %",
+                        (c.cpu_s - c0.cpu_s) * 100.0 / t0.elapsed().as_secs_f64()
+                    )
+                })
                 .unwrap_or_default(),
             _ => String::new(),
         };
         bar.set_position(t0.elapsed().as_millis() as u64);
-        bar.set_message(format!("delivered {delivered:.2} %  out {rate:.0} pkt/s{server_cpu}"));
+        bar.set_message(format!(
+            "delivered {delivered:.2} %  out {rate:.0} pkt/s{server_cpu}"
+        ));
     }
     bar.finish_and_clear();
 
@@ -516,8 +585,10 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
     let client_cpu1 = cpu_of(None, ticks)?;
     let server_rss = server_pid.and_then(|p| rss_of(Some(p)));
 
-    let sent_packets = (sent1.audio_packets + sent1.video_packets) - (sent0.audio_packets + sent0.video_packets);
-    let sent_bytes = (sent1.audio_bytes + sent1.video_bytes) - (sent0.audio_bytes + sent0.video_bytes);
+    let sent_packets =
+        (sent1.audio_packets + sent1.video_packets) - (sent0.audio_packets + sent0.video_packets);
+    let sent_bytes =
+        (sent1.audio_bytes + sent1.video_bytes) - (sent0.audio_bytes + sent0.video_bytes);
     let mut lat = LatencyHistogram::default();
     for (a, b) in recv0.iter().zip(recv1.iter()) {
         summary.received_packets += b.packets - a.packets;
@@ -552,7 +623,8 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
             summary.forwarded_packets_per_cpu_s = Some(summary.received_packets as f64 / cpu);
         }
         if summary.received_packets > 0 {
-            summary.server_us_per_forwarded_packet = Some(cpu * 1e6 / summary.received_packets as f64);
+            summary.server_us_per_forwarded_packet =
+                Some(cpu * 1e6 / summary.received_packets as f64);
         }
     }
     if let Some((rss, hwm)) = server_rss {
@@ -585,31 +657,81 @@ async fn measure(args: &Args, url: &str, server_pid: Option<u32>, ticks: f64) ->
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
-    v.map(|v| format!("{v:.1} {unit}")).unwrap_or_else(|| "n/a".into())
+    v.map(|v| format!("{v:.1} {unit}"))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn print_summary(s: &Summary) {
     println!();
-    println!("giaoban loadtest: 1 publisher → {} subscribers ({} joined, {} receiving), window {:.1} s", s.subscribers_requested, s.subscribers_joined, s.subscribers_receiving, s.window_s);
-    println!("  delivered            {:.3} %  (received {} / (sent {} × {}))", s.delivered_pct, s.received_packets, s.sent_packets, s.subscribers_joined);
-    println!("  counter gaps         {} missing, {} duplicate, {} out of order, {} corrupt", s.missing_packets, s.duplicate_packets, s.out_of_order_packets, s.corrupt_payloads);
-    println!("  added latency        p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} samples; send → receive, includes both clients' stacks)", s.latency_p50_ms, s.latency_p99_ms, s.latency_max_ms, s.latency_samples);
-    println!("  join → first packet  p50 {}  p95 {}", opt(s.join_to_first_packet_p50_ms, "ms"), opt(s.join_to_first_packet_p95_ms, "ms"));
-    println!("  join → keyframe      p50 {}  p95 {}", opt(s.join_to_first_keyframe_p50_ms, "ms"), opt(s.join_to_first_keyframe_p95_ms, "ms"));
-    println!("  in                   {:.0} pkt/s  {:.0} kB/s payload", s.in_pps, s.in_payload_bytes_per_s / 1000.0);
-    println!("  out                  {:.0} pkt/s  {:.0} kB/s payload", s.out_pps, s.out_payload_bytes_per_s / 1000.0);
+    println!(
+        "giaoban loadtest: 1 publisher → {} subscribers ({} joined, {} receiving), window {:.1} s",
+        s.subscribers_requested, s.subscribers_joined, s.subscribers_receiving, s.window_s
+    );
+    println!(
+        "  delivered            {:.3} %  (received {} / (sent {} × {}))",
+        s.delivered_pct, s.received_packets, s.sent_packets, s.subscribers_joined
+    );
+    println!(
+        "  counter gaps         {} missing, {} duplicate, {} out of order, {} corrupt",
+        s.missing_packets, s.duplicate_packets, s.out_of_order_packets, s.corrupt_payloads
+    );
+    println!(
+        "  added latency        p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} samples; send → receive, includes both clients' stacks)",
+        s.latency_p50_ms, s.latency_p99_ms, s.latency_max_ms, s.latency_samples
+    );
+    println!(
+        "  join → first packet  p50 {}  p95 {}",
+        opt(s.join_to_first_packet_p50_ms, "ms"),
+        opt(s.join_to_first_packet_p95_ms, "ms")
+    );
+    println!(
+        "  join → keyframe      p50 {}  p95 {}",
+        opt(s.join_to_first_keyframe_p50_ms, "ms"),
+        opt(s.join_to_first_keyframe_p95_ms, "ms")
+    );
+    println!(
+        "  in                   {:.0} pkt/s  {:.0} kB/s payload",
+        s.in_pps,
+        s.in_payload_bytes_per_s / 1000.0
+    );
+    println!(
+        "  out                  {:.0} pkt/s  {:.0} kB/s payload",
+        s.out_pps,
+        s.out_payload_bytes_per_s / 1000.0
+    );
     match (s.server_cpu_s, s.server_cpu_pct) {
         (Some(cpu), Some(pct)) => {
             println!("  server CPU           {cpu:.2} s ({pct:.1} % of one core)");
-            println!("  per forwarded packet {}  ({} pkt per CPU-second)", opt(s.server_us_per_forwarded_packet, "µs"), s.forwarded_packets_per_cpu_s.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into()));
+            println!(
+                "  per forwarded packet {}  ({} pkt per CPU-second)",
+                opt(s.server_us_per_forwarded_packet, "µs"),
+                s.forwarded_packets_per_cpu_s
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "n/a".into())
+            );
         }
         _ => println!("  server CPU           n/a (give --server-pid or --spawn-server)"),
     }
     if let Some(rss) = s.server_rss_kib_after {
-        println!("  server RSS           {:.1} MiB (before {:.1} MiB, peak {:.1} MiB; {} per subscriber)", rss as f64 / 1024.0, s.server_rss_kib_before.unwrap_or(0) as f64 / 1024.0, s.server_rss_kib_peak.unwrap_or(0) as f64 / 1024.0, opt(s.server_rss_kib_per_subscriber, "KiB"));
+        println!(
+            "  server RSS           {:.1} MiB (before {:.1} MiB, peak {:.1} MiB; {} per subscriber)",
+            rss as f64 / 1024.0,
+            s.server_rss_kib_before.unwrap_or(0) as f64 / 1024.0,
+            s.server_rss_kib_peak.unwrap_or(0) as f64 / 1024.0,
+            opt(s.server_rss_kib_per_subscriber, "KiB")
+        );
     }
-    println!("  client CPU           {:.2} s ({:.1} % of one core) — if near 100 % × cores, the client is the bottleneck", s.client_cpu_s, s.client_cpu_pct);
-    println!("  publisher            {} PLIs received, {} keyframes sent, {} write errors; {} subscribe-answer errors", s.publisher_plis, s.publisher_keyframes, s.publisher_write_errors, s.subscribe_answer_errors);
+    println!(
+        "  client CPU           {:.2} s ({:.1} % of one core) — if near 100 % × cores, the client is the bottleneck",
+        s.client_cpu_s, s.client_cpu_pct
+    );
+    println!(
+        "  publisher            {} PLIs received, {} keyframes sent, {} write errors; {} subscribe-answer errors",
+        s.publisher_plis,
+        s.publisher_keyframes,
+        s.publisher_write_errors,
+        s.subscribe_answer_errors
+    );
     for e in &s.errors {
         println!("  error: {e}");
     }

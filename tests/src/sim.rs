@@ -55,9 +55,8 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
 /// The payload type we register for Opus; the negotiated one is read back from the sender.
@@ -113,7 +112,9 @@ impl MediaProfile {
 
     /// RTP packets per video frame.
     pub fn video_packets_per_frame(&self) -> usize {
-        self.video_frame_bytes().div_ceil(self.video_max_payload.max(64)).max(1)
+        self.video_frame_bytes()
+            .div_ceil(self.video_max_payload.max(64))
+            .max(1)
     }
 }
 
@@ -399,7 +400,12 @@ pub struct TrackRecorder {
 }
 
 impl TrackRecorder {
-    fn new(participant_id: String, track_id: String, kind: TrackKind, verify_payload: bool) -> Self {
+    fn new(
+        participant_id: String,
+        track_id: String,
+        kind: TrackKind,
+        verify_payload: bool,
+    ) -> Self {
         TrackRecorder {
             participant_id,
             track_id,
@@ -432,7 +438,9 @@ impl TrackRecorder {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn on_packet(&self, pkt: &rtc::rtp::Packet) {
@@ -765,7 +773,6 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         RTCRtpCodecParameters {
             rtp_codec: opus_codec(),
             payload_type: OPUS_PT,
-            ..Default::default()
         },
         RtpCodecKind::Audio,
     )?;
@@ -773,7 +780,6 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         RTCRtpCodecParameters {
             rtp_codec: vp8_codec(),
             payload_type: VP8_PT,
-            ..Default::default()
         },
         RtpCodecKind::Video,
     )?;
@@ -981,7 +987,12 @@ struct Inner {
 }
 
 impl Inner {
-    fn recorder(&self, participant_id: &str, track_id: &str, kind: TrackKind) -> Arc<TrackRecorder> {
+    fn recorder(
+        &self,
+        participant_id: &str,
+        track_id: &str,
+        kind: TrackKind,
+    ) -> Arc<TrackRecorder> {
         let mut map = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(
             map.entry((participant_id.to_string(), track_id.to_string()))
@@ -1125,7 +1136,7 @@ impl SimEndpoint {
                     Ok(Message::Text(text)) => {
                         match serde_json::from_str::<ServerMessage>(text.as_str()) {
                             Ok(msg) => {
-                                if let ServerMessage::SubscribeOffer { sdp } = &msg {
+                                if let ServerMessage::SubscribeOffer { sdp, .. } = &msg {
                                     let sdp = sdp.clone();
                                     inner.push(Received::Message(msg));
                                     if let Err(e) = inner.on_subscribe_offer(sdp).await {
@@ -1176,7 +1187,10 @@ impl SimEndpoint {
         })?;
         let reply = self
             .wait_message_since(from, self.inner.opts.step_timeout, |m| {
-                matches!(m, ServerMessage::Joined { .. } | ServerMessage::Error { .. })
+                matches!(
+                    m,
+                    ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+                )
             })
             .await
             .context("waiting for joined")?;
@@ -1193,7 +1207,9 @@ impl SimEndpoint {
                     .unwrap_or_else(|p| p.into_inner()) = Some(participant_id);
                 Ok(participants)
             }
-            ServerMessage::Error { code, message } => bail!("join refused: {code:?}: {message}"),
+            ServerMessage::Error { code, message, .. } => {
+                bail!("join refused: {code:?}: {message}")
+            }
             other => bail!("unexpected reply to join: {other:?}"),
         }
     }
@@ -1233,30 +1249,48 @@ impl SimEndpoint {
         let slot = build_pc(inner, Leg::Publish).await?;
         // msid ids are tokens: no spaces (the display name may have some).
         let stream_id = format!("sim-{:016x}", rand::random::<u64>());
-        let mut tracks: Vec<(RtpCodecKind, Arc<TrackLocalStaticRTP>, u32, Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>)> =
-            Vec::new();
-        for (kind, enabled) in [(RtpCodecKind::Audio, media.audio), (RtpCodecKind::Video, media.video)] {
+        type Published = (
+            RtpCodecKind,
+            Arc<TrackLocalStaticRTP>,
+            u32,
+            Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>,
+        );
+        let mut tracks: Vec<Published> = Vec::new();
+        for (kind, enabled) in [
+            (RtpCodecKind::Audio, media.audio),
+            (RtpCodecKind::Video, media.video),
+        ] {
             if !enabled {
                 continue;
             }
             let ssrc: u32 = rand::random();
-            let codec = if kind == RtpCodecKind::Audio { opus_codec() } else { vp8_codec() };
-            let label = if kind == RtpCodecKind::Audio { "mic" } else { "camera" };
-            let track = Arc::new(TrackLocalStaticRTP::new(rtc::media_stream::MediaStreamTrack::new(
-                stream_id.clone(),
-                format!("{label}-{ssrc:08x}"),
-                label.to_string(),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
+            let codec = if kind == RtpCodecKind::Audio {
+                opus_codec()
+            } else {
+                vp8_codec()
+            };
+            let label = if kind == RtpCodecKind::Audio {
+                "mic"
+            } else {
+                "camera"
+            };
+            let track = Arc::new(TrackLocalStaticRTP::new(
+                rtc::media_stream::MediaStreamTrack::new(
+                    stream_id.clone(),
+                    format!("{label}-{ssrc:08x}"),
+                    label.to_string(),
+                    kind,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        active: true,
+                        codec,
                         ..Default::default()
-                    },
-                    active: true,
-                    codec,
-                    ..Default::default()
-                }],
-            )));
+                    }],
+                ),
+            ));
             let transceiver = slot
                 .pc
                 .add_transceiver_from_track(
@@ -1282,16 +1316,21 @@ impl SimEndpoint {
         inner.send(&ClientMessage::PublishOffer { sdp })?;
         let reply = self
             .wait_message_since(from, inner.opts.step_timeout, |m| {
-                matches!(m, ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. })
+                matches!(
+                    m,
+                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
+                )
             })
             .await
             .context("waiting for publish_answer")?;
         let answer = match reply {
-            ServerMessage::PublishAnswer { sdp } => {
+            ServerMessage::PublishAnswer { sdp, .. } => {
                 dump_sdp(&inner.opts.name, "publish answer", &sdp);
                 sdp
             }
-            ServerMessage::Error { code, message } => bail!("publish refused: {code:?}: {message}"),
+            ServerMessage::Error { code, message, .. } => {
+                bail!("publish refused: {code:?}: {message}")
+            }
             other => bail!("unexpected reply to publish_offer: {other:?}"),
         };
         slot.pc
@@ -1314,7 +1353,11 @@ impl SimEndpoint {
                     .codecs
                     .first()
                     .map(|c| c.payload_type)
-                    .unwrap_or(if kind == RtpCodecKind::Audio { OPUS_PT } else { VP8_PT }),
+                    .unwrap_or(if kind == RtpCodecKind::Audio {
+                        OPUS_PT
+                    } else {
+                        VP8_PT
+                    }),
                 None => bail!("transceiver without sender"),
             };
             // Keyframe requests about this track.
@@ -1346,7 +1389,11 @@ impl SimEndpoint {
 
     /// Number of messages received so far (a cursor for [`wait_message_since`](Self::wait_message_since)).
     pub fn log_len(&self) -> usize {
-        self.inner.log.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inner
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Every server message received so far.
@@ -1365,7 +1412,11 @@ impl SimEndpoint {
 
     /// Everything received so far, including unparsed frames and the close.
     pub fn received(&self) -> Vec<Received> {
-        self.inner.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the server closed the WebSocket.
@@ -1418,7 +1469,7 @@ impl SimEndpoint {
             .wait_message_since(from, timeout, |m| matches!(m, ServerMessage::Error { .. }))
             .await?
         {
-            ServerMessage::Error { code, message } => Ok((code, message)),
+            ServerMessage::Error { code, message, .. } => Ok((code, message)),
             _ => unreachable!("predicate matched only errors"),
         }
     }
@@ -1474,7 +1525,11 @@ impl SimEndpoint {
 
     /// Packets and bytes received over all tracks (no histogram copies).
     pub fn received_counts(&self) -> (u64, u64) {
-        let map = self.inner.recorders.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self
+            .inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         map.values().fold((0, 0), |(p, b), r| {
             let (rp, rb) = r.counts();
             (p + rp, b + rb)
@@ -1498,7 +1553,11 @@ impl SimEndpoint {
             .clone()
             .ok_or_else(|| anyhow!("track {participant_id}/{track_id} has no remote handle"))?;
         let (track, ssrc) = remote;
-        let ssrc = if ssrc == 0 { recorder.snapshot().ssrc } else { ssrc };
+        let ssrc = if ssrc == 0 {
+            recorder.snapshot().ssrc
+        } else {
+            ssrc
+        };
         track
             .write_rtcp(vec![Box::new(PictureLossIndication {
                 sender_ssrc: 0,
@@ -1539,9 +1598,8 @@ impl SimEndpoint {
 
     /// Close connections and socket without sending `leave`.
     pub async fn shutdown(&self) {
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         // Stop the senders first, keep the writer running long enough to flush `leave`.
         let _ = self.inner.out_tx.send(WsOut::Close);
         if let Some(slot) = self.inner.publish.lock().await.take() {
@@ -1561,7 +1619,14 @@ impl SimEndpoint {
 // Media generators
 // ---------------------------------------------------------------------------------------------------------------
 
-fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, payload: Bytes) -> rtc::rtp::Packet {
+fn rtp_packet(
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    marker: bool,
+    payload: Bytes,
+) -> rtc::rtp::Packet {
     rtc::rtp::Packet {
         header: rtc::rtp::header::Header {
             version: 2,
@@ -1599,7 +1664,10 @@ async fn send_audio(
         put_stamp_and_padding(&mut buf, counter, unix_micros(), size);
         let payload = buf.split().freeze();
         let len = payload.len() as u64;
-        match track.write_rtp(rtp_packet(pt, seq, ts, ssrc, false, payload)).await {
+        match track
+            .write_rtp(rtp_packet(pt, seq, ts, ssrc, false, payload))
+            .await
+        {
             Ok(()) => {
                 sent.audio_packets.fetch_add(1, Ordering::Relaxed);
                 sent.audio_bytes.fetch_add(len, Ordering::Relaxed);
@@ -1663,11 +1731,19 @@ async fn send_video(
                 }
             }
             let header_len = buf.len();
-            put_stamp_and_padding(&mut buf, counter, now_us, header_len + per_packet.max(STAMP_BYTES));
+            put_stamp_and_padding(
+                &mut buf,
+                counter,
+                now_us,
+                header_len + per_packet.max(STAMP_BYTES),
+            );
             let payload = buf.split().freeze();
             let len = payload.len() as u64;
             let last = i + 1 == npk;
-            match track.write_rtp(rtp_packet(pt, seq, ts, ssrc, last, payload)).await {
+            match track
+                .write_rtp(rtp_packet(pt, seq, ts, ssrc, last, payload))
+                .await
+            {
                 Ok(()) => {
                     sent.video_packets.fetch_add(1, Ordering::Relaxed);
                     sent.video_bytes.fetch_add(len, Ordering::Relaxed);
@@ -1723,13 +1799,18 @@ mod tests {
     #[test]
     fn histogram_buckets_are_monotonic_and_precise() {
         let mut last = 0;
-        for v in [0u64, 1, 63, 64, 65, 100, 1000, 5000, 20_000, 1_000_000, 2_000_000] {
+        for v in [
+            0u64, 1, 63, 64, 65, 100, 1000, 5000, 20_000, 1_000_000, 2_000_000,
+        ] {
             let b = LatencyHistogram::bucket(v);
             assert!(b >= last);
             last = b;
             let lower = LatencyHistogram::bucket_value(b);
             assert!(lower <= v || b == HIST_BUCKETS - 1, "{v} -> {b} -> {lower}");
-            assert!(v - lower.min(v) <= v / 30 + 1 || b == HIST_BUCKETS - 1, "{v} -> {lower}");
+            assert!(
+                v - lower.min(v) <= v / 30 + 1 || b == HIST_BUCKETS - 1,
+                "{v} -> {lower}"
+            );
         }
         let mut h = LatencyHistogram::default();
         for v in 1..=100 {
@@ -1744,7 +1825,10 @@ mod tests {
         let mut buf = BytesMut::new();
         put_stamp_and_padding(&mut buf, 42, 1234, 100);
         let d = decode_payload(&buf, false, true).expect("decodes");
-        assert_eq!((d.counter, d.sent_us, d.intact, d.keyframe), (42, 1234, true, false));
+        assert_eq!(
+            (d.counter, d.sent_us, d.intact, d.keyframe),
+            (42, 1234, true, false)
+        );
         let mut bad = buf.to_vec();
         bad[50] ^= 1;
         assert!(!decode_payload(&bad, false, true).expect("decodes").intact);
@@ -1756,7 +1840,10 @@ mod tests {
         let hl = v.len();
         put_stamp_and_padding(&mut v, 7, 99, hl + 200);
         let d = decode_payload(&v, true, true).expect("decodes");
-        assert_eq!((d.counter, d.sent_us, d.intact, d.keyframe), (7, 99, true, true));
+        assert_eq!(
+            (d.counter, d.sent_us, d.intact, d.keyframe),
+            (7, 99, true, true)
+        );
         // continuation packet
         let mut c = BytesMut::new();
         c.put_slice(&[0x80, 0x80, 0x81, 0x23]);

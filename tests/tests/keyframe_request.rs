@@ -24,14 +24,24 @@ async fn quiet_plis(publisher: &SimEndpoint, quiet: Duration) -> u64 {
         } else if since.elapsed() >= quiet {
             return now;
         }
-        assert!(tokio::time::Instant::now() < deadline, "publisher keeps getting PLIs ({now}) without a request");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publisher keeps getting PLIs ({now}) without a request"
+        );
     }
 }
 
 async fn setup(server: &TestServer, room: &str) -> (SimEndpoint, SimEndpoint, String) {
     let publisher = server.endpoint(room, "Chủ trì", true).await;
     let viewer = server.endpoint(room, "Xã xem", false).await;
-    let video = wait_receiving(&viewer, &publisher, TrackKind::Video, 30, Duration::from_secs(15)).await;
+    let video = wait_receiving(
+        &viewer,
+        &publisher,
+        TrackKind::Video,
+        30,
+        Duration::from_secs(15),
+    )
+    .await;
     (publisher, viewer, video.track_id)
 }
 
@@ -45,14 +55,21 @@ async fn rtcp_pli_from_subscriber_reaches_publisher() {
         .expect("video track")
         .keyframes;
 
-    viewer.send_pli(&publisher.id(), &track_id).await.expect("PLI written");
-    wait_until("the publisher to receive the PLI", Duration::from_secs(3), || {
-        (publisher.sent().plis > before).then_some(())
-    })
+    viewer
+        .send_pli(&publisher.id(), &track_id)
+        .await
+        .expect("PLI written");
+    wait_until(
+        "the publisher to receive the PLI",
+        Duration::from_secs(3),
+        || (publisher.sent().plis > before).then_some(()),
+    )
     .await;
-    wait_until("a keyframe at the viewer after the PLI", Duration::from_secs(3), || {
-        (viewer.track(&publisher.id(), &track_id)?.keyframes > keyframes_before).then_some(())
-    })
+    wait_until(
+        "a keyframe at the viewer after the PLI",
+        Duration::from_secs(3),
+        || (viewer.track(&publisher.id(), &track_id)?.keyframes > keyframes_before).then_some(()),
+    )
     .await;
     println!(
         "publisher PLIs: {before} -> {}, keyframes sent {}",
@@ -72,11 +89,15 @@ async fn request_keyframe_message_reaches_publisher() {
     let from = viewer.log_len();
 
     viewer
-        .send(&ClientMessage::RequestKeyframe { track_id: track_id.clone() })
+        .send(&ClientMessage::RequestKeyframe {
+            track_id: track_id.clone(),
+        })
         .expect("sent");
-    wait_until("the publisher to receive a PLI", Duration::from_secs(3), || {
-        (publisher.sent().plis + publisher.sent().firs > before).then_some(())
-    })
+    wait_until(
+        "the publisher to receive a PLI",
+        Duration::from_secs(3),
+        || (publisher.sent().plis + publisher.sent().firs > before).then_some(()),
+    )
     .await;
     assert!(
         common::messages_since(&viewer, from, |m| matches!(
@@ -90,7 +111,9 @@ async fn request_keyframe_message_reaches_publisher() {
     // An unknown track is refused with invalid_field, and the session carries on.
     let from = viewer.log_len();
     viewer
-        .send(&ClientMessage::RequestKeyframe { track_id: "khong-co".into() })
+        .send(&ClientMessage::RequestKeyframe {
+            track_id: "khong-co".into(),
+        })
         .expect("sent");
     let (code, message) = viewer
         .wait_error_since(from, Duration::from_secs(3))

@@ -28,7 +28,13 @@ async fn late_joiner_receives_existing_tracks() {
         let p = participants
             .iter()
             .find(|p| p.id == ep.id())
-            .unwrap_or_else(|| panic!("joined does not list {} ({}): {participants:?}", ep.name(), ep.id()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "joined does not list {} ({}): {participants:?}",
+                    ep.name(),
+                    ep.id()
+                )
+            });
         assert_eq!(p.name, ep.name());
         for kind in [TrackKind::Audio, TrackKind::Video] {
             assert!(
@@ -43,10 +49,16 @@ async fn late_joiner_receives_existing_tracks() {
     for ep in [&a, &b] {
         let audio = wait_receiving(&late, ep, TrackKind::Audio, 25, Duration::from_secs(10)).await;
         let video = wait_receiving(&late, ep, TrackKind::Video, 60, Duration::from_secs(10)).await;
-        let listed = &participants.iter().find(|p| p.id == ep.id()).expect("listed").tracks;
+        let listed = &participants
+            .iter()
+            .find(|p| p.id == ep.id())
+            .expect("listed")
+            .tracks;
         for got in [&audio, &video] {
             assert!(
-                listed.iter().any(|t| t.id == got.track_id && t.kind == got.kind),
+                listed
+                    .iter()
+                    .any(|t| t.id == got.track_id && t.kind == got.kind),
                 "received track id {} ({:?}) is not among those `joined` listed: {listed:?}",
                 got.track_id,
                 got.kind
@@ -69,15 +81,27 @@ async fn late_joiner_receives_existing_tracks() {
     let got = late.stats();
     for ep in [&a, &b] {
         let sent = ep.sent();
-        assert_intact(&late, ep, got.track_from(&ep.id(), TrackKind::Audio).expect("audio"), sent.audio_packets, 15);
-        assert_intact(&late, ep, got.track_from(&ep.id(), TrackKind::Video).expect("video"), sent.video_packets, 80);
+        assert_intact(
+            &late,
+            ep,
+            got.track_from(&ep.id(), TrackKind::Audio).expect("audio"),
+            sent.audio_packets,
+            15,
+        );
+        assert_intact(
+            &late,
+            ep,
+            got.track_from(&ep.id(), TrackKind::Video).expect("video"),
+            sent.video_packets,
+            80,
+        );
     }
 
     // The earlier participants were told about the late joiner.
     for ep in [&a, &b] {
         let late_id = late.id();
         ep.wait_message_since(0, Duration::from_secs(5), |m| {
-            matches!(m, ServerMessage::ParticipantJoined { participant } if participant.id == late_id)
+            matches!(m, ServerMessage::ParticipantJoined { participant, .. } if participant.id == late_id)
         })
         .await
         .expect("participant_joined for the late joiner");

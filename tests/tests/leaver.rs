@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, json_strings, messages_since, packets_from, wait_all_flowing, wait_until_async};
+use common::{
+    TestServer, json_strings, messages_since, packets_from, wait_all_flowing, wait_until_async,
+};
 use giaoban_signaling::protocol::ServerMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,10 +33,17 @@ async fn leaver_tracks_go_away() {
     let rooms = server.rooms().await;
     let strings = json_strings(&rooms);
     for ep in all {
-        assert!(strings.contains(&ep.id()), "/api/rooms lacks {}: {rooms}", ep.id());
+        assert!(
+            strings.contains(&ep.id()),
+            "/api/rooms lacks {}: {rooms}",
+            ep.id()
+        );
     }
     for t in &c_tracks {
-        assert!(strings.contains(t), "/api/rooms lacks C's track {t}: {rooms}");
+        assert!(
+            strings.contains(t),
+            "/api/rooms lacks C's track {t}: {rooms}"
+        );
     }
 
     let marks = [a.log_len(), b.log_len()];
@@ -43,7 +52,7 @@ async fn leaver_tracks_go_away() {
     for (ep, from) in [(&a, marks[0]), (&b, marks[1])] {
         let id = c_id.clone();
         ep.wait_message_since(from, Duration::from_secs(5), |m| {
-            matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == id)
+            matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if *participant_id == id)
         })
         .await
         .expect("participant_left for the leaver");
@@ -53,13 +62,22 @@ async fn leaver_tracks_go_away() {
         })
         .await
         .expect("a new subscribe_offer after the leave");
-        let unpublished = messages_since(ep, from, |m| {
-            matches!(m, ServerMessage::TrackUnpublished { participant_id, .. } if *participant_id == c_id)
-        });
-        println!("{} got {} track_unpublished for C", ep.name(), unpublished.len());
+        let unpublished = messages_since(
+            ep,
+            from,
+            |m| matches!(m, ServerMessage::TrackUnpublished { participant_id, .. } if *participant_id == c_id),
+        );
+        println!(
+            "{} got {} track_unpublished for C",
+            ep.name(),
+            unpublished.len()
+        );
         for m in &unpublished {
             if let ServerMessage::TrackUnpublished { track_id, .. } = m {
-                assert!(c_tracks.contains(track_id), "track_unpublished names an unknown track {track_id}");
+                assert!(
+                    c_tracks.contains(track_id),
+                    "track_unpublished names an unknown track {track_id}"
+                );
             }
         }
     }
@@ -75,13 +93,17 @@ async fn leaver_tracks_go_away() {
     );
 
     // /api/rooms reflects it.
-    wait_until_async("/api/rooms to drop the leaver", Duration::from_secs(5), || async {
-        let rooms = server.rooms().await;
-        let strings = json_strings(&rooms);
-        let gone = !strings.contains(&c_id) && c_tracks.iter().all(|t| !strings.contains(t));
-        let others = strings.contains(&a.id()) && strings.contains(&b.id());
-        (gone && others).then_some(())
-    })
+    wait_until_async(
+        "/api/rooms to drop the leaver",
+        Duration::from_secs(5),
+        || async {
+            let rooms = server.rooms().await;
+            let strings = json_strings(&rooms);
+            let gone = !strings.contains(&c_id) && c_tracks.iter().all(|t| !strings.contains(t));
+            let others = strings.contains(&a.id()) && strings.contains(&b.id());
+            (gone && others).then_some(())
+        },
+    )
     .await;
 
     // The others still exchange media.

@@ -12,11 +12,17 @@ use giaoban_tests::sim::SimEndpoint;
 const T: Duration = Duration::from_secs(5);
 
 /// Two publishers exchanging media, and a third participant `m` that will misbehave (joined if `join`).
-async fn room(server: &TestServer, room: &str, join: bool) -> (SimEndpoint, SimEndpoint, SimEndpoint) {
+async fn room(
+    server: &TestServer,
+    room: &str,
+    join: bool,
+) -> (SimEndpoint, SimEndpoint, SimEndpoint) {
     let a = server.endpoint(room, "Xã A", true).await;
     let b = server.endpoint(room, "Xã B", true).await;
     wait_all_flowing(&[&a, &b], &[&a, &b], Duration::from_secs(15)).await;
-    let m = SimEndpoint::open(server.opts(room, "Xã lỗi")).await.expect("connects");
+    let m = SimEndpoint::open(server.opts(room, "Xã lỗi"))
+        .await
+        .expect("connects");
     if join {
         m.join().await.expect("joins");
     }
@@ -42,7 +48,10 @@ async fn still_working(m: &SimEndpoint, a: &SimEndpoint, b: &SimEndpoint) {
     m.wait_message_since(from, T, |msg| matches!(msg, ServerMessage::Pong))
         .await
         .expect("pong after the error: the session carries on");
-    assert!(!m.is_closed(), "the server closed the socket after a refusable error");
+    assert!(
+        !m.is_closed(),
+        "the server closed the socket after a refusable error"
+    );
     assert_still_flowing(a, b, 50).await;
     assert_still_flowing(b, a, 50).await;
 }
@@ -58,7 +67,13 @@ async fn finish(server: TestServer, eps: [SimEndpoint; 3]) {
 async fn invalid_json_is_bad_message() {
     let server = TestServer::start().await;
     let (a, b, m) = room(&server, "loi-json", true).await;
-    expect_error(&m, "{\"type\":\"join\",".into(), ErrorCode::BadMessage, "truncated JSON").await;
+    expect_error(
+        &m,
+        "{\"type\":\"join\",".into(),
+        ErrorCode::BadMessage,
+        "truncated JSON",
+    )
+    .await;
     expect_error(&m, "xin chào".into(), ErrorCode::BadMessage, "not JSON").await;
     expect_error(&m, "[1,2,3]".into(), ErrorCode::BadMessage, "JSON array").await;
     still_working(&m, &a, &b).await;
@@ -69,8 +84,20 @@ async fn invalid_json_is_bad_message() {
 async fn unknown_type_and_fields_are_bad_message() {
     let server = TestServer::start().await;
     let (a, b, m) = room(&server, "loi-kieu", true).await;
-    expect_error(&m, r#"{"type":"fly"}"#.into(), ErrorCode::BadMessage, "unknown type").await;
-    expect_error(&m, r#"{"sdp":"v=0"}"#.into(), ErrorCode::BadMessage, "no type").await;
+    expect_error(
+        &m,
+        r#"{"type":"fly"}"#.into(),
+        ErrorCode::BadMessage,
+        "unknown type",
+    )
+    .await;
+    expect_error(
+        &m,
+        r#"{"sdp":"v=0"}"#.into(),
+        ErrorCode::BadMessage,
+        "no type",
+    )
+    .await;
     expect_error(
         &m,
         r#"{"type":"media_state","mic":true,"camera":true,"x":1}"#.into(),
@@ -78,8 +105,20 @@ async fn unknown_type_and_fields_are_bad_message() {
         "unknown field on a message with fields",
     )
     .await;
-    expect_error(&m, r#"{"type":"ping","x":1}"#.into(), ErrorCode::BadMessage, "unknown field on ping").await;
-    expect_error(&m, r#"{"type":"publish_offer"}"#.into(), ErrorCode::BadMessage, "missing field").await;
+    expect_error(
+        &m,
+        r#"{"type":"ping","x":1}"#.into(),
+        ErrorCode::BadMessage,
+        "unknown field on ping",
+    )
+    .await;
+    expect_error(
+        &m,
+        r#"{"type":"publish_offer"}"#.into(),
+        ErrorCode::BadMessage,
+        "missing field",
+    )
+    .await;
     still_working(&m, &a, &b).await;
     finish(server, [a, b, m]).await;
 }
@@ -105,16 +144,29 @@ async fn malformed_sdp_is_invalid_field_and_a_good_offer_still_works() {
     let (a, b, m) = room(&server, "loi-sdp", true).await;
     for (sdp, what) in [
         ("đây không phải SDP", "prose"),
-        ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\nm=video", "truncated SDP"),
+        (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\nm=video",
+            "truncated SDP",
+        ),
         ("", "empty SDP"),
     ] {
-        let text = serde_json::to_string(&ClientMessage::PublishOffer { sdp: sdp.into() }).expect("json");
+        let text =
+            serde_json::to_string(&ClientMessage::PublishOffer { sdp: sdp.into() }).expect("json");
         expect_error(&m, text, ErrorCode::InvalidField, what).await;
     }
     still_working(&m, &a, &b).await;
     // The same participant can still publish properly, and the others receive it.
-    m.publish().await.expect("a valid offer after malformed ones is answered");
-    common::wait_receiving(&a, &m, giaoban_signaling::protocol::TrackKind::Video, 30, Duration::from_secs(10)).await;
+    m.publish()
+        .await
+        .expect("a valid offer after malformed ones is answered");
+    common::wait_receiving(
+        &a,
+        &m,
+        giaoban_signaling::protocol::TrackKind::Video,
+        30,
+        Duration::from_secs(10),
+    )
+    .await;
     finish(server, [a, b, m]).await;
 }
 
@@ -126,8 +178,18 @@ async fn messages_before_join_and_second_join_are_wrong_state() {
         sdp: "v=0\r\n".into(),
     })
     .expect("json");
-    expect_error(&m, offer, ErrorCode::WrongState, "publish_offer before join").await;
-    let leave = serde_json::to_string(&ClientMessage::MediaState { mic: false, camera: false }).expect("json");
+    expect_error(
+        &m,
+        offer,
+        ErrorCode::WrongState,
+        "publish_offer before join",
+    )
+    .await;
+    let leave = serde_json::to_string(&ClientMessage::MediaState {
+        mic: false,
+        camera: false,
+    })
+    .expect("json");
     expect_error(&m, leave, ErrorCode::WrongState, "media_state before join").await;
     // Joining afterwards works, and a second join is refused.
     m.join().await.expect("join after refused messages");

@@ -32,7 +32,9 @@ async fn three_publishers_receive_each_other_intact() {
             for kind in [TrackKind::Audio, TrackKind::Video] {
                 let stats = received[si]
                     .track_from(&publisher.id(), kind)
-                    .unwrap_or_else(|| panic!("{} has no {kind:?} from {}", sub.name(), publisher.name()));
+                    .unwrap_or_else(|| {
+                        panic!("{} has no {kind:?} from {}", sub.name(), publisher.name())
+                    });
                 // Allow the last ~300 ms of sending to be in flight.
                 let (total, slack) = match kind {
                     TrackKind::Audio => (sent[pi].audio_packets, 15),
@@ -54,13 +56,21 @@ async fn three_publishers_receive_each_other_intact() {
         }
         // Exactly the other two participants' tracks, nothing of its own.
         assert!(
-            received[si].received.iter().all(|t| t.participant_id != sub.id()),
+            received[si]
+                .received
+                .iter()
+                .all(|t| t.participant_id != sub.id()),
             "{} receives its own media",
             sub.name()
         );
     }
     for ep in all {
-        assert_eq!(ep.stats().subscribe_errors, 0, "{} failed to answer an offer", ep.name());
+        assert_eq!(
+            ep.stats().subscribe_errors,
+            0,
+            "{} failed to answer an offer",
+            ep.name()
+        );
         ep.close().await;
     }
     server.shutdown().await;

@@ -36,7 +36,11 @@ fn spawn_doomed(opts: SimOptions) -> Doomed {
         rt.shutdown_background();
     });
     let ep = ep_rx.recv().expect("doomed endpoint started");
-    Doomed { ep, kill: kill_tx, thread }
+    Doomed {
+        ep,
+        kill: kill_tx,
+        thread,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,7 +49,9 @@ async fn vanished_endpoint_is_removed() {
     let room = "giao-ban-mat-ket-noi";
     let a = server.endpoint(room, "Xã A", true).await;
     let opts = server.opts(room, "Xã mất điện");
-    let doomed = tokio::task::spawn_blocking(move || spawn_doomed(opts)).await.expect("spawned");
+    let doomed = tokio::task::spawn_blocking(move || spawn_doomed(opts))
+        .await
+        .expect("spawned");
     let gone = doomed.ep.clone();
     wait_all_flowing(&[&a, &gone], &[&a, &gone], Duration::from_secs(15)).await;
     let gone_id = gone.id();
@@ -59,18 +65,24 @@ async fn vanished_endpoint_is_removed() {
         .expect("doomed thread ended cleanly");
 
     let id = gone_id.clone();
-    a.wait_message_since(from, Duration::from_secs(40), |m| {
-        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == id)
-    })
+    a.wait_message_since(
+        from,
+        Duration::from_secs(40),
+        |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if *participant_id == id),
+    )
     .await
     .expect("participant_left for the vanished endpoint");
     println!("vanished endpoint removed after {:?}", t0.elapsed());
 
-    wait_until_async("/api/rooms to drop the vanished endpoint", Duration::from_secs(5), || async {
-        let rooms = server.rooms().await;
-        let strings = json_strings(&rooms);
-        (!strings.contains(&gone_id) && strings.contains(&a.id())).then_some(())
-    })
+    wait_until_async(
+        "/api/rooms to drop the vanished endpoint",
+        Duration::from_secs(5),
+        || async {
+            let rooms = server.rooms().await;
+            let strings = json_strings(&rooms);
+            (!strings.contains(&gone_id) && strings.contains(&a.id())).then_some(())
+        },
+    )
     .await;
 
     a.close().await;
@@ -96,9 +108,11 @@ async fn endpoint_whose_media_dies_is_removed() {
     dead.drop_media().await.expect("media dropped");
 
     let id = dead_id.clone();
-    a.wait_message_since(from, Duration::from_secs(40), |m| {
-        matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == id)
-    })
+    a.wait_message_since(
+        from,
+        Duration::from_secs(40),
+        |m| matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if *participant_id == id),
+    )
     .await
     .expect("participant_left for the endpoint whose media died");
     println!("endpoint with dead media removed after {:?}", t0.elapsed());
@@ -110,7 +124,12 @@ async fn endpoint_whose_media_dies_is_removed() {
     println!(
         "its socket: closed={}, last messages {:?}",
         dead.is_closed(),
-        dead.messages().iter().rev().take(3).map(common::short).collect::<Vec<_>>()
+        dead.messages()
+            .iter()
+            .rev()
+            .take(3)
+            .map(common::short)
+            .collect::<Vec<_>>()
     );
     a.close().await;
     dead.shutdown().await;

@@ -54,7 +54,8 @@ impl TestServer {
             .await
             .expect("GET /api/rooms");
         assert_eq!(status, 200, "GET /api/rooms: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/rooms is not JSON ({e}): {body}"))
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/api/rooms is not JSON ({e}): {body}"))
     }
 
     pub async fn shutdown(mut self) {
@@ -126,14 +127,22 @@ pub async fn wait_receiving(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let stats = sub.stats();
-        if let Some(t) = stats.track_from(&pid, kind).filter(|t| t.packets >= min_packets) {
+        if let Some(t) = stats
+            .track_from(&pid, kind)
+            .filter(|t| t.packets >= min_packets)
+        {
             return t.clone();
         }
         if tokio::time::Instant::now() >= deadline {
             let brief: Vec<String> = stats
                 .received
                 .iter()
-                .map(|t| format!("{}/{} {:?}: {} packets, {} keyframes", t.participant_id, t.track_id, t.kind, t.packets, t.keyframes))
+                .map(|t| {
+                    format!(
+                        "{}/{} {:?}: {} packets, {} keyframes",
+                        t.participant_id, t.track_id, t.kind, t.packets, t.keyframes
+                    )
+                })
                 .collect();
             panic!(
                 "timed out after {timeout:?} waiting for {} to receive {min_packets} {kind:?} packets from {} ({pid}); \
@@ -151,7 +160,11 @@ pub async fn wait_receiving(
 }
 
 /// Wait until `sub` receives audio and video from every one of `publishers`.
-pub async fn wait_all_flowing(subs: &[&SimEndpoint], publishers: &[&SimEndpoint], timeout: Duration) {
+pub async fn wait_all_flowing(
+    subs: &[&SimEndpoint],
+    publishers: &[&SimEndpoint],
+    timeout: Duration,
+) {
     for sub in subs {
         for publisher in publishers {
             if sub.id() == publisher.id() {
@@ -166,7 +179,13 @@ pub async fn wait_all_flowing(subs: &[&SimEndpoint], publishers: &[&SimEndpoint]
 /// Assert that `sub` got `stats` (from `publisher`) intact: ≥ 99 % of the counters from its first packet up to
 /// what the publisher had sent `slack` ago, no duplicates, no reordering, no corrupt payloads, one SSRC, and
 /// continuous sequence numbers apart from lost packets.
-pub fn assert_intact(sub: &SimEndpoint, publisher: &SimEndpoint, stats: &TrackStats, sent_total: u64, slack: u64) {
+pub fn assert_intact(
+    sub: &SimEndpoint,
+    publisher: &SimEndpoint,
+    stats: &TrackStats,
+    sent_total: u64,
+    slack: u64,
+) {
     let who = format!(
         "{} receiving {:?} {} from {}",
         sub.name(),
@@ -174,10 +193,15 @@ pub fn assert_intact(sub: &SimEndpoint, publisher: &SimEndpoint, stats: &TrackSt
         stats.track_id,
         publisher.name()
     );
-    let first = stats.first_counter.unwrap_or_else(|| panic!("{who}: nothing received"));
+    let first = stats
+        .first_counter
+        .unwrap_or_else(|| panic!("{who}: nothing received"));
     // Counters sent from the first one received up to (sent_total - slack): those must have arrived.
     let expected = sent_total.saturating_sub(slack).saturating_sub(first);
-    assert!(expected > 0, "{who}: too little sent to judge ({stats:?}, sent {sent_total})");
+    assert!(
+        expected > 0,
+        "{who}: too little sent to judge ({stats:?}, sent {sent_total})"
+    );
     let ratio = stats.distinct as f64 / expected as f64;
     assert!(
         ratio >= 0.99,
@@ -187,7 +211,10 @@ pub fn assert_intact(sub: &SimEndpoint, publisher: &SimEndpoint, stats: &TrackSt
     );
     assert_eq!(stats.duplicates, 0, "{who}: duplicates; {stats:?}");
     assert_eq!(stats.out_of_order, 0, "{who}: out of order; {stats:?}");
-    assert_eq!(stats.payload_errors, 0, "{who}: corrupt payloads; {stats:?}");
+    assert_eq!(
+        stats.payload_errors, 0,
+        "{who}: corrupt payloads; {stats:?}"
+    );
     assert_eq!(stats.ssrc_changes, 0, "{who}: SSRC changed; {stats:?}");
     assert!(
         stats.seq_jumps <= stats.missing(),
@@ -198,7 +225,11 @@ pub fn assert_intact(sub: &SimEndpoint, publisher: &SimEndpoint, stats: &TrackSt
 }
 
 /// Messages of `ep` from index `from` that match `pred`.
-pub fn messages_since(ep: &SimEndpoint, from: usize, pred: impl Fn(&ServerMessage) -> bool) -> Vec<ServerMessage> {
+pub fn messages_since(
+    ep: &SimEndpoint,
+    from: usize,
+    pred: impl Fn(&ServerMessage) -> bool,
+) -> Vec<ServerMessage> {
     ep.received()
         .into_iter()
         .skip(from)
@@ -234,8 +265,10 @@ pub async fn assert_still_flowing(sub: &SimEndpoint, publisher: &SimEndpoint, mi
 /// A message without its SDP, for failure output.
 pub fn short(m: &ServerMessage) -> String {
     match m {
-        ServerMessage::PublishAnswer { sdp } => format!("publish_answer({} bytes)", sdp.len()),
-        ServerMessage::SubscribeOffer { sdp } => format!("subscribe_offer({} bytes)", sdp.len()),
+        ServerMessage::PublishAnswer { sdp, .. } => format!("publish_answer({} bytes)", sdp.len()),
+        ServerMessage::SubscribeOffer { sdp, .. } => {
+            format!("subscribe_offer({} bytes)", sdp.len())
+        }
         other => format!("{other:?}"),
     }
 }
