@@ -37,10 +37,11 @@ const ui = {
 /** The meeting this page is in, or null on the join form. */
 let meeting = null;
 
-function newMeeting(room, name) {
+function newMeeting(room, name, token) {
   return {
     room,
     name,
+    token,
     session: null,
     selfId: null,
     /** Bumped on every (re)join and on leave: async work of an older generation stops quietly. */
@@ -213,7 +214,7 @@ function renderSelfTile() {
   if (!meeting || !meeting.selfTile) return;
   const { audio, video } = meeting.local;
   renderTile(meeting.selfTile, {
-    name: meeting.name,
+    name: meeting.name || '…',
     self: true,
     mic: !!audio && audio.enabled,
     camera: !!video && video.enabled,
@@ -462,6 +463,7 @@ function toggleTrack(kind) {
   const track = meeting.local[kind];
   if (!track) return;
   track.enabled = !track.enabled;
+  if (kind === 'audio' && track.enabled) clearMessage('chair');
   renderControls();
   renderSelfTile();
   sendMediaState();
@@ -500,7 +502,7 @@ async function publish(gen) {
   const local = await meeting.mediaReady;
   if (!meeting || meeting.generation !== gen) return;
   sendMediaState();
-  const tracks = [local.audio, local.video].filter(Boolean);
+  const tracks = meeting.canPublish === false ? [] : [local.audio, local.video].filter(Boolean);
   if (tracks.length === 0) {
     renderStatus();
     return; // receive-only
@@ -627,9 +629,15 @@ function onServerMessage(msg) {
       meeting.generation += 1;
       teardownMedia();
       meeting.selfId = msg.participant_id;
+      if (msg.room && !meeting.room) meeting.room = msg.meeting?.title || msg.room;
+      meeting.canPublish = msg.can_publish !== false;
       clearMessage('conn');
       clearMessage('server');
-      for (const info of msg.participants || []) addParticipant(info);
+      for (const info of msg.participants || []) {
+        if (info.id === msg.participant_id && info.name && !meeting.name) meeting.name = info.name;
+        addParticipant(info);
+      }
+      renderAll();
       const newGen = meeting.generation;
       publish(newGen).catch((err) => mediaFailure('publish', err));
       break;
@@ -671,7 +679,22 @@ function onServerMessage(msg) {
     case 'connection_state':
       console.info(`giaoban: server sees ${msg.leg} connection ${msg.state}`);
       break;
+    case 'muted':
+      // The chair stopped forwarding our microphone: show it off; switching it on again lifts the mute.
+      if (meeting.local.audio) meeting.local.audio.enabled = false;
+      renderControls();
+      renderSelfTile();
+      sendMediaState();
+      showMessage('chair', 'msg.muted', { by: msg.by || '' }, 'warn');
+      break;
+    case 'unmute_requested':
+      showMessage('chair', 'msg.unmute_requested', { by: msg.by || '' }, 'info');
+      break;
     case 'pong':
+    case 'meeting_state':
+    case 'roll_call':
+    case 'chat':
+      // Not shown by this client (yet).
       break;
     case 'error':
       onServerError(msg);
@@ -741,10 +764,11 @@ function validField(v) {
   return typeof v === 'string' && v.trim().length > 0 && [...v.trim()].length <= MAX_FIELD_CHARS;
 }
 
-function startMeeting(room, name) {
-  room = room.trim();
-  name = name.trim();
-  meeting = newMeeting(room, name);
+/** Join `room` as `name`, or with a signed join link's `token` (then the server names the room and the hall). */
+function startMeeting(room, name, token = null) {
+  room = (room || '').trim();
+  name = (name || '').trim();
+  meeting = newMeeting(room, name, token);
   clearAllMessages();
   ui.joinView.hidden = true;
   ui.meetingView.hidden = false;
@@ -759,7 +783,7 @@ function startMeeting(room, name) {
   ui.grid.replaceChildren(self.tile);
 
   // Handlers first, then the socket, and only then wait for the camera: no early message is lost.
-  const session = new Session({ room, name });
+  const session = new Session(token ? { token } : { room, name });
   meeting.session = session;
   session.addEventListener('message', (ev) => onServerMessage(ev.detail));
   session.addEventListener('status', (ev) => onSessionStatus(ev.detail));
@@ -859,7 +883,9 @@ function init() {
   const params = new URLSearchParams(location.search);
   const room = params.get('room');
   const name = params.get('name');
-  if (validField(room) && validField(name)) startMeeting(room, name);
+  const token = params.get('token');
+  if (token) startMeeting(room, name, token);
+  else if (validField(room) && validField(name)) startMeeting(room, name);
   else showJoinForm(room || '', name || '');
 }
 

@@ -107,8 +107,8 @@ export class Session extends EventTarget {
       this.everOpened = true;
       this.lastHeard = Date.now();
       this.#setState('open');
-      const join = { type: 'join', room: this.room, name: this.name };
-      if (this.token) join.token = this.token;
+      // A signed join link's token names the meeting and the hall; without one, an open room by name.
+      const join = this.token ? { type: 'join', token: this.token } : { type: 'join', room: this.room, name: this.name };
       ws.send(JSON.stringify(join));
       this.pingTimer = setInterval(() => this.#keepAlive(), PING_INTERVAL_MS);
     };

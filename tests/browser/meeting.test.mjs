@@ -10,7 +10,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -66,19 +67,35 @@ async function waitFor(fn, { timeout = 20_000, interval = 250, what = 'condition
   }
 }
 
-function startServer() {
+/**
+ * Start the server. The join links of this test name open rooms (`/?room=&name=`), so open rooms are switched on,
+ * and its database goes to a temporary directory. A server from before those settings existed refuses them as
+ * unknown: then it is started again without them.
+ */
+async function startServer() {
   if (!existsSync(SERVER_BIN)) {
     throw new Error(`server binary ${SERVER_BIN} not found: run \`cargo build -p giaoban-signaling\` or set GIAOBAN_BIN`);
   }
+  const dataDir = mkdtempSync(join(tmpdir(), 'giaoban-browser-'));
+  const base = {
+    GIAOBAN_HTTP_LISTEN: '127.0.0.1:0',
+    GIAOBAN_MEDIA_LISTEN_IP: '127.0.0.1',
+    GIAOBAN_MEDIA_UDP_PORT: '0',
+    GIAOBAN_TLS_SELF_SIGNED: 'false',
+  };
+  const extra = { GIAOBAN_AUTH_OPEN_ROOMS: 'true', GIAOBAN_STORAGE_DATA_DIR: dataDir };
+  try {
+    return { ...(await spawnServer({ ...base, ...extra })), dataDir };
+  } catch (err) {
+    if (!/unknown setting/.test(err.message)) throw err;
+    return { ...(await spawnServer(base)), dataDir };
+  }
+}
+
+function spawnServer(settings) {
   const proc = spawn(SERVER_BIN, [], {
     cwd: REPO_ROOT,
-    env: {
-      ...process.env,
-      GIAOBAN_HTTP_LISTEN: '127.0.0.1:0',
-      GIAOBAN_MEDIA_LISTEN_IP: '127.0.0.1',
-      GIAOBAN_MEDIA_UDP_PORT: '0',
-      GIAOBAN_TLS_SELF_SIGNED: 'false',
-    },
+    env: { ...process.env, ...settings },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = [];
@@ -101,7 +118,8 @@ function startServer() {
         resolveStart({ proc, baseUrl: m[1], log });
       }
     });
-    proc.on('exit', (code, signal) => {
+    // 'close' (not 'exit'): by then every line the server wrote has been read.
+    proc.on('close', (code, signal) => {
       clearTimeout(timer);
       reject(new Error(`server exited early (code ${code}, signal ${signal}):\n${log.join('\n')}`));
     });
@@ -115,12 +133,14 @@ function startServer() {
 async function stopServer() {
   if (!server) return;
   const { proc } = server;
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 3_000);
-  await exited;
-  clearTimeout(timer);
+  if (proc.exitCode === null && proc.signalCode === null) {
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 3_000);
+    await exited;
+    clearTimeout(timer);
+  }
+  rmSync(server.dataDir, { recursive: true, force: true });
 }
 
 /** Replace getUserMedia: a canvas of one solid colour (20 fps) and a WebAudio oscillator. */
