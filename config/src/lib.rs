@@ -29,6 +29,36 @@ pub struct Config {
     pub tls: TlsConfig,
     pub log: LogConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret that signs join links. Empty: generated on first start and kept in the data directory.
+    pub secret: String,
+    /// Allow joining a room by name without a token (`/?room=ROOM&name=NAME`). Off by default: a briefing is
+    /// joined with a signed link.
+    pub open_rooms: bool,
+    /// Base URL put in join links (e.g. `https://giaoban.ubnd.local:8080`). Empty: derived from the listen and
+    /// announced addresses.
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Where the SQLite database and the generated secret live (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -139,14 +169,25 @@ impl Default for Config {
             },
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
 
 impl Config {
-    /// Settings for a test server: everything on loopback, ports picked by the OS, no TLS.
+    /// Settings for a test server: everything on loopback, ports picked by the OS, no TLS, open rooms, and a
+    /// fresh data directory under the system temp dir.
     pub fn for_tests() -> Self {
         let mut c = Config::default();
+        c.auth.open_rooms = true;
+        c.storage.data_dir = std::env::temp_dir().join(format!(
+            "giaoban-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
         c.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         c.media.listen_ip = IpAddr::from([127, 0, 0, 1]);
         c.media.udp_port = 0;
@@ -244,6 +285,13 @@ impl Config {
                     Ok(v) => self.limits.max_participants_per_room = v,
                     Err(_) => return parse("number"),
                 },
+                "AUTH_SECRET" => self.auth.secret = value.clone(),
+                "AUTH_OPEN_ROOMS" => match value.parse() {
+                    Ok(v) => self.auth.open_rooms = v,
+                    Err(_) => return parse("boolean (true/false)"),
+                },
+                "AUTH_PUBLIC_URL" => self.auth.public_url = value.clone(),
+                "STORAGE_DATA_DIR" => self.storage.data_dir = PathBuf::from(value.clone()),
                 "LIMITS_MAX_NAME_CHARS" => match value.parse() {
                     Ok(v) => self.limits.max_name_chars = v,
                     Err(_) => return parse("number"),
@@ -264,7 +312,12 @@ impl Config {
         if self.media.workers == 0 || self.media.workers > 64 {
             return invalid("media.workers", "must be between 1 and 64");
         }
-        if self.media.announced_ips.iter().any(|ip| ip.is_unspecified()) {
+        if self
+            .media
+            .announced_ips
+            .iter()
+            .any(|ip| ip.is_unspecified())
+        {
             return invalid(
                 "media.announced_ips",
                 "0.0.0.0 / :: cannot be announced; give addresses peers can reach",
@@ -284,6 +337,19 @@ impl Config {
         }
         if self.limits.max_name_chars == 0 {
             return invalid("limits.max_name_chars", "must be at least 1");
+        }
+        if !self.auth.secret.is_empty() && self.auth.secret.len() < 32 {
+            return invalid(
+                "auth.secret",
+                "must be at least 32 characters (or empty to generate one)",
+            );
+        }
+        let url = &self.auth.public_url;
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+            return invalid("auth.public_url", "must start with http:// or https://");
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return invalid("storage.data_dir", "must not be empty");
         }
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty (e.g. `info`)");
@@ -320,7 +386,9 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
-        Config::for_tests().validate().expect("test config validates");
+        Config::for_tests()
+            .validate()
+            .expect("test config validates");
     }
 
     #[test]
@@ -356,7 +424,12 @@ mod tests {
         assert!(err.to_string().contains("media.workers"), "{err}");
         let mut c = Config::default();
         c.tls.cert = Some("a.pem".into());
-        assert!(c.validate().expect_err("half tls").to_string().contains("tls.cert"));
+        assert!(
+            c.validate()
+                .expect_err("half tls")
+                .to_string()
+                .contains("tls.cert")
+        );
     }
 
     #[test]

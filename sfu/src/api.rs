@@ -20,12 +20,42 @@ pub enum MediaKind {
     Video,
 }
 
+/// What a producer carries. A client marks a screen share by sending it in a MediaStream whose id starts
+/// with `screen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaSource {
+    Microphone,
+    Camera,
+    Screen,
+}
+
 /// A producer (an incoming track) as announced to the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackDesc {
     pub id: String,
     pub kind: MediaKind,
     pub mime_type: String,
+    pub source: MediaSource,
+}
+
+/// What the media plane forwards of one participant (the meeting rules decide; the media plane enforces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardPolicy {
+    /// May publish at all (observers may not).
+    pub can_publish: bool,
+    /// Its microphone reaches the others.
+    pub audio: bool,
+    /// Its screen share reaches the others.
+    pub screen: bool,
+}
+
+impl ForwardPolicy {
+    /// Everything forwarded (open rooms).
+    pub const OPEN: ForwardPolicy = ForwardPolicy {
+        can_publish: true,
+        audio: true,
+        screen: true,
+    };
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -44,6 +74,8 @@ pub enum SfuError {
     InvalidCandidate(String),
     #[error("the media plane has stopped")]
     Stopped,
+    #[error("this participant may not publish")]
+    PublishNotAllowed,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, SfuError>>;
@@ -54,6 +86,12 @@ pub enum Command {
     Join {
         participant: ParticipantId,
         room: RoomId,
+        policy: ForwardPolicy,
+    },
+    /// Change what is forwarded of a participant (floor granted or taken back, muted, mode changed).
+    SetPolicy {
+        participant: ParticipantId,
+        policy: ForwardPolicy,
     },
     /// The client's publish offer; the reply carries the answer SDP.
     PublishOffer {
@@ -161,7 +199,9 @@ impl SfuHandle {
 
     pub fn send(&self, command: Command) -> Result<(), SfuError> {
         let index = match &command {
-            Command::Join { participant, room } => {
+            Command::Join {
+                participant, room, ..
+            } => {
                 let w = self.worker_for_room(room);
                 self.participant_worker.insert(participant.clone(), w);
                 w
@@ -181,6 +221,7 @@ impl SfuHandle {
             Command::PublishOffer { participant, .. }
             | Command::SubscribeAnswer { participant, .. }
             | Command::RemoteCandidate { participant, .. }
+            | Command::SetPolicy { participant, .. }
             | Command::RequestKeyframe { participant, .. } => *self
                 .participant_worker
                 .get(participant)

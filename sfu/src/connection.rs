@@ -103,7 +103,10 @@ pub fn build(
     let mut engine = media_engine()?;
     // Interceptors: NACK both ways, RTCP sender/receiver reports, transport-wide CC feedback for the browser's
     // bandwidth estimate. The perf issue replaces these with the SFU's own (DESIGN.md).
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)?.with(
+        rtc::interceptor::Slot::from(crate::feedback::SLOT),
+        crate::feedback::KeyframeRequestTap::default(),
+    );
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())

@@ -149,6 +149,14 @@ impl Forwarder {
         Ok(out)
     }
 
+    /// The producer was held back (not forwarded) and now resumes: continue the subscriber's sequence by one
+    /// (no false loss), the timestamp by the wall time elapsed, and start video from a keyframe.
+    pub fn resume(&mut self) {
+        self.source = None;
+        self.previous_ssrc = None;
+        self.wait_for_keyframe();
+    }
+
     /// Hold video back until the next keyframe (after a subscriber asked for one, or a layer change).
     pub fn wait_for_keyframe(&mut self) {
         if self.codec.is_video() {
@@ -328,6 +336,19 @@ mod tests {
             ),
             Err(Drop::BeforeSwitch)
         );
+    }
+
+    #[test]
+    fn resume_after_a_pause_continues_without_a_gap() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Codec::Opus, 48_000);
+        let a = f.forward(t0, 7, 100, 0, &[0]).expect("ok");
+        // 500 packets (10 s) are held back by the rules, then forwarding resumes.
+        f.resume();
+        let t1 = t0 + Duration::from_secs(10);
+        let b = f.forward(t1, 7, 600, 480_000, &[0]).expect("ok");
+        assert_eq!(b.seq, a.seq.wrapping_add(1));
+        assert_eq!(b.timestamp, a.timestamp.wrapping_add(480_000));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod codec;
 pub mod connection;
+pub mod feedback;
 pub mod forwarder;
 pub mod keyframe;
 pub mod router;
@@ -15,8 +16,8 @@ pub mod vp8;
 mod worker;
 
 pub use api::{
-    Command, Event, Leg, MediaKind, ParticipantId, RoomId, SfuError, SfuHandle, TrackDesc,
-    WorkerStats,
+    Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, RoomId, SfuError,
+    SfuHandle, TrackDesc, WorkerStats,
 };
 
 use std::net::{IpAddr, SocketAddr};

@@ -6,7 +6,8 @@
 //! and send everything queued this turn in batches.
 
 use crate::api::{
-    Command, Event, Leg, MediaKind, ParticipantId, RoomId, SfuError, TrackDesc, WorkerStats,
+    Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, RoomId, SfuError,
+    TrackDesc, WorkerStats,
 };
 use crate::codec::Codec;
 use crate::connection::{self, Endpoint};
@@ -27,7 +28,9 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{
+    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit,
+};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
@@ -58,6 +61,9 @@ struct Conn {
     producer_by_track: HashMap<String, ProducerKey>,
     /// Subscribe leg: the SSRC the subscriber sees → producer (for PLI/FIR from the subscriber).
     producer_by_ssrc: HashMap<u32, ProducerKey>,
+    /// Subscribe leg: transceivers whose sender was removed, which the next `add_track` of that kind reuses.
+    free_audio_transceivers: usize,
+    free_video_transceivers: usize,
 }
 
 struct Consumer {
@@ -76,6 +82,9 @@ struct Producer {
     room: RoomId,
     conn: ConnId,
     kind: MediaKind,
+    source: MediaSource,
+    /// Whether the owner's policy lets this producer reach anyone (checked once per packet).
+    forwarding: bool,
     codec: Codec,
     rtp_codec: RTCRtpCodec,
     receiver: RTCRtpReceiverId,
@@ -86,6 +95,7 @@ struct Producer {
 
 struct Participant {
     room: RoomId,
+    policy: ForwardPolicy,
     publish: Option<ConnId>,
     subscribe: Option<ConnId>,
     offer_outstanding: bool,
@@ -325,11 +335,22 @@ impl Worker {
         let Some(producer) = self.producers.get_mut(&key) else {
             return;
         };
+        if !producer.forwarding {
+            // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
+            return;
+        }
         let mut want_keyframe = false;
         for consumer in producer.consumers.iter_mut() {
             let Some(pt) = consumer.payload_type else {
                 continue;
             };
+            let Some(conn) = self.conns.get_mut(&consumer.conn) else {
+                continue;
+            };
+            if conn.state != RTCPeerConnectionState::Connected {
+                // SRTP is not keyed yet; the stream starts from a keyframe once it is.
+                continue;
+            }
             let rewrite = match consumer.forwarder.forward(
                 now,
                 packet.header.ssrc,
@@ -343,9 +364,6 @@ impl Worker {
                     continue;
                 }
                 Err(_) => continue,
-            };
-            let Some(conn) = self.conns.get_mut(&consumer.conn) else {
-                continue;
             };
             let mut out = packet.clone();
             out.header.ssrc = consumer.ssrc;
@@ -418,7 +436,18 @@ impl Worker {
     fn on_event(&mut self, conn_id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
         match ev {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                self.on_track_open(conn_id, init.track_id, init.receiver_id, init.ssrc, now);
+                let screen = init
+                    .stream_ids
+                    .first()
+                    .is_some_and(|s| s.to_ascii_lowercase().starts_with("screen"));
+                self.on_track_open(
+                    conn_id,
+                    init.track_id,
+                    init.receiver_id,
+                    init.ssrc,
+                    screen,
+                    now,
+                );
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                 let key = self
@@ -477,6 +506,7 @@ impl Worker {
         track_id: String,
         receiver_id: RTCRtpReceiverId,
         ssrc: u32,
+        screen: bool,
         now: Instant,
     ) {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
@@ -520,6 +550,12 @@ impl Worker {
         let id = format!("{owner}-{}", participant.next_track_no);
         participant.next_track_no += 1;
         let room = participant.room.clone();
+        let source = match (kind, screen) {
+            (MediaKind::Audio, _) => MediaSource::Microphone,
+            (MediaKind::Video, true) => MediaSource::Screen,
+            (MediaKind::Video, false) => MediaSource::Camera,
+        };
+        let forwarding = source_allowed(participant.policy, source);
         let key = self.next_id;
         self.next_id += 1;
         conn.producer_by_track.insert(track_id, key);
@@ -531,6 +567,7 @@ impl Worker {
                 id: id.clone(),
                 kind,
                 mime_type: rtp_codec.mime_type.clone(),
+                source,
             },
         });
         self.producers.insert(
@@ -541,6 +578,8 @@ impl Worker {
                 room: room.clone(),
                 conn: conn_id,
                 kind,
+                source,
+                forwarding,
                 codec,
                 rtp_codec,
                 receiver: receiver_id,
@@ -606,7 +645,27 @@ impl Worker {
                 ..Default::default()
             }],
         );
-        let sender = match conn.pc.add_track(track) {
+        let free = match kind {
+            RtpCodecKind::Audio => &mut conn.free_audio_transceivers,
+            _ => &mut conn.free_video_transceivers,
+        };
+        let added = if *free > 0 {
+            // rtc reuses a stopped sender's transceiver of the same kind (its direction becomes sendonly).
+            *free -= 1;
+            conn.pc.add_track(track)
+        } else {
+            conn.pc
+                .add_transceiver_from_track(
+                    track,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .map(RTCRtpSenderId::from)
+        };
+        let sender = match added {
             Ok(s) => s,
             Err(e) => {
                 warn!(%subscriber, producer = %producer.id, error = %e, "cannot add consumer");
@@ -675,6 +734,8 @@ impl Worker {
                 state: RTCPeerConnectionState::New,
                 producer_by_track: HashMap::new(),
                 producer_by_ssrc: HashMap::new(),
+                free_audio_transceivers: 0,
+                free_video_transceivers: 0,
             },
         );
         self.mark_dirty(id);
@@ -797,11 +858,14 @@ impl Worker {
         sdp: String,
     ) -> Result<String, SfuError> {
         let now = Instant::now();
-        let existing = self
+        let p = self
             .participants
             .get(participant)
-            .ok_or(SfuError::UnknownParticipant)?
-            .publish;
+            .ok_or(SfuError::UnknownParticipant)?;
+        if !p.policy.can_publish {
+            return Err(SfuError::PublishNotAllowed);
+        }
+        let existing = p.publish;
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         let conn_id = match existing {
@@ -851,12 +915,17 @@ impl Worker {
     /// Returns false on shutdown.
     fn handle_command(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Join { participant, room } => {
+            Command::Join {
+                participant,
+                room,
+                policy,
+            } => {
                 let now = Instant::now();
                 self.participants.insert(
                     participant.clone(),
                     Participant {
                         room: room.clone(),
+                        policy,
                         publish: None,
                         subscribe: None,
                         offer_outstanding: false,
@@ -933,6 +1002,10 @@ impl Worker {
                 }
             }
             Command::Leave { participant } => self.leave(&participant),
+            Command::SetPolicy {
+                participant,
+                policy,
+            } => self.set_policy(&participant, policy),
             Command::Stats { reply } => {
                 let mut s = self.stats.clone();
                 s.connections = self.conns.len();
@@ -943,6 +1016,35 @@ impl Worker {
             Command::Shutdown => return false,
         }
         true
+    }
+
+    fn set_policy(&mut self, participant: &ParticipantId, policy: ForwardPolicy) {
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
+        p.policy = policy;
+        let now = Instant::now();
+        let mut resumed = Vec::new();
+        for (key, producer) in self
+            .producers
+            .iter_mut()
+            .filter(|(_, pr)| &pr.owner == participant)
+        {
+            let forwarding = source_allowed(policy, producer.source);
+            if forwarding && !producer.forwarding {
+                // Resuming continues each subscriber's sequence; video starts from a keyframe.
+                for c in producer.consumers.iter_mut() {
+                    c.forwarder.resume();
+                }
+                if producer.kind == MediaKind::Video {
+                    resumed.push(*key);
+                }
+            }
+            producer.forwarding = forwarding;
+        }
+        for key in resumed {
+            self.request_keyframe(key, now);
+        }
     }
 
     // ---------------------------------------------------------------- leaving
@@ -990,8 +1092,12 @@ impl Worker {
         for c in &producer.consumers {
             if let Some(conn) = self.conns.get_mut(&c.conn) {
                 conn.producer_by_ssrc.remove(&c.ssrc);
-                if let Err(e) = conn.pc.remove_track(c.sender) {
-                    debug!(error = %e, "remove_track failed");
+                match conn.pc.remove_track(c.sender) {
+                    Ok(()) => match producer.kind {
+                        MediaKind::Audio => conn.free_audio_transceivers += 1,
+                        MediaKind::Video => conn.free_video_transceivers += 1,
+                    },
+                    Err(e) => debug!(error = %e, "remove_track failed"),
                 }
             }
             if let Some(sub) = self.participants.get_mut(&c.subscriber) {
@@ -1072,5 +1178,14 @@ impl Worker {
         }
         let _ = self.outbox.flush(&self.socket);
         info!("media worker stopped");
+    }
+}
+
+/// Whether a producer of this source is forwarded under `policy`.
+fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
+    match source {
+        MediaSource::Microphone => policy.audio,
+        MediaSource::Screen => policy.screen,
+        MediaSource::Camera => true,
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP surface: the embedded web client, the WebSocket, health and the rooms API.
 
+use crate::admin;
 use crate::hub::Hub;
 use crate::session;
 use axum::Router;
@@ -11,11 +12,41 @@ use std::sync::Arc;
 
 /// The web client, compiled into the binary: (path, content type, body).
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../web-client/index.html")),
-    ("/app.js", "text/javascript; charset=utf-8", include_str!("../../web-client/app.js")),
-    ("/protocol.js", "text/javascript; charset=utf-8", include_str!("../../web-client/protocol.js")),
-    ("/i18n.js", "text/javascript; charset=utf-8", include_str!("../../web-client/i18n.js")),
-    ("/style.css", "text/css; charset=utf-8", include_str!("../../web-client/style.css")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../web-client/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-client/app.js"),
+    ),
+    (
+        "/protocol.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-client/protocol.js"),
+    ),
+    (
+        "/i18n.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-client/i18n.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web-client/style.css"),
+    ),
+    (
+        "/admin",
+        "text/html; charset=utf-8",
+        include_str!("../../web-client/admin.html"),
+    ),
+    (
+        "/admin.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-client/admin.js"),
+    ),
 ];
 
 pub fn router(hub: Arc<Hub>) -> Router {
@@ -37,6 +68,17 @@ pub fn router(hub: Arc<Hub>) -> Router {
     app.route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/api/rooms", get(rooms))
+        .route(
+            "/api/admin/endpoints",
+            get(admin::list_endpoints).post(admin::create_endpoint),
+        )
+        .route(
+            "/api/admin/meetings",
+            get(admin::list_meetings).post(admin::create_meeting),
+        )
+        .route("/api/admin/meetings/{id}/links", get(admin::links))
+        .route("/api/admin/audit", get(admin::audit))
+        .route("/api/meetings/{id}/attendance", get(admin::attendance))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(hub)
 }

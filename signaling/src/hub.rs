@@ -1,206 +1,651 @@
-//! The Hub: rooms and participants of the control plane. Every operation here happens once per control
-//! message, never per packet. Each participant's outgoing messages go through its own queue to its WebSocket.
+//! The Hub: rooms, their members and, for meetings, the live meeting (rules, roll call, chat). Every operation
+//! here happens once per control message, never per packet. Each member's outgoing messages go through its own
+//! queue to its WebSocket. The media plane learns what to forward through `ForwardPolicy` updates.
 
-use crate::protocol::{ErrorCode, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
+use crate::auth::{Auth, Claims};
+use crate::protocol::{
+    ChatMessage, ErrorCode, FloorHolder, MeetingInfo, MeetingMode, MeetingState, ParticipantInfo,
+    Presence, RaisedHand, Role, RollCallEntry, ServerMessage, TrackInfo, TrackKind, TrackSource,
+};
+use crate::rules::{self, Floor};
+use crate::store::{self, Store};
 use dashmap::DashMap;
 use giaoban_config::Config;
-use giaoban_sfu::{Command, Event, MediaKind, SfuHandle};
+use giaoban_sfu::{Command, Event, ForwardPolicy, MediaKind, MediaSource, SfuHandle};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// What a session's writer task receives.
 #[derive(Debug)]
 pub enum Outgoing {
-    Message(ServerMessage),
+    Message(Box<ServerMessage>),
     /// Close the socket after what is queued.
     Close,
 }
 
 pub type Outbox = mpsc::UnboundedSender<Outgoing>;
 
-struct Member {
-    info: ParticipantInfo,
-    outbox: Outbox,
+/// Who a session is, once joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub participant_id: String,
+    /// The room key: the meeting id for meetings, the typed name for open rooms.
+    pub room: String,
+    pub meeting: Option<String>,
+    /// The endpoint or person named by the token (for open rooms: the participant id).
+    pub subject: String,
+    pub name: String,
+    pub role: Role,
 }
 
-#[derive(Default)]
-struct Room {
-    members: Vec<Member>,
+pub(crate) struct Member {
+    pub(crate) identity: Identity,
+    pub(crate) info: ParticipantInfo,
+    pub(crate) outbox: Outbox,
+    pub(crate) policy: ForwardPolicy,
+    attendance_row: Option<i64>,
+}
+
+/// A meeting in progress (rooms joined by token).
+pub(crate) struct LiveMeeting {
+    pub(crate) id: String,
+    pub(crate) title: String,
+    pub(crate) floor: Floor,
+}
+
+pub(crate) struct Room {
+    pub(crate) members: Vec<Member>,
+    pub(crate) meeting: Option<LiveMeeting>,
 }
 
 /// Rooms as the API shows them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RoomView {
     pub room: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meeting: Option<MeetingInfo>,
     pub participants: Vec<ParticipantInfo>,
+}
+
+/// A refused join: the code for the client and the reason (also audited).
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What `join` needs to know.
+pub struct JoinRequest {
+    pub participant_id: String,
+    pub room: Option<String>,
+    pub name: Option<String>,
+    pub token: Option<String>,
 }
 
 pub struct Hub {
     pub config: Arc<Config>,
     pub sfu: SfuHandle,
-    rooms: DashMap<String, Room>,
-    /// participant id → room name.
+    pub store: Arc<Store>,
+    pub auth: Arc<Auth>,
+    /// Base URL of join links, e.g. `https://10.0.0.5:8080`.
+    pub public_url: String,
+    pub(crate) rooms: DashMap<String, Room>,
+    /// participant id → room key.
     rooms_of: DashMap<String, String>,
     shutting_down: AtomicBool,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    #[error("room `{0}` is full")]
-    RoomFull(String),
-    #[error("the server is shutting down")]
-    ShuttingDown,
-}
-
-impl JoinError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            JoinError::RoomFull(_) => ErrorCode::RoomFull,
-            JoinError::ShuttingDown => ErrorCode::ShuttingDown,
-        }
-    }
-}
+/// How many chat lines a joiner gets.
+const CHAT_HISTORY: usize = 200;
 
 impl Hub {
-    pub fn new(config: Arc<Config>, sfu: SfuHandle) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        sfu: SfuHandle,
+        store: Arc<Store>,
+        auth: Arc<Auth>,
+        public_url: String,
+    ) -> Self {
         Hub {
             config,
             sfu,
+            store,
+            auth,
+            public_url,
             rooms: DashMap::new(),
             rooms_of: DashMap::new(),
             shutting_down: AtomicBool::new(false),
         }
     }
 
-    /// Add a participant; returns who was already there. Everyone else hears `participant_joined`.
-    pub fn join(
+    /// Write an audit entry; a failing audit write is logged, never fatal.
+    pub fn audit(
         &self,
-        room: &str,
-        id: &str,
-        name: &str,
-        outbox: Outbox,
-    ) -> Result<Vec<ParticipantInfo>, JoinError> {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(JoinError::ShuttingDown);
+        identity: Option<&Identity>,
+        meeting: Option<&str>,
+        action: &str,
+        detail: &str,
+        outcome: &str,
+    ) {
+        let actor = identity.map_or("anonymous", |i| i.subject.as_str());
+        let meeting = meeting.or(identity.and_then(|i| i.meeting.as_deref()));
+        if let Err(e) = self.store.audit(
+            meeting,
+            actor,
+            identity.map(|i| i.role),
+            action,
+            detail,
+            outcome,
+        ) {
+            warn!(error = %e, "audit write failed");
         }
-        let info = ParticipantInfo {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            mic: true,
-            camera: true,
-            tracks: Vec::new(),
-        };
-        let others = {
-            let mut r = self.rooms.entry(room.to_owned()).or_default();
-            if r.members.len() >= self.config.limits.max_participants_per_room {
-                return Err(JoinError::RoomFull(room.to_owned()));
+    }
+
+    /// Work out who is joining (token or open room) and admit them, or say why not.
+    pub fn join(&self, req: JoinRequest, outbox: Outbox) -> Result<ServerMessage, Refusal> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        let max = self.config.limits.max_name_chars;
+        let (identity, meeting) = match &req.token {
+            Some(token) => {
+                let claims = self.verify_join_token(token, req.room.as_deref())?;
+                let meeting_id = if claims.mtg == crate::auth::ANY_MEETING {
+                    req.room.clone().ok_or_else(|| {
+                        Refusal::new(
+                            ErrorCode::InvalidField,
+                            "an admin token needs `room` (the meeting id) to join",
+                        )
+                    })?
+                } else {
+                    claims.mtg.clone()
+                };
+                let meeting = self.store.meeting(&meeting_id).map_err(|_| {
+                    let r = Refusal::new(
+                        ErrorCode::NotFound,
+                        format!("meeting {meeting_id} does not exist"),
+                    );
+                    self.audit(None, Some(&meeting_id), "join", &r.message, "refused");
+                    r
+                })?;
+                let identity = Identity {
+                    participant_id: req.participant_id.clone(),
+                    room: meeting.id.clone(),
+                    meeting: Some(meeting.id.clone()),
+                    subject: claims.sub.clone(),
+                    name: claims.name.chars().take(max).collect(),
+                    role: claims.role,
+                };
+                (identity, Some(meeting))
             }
-            let others: Vec<ParticipantInfo> = r.members.iter().map(|m| m.info.clone()).collect();
-            for m in &r.members {
-                let _ = m.outbox.send(Outgoing::Message(ServerMessage::ParticipantJoined {
-                    participant: info.clone(),
-                }));
+            None => {
+                if !self.config.auth.open_rooms {
+                    let r = Refusal::new(
+                        ErrorCode::Unauthorized,
+                        "this server needs a join link (token); open rooms are disabled",
+                    );
+                    self.audit(None, None, "join", &r.message, "refused");
+                    return Err(r);
+                }
+                let room =
+                    crate::session::check_name("room", req.room.as_deref().unwrap_or(""), max)
+                        .map_err(|e| Refusal::new(ErrorCode::InvalidField, e))?;
+                let name =
+                    crate::session::check_name("name", req.name.as_deref().unwrap_or(""), max)
+                        .map_err(|e| Refusal::new(ErrorCode::InvalidField, e))?;
+                if self.store.meeting(&room).is_ok() {
+                    return Err(Refusal::new(
+                        ErrorCode::Unauthorized,
+                        "this room is a meeting: join it with its link",
+                    ));
+                }
+                let identity = Identity {
+                    participant_id: req.participant_id.clone(),
+                    room,
+                    meeting: None,
+                    subject: req.participant_id.clone(),
+                    name,
+                    role: Role::Endpoint,
+                };
+                (identity, None)
             }
-            r.members.push(Member { info, outbox });
-            others
         };
-        self.rooms_of.insert(id.to_owned(), room.to_owned());
-        let _ = self.sfu.send(Command::Join {
-            participant: id.to_owned(),
-            room: room.to_owned(),
-        });
-        info!(%room, participant = %id, %name, "joined");
-        Ok(others)
+        self.admit(identity, meeting, outbox)
+    }
+
+    fn verify_join_token(&self, token: &str, room: Option<&str>) -> Result<Claims, Refusal> {
+        let result = match room {
+            Some(room) => self.auth.verify_for(token, room),
+            None => self.auth.verify(token),
+        };
+        result.map_err(|e| {
+            let r = Refusal::new(ErrorCode::Unauthorized, format!("join refused: {e}"));
+            self.audit(None, room, "join", &r.message, "refused");
+            r
+        })
+    }
+
+    fn admit(
+        &self,
+        identity: Identity,
+        meeting: Option<store::Meeting>,
+        outbox: Outbox,
+    ) -> Result<ServerMessage, Refusal> {
+        let room_key = identity.room.clone();
+        let mut replaced: Vec<Member> = Vec::new();
+        let joined = {
+            let mut room = self.rooms.entry(room_key.clone()).or_insert_with(|| Room {
+                members: Vec::new(),
+                meeting: meeting.as_ref().map(|m| LiveMeeting {
+                    id: m.id.clone(),
+                    title: m.title.clone(),
+                    floor: Floor::new(m.mode),
+                }),
+            });
+            if let Some(m) = &meeting
+                && m.status == "ended"
+            {
+                drop(room);
+                return Err(self.refuse_join(
+                    &identity,
+                    ErrorCode::MeetingEnded,
+                    "the meeting has ended",
+                ));
+            }
+            if let Some(live) = &room.meeting {
+                let f = &live.floor;
+                if f.ended {
+                    drop(room);
+                    return Err(self.refuse_join(
+                        &identity,
+                        ErrorCode::MeetingEnded,
+                        "the meeting has ended",
+                    ));
+                }
+                if f.is_removed(&identity.subject) {
+                    drop(room);
+                    return Err(self.refuse_join(
+                        &identity,
+                        ErrorCode::Removed,
+                        "the chair removed you from this meeting",
+                    ));
+                }
+                if f.locked
+                    && f.role_of(&identity.subject).is_none()
+                    && !matches!(identity.role, Role::Chair | Role::Admin)
+                {
+                    drop(room);
+                    return Err(self.refuse_join(
+                        &identity,
+                        ErrorCode::MeetingLocked,
+                        "the meeting is locked",
+                    ));
+                }
+            }
+            // A new session of the same identity replaces the old one (a hall reconnecting); observers and admins
+            // may watch from several places at once.
+            if identity.meeting.is_some() && !matches!(identity.role, Role::Observer | Role::Admin)
+            {
+                let (old, keep): (Vec<Member>, Vec<Member>) = std::mem::take(&mut room.members)
+                    .into_iter()
+                    .partition(|m| m.identity.subject == identity.subject);
+                room.members = keep;
+                replaced = old;
+            }
+            if room.members.len() >= self.config.limits.max_participants_per_room {
+                room.members.append(&mut replaced);
+                let full = format!("room `{room_key}` is full");
+                drop(room);
+                return Err(self.refuse_join(&identity, ErrorCode::RoomFull, &full));
+            }
+            let room = &mut *room;
+            if let Some(live) = room.meeting.as_mut() {
+                live.floor.note_role(&identity.subject, identity.role);
+            }
+            let policy = policy_for(room.meeting.as_ref().map(|m| &m.floor), &identity);
+            let info = ParticipantInfo {
+                id: identity.participant_id.clone(),
+                name: identity.name.clone(),
+                role: identity.role,
+                mic: true,
+                camera: true,
+                tracks: Vec::new(),
+            };
+            let others: Vec<ParticipantInfo> =
+                room.members.iter().map(|m| m.info.clone()).collect();
+            for m in &room.members {
+                send(
+                    &m.outbox,
+                    ServerMessage::ParticipantJoined {
+                        participant: info.clone(),
+                    },
+                );
+            }
+            let attendance_row = identity.meeting.as_ref().and_then(|mid| {
+                self.store
+                    .attendance_join(mid, &identity.subject, &identity.name, identity.role)
+                    .map_err(|e| warn!(error = %e, "attendance not recorded"))
+                    .ok()
+            });
+            let _ = self.sfu.send(Command::Join {
+                participant: identity.participant_id.clone(),
+                room: room_key.clone(),
+                policy,
+            });
+            room.members.push(Member {
+                identity: identity.clone(),
+                info,
+                outbox,
+                policy,
+                attendance_row,
+            });
+            let chat = identity
+                .meeting
+                .as_deref()
+                .and_then(|mid| self.store.chat(mid, CHAT_HISTORY).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| ChatMessage {
+                    from_id: c.from_subject,
+                    from_name: c.from_name,
+                    text: c.text,
+                    at: c.at,
+                })
+                .collect();
+            ServerMessage::Joined {
+                participant_id: identity.participant_id.clone(),
+                room: room_key.clone(),
+                role: identity.role,
+                can_publish: policy.can_publish,
+                meeting: room.meeting.as_ref().map(|m| MeetingInfo {
+                    id: m.id.clone(),
+                    title: m.title.clone(),
+                }),
+                participants: others,
+                state: meeting_state(room, Instant::now()),
+                chat,
+            }
+        };
+        self.rooms_of
+            .insert(identity.participant_id.clone(), room_key.clone());
+        for old in replaced {
+            info!(participant = %old.identity.participant_id, "replaced by a new session of the same identity");
+            send(
+                &old.outbox,
+                ServerMessage::Bye {
+                    reason: "replaced by a new connection".into(),
+                },
+            );
+            let _ = old.outbox.send(Outgoing::Close);
+            self.rooms_of.remove(&old.identity.participant_id);
+            self.forget_member(&room_key, old);
+        }
+        if let Some(mid) = &identity.meeting {
+            if let Err(e) = self.store.set_meeting_status(mid, "live") {
+                warn!(error = %e, "meeting status not saved");
+            }
+            self.audit(Some(&identity), None, "join", &identity.name, "ok");
+        }
+        info!(room = %room_key, participant = %identity.participant_id, name = %identity.name, role = ?identity.role, "joined");
+        self.after_change(&room_key);
+        Ok(joined)
+    }
+
+    fn refuse_join(&self, identity: &Identity, code: ErrorCode, message: &str) -> Refusal {
+        self.audit(Some(identity), None, "join", message, "refused");
+        Refusal::new(code, message)
     }
 
     /// Remove a participant (idempotent). Everyone else hears `participant_left`.
-    pub fn leave(&self, id: &str) {
-        let Some((_, room)) = self.rooms_of.remove(id) else {
+    pub fn leave(&self, participant_id: &str) {
+        let Some((_, room_key)) = self.rooms_of.remove(participant_id) else {
             return;
         };
-        let _ = self.sfu.send(Command::Leave {
-            participant: id.to_owned(),
-        });
-        let empty = {
-            let Some(mut r) = self.rooms.get_mut(&room) else {
+        let member = {
+            let Some(mut room) = self.rooms.get_mut(&room_key) else {
                 return;
             };
-            r.members.retain(|m| m.info.id != id);
-            for m in &r.members {
-                let _ = m.outbox.send(Outgoing::Message(ServerMessage::ParticipantLeft {
-                    participant_id: id.to_owned(),
-                }));
-            }
-            r.members.is_empty()
+            let Some(pos) = room
+                .members
+                .iter()
+                .position(|m| m.identity.participant_id == participant_id)
+            else {
+                return;
+            };
+            room.members.remove(pos)
         };
-        if empty {
-            self.rooms.remove_if(&room, |_, r| r.members.is_empty());
-        }
-        info!(%room, participant = %id, "left");
+        self.forget_member(&room_key, member);
+        self.after_change(&room_key);
     }
 
-    /// Change a member's info and tell the others in its room.
+    /// A member is out of its room: media plane, attendance, the others, an empty room.
+    fn forget_member(&self, room_key: &str, member: Member) {
+        let id = &member.identity.participant_id;
+        let _ = self.sfu.send(Command::Leave {
+            participant: id.clone(),
+        });
+        if let Some(row) = member.attendance_row
+            && let Err(e) = self.store.attendance_leave(row)
+        {
+            warn!(error = %e, "attendance leave not recorded");
+        }
+        let empty = match self.rooms.get(room_key) {
+            Some(room) => {
+                for m in &room.members {
+                    for t in &member.info.tracks {
+                        send(
+                            &m.outbox,
+                            ServerMessage::TrackUnpublished {
+                                participant_id: id.clone(),
+                                track_id: t.id.clone(),
+                            },
+                        );
+                    }
+                    send(
+                        &m.outbox,
+                        ServerMessage::ParticipantLeft {
+                            participant_id: id.clone(),
+                        },
+                    );
+                }
+                room.members.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            // A meeting's live state (queue, floor, lock) outlives a moment with nobody connected only while
+            // the server runs; an open room simply goes.
+            self.rooms
+                .remove_if(room_key, |_, r| r.members.is_empty() && r.meeting.is_none());
+        }
+        info!(room = %room_key, participant = %id, "left");
+    }
+
+    /// After anything that may change who is heard or the board: push policies, state and roll call.
+    pub(crate) fn after_change(&self, room_key: &str) {
+        let Some(mut room) = self.rooms.get_mut(room_key) else {
+            return;
+        };
+        let room = &mut *room;
+        let Some(live) = room.meeting.as_ref() else {
+            return;
+        };
+        for m in room.members.iter_mut() {
+            let policy = policy_for(Some(&live.floor), &m.identity);
+            if policy != m.policy {
+                m.policy = policy;
+                let _ = self.sfu.send(Command::SetPolicy {
+                    participant: m.identity.participant_id.clone(),
+                    policy,
+                });
+            }
+        }
+        let state = meeting_state(room, Instant::now());
+        for m in &room.members {
+            send(
+                &m.outbox,
+                ServerMessage::MeetingState {
+                    state: state.clone(),
+                },
+            );
+        }
+        let entries = self.roll_call(room);
+        for m in room
+            .members
+            .iter()
+            .filter(|m| matches!(m.identity.role, Role::Chair | Role::Secretary | Role::Admin))
+        {
+            send(
+                &m.outbox,
+                ServerMessage::RollCall {
+                    entries: entries.clone(),
+                },
+            );
+        }
+    }
+
+    pub(crate) fn roll_call(&self, room: &Room) -> Vec<RollCallEntry> {
+        let Some(live) = &room.meeting else {
+            return Vec::new();
+        };
+        let invitations = self.store.invitations(&live.id).unwrap_or_default();
+        invitations
+            .into_iter()
+            .map(|inv| {
+                let present = room
+                    .members
+                    .iter()
+                    .any(|m| m.identity.subject == inv.endpoint.id);
+                let reason = inv.absence_reason.filter(|r| !r.is_empty());
+                RollCallEntry {
+                    status: if present {
+                        Presence::Present
+                    } else if reason.is_some() {
+                        Presence::AbsentWithReason
+                    } else {
+                        Presence::Absent
+                    },
+                    endpoint_id: inv.endpoint.id,
+                    name: inv.endpoint.name,
+                    unit: inv.endpoint.unit,
+                    reason,
+                    joined_at: inv.first_joined_at,
+                    left_at: if present { None } else { inv.last_left_at },
+                }
+            })
+            .collect()
+    }
+
+    /// Apply `f` to a member's info and tell the others in its room.
     fn update_and_tell_others(
         &self,
-        id: &str,
+        participant_id: &str,
         update: impl FnOnce(&mut ParticipantInfo),
         message: impl Fn() -> ServerMessage,
     ) {
-        let Some(room) = self.rooms_of.get(id).map(|r| r.clone()) else {
+        let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
             return;
         };
-        let Some(mut r) = self.rooms.get_mut(&room) else {
+        let Some(mut room) = self.rooms.get_mut(&room_key) else {
             return;
         };
-        if let Some(m) = r.members.iter_mut().find(|m| m.info.id == id) {
+        if let Some(m) = room
+            .members
+            .iter_mut()
+            .find(|m| m.identity.participant_id == participant_id)
+        {
             update(&mut m.info);
         }
-        for m in r.members.iter().filter(|m| m.info.id != id) {
-            let _ = m.outbox.send(Outgoing::Message(message()));
+        for m in room
+            .members
+            .iter()
+            .filter(|m| m.identity.participant_id != participant_id)
+        {
+            send(&m.outbox, message());
         }
     }
 
-    pub fn set_media_state(&self, id: &str, mic: bool, camera: bool) {
+    pub fn set_media_state(&self, identity: &Identity, mic: bool, camera: bool) {
+        let id = identity.participant_id.clone();
         self.update_and_tell_others(
-            id,
+            &id,
             |info| {
                 info.mic = mic;
                 info.camera = camera;
             },
             || ServerMessage::MediaState {
-                participant_id: id.to_owned(),
+                participant_id: id.clone(),
                 mic,
                 camera,
             },
         );
-    }
-
-    /// Send to one participant.
-    pub fn send_to(&self, id: &str, message: ServerMessage) {
-        let Some(room) = self.rooms_of.get(id).map(|r| r.clone()) else {
-            return;
-        };
-        if let Some(r) = self.rooms.get(&room)
-            && let Some(m) = r.members.iter().find(|m| m.info.id == id)
-        {
-            let _ = m.outbox.send(Outgoing::Message(message));
+        // Unmuting oneself lifts the chair's mute.
+        if mic {
+            let lifted = self
+                .rooms
+                .get_mut(&identity.room)
+                .and_then(|mut r| {
+                    r.meeting.as_mut().map(|m| {
+                        let was = m.floor.is_muted(&identity.subject);
+                        m.floor.unmute(&identity.subject);
+                        was
+                    })
+                })
+                .unwrap_or(false);
+            if lifted {
+                self.after_change(&identity.room);
+            }
         }
     }
 
-    fn close(&self, id: &str, reason: &str) {
-        self.send_to(
-            id,
-            ServerMessage::Bye {
-                reason: reason.to_owned(),
-            },
-        );
-        if let Some(room) = self.rooms_of.get(id).map(|r| r.clone())
-            && let Some(r) = self.rooms.get(&room)
-            && let Some(m) = r.members.iter().find(|m| m.info.id == id)
+    /// Send to one participant.
+    pub fn send_to(&self, participant_id: &str, message: ServerMessage) {
+        let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get(&room_key)
+            && let Some(m) = room
+                .members
+                .iter()
+                .find(|m| m.identity.participant_id == participant_id)
         {
+            send(&m.outbox, message);
+        }
+    }
+
+    /// Say goodbye to a participant and close its socket (its session then leaves).
+    pub fn close(&self, participant_id: &str, reason: &str) {
+        let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get(&room_key)
+            && let Some(m) = room
+                .members
+                .iter()
+                .find(|m| m.identity.participant_id == participant_id)
+        {
+            send(
+                &m.outbox,
+                ServerMessage::Bye {
+                    reason: reason.to_owned(),
+                },
+            );
             let _ = m.outbox.send(Outgoing::Close);
         }
     }
@@ -219,6 +664,11 @@ impl Hub {
                         MediaKind::Video => TrackKind::Video,
                     },
                     codec: track.mime_type,
+                    source: match track.source {
+                        MediaSource::Microphone => TrackSource::Microphone,
+                        MediaSource::Camera => TrackSource::Camera,
+                        MediaSource::Screen => TrackSource::Screen,
+                    },
                 };
                 let for_others = info.clone();
                 self.update_and_tell_others(
@@ -265,17 +715,51 @@ impl Hub {
         }
     }
 
+    /// Take back floor grants whose time is up (called on a timer).
+    pub fn expire_floors(&self) {
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        for mut room in self.rooms.iter_mut() {
+            let key = room.key().clone();
+            if let Some(live) = room.meeting.as_mut() {
+                let expired = live.floor.expire(now);
+                if !expired.is_empty() {
+                    changed.push((key, live.id.clone(), expired));
+                }
+            }
+        }
+        for (room, meeting, expired) in changed {
+            for subject in expired {
+                self.audit(None, Some(&meeting), "floor_expired", &subject, "ok");
+            }
+            self.after_change(&room);
+        }
+    }
+
     pub fn rooms(&self) -> Vec<RoomView> {
         let mut rooms: Vec<RoomView> = self
             .rooms
             .iter()
             .map(|r| RoomView {
                 room: r.key().clone(),
+                meeting: r.meeting.as_ref().map(|m| MeetingInfo {
+                    id: m.id.clone(),
+                    title: m.title.clone(),
+                }),
                 participants: r.members.iter().map(|m| m.info.clone()).collect(),
             })
             .collect();
         rooms.sort_by(|a, b| a.room.cmp(&b.room));
         rooms
+    }
+
+    pub fn identity(&self, room: &str, participant_id: &str) -> Option<Identity> {
+        self.rooms.get(room).and_then(|r| {
+            r.members
+                .iter()
+                .find(|m| m.identity.participant_id == participant_id)
+                .map(|m| m.identity.clone())
+        })
     }
 
     pub fn participant_count(&self) -> usize {
@@ -291,5 +775,69 @@ impl Hub {
             self.leave(&id);
         }
         let _ = self.sfu.send(Command::Shutdown);
+    }
+}
+
+pub(crate) fn send(outbox: &Outbox, message: ServerMessage) {
+    let _ = outbox.send(Outgoing::Message(Box::new(message)));
+}
+
+/// What the media plane may forward of this member under the meeting's rules (open rooms: everything).
+pub(crate) fn policy_for(floor: Option<&Floor>, identity: &Identity) -> ForwardPolicy {
+    match floor {
+        None => ForwardPolicy::OPEN,
+        Some(f) => ForwardPolicy {
+            can_publish: rules::can_publish(identity.role),
+            audio: f.is_heard(&identity.subject),
+            screen: f.may_share_screen(&identity.subject),
+        },
+    }
+}
+
+/// The meeting state every member sees (open rooms: discussion, nobody holds the floor).
+pub(crate) fn meeting_state(room: &Room, now: Instant) -> MeetingState {
+    let Some(live) = &room.meeting else {
+        return MeetingState {
+            mode: MeetingMode::Discussion,
+            locked: false,
+            floor: Vec::new(),
+            queue: Vec::new(),
+            main_participant_id: None,
+        };
+    };
+    let member_of = |subject: &str| room.members.iter().find(|m| m.identity.subject == subject);
+    let name_of = |subject: &str| {
+        member_of(subject).map_or_else(|| subject.to_owned(), |m| m.identity.name.clone())
+    };
+    let id_of = |subject: &str| {
+        member_of(subject).map_or_else(String::new, |m| m.identity.participant_id.clone())
+    };
+    let f = &live.floor;
+    MeetingState {
+        mode: f.mode,
+        locked: f.locked,
+        floor: f
+            .holders()
+            .iter()
+            .map(|g| FloorHolder {
+                participant_id: id_of(&g.subject),
+                name: name_of(&g.subject),
+                remaining_ms: g
+                    .until
+                    .map(|u| u.saturating_duration_since(now).as_millis() as u64),
+            })
+            .collect(),
+        queue: f
+            .queue()
+            .map(|(s, at)| RaisedHand {
+                participant_id: id_of(s),
+                name: name_of(s),
+                waiting_ms: now.saturating_duration_since(at).as_millis() as u64,
+            })
+            .collect(),
+        main_participant_id: f
+            .main_subject()
+            .and_then(member_of)
+            .map(|m| m.identity.participant_id.clone()),
     }
 }

@@ -1,10 +1,15 @@
 //! giaoban's control plane: HTTP and WebSocket (axum), rooms and participants, and the glue to the media
 //! plane. `start` runs a whole server; the binary (`main.rs`) adds config loading, logging and signals.
 
+pub mod admin;
+pub mod auth;
 pub mod http;
 pub mod hub;
+pub mod moderation;
 pub mod protocol;
+pub mod rules;
 pub mod session;
+pub mod store;
 pub mod tls;
 
 use giaoban_config::Config;
@@ -22,7 +27,10 @@ pub struct RunningServer {
     /// Whether HTTP is served over TLS, and if so whether with a generated certificate.
     pub tls: Option<bool>,
     pub hub: Arc<Hub>,
+    /// The demo meeting and its links, created on the first start with an empty data directory.
+    pub demo: Option<(store::Meeting, Vec<admin::JoinLink>)>,
     handle: axum_server::Handle<SocketAddr>,
+    floor_timer: tokio::task::JoinHandle<()>,
     serve: tokio::task::JoinHandle<()>,
     events: tokio::task::JoinHandle<()>,
 }
@@ -47,6 +55,7 @@ impl RunningServer {
         self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
         let _ = self.serve.await;
         self.events.abort();
+        self.floor_timer.abort();
     }
 }
 
@@ -69,7 +78,48 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )
     })?;
     let media_addr = sfu.media_addrs[0];
-    let hub = Arc::new(Hub::new(config.clone(), sfu));
+    let store = Arc::new(store::Store::open(&config.storage.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the database in {} (storage.data_dir): {e}",
+            config.storage.data_dir.display()
+        )
+    })?);
+    let auth = Arc::new(
+        auth::Auth::load_or_create(&config.auth.secret, &config.storage.data_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot keep the generated secret in {} (storage.data_dir): {e}",
+                config.storage.data_dir.display()
+            )
+        })?,
+    );
+    let first_start = store.is_empty()?;
+
+    let listener = std::net::TcpListener::bind(config.http.listen).map_err(|e| {
+        anyhow::anyhow!("cannot listen on {} (http.listen): {e}", config.http.listen)
+    })?;
+    listener.set_nonblocking(true)?;
+    let http_addr = listener.local_addr()?;
+    let tls_mode = config.tls_mode();
+    let public_url = public_url(
+        &config,
+        &announced,
+        http_addr,
+        tls_mode != giaoban_config::TlsMode::Plain,
+    );
+    let hub = Arc::new(Hub::new(config.clone(), sfu, store, auth, public_url));
+    let demo = if first_start {
+        Some(admin::create_demo(&hub)?)
+    } else {
+        None
+    };
+    let floor_hub = hub.clone();
+    let floor_timer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            floor_hub.expire_floors();
+        }
+    });
 
     let events_hub = hub.clone();
     let events = tokio::spawn(async move {
@@ -78,14 +128,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     });
 
-    let listener = std::net::TcpListener::bind(config.http.listen).map_err(|e| {
-        anyhow::anyhow!("cannot listen on {} (http.listen): {e}", config.http.listen)
-    })?;
-    listener.set_nonblocking(true)?;
-    let http_addr = listener.local_addr()?;
     let app = http::router(hub.clone()).into_make_service();
     let handle = axum_server::Handle::new();
-    let tls = tls::prepare(&config.tls_mode(), &announced).await?;
+    let tls = tls::prepare(&tls_mode, &announced).await?;
     let (serve, tls_flag) = match tls {
         tls::Tls::Off => {
             let server = axum_server::from_tcp(listener)?.handle(handle.clone());
@@ -118,8 +163,33 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         media_addr,
         tls: tls_flag,
         hub,
+        demo,
         handle,
+        floor_timer,
         serve,
         events,
     })
+}
+
+/// The base URL put in join links: configured, or this server's scheme, first reachable address and port.
+fn public_url(
+    config: &Config,
+    announced: &[std::net::IpAddr],
+    http_addr: SocketAddr,
+    tls: bool,
+) -> String {
+    if !config.auth.public_url.is_empty() {
+        return config.auth.public_url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let ip = if http_addr.ip().is_unspecified() {
+        announced
+            .iter()
+            .copied()
+            .find(|ip| !ip.is_loopback())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+    } else {
+        http_addr.ip()
+    };
+    format!("{scheme}://{}", SocketAddr::new(ip, http_addr.port()))
 }

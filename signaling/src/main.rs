@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "giaoban", version, about = "giaoban: video briefings (giao ban trực tuyến) server")]
+#[command(
+    name = "giaoban",
+    version,
+    about = "giaoban: video briefings (giao ban trực tuyến) server"
+)]
 struct Cli {
     /// TOML configuration file (see config/giaoban.example.toml). Without it, embedded defaults apply.
     #[arg(long)]
@@ -21,14 +25,21 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("config key `log.level`: {e}"))?;
     match config.log.format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
     }
 
     let listen = config.http.listen;
     let server = giaoban_signaling::start(config).await?;
     println!("giaoban listening on {}", server.url());
     if listen.ip().is_unspecified() {
-        let scheme = if server.tls.is_some() { "https" } else { "http" };
+        let scheme = if server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let media = giaoban_sfu::SfuConfig {
             listen_ip: server.hub.config.media.listen_ip,
             udp_port: server.media_addr.port(),
@@ -37,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
         };
         for ip in giaoban_sfu::announced_ips(&media) {
             if !ip.is_loopback() {
-                println!("  from the LAN: {scheme}://{ip}:{}/", server.http_addr.port());
+                println!(
+                    "  from the LAN: {scheme}://{ip}:{}/",
+                    server.http_addr.port()
+                );
             }
         }
     }
@@ -50,6 +64,23 @@ async fn main() -> anyhow::Result<()> {
             "  HTTPS uses a generated self-signed certificate: browsers will ask once to accept it \
              (set tls.cert and tls.key to use your own)"
         );
+    }
+
+    println!(
+        "  admin page: {}",
+        giaoban_signaling::admin::admin_link(&server.hub)
+    );
+    if let Some((meeting, links)) = &server.demo {
+        println!(
+            "  demo meeting \"{}\" (created on this first start):",
+            meeting.title
+        );
+        for link in links
+            .iter()
+            .filter(|l| l.role != giaoban_signaling::protocol::Role::Secretary)
+        {
+            println!("    {:<40} {}", link.name, link.url);
+        }
     }
 
     shutdown_signal().await;

@@ -39,12 +39,126 @@ pub struct TrackInfo {
     pub kind: TrackKind,
     /// The codec's MIME type, e.g. `video/VP8`.
     pub codec: String,
+    /// What the track carries: `microphone`, `camera` or `screen` (a client marks a screen track by putting it
+    /// in a MediaStream whose id starts with `screen`).
+    pub source: TrackSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Microphone,
+    Camera,
+    Screen,
+}
+
+/// Who a participant is in a meeting; decides what it may do (enforced by the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Chủ trì: runs the meeting.
+    Chair,
+    /// Thư ký: roll call, absence reasons, may manage the speaking queue.
+    Secretary,
+    /// Điểm cầu: a commune hall.
+    Endpoint,
+    /// Dự thính / IT staff: watches, never publishes.
+    Observer,
+    /// Creates meetings and endpoints, sees everything; watches a meeting without publishing.
+    Admin,
+}
+
+/// How a meeting decides who is heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeetingMode {
+    /// Chỉ đạo / tập huấn: only the chair and the one holder of the floor are heard.
+    Lecture,
+    /// Thảo luận: everyone may speak.
+    Discussion,
+    /// Hội nghị: the chair lets several endpoints speak at once.
+    Conference,
+}
+
+/// A holder of the floor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloorHolder {
+    pub participant_id: String,
+    pub name: String,
+    /// Milliseconds left before the floor is taken back automatically, if granted with a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
+}
+
+/// A raised hand in the speaking queue, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaisedHand {
+    pub participant_id: String,
+    pub name: String,
+    /// How long this hand has been up, in milliseconds.
+    pub waiting_ms: u64,
+}
+
+/// The live state of a meeting as every participant sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingState {
+    pub mode: MeetingMode,
+    pub locked: bool,
+    pub floor: Vec<FloorHolder>,
+    pub queue: Vec<RaisedHand>,
+    /// Who should be the main picture: the newest floor holder, else the chair (if present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_participant_id: Option<String>,
+}
+
+/// One invited endpoint on the roll call board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollCallEntry {
+    pub endpoint_id: String,
+    pub name: String,
+    pub unit: String,
+    pub status: Presence,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// First join and last leave, RFC 3339 (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Có mặt: connected now.
+    Present,
+    /// Vắng.
+    Absent,
+    /// Vắng có lý do.
+    AbsentWithReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub from_id: String,
+    pub from_name: String,
+    pub text: String,
+    /// RFC 3339 (UTC).
+    pub at: String,
+}
+
+/// The meeting a participant joined, as told in `joined`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeetingInfo {
+    pub id: String,
+    pub title: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantInfo {
     pub id: String,
     pub name: String,
+    pub role: Role,
     pub mic: bool,
     pub camera: bool,
     pub tracks: Vec<TrackInfo>,
@@ -54,10 +168,13 @@ pub struct ParticipantInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// First message on a socket. `token` is accepted and ignored until meetings require it.
+    /// First message on a socket. With a `token` (a signed join link) the meeting, name and role come from it;
+    /// without one, `room` and `name` join an open room (only where `auth.open_rooms` allows it).
     Join {
-        room: String,
-        name: String,
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        name: Option<String>,
         #[serde(default)]
         token: Option<String>,
     },
@@ -72,41 +189,129 @@ pub enum ClientMessage {
     /// Ask for a keyframe of a track this client receives (the server throttles).
     RequestKeyframe { track_id: String },
     /// Leave the room; the server closes both connections.
-    Leave,
+    Leave {},
     /// Keep-alive; the server answers `pong`.
-    Ping,
+    Ping {},
+    /// Giơ tay: ask for the floor (endpoints).
+    RaiseHand {},
+    /// Take one's hand down.
+    LowerHand {},
+    /// Cho phát biểu: give the floor, optionally for `seconds` (chair, secretary).
+    GrantFloor {
+        participant_id: String,
+        #[serde(default)]
+        seconds: Option<u32>,
+    },
+    /// Thu hồi quyền phát biểu (chair, secretary).
+    RevokeFloor { participant_id: String },
+    /// Switch the meeting mode (chair).
+    SetMode { mode: MeetingMode },
+    /// Stop forwarding one participant's microphone until it unmutes itself (chair).
+    Mute { participant_id: String },
+    /// Tắt tiếng tất cả: mute everyone but the chair (chair).
+    MuteAll {},
+    /// Ask a participant to unmute; it decides (chair).
+    AskUnmute { participant_id: String },
+    /// Remove a participant from the meeting; it cannot rejoin this meeting (chair).
+    Remove { participant_id: String },
+    /// Khóa cuộc họp: no new joins while locked (chair).
+    Lock { locked: bool },
+    /// Kết thúc: end the meeting for everyone (chair).
+    EndMeeting {},
+    /// Record why an invited endpoint is absent (secretary, chair).
+    SetAbsenceReason { endpoint_id: String, reason: String },
+    /// Trò chuyện: a chat line to the room.
+    Chat { text: String },
 }
 
 /// Messages from the server to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// Reply to `join`: who you are and who is already here (with their tracks).
+    /// Reply to `join`: who you are, your role, the meeting, who is already here (with their tracks), the
+    /// meeting state and the chat so far.
     Joined {
         participant_id: String,
         room: String,
+        role: Role,
+        /// Whether this participant may publish (observers and admins may not).
+        can_publish: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meeting: Option<MeetingInfo>,
         participants: Vec<ParticipantInfo>,
+        state: MeetingState,
+        #[serde(default)]
+        chat: Vec<ChatMessage>,
     },
     /// The server's answer to `publish_offer`.
-    PublishAnswer { sdp: String },
+    PublishAnswer {
+        sdp: String,
+    },
     /// The server's offer for the subscribe connection; the client replies `subscribe_answer`. Sent whenever the
     /// set of tracks the client receives changes; at most one is outstanding at a time.
-    SubscribeOffer { sdp: String },
+    SubscribeOffer {
+        sdp: String,
+    },
     /// A server candidate for one of the connections (normally already in the SDP: the server is ICE-lite).
-    Candidate { leg: Leg, candidate: IceCandidate },
-    ParticipantJoined { participant: ParticipantInfo },
-    ParticipantLeft { participant_id: String },
-    TrackPublished { participant_id: String, track: TrackInfo },
-    TrackUnpublished { participant_id: String, track_id: String },
-    MediaState { participant_id: String, mic: bool, camera: bool },
+    Candidate {
+        leg: Leg,
+        candidate: IceCandidate,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: String,
+    },
+    TrackPublished {
+        participant_id: String,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant_id: String,
+        track_id: String,
+    },
+    MediaState {
+        participant_id: String,
+        mic: bool,
+        camera: bool,
+    },
     /// State of one of this client's connections as the server sees it.
-    ConnectionState { leg: Leg, state: String },
+    ConnectionState {
+        leg: Leg,
+        state: String,
+    },
     Pong,
+    /// The meeting's mode, lock, floor and queue changed (sent to everyone).
+    MeetingState {
+        state: MeetingState,
+    },
+    /// The roll call board changed (sent to chair, secretary, admin).
+    RollCall {
+        entries: Vec<RollCallEntry>,
+    },
+    /// Your microphone was muted by the chair; unmuting yourself (media_state mic=true) lifts it.
+    Muted {
+        by: String,
+    },
+    /// The chair asks you to unmute; you decide.
+    UnmuteRequested {
+        by: String,
+    },
+    /// A chat line.
+    Chat {
+        message: ChatMessage,
+    },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     /// The server ends this session (shutdown, removed, room closed).
-    Bye { reason: String },
+    Bye {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +331,18 @@ pub enum ErrorCode {
     Media,
     /// The server is shutting down.
     ShuttingDown,
+    /// The join token is missing, forged, expired or for another meeting.
+    Unauthorized,
+    /// The sender's role may not do this (in this mode).
+    Forbidden,
+    /// The meeting is locked: no new joins.
+    MeetingLocked,
+    /// The meeting has ended.
+    MeetingEnded,
+    /// The chair removed this participant from the meeting.
+    Removed,
+    /// No such participant, endpoint or meeting.
+    NotFound,
 }
 
 impl ServerMessage {
@@ -148,17 +365,37 @@ mod tests {
         assert_eq!(
             msg,
             ClientMessage::Join {
-                room: "ubnd".into(),
-                name: "Xã A".into(),
+                room: Some("ubnd".into()),
+                name: Some("Xã A".into()),
                 token: None
             }
         );
+        let json = r#"{"type":"grant_floor","participant_id":"p1","seconds":60}"#;
+        let msg: ClientMessage = serde_json::from_str(json).expect("valid grant");
+        assert_eq!(
+            msg,
+            ClientMessage::GrantFloor {
+                participant_id: "p1".into(),
+                seconds: Some(60)
+            }
+        );
+        let json = r#"{"type":"set_mode","mode":"conference"}"#;
+        assert!(serde_json::from_str::<ClientMessage>(json).is_ok());
     }
 
     #[test]
     fn unknown_type_and_unknown_field_are_rejected() {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"fly"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"leave","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ping","x":1}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).expect("ping"),
+            ClientMessage::Ping {}
+        );
+        assert_eq!(
+            serde_json::to_string(&ClientMessage::RaiseHand {}).expect("serializable"),
+            r#"{"type":"raise_hand"}"#
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! One participant's WebSocket session: parse and check each message, act on it through the Hub and the media
 //! plane, and answer. Bad input gets an `error` that names the problem; the session carries on.
 
-use crate::hub::{Hub, Outgoing};
+use crate::hub::{Hub, Identity, JoinRequest, Outgoing};
 use crate::protocol::{ClientMessage, ErrorCode, Leg, ServerMessage};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -18,7 +18,7 @@ pub fn frame_cap(max_message_bytes: usize) -> usize {
 
 enum State {
     AwaitingJoin,
-    Joined { id: String },
+    Joined(Identity),
 }
 
 pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
@@ -48,13 +48,21 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
     });
 
     let mut state = State::AwaitingJoin;
-    let span = info_span!("session", room = tracing::field::Empty, participant = tracing::field::Empty);
+    let span = info_span!(
+        "session",
+        room = tracing::field::Empty,
+        participant = tracing::field::Empty
+    );
     async {
         while let Some(frame) = stream.next().await {
             let text = match frame {
                 Ok(Message::Text(t)) => t.to_string(),
                 Ok(Message::Binary(_)) => {
-                    reply(&tx, ErrorCode::BadMessage, "binary frames are not accepted; send JSON text");
+                    reply(
+                        &tx,
+                        ErrorCode::BadMessage,
+                        "binary frames are not accepted; send JSON text",
+                    );
                     continue;
                 }
                 Ok(Message::Close(_)) | Err(_) => break,
@@ -75,7 +83,11 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
             let msg: ClientMessage = match serde_json::from_str(&text) {
                 Ok(m) => m,
                 Err(e) => {
-                    reply(&tx, ErrorCode::BadMessage, &format!("cannot read message: {e}"));
+                    reply(
+                        &tx,
+                        ErrorCode::BadMessage,
+                        &format!("cannot read message: {e}"),
+                    );
                     continue;
                 }
             };
@@ -87,8 +99,8 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
     .instrument(span)
     .await;
 
-    if let State::Joined { id } = &state {
-        hub.leave(id);
+    if let State::Joined(identity) = &state {
+        hub.leave(&identity.participant_id);
     }
     let _ = tx.send(Outgoing::Close);
     drop(tx);
@@ -97,11 +109,13 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
 
 fn reply(tx: &mpsc::UnboundedSender<Outgoing>, code: ErrorCode, message: &str) {
     debug!(?code, message, "refused");
-    let _ = tx.send(Outgoing::Message(ServerMessage::error(code, message)));
+    let _ = tx.send(Outgoing::Message(Box::new(ServerMessage::error(
+        code, message,
+    ))));
 }
 
 fn send(tx: &mpsc::UnboundedSender<Outgoing>, message: ServerMessage) {
-    let _ = tx.send(Outgoing::Message(message));
+    let _ = tx.send(Outgoing::Message(Box::new(message)));
 }
 
 fn sfu_error_code(e: &SfuError) -> ErrorCode {
@@ -110,6 +124,7 @@ fn sfu_error_code(e: &SfuError) -> ErrorCode {
             ErrorCode::InvalidField
         }
         SfuError::NoOfferOutstanding => ErrorCode::WrongState,
+        SfuError::PublishNotAllowed => ErrorCode::Forbidden,
         SfuError::UnknownParticipant | SfuError::Negotiation(_) | SfuError::Stopped => {
             ErrorCode::Media
         }
@@ -117,7 +132,7 @@ fn sfu_error_code(e: &SfuError) -> ErrorCode {
 }
 
 /// A room or display name: trimmed, 1..=max characters, no control characters.
-fn check_name(what: &str, value: &str, max_chars: usize) -> Result<String, String> {
+pub(crate) fn check_name(what: &str, value: &str, max_chars: usize) -> Result<String, String> {
     let v = value.trim();
     if v.is_empty() {
         return Err(format!("{what} must not be empty"));
@@ -145,36 +160,36 @@ async fn handle(
     state: &mut State,
     msg: ClientMessage,
 ) -> bool {
-    let id = match (&*state, &msg) {
-        (State::AwaitingJoin, ClientMessage::Join { room, name, token: _ }) => {
-            let max = hub.config.limits.max_name_chars;
-            let (room, name) = match (check_name("room", room, max), check_name("name", name, max)) {
-                (Ok(r), Ok(n)) => (r, n),
-                (Err(e), _) | (_, Err(e)) => {
-                    reply(tx, ErrorCode::InvalidField, &e);
-                    return true;
-                }
+    let who = match (&*state, msg) {
+        (State::AwaitingJoin, ClientMessage::Join { room, name, token }) => {
+            let request = JoinRequest {
+                participant_id: new_participant_id(),
+                room,
+                name,
+                token,
             };
-            let id = new_participant_id();
-            match hub.join(&room, &id, &name, tx.clone()) {
-                Ok(participants) => {
-                    tracing::Span::current().record("room", room.as_str());
-                    tracing::Span::current().record("participant", id.as_str());
-                    send(
-                        tx,
-                        ServerMessage::Joined {
-                            participant_id: id.clone(),
-                            room,
-                            participants,
-                        },
-                    );
-                    *state = State::Joined { id };
+            match hub.join(request, tx.clone()) {
+                Ok(joined) => {
+                    if let ServerMessage::Joined {
+                        participant_id,
+                        room,
+                        ..
+                    } = &joined
+                    {
+                        tracing::Span::current().record("room", room.as_str());
+                        tracing::Span::current().record("participant", participant_id.as_str());
+                    }
+                    let identity = hub_identity(hub, &joined);
+                    send(tx, joined);
+                    if let Some(identity) = identity {
+                        *state = State::Joined(identity);
+                    }
                 }
-                Err(e) => reply(tx, e.code(), &e.to_string()),
+                Err(refusal) => reply(tx, refusal.code, &refusal.message),
             }
             return true;
         }
-        (State::AwaitingJoin, ClientMessage::Ping) => {
+        (State::AwaitingJoin, ClientMessage::Ping {}) => {
             send(tx, ServerMessage::Pong);
             return true;
         }
@@ -182,16 +197,36 @@ async fn handle(
             reply(tx, ErrorCode::WrongState, "send `join` first");
             return true;
         }
-        (State::Joined { .. }, ClientMessage::Join { .. }) => {
-            reply(tx, ErrorCode::WrongState, "already joined; open a new connection to join another room");
+        (State::Joined(_), ClientMessage::Join { .. }) => {
+            reply(
+                tx,
+                ErrorCode::WrongState,
+                "already joined; open a new connection to join another room",
+            );
             return true;
         }
-        (State::Joined { id }, _) => id.clone(),
+        (State::Joined(who), msg) => (who.clone(), msg),
     };
+    let (who, msg) = who;
+    let id = who.participant_id.clone();
+
+    match crate::moderation::handle(hub, &who, &msg) {
+        Ok(true) => return true,
+        Ok(false) => {}
+        Err((code, message)) => {
+            reply(tx, code, &message);
+            return true;
+        }
+    }
 
     match msg {
-        ClientMessage::Join { .. } => unreachable!("handled above"),
         ClientMessage::PublishOffer { sdp } => {
+            if !crate::rules::can_publish(who.role) {
+                let message = format!("role {:?} may not publish", who.role).to_lowercase();
+                hub.audit(Some(&who), None, "publish", &message, "refused");
+                reply(tx, ErrorCode::Forbidden, &message);
+                return true;
+            }
             if let Err(e) = check_sdp(&sdp) {
                 reply(tx, ErrorCode::InvalidField, &e);
                 return true;
@@ -199,11 +234,19 @@ async fn handle(
             let participant = id.clone();
             match hub
                 .sfu
-                .call(|reply| Command::PublishOffer { participant, sdp, reply })
+                .call(|reply| Command::PublishOffer {
+                    participant,
+                    sdp,
+                    reply,
+                })
                 .await
             {
                 Ok(sdp) => send(tx, ServerMessage::PublishAnswer { sdp }),
-                Err(e) => reply(tx, sfu_error_code(&e), &format!("publish offer refused: {e}")),
+                Err(e) => reply(
+                    tx,
+                    sfu_error_code(&e),
+                    &format!("publish offer refused: {e}"),
+                ),
             }
         }
         ClientMessage::SubscribeAnswer { sdp } => {
@@ -214,10 +257,18 @@ async fn handle(
             let participant = id.clone();
             if let Err(e) = hub
                 .sfu
-                .call(|reply| Command::SubscribeAnswer { participant, sdp, reply })
+                .call(|reply| Command::SubscribeAnswer {
+                    participant,
+                    sdp,
+                    reply,
+                })
                 .await
             {
-                reply(tx, sfu_error_code(&e), &format!("subscribe answer refused: {e}"));
+                reply(
+                    tx,
+                    sfu_error_code(&e),
+                    &format!("subscribe answer refused: {e}"),
+                );
             }
         }
         ClientMessage::Candidate { leg, candidate } => {
@@ -236,26 +287,54 @@ async fn handle(
                 sdp_mline_index: candidate.sdp_m_line_index,
             });
         }
-        ClientMessage::MediaState { mic, camera } => hub.set_media_state(&id, mic, camera),
+        ClientMessage::MediaState { mic, camera } => hub.set_media_state(&who, mic, camera),
         ClientMessage::RequestKeyframe { track_id } => {
             let participant = id.clone();
             if let Err(e) = hub
                 .sfu
-                .call(|reply| Command::RequestKeyframe { participant, track_id, reply })
+                .call(|reply| Command::RequestKeyframe {
+                    participant,
+                    track_id,
+                    reply,
+                })
                 .await
             {
-                reply(tx, sfu_error_code(&e), &format!("keyframe request refused: {e}"));
+                reply(
+                    tx,
+                    sfu_error_code(&e),
+                    &format!("keyframe request refused: {e}"),
+                );
             }
         }
-        ClientMessage::Leave => {
+        ClientMessage::Leave {} => {
             hub.leave(&id);
             *state = State::AwaitingJoin;
-            send(tx, ServerMessage::Bye { reason: "left".into() });
+            send(
+                tx,
+                ServerMessage::Bye {
+                    reason: "left".into(),
+                },
+            );
             return false;
         }
-        ClientMessage::Ping => send(tx, ServerMessage::Pong),
+        ClientMessage::Ping {} => send(tx, ServerMessage::Pong),
+        // Joins and meeting actions were handled above.
+        _ => {}
     }
     true
+}
+
+/// The identity the hub admitted, read back from its `joined` reply.
+fn hub_identity(hub: &Hub, joined: &ServerMessage) -> Option<Identity> {
+    let ServerMessage::Joined {
+        participant_id,
+        room,
+        ..
+    } = joined
+    else {
+        return None;
+    };
+    hub.identity(room, participant_id)
 }
 
 fn new_participant_id() -> String {
@@ -277,11 +356,25 @@ mod tests {
 
     #[test]
     fn names_are_trimmed_and_checked() {
-        assert_eq!(check_name("room", "  giao ban  ", 64), Ok("giao ban".to_string()));
-        assert!(check_name("room", "   ", 64).expect_err("empty").contains("room"));
-        assert!(check_name("name", &"x".repeat(65), 64).expect_err("long").contains("64"));
+        assert_eq!(
+            check_name("room", "  giao ban  ", 64),
+            Ok("giao ban".to_string())
+        );
+        assert!(
+            check_name("room", "   ", 64)
+                .expect_err("empty")
+                .contains("room")
+        );
+        assert!(
+            check_name("name", &"x".repeat(65), 64)
+                .expect_err("long")
+                .contains("64")
+        );
         assert!(check_name("name", "a\u{0007}b", 64).is_err());
-        assert_eq!(check_name("name", "Xã Tân Phú", 10), Ok("Xã Tân Phú".to_string()));
+        assert_eq!(
+            check_name("name", "Xã Tân Phú", 10),
+            Ok("Xã Tân Phú".to_string())
+        );
     }
 
     #[test]

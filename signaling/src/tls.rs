@@ -7,7 +7,10 @@ use std::net::IpAddr;
 
 pub enum Tls {
     Off,
-    On { config: RustlsConfig, self_signed: bool },
+    On {
+        config: RustlsConfig,
+        self_signed: bool,
+    },
 }
 
 /// Load or generate the certificate that `mode` asks for. `names` go into a generated certificate's SANs.

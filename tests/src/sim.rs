@@ -125,6 +125,8 @@ pub struct SimOptions {
     pub url: String,
     pub room: String,
     pub name: String,
+    /// A join link's token; when set, `room` and `name` are not sent (the token names them).
+    pub token: Option<String>,
     pub media: MediaProfile,
     pub interceptors: Interceptors,
     /// Check every received payload's padding bytes (cheap; on by default).
@@ -143,6 +145,7 @@ impl SimOptions {
             url: url.into(),
             room: room.into(),
             name: name.into(),
+            token: None,
             media: MediaProfile::default(),
             interceptors: Interceptors::Default,
             verify_payload: true,
@@ -955,6 +958,7 @@ async fn wait_connected(
 
 /// One message the endpoint received, parsed or not.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a test-side message log; size does not matter
 pub enum Received {
     Message(ServerMessage),
     /// A text frame that is not a `ServerMessage` (kept verbatim).
@@ -1180,10 +1184,18 @@ impl SimEndpoint {
             .join_sent_at
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.inner.send(&ClientMessage::Join {
-            room: self.inner.opts.room.clone(),
-            name: self.inner.opts.name.clone(),
-            token: None,
+        let opts = &self.inner.opts;
+        self.inner.send(&match &opts.token {
+            Some(token) => ClientMessage::Join {
+                room: None,
+                name: None,
+                token: Some(token.clone()),
+            },
+            None => ClientMessage::Join {
+                room: Some(opts.room.clone()),
+                name: Some(opts.name.clone()),
+                token: None,
+            },
         })?;
         let reply = self
             .wait_message_since(from, self.inner.opts.step_timeout, |m| {
@@ -1592,7 +1604,7 @@ impl SimEndpoint {
 
     /// Send `leave`, close both connections and the socket.
     pub async fn close(&self) {
-        let _ = self.inner.send(&ClientMessage::Leave);
+        let _ = self.inner.send(&ClientMessage::Leave {});
         self.shutdown().await;
     }
 

@@ -44,7 +44,7 @@ async fn expect_error(m: &SimEndpoint, text: String, code: ErrorCode, what: &str
 /// The misbehaving session is still open and answers `ping`; A and B still exchange media.
 async fn still_working(m: &SimEndpoint, a: &SimEndpoint, b: &SimEndpoint) {
     let from = m.log_len();
-    m.send(&ClientMessage::Ping).expect("ping sent");
+    m.send(&ClientMessage::Ping {}).expect("ping sent");
     m.wait_message_since(from, T, |msg| matches!(msg, ServerMessage::Pong))
         .await
         .expect("pong after the error: the session carries on");
@@ -194,8 +194,8 @@ async fn messages_before_join_and_second_join_are_wrong_state() {
     // Joining afterwards works, and a second join is refused.
     m.join().await.expect("join after refused messages");
     let join = serde_json::to_string(&ClientMessage::Join {
-        room: "loi-trang-thai".into(),
-        name: "lần hai".into(),
+        room: Some("loi-trang-thai".into()),
+        name: Some("lần hai".into()),
         token: None,
     })
     .expect("json");
@@ -209,8 +209,8 @@ async fn empty_room_name_is_invalid_field() {
     let server = TestServer::start().await;
     let (a, b, m) = room(&server, "loi-ten", false).await;
     let join = serde_json::to_string(&ClientMessage::Join {
-        room: String::new(),
-        name: "Xã".into(),
+        room: Some(String::new()),
+        name: Some("Xã".into()),
         token: None,
     })
     .expect("json");

@@ -1,0 +1,314 @@
+//! Meeting actions from a joined participant: raise hand, floor, mode, mutes, remove, lock, end, absence
+//! reasons, chat. Each is checked against the sender's role (`rules::allowed`) and its meeting; refusals and
+//! moderator actions go to the audit log.
+
+use crate::hub::{Hub, Identity, Outgoing, send};
+use crate::protocol::{ChatMessage, ClientMessage, ErrorCode, Role, ServerMessage};
+use crate::rules::{Action, FloorError, allowed};
+use crate::store::now_rfc3339;
+use std::time::{Duration, Instant};
+
+/// Longest chat line, in characters.
+pub const MAX_CHAT_CHARS: usize = 1000;
+/// Longest floor grant with a time limit.
+pub const MAX_FLOOR_SECONDS: u32 = 4 * 3600;
+
+/// A refused action: code and message for the sender.
+pub type Refused = (ErrorCode, String);
+
+fn action_of(msg: &ClientMessage) -> Option<(Action, &'static str)> {
+    Some(match msg {
+        ClientMessage::RaiseHand {} | ClientMessage::LowerHand {} => {
+            (Action::RaiseHand, "raise_hand")
+        }
+        ClientMessage::GrantFloor { .. } => (Action::GrantFloor, "grant_floor"),
+        ClientMessage::RevokeFloor { .. } => (Action::RevokeFloor, "revoke_floor"),
+        ClientMessage::SetMode { .. } => (Action::SetMode, "set_mode"),
+        ClientMessage::Mute { .. } => (Action::Mute, "mute"),
+        ClientMessage::MuteAll {} => (Action::MuteAll, "mute_all"),
+        ClientMessage::AskUnmute { .. } => (Action::AskUnmute, "ask_unmute"),
+        ClientMessage::Remove { .. } => (Action::Remove, "remove"),
+        ClientMessage::Lock { .. } => (Action::Lock, "lock"),
+        ClientMessage::EndMeeting {} => (Action::EndMeeting, "end_meeting"),
+        ClientMessage::SetAbsenceReason { .. } => (Action::SetAbsenceReason, "set_absence_reason"),
+        ClientMessage::Chat { .. } => (Action::Chat, "chat"),
+        _ => return None,
+    })
+}
+
+/// Handle a meeting action. `Ok(true)` when handled, `Ok(false)` when `msg` is not a meeting action.
+pub fn handle(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<bool, Refused> {
+    let Some((action, name)) = action_of(msg) else {
+        return Ok(false);
+    };
+    if !allowed(who.role, action) {
+        let message =
+            format!("a participant with role {:?} may not {name}", who.role).to_lowercase();
+        hub.audit(Some(who), None, name, &message, "refused");
+        return Err((ErrorCode::Forbidden, message));
+    }
+    if action == Action::Chat {
+        let ClientMessage::Chat { text } = msg else {
+            return Ok(true);
+        };
+        return chat(hub, who, text).map(|_| true);
+    }
+    if who.meeting.is_none() {
+        return Err((
+            ErrorCode::Forbidden,
+            format!("{name} needs a meeting; this is an open room"),
+        ));
+    }
+    let result = apply(hub, who, msg);
+    let detail = format!("{msg:?}");
+    match &result {
+        Ok(()) => hub.audit(Some(who), None, name, &detail, "ok"),
+        Err((code, m)) => hub.audit(
+            Some(who),
+            None,
+            name,
+            &format!("{detail}: {m}"),
+            &format!("{code:?}"),
+        ),
+    }
+    if result.is_ok() {
+        hub.after_change(&who.room);
+    }
+    result.map(|_| true)
+}
+
+/// Find the subject of a participant id in the sender's room.
+fn subject_of(hub: &Hub, who: &Identity, participant_id: &str) -> Result<(String, Role), Refused> {
+    let room = hub
+        .rooms
+        .get(&who.room)
+        .ok_or((ErrorCode::NotFound, "no such room".to_string()))?;
+    room.members
+        .iter()
+        .find(|m| m.identity.participant_id == participant_id)
+        .map(|m| (m.identity.subject.clone(), m.identity.role))
+        .ok_or((
+            ErrorCode::NotFound,
+            format!("no participant {participant_id} in this meeting"),
+        ))
+}
+
+fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> {
+    let now = Instant::now();
+    // Resolve targets before taking the room for writing.
+    let target = match msg {
+        ClientMessage::GrantFloor { participant_id, .. }
+        | ClientMessage::RevokeFloor { participant_id }
+        | ClientMessage::Mute { participant_id }
+        | ClientMessage::AskUnmute { participant_id }
+        | ClientMessage::Remove { participant_id } => Some(subject_of(hub, who, participant_id)?),
+        _ => None,
+    };
+    let mut room = hub
+        .rooms
+        .get_mut(&who.room)
+        .ok_or((ErrorCode::NotFound, "no such room".to_string()))?;
+    let room = &mut *room;
+    let live = room.meeting.as_mut().ok_or((
+        ErrorCode::Forbidden,
+        "this room is not a meeting".to_string(),
+    ))?;
+    let floor = &mut live.floor;
+    match msg {
+        ClientMessage::RaiseHand {} => {
+            floor.raise_hand(&who.subject, now);
+        }
+        ClientMessage::LowerHand {} => {
+            floor.lower_hand(&who.subject);
+        }
+        ClientMessage::GrantFloor { seconds, .. } => {
+            let (subject, _) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
+            let limit = match seconds {
+                Some(0) => {
+                    return Err((ErrorCode::InvalidField, "seconds must be at least 1".into()));
+                }
+                Some(s) if *s > MAX_FLOOR_SECONDS => {
+                    return Err((
+                        ErrorCode::InvalidField,
+                        format!("seconds must be at most {MAX_FLOOR_SECONDS}"),
+                    ));
+                }
+                Some(s) => Some(Duration::from_secs(u64::from(*s))),
+                None => None,
+            };
+            floor.grant(&subject, limit, now).map_err(|e| match e {
+                FloorError::CannotHoldFloor => (
+                    ErrorCode::Forbidden,
+                    "observers and admins cannot hold the floor".to_string(),
+                ),
+                other => (ErrorCode::InvalidField, format!("{other:?}")),
+            })?;
+        }
+        ClientMessage::RevokeFloor { .. } => {
+            let (subject, _) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
+            floor.revoke(&subject).map_err(|_| {
+                (
+                    ErrorCode::InvalidField,
+                    "that participant does not hold the floor".to_string(),
+                )
+            })?;
+        }
+        ClientMessage::SetMode { mode } => {
+            floor.set_mode(*mode);
+        }
+        ClientMessage::Mute { .. } => {
+            let (subject, _) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
+            floor.mute(&subject);
+            for m in room
+                .members
+                .iter()
+                .filter(|m| m.identity.subject == subject)
+            {
+                send(
+                    &m.outbox,
+                    ServerMessage::Muted {
+                        by: who.name.clone(),
+                    },
+                );
+            }
+        }
+        ClientMessage::MuteAll {} => {
+            let targets: Vec<String> = room
+                .members
+                .iter()
+                .filter(|m| !matches!(m.identity.role, Role::Chair | Role::Observer | Role::Admin))
+                .map(|m| m.identity.subject.clone())
+                .collect();
+            for s in &targets {
+                floor.mute(s);
+            }
+            for m in room
+                .members
+                .iter()
+                .filter(|m| targets.contains(&m.identity.subject))
+            {
+                send(
+                    &m.outbox,
+                    ServerMessage::Muted {
+                        by: who.name.clone(),
+                    },
+                );
+            }
+        }
+        ClientMessage::AskUnmute { .. } => {
+            let (subject, _) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
+            for m in room
+                .members
+                .iter()
+                .filter(|m| m.identity.subject == subject)
+            {
+                send(
+                    &m.outbox,
+                    ServerMessage::UnmuteRequested {
+                        by: who.name.clone(),
+                    },
+                );
+            }
+        }
+        ClientMessage::Remove { .. } => {
+            let (subject, role) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
+            if matches!(role, Role::Chair | Role::Admin) || subject == who.subject {
+                return Err((ErrorCode::Forbidden, "the chair cannot be removed".into()));
+            }
+            floor.remove(&subject);
+            for m in room
+                .members
+                .iter()
+                .filter(|m| m.identity.subject == subject)
+            {
+                send(
+                    &m.outbox,
+                    ServerMessage::error(
+                        ErrorCode::Removed,
+                        "the chair removed you from this meeting",
+                    ),
+                );
+                send(
+                    &m.outbox,
+                    ServerMessage::Bye {
+                        reason: "removed by the chair".into(),
+                    },
+                );
+                let _ = m.outbox.send(Outgoing::Close);
+            }
+        }
+        ClientMessage::Lock { locked } => floor.locked = *locked,
+        ClientMessage::EndMeeting {} => {
+            floor.ended = true;
+            let id = live.id.clone();
+            for m in &room.members {
+                send(
+                    &m.outbox,
+                    ServerMessage::Bye {
+                        reason: "the meeting has ended".into(),
+                    },
+                );
+                let _ = m.outbox.send(Outgoing::Close);
+            }
+            if let Err(e) = hub.store.set_meeting_status(&id, "ended") {
+                tracing::warn!(error = %e, "meeting status not saved");
+            }
+        }
+        ClientMessage::SetAbsenceReason {
+            endpoint_id,
+            reason,
+        } => {
+            if reason.chars().count() > 500 {
+                return Err((
+                    ErrorCode::InvalidField,
+                    "reason is longer than 500 characters".into(),
+                ));
+            }
+            hub.store
+                .set_absence_reason(&live.id, endpoint_id, reason)
+                .map_err(|e| (ErrorCode::NotFound, e.to_string()))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn chat(hub: &Hub, who: &Identity, text: &str) -> Result<(), Refused> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err((
+            ErrorCode::InvalidField,
+            "chat text must not be empty".into(),
+        ));
+    }
+    if text.chars().count() > MAX_CHAT_CHARS {
+        return Err((
+            ErrorCode::InvalidField,
+            format!("chat text is longer than {MAX_CHAT_CHARS} characters"),
+        ));
+    }
+    let message = ChatMessage {
+        from_id: who.participant_id.clone(),
+        from_name: who.name.clone(),
+        text: text.to_owned(),
+        at: now_rfc3339(),
+    };
+    if let Some(mid) = &who.meeting
+        && let Err(e) = hub
+            .store
+            .add_chat(mid, &who.subject, &who.name, text, &message.at)
+    {
+        tracing::warn!(error = %e, "chat not stored");
+    }
+    if let Some(room) = hub.rooms.get(&who.room) {
+        for m in &room.members {
+            send(
+                &m.outbox,
+                ServerMessage::Chat {
+                    message: message.clone(),
+                },
+            );
+        }
+    }
+    Ok(())
+}

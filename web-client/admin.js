@@ -1,0 +1,1 @@
+// Admin page: see ../docs/protocol.md (admin API).
