@@ -5,7 +5,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use giaoban_signaling::protocol::{ServerMessage, TrackKind};
+use giaoban_signaling::auth::{Claims, now_secs};
+use giaoban_signaling::hub::Hub;
+use giaoban_signaling::protocol::{
+    ClientMessage, ErrorCode, MeetingMode, MeetingState, Role, ServerMessage, TrackKind,
+};
+use giaoban_signaling::store::{Endpoint, Meeting, NewMeeting};
 use giaoban_tests::sim::{Received, SimEndpoint, SimOptions, TrackStats, http_get};
 
 /// The real server, started in-process on loopback with OS-picked ports.
@@ -56,6 +61,61 @@ impl TestServer {
         assert_eq!(status, 200, "GET /api/rooms: {body}");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("/api/rooms is not JSON ({e}): {body}"))
+    }
+
+    /// The server's hub (store, auth, rooms), for tests that set up meetings and mint tokens.
+    pub fn hub(&self) -> std::sync::Arc<giaoban_signaling::hub::Hub> {
+        self.running.as_ref().expect("server running").hub.clone()
+    }
+
+    /// The demo meeting created on the first start with an empty data directory, if any.
+    pub fn demo_meeting_id(&self) -> Option<String> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.demo.as_ref().map(|(m, _)| m.id.clone()))
+    }
+
+    /// Options to join with a signed token (`label` only names the endpoint in test output).
+    pub fn token_opts(&self, token: &str, label: &str) -> SimOptions {
+        let mut o = SimOptions::for_addr(self.http, "", label);
+        o.token = Some(token.to_string());
+        o
+    }
+
+    /// Join with `token` (and publish audio+video if `publish`).
+    pub async fn join_token(&self, token: &str, label: &str, publish: bool) -> SimEndpoint {
+        let ep = SimEndpoint::connect(self.token_opts(token, label))
+            .await
+            .unwrap_or_else(|e| panic!("{label} joins with its token: {e:#}"));
+        if publish {
+            ep.publish()
+                .await
+                .unwrap_or_else(|e| panic!("{label} publishes: {e:#}"));
+        }
+        ep
+    }
+
+    /// Open a socket, send `join`, and return the `error` the server answers with (panics on `joined`).
+    pub async fn join_refused(&self, join: ClientMessage, label: &str) -> (ErrorCode, String) {
+        let ep = SimEndpoint::open(SimOptions::for_addr(self.http, "", label))
+            .await
+            .unwrap_or_else(|e| panic!("{label}: websocket opens: {e:#}"));
+        let from = ep.log_len();
+        ep.send(&join).expect("join sent");
+        let reply = ep
+            .wait_message_since(from, Duration::from_secs(5), |m| {
+                matches!(
+                    m,
+                    ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+                )
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{label}: no reply to join: {e:#}"));
+        ep.shutdown().await;
+        match reply {
+            ServerMessage::Error { code, message } => (code, message),
+            other => panic!("{label}: join should be refused, got {}", short(&other)),
+        }
     }
 
     pub async fn shutdown(mut self) {
@@ -271,4 +331,239 @@ pub fn short(m: &ServerMessage) -> String {
         }
         other => format!("{other:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Meetings, tokens, meeting state, HTTP with headers
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Create endpoints named `names` and a meeting in `mode` inviting all of them.
+pub fn create_meeting(
+    hub: &Hub,
+    title: &str,
+    mode: MeetingMode,
+    names: &[&str],
+) -> (Meeting, Vec<Endpoint>) {
+    let endpoints: Vec<Endpoint> = names
+        .iter()
+        .map(|n| {
+            hub.store
+                .create_endpoint(n, "Xã/Phường")
+                .unwrap_or_else(|e| panic!("endpoint {n}: {e}"))
+        })
+        .collect();
+    let meeting = hub
+        .store
+        .create_meeting(&NewMeeting {
+            title: title.into(),
+            starts_at: giaoban_signaling::store::now_rfc3339(),
+            mode,
+            host_endpoint_id: None,
+            invited_endpoint_ids: endpoints.iter().map(|e| e.id.clone()).collect(),
+        })
+        .unwrap_or_else(|e| panic!("meeting {title}: {e}"));
+    (meeting, endpoints)
+}
+
+/// A join token for `meeting`, valid for an hour.
+pub fn token(hub: &Hub, meeting: &str, sub: &str, name: &str, role: Role) -> String {
+    hub.auth.issue(&Claims {
+        mtg: meeting.into(),
+        sub: sub.into(),
+        name: name.into(),
+        role,
+        exp: now_secs() + 3600,
+    })
+}
+
+/// Audio packets `sub` has received from `publisher_id` (0 if no such track).
+pub fn audio_from(sub: &SimEndpoint, publisher_id: &str) -> u64 {
+    sub.stats()
+        .track_from(publisher_id, TrackKind::Audio)
+        .map_or(0, |t| t.packets)
+}
+
+/// Video packets `sub` has received from `publisher_id` (0 if no such track).
+pub fn video_from(sub: &SimEndpoint, publisher_id: &str) -> u64 {
+    sub.stats()
+        .track_from(publisher_id, TrackKind::Video)
+        .map_or(0, |t| t.packets)
+}
+
+/// Wait until `sub`'s audio count from `publisher` grows by `min` packets.
+pub async fn wait_audio_flowing(
+    sub: &SimEndpoint,
+    publisher: &SimEndpoint,
+    min: u64,
+    timeout: Duration,
+) {
+    let pid = publisher.id();
+    let before = audio_from(sub, &pid);
+    wait_until(
+        &format!(
+            "{} to receive {min} more audio packets from {} (had {before}; publisher sent {:?})",
+            sub.name(),
+            publisher.name(),
+            publisher.sent()
+        ),
+        timeout,
+        || (audio_from(sub, &pid) >= before + min).then_some(()),
+    )
+    .await;
+}
+
+/// Assert no audio from `publisher` reaches any of `subs` over `window` while it keeps sending. First waits
+/// (bounded) for what was in flight to drain: counts stable over 250 ms.
+pub async fn assert_audio_silent(subs: &[&SimEndpoint], publisher: &SimEndpoint, window: Duration) {
+    let pid = publisher.id();
+    let counts =
+        |subs: &[&SimEndpoint]| subs.iter().map(|s| audio_from(s, &pid)).collect::<Vec<_>>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = counts(subs);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = counts(subs);
+        if now == last {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "audio from {} keeps reaching {:?}: {last:?} -> {now:?}",
+            publisher.name(),
+            subs.iter().map(|s| s.name()).collect::<Vec<_>>()
+        );
+        last = now;
+    }
+    let sent_before = publisher.sent().audio_packets;
+    tokio::time::sleep(window).await;
+    let after = counts(subs);
+    let sent_after = publisher.sent().audio_packets;
+    assert!(
+        sent_after >= sent_before + 10,
+        "{} did not keep sending audio during the window ({sent_before} -> {sent_after})",
+        publisher.name()
+    );
+    assert_eq!(
+        after,
+        last,
+        "audio from {} reached {:?} while it should not be heard (it sent {} packets in the window)",
+        publisher.name(),
+        subs.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        sent_after - sent_before
+    );
+}
+
+/// The newest meeting state `ep` knows (from `joined` or `meeting_state`).
+pub fn latest_state(ep: &SimEndpoint) -> Option<MeetingState> {
+    ep.messages().into_iter().rev().find_map(|m| match m {
+        ServerMessage::MeetingState { state } => Some(state),
+        ServerMessage::Joined { state, .. } => Some(state),
+        _ => None,
+    })
+}
+
+/// Wait for a `meeting_state` at index `from` or later matching `pred`.
+pub async fn wait_state(
+    ep: &SimEndpoint,
+    from: usize,
+    what: &str,
+    pred: impl Fn(&MeetingState) -> bool,
+) -> MeetingState {
+    let msg = ep
+        .wait_message_since(
+            from,
+            Duration::from_secs(5),
+            |m| matches!(m, ServerMessage::MeetingState { state } if pred(state)),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: no meeting_state with {what}: {e:#}; latest state {:?}",
+                ep.name(),
+                latest_state(ep)
+            )
+        });
+    match msg {
+        ServerMessage::MeetingState { state } => state,
+        _ => unreachable!(),
+    }
+}
+
+/// Floor holders' participant ids.
+pub fn floor_ids(s: &MeetingState) -> Vec<String> {
+    s.floor.iter().map(|f| f.participant_id.clone()).collect()
+}
+
+/// Queue participant ids, in order.
+pub fn queue_ids(s: &MeetingState) -> Vec<String> {
+    s.queue.iter().map(|f| f.participant_id.clone()).collect()
+}
+
+/// Send a message, panicking if the socket writer is gone.
+pub fn send(ep: &SimEndpoint, msg: ClientMessage) {
+    ep.send(&msg)
+        .unwrap_or_else(|e| panic!("{} sends {msg:?}: {e:#}", ep.name()));
+}
+
+/// Send `msg` and return the `error` it provokes (within 5 s).
+pub async fn expect_error(ep: &SimEndpoint, msg: ClientMessage) -> (ErrorCode, String) {
+    let from = ep.log_len();
+    let what = format!("{msg:?}");
+    send(ep, msg);
+    ep.wait_error_since(from, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{} sent {what}: expected an error: {e:#}", ep.name()))
+}
+
+/// Send `ping` and wait for `pong`: the session is alive.
+pub async fn assert_alive(ep: &SimEndpoint) {
+    let from = ep.log_len();
+    send(ep, ClientMessage::Ping {});
+    ep.wait_message_since(from, Duration::from_secs(5), |m| {
+        matches!(m, ServerMessage::Pong)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{} no longer answers ping: {e:#}", ep.name()));
+}
+
+/// An HTTP/1.0 request on loopback: status, response head, body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: response timed out"))
+        .expect("read response");
+    let text = String::from_utf8(out).unwrap_or_else(|e| panic!("{method} {path}: not UTF-8: {e}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: malformed response {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status in {head:?}"));
+    (status, head.to_string(), body.to_string())
 }
