@@ -1,5 +1,11 @@
 //! Which connection a datagram on the shared media port belongs to: known 5-tuple first; otherwise a STUN
 //! binding request is routed by the local ICE ufrag in its USERNAME (`<server ufrag>:<client ufrag>`).
+//!
+//! A connection is bound to the first client address whose check reaches it; checks from the client's other
+//! candidates are not answered. rtc's ICE-lite agent keeps the first pair the client nominates and does not follow
+//! a later renomination (Chrome moves to another pair when it has several, e.g. two interfaces), so a second
+//! working pair would let the browser switch to a pair the server does not send on. Unanswered, those pairs fail
+//! and the browser stays on the one the server uses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +47,10 @@ pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
 pub struct Router {
     by_addr: HashMap<SocketAddr, ConnId>,
     by_ufrag: HashMap<String, ConnId>,
+    /// The client address each connection is bound to.
+    bound: HashMap<ConnId, SocketAddr>,
+    /// Checks refused because their connection is bound to another address.
+    pub other_pair_refused: u64,
 }
 
 impl Router {
@@ -52,18 +62,28 @@ impl Router {
     pub fn remove_conn(&mut self, conn: ConnId) {
         self.by_addr.retain(|_, c| *c != conn);
         self.by_ufrag.retain(|_, c| *c != conn);
+        self.bound.remove(&conn);
     }
 
-    /// Find the connection for a datagram from `from`. A STUN request naming a known ufrag also (re)binds the
-    /// address to that connection (a client whose address changed, or its first check).
+    /// Find the connection for a datagram from `from`. A STUN request naming a known ufrag binds its address to
+    /// that connection if the connection has none yet.
     pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Option<ConnId> {
-        if let Some(ufrag) = stun_local_ufrag(datagram)
-            && let Some(&conn) = self.by_ufrag.get(ufrag)
-        {
-            self.by_addr.insert(from, conn);
+        if let Some(&conn) = self.by_addr.get(&from) {
             return Some(conn);
         }
-        self.by_addr.get(&from).copied()
+        let ufrag = stun_local_ufrag(datagram)?;
+        let conn = *self.by_ufrag.get(ufrag)?;
+        match self.bound.get(&conn) {
+            Some(addr) if *addr != from => {
+                self.other_pair_refused += 1;
+                None
+            }
+            _ => {
+                self.bound.insert(conn, from);
+                self.by_addr.insert(from, conn);
+                Some(conn)
+            }
+        }
     }
 
     pub fn len(&self) -> (usize, usize) {
@@ -124,5 +144,21 @@ mod tests {
         r.remove_conn(2);
         assert_eq!(r.route(a, &[0x80, 0, 0, 0]), None);
         assert_eq!(r.route(a, &binding_request("nobody:x")), None);
+    }
+
+    #[test]
+    fn a_connection_answers_only_its_first_client_address() {
+        let mut r = Router::default();
+        r.add_ufrag("srvA".into(), 1);
+        let first: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let second: SocketAddr = "192.0.2.7:6000".parse().expect("addr");
+        assert_eq!(r.route(first, &binding_request("srvA:c")), Some(1));
+        assert_eq!(r.route(second, &binding_request("srvA:c")), None);
+        assert_eq!(r.route(second, &[0x80, 0, 0, 0]), None);
+        assert_eq!(r.other_pair_refused, 1);
+        assert_eq!(r.route(first, &binding_request("srvA:c")), Some(1));
+        // Another connection may still bind that second address.
+        r.add_ufrag("srvB".into(), 2);
+        assert_eq!(r.route(second, &binding_request("srvB:c")), Some(2));
     }
 }

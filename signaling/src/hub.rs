@@ -390,6 +390,7 @@ impl Hub {
                 &old.outbox,
                 ServerMessage::Bye {
                     reason: "replaced by a new connection".into(),
+                    rejoin: false,
                 },
             );
             let _ = old.outbox.send(Outgoing::Close);
@@ -614,8 +615,8 @@ impl Hub {
         }
     }
 
-    /// Send to one participant.
-    pub fn send_to(&self, participant_id: &str, message: ServerMessage) {
+    /// Run `f` on a participant's member entry, if it is in a room.
+    fn with_member(&self, participant_id: &str, f: impl FnOnce(&Member)) {
         let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
             return;
         };
@@ -625,29 +626,27 @@ impl Hub {
                 .iter()
                 .find(|m| m.identity.participant_id == participant_id)
         {
-            send(&m.outbox, message);
+            f(m);
         }
     }
 
+    /// Send to one participant.
+    pub fn send_to(&self, participant_id: &str, message: ServerMessage) {
+        self.with_member(participant_id, |m| send(&m.outbox, message));
+    }
+
     /// Say goodbye to a participant and close its socket (its session then leaves).
-    pub fn close(&self, participant_id: &str, reason: &str) {
-        let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
-            return;
-        };
-        if let Some(room) = self.rooms.get(&room_key)
-            && let Some(m) = room
-                .members
-                .iter()
-                .find(|m| m.identity.participant_id == participant_id)
-        {
+    pub fn close(&self, participant_id: &str, reason: &str, rejoin: bool) {
+        self.with_member(participant_id, |m| {
             send(
                 &m.outbox,
                 ServerMessage::Bye {
                     reason: reason.to_owned(),
+                    rejoin,
                 },
             );
             let _ = m.outbox.send(Outgoing::Close);
-        }
+        });
     }
 
     /// What the media plane reports, turned into messages.
@@ -709,7 +708,11 @@ impl Hub {
                 reason,
             } => {
                 warn!(%participant, %reason, "media connection lost; removing participant");
-                self.close(&participant, &format!("media connection lost: {reason}"));
+                self.close(
+                    &participant,
+                    &format!("media connection lost: {reason}"),
+                    true,
+                );
                 self.leave(&participant);
             }
         }
@@ -771,10 +774,17 @@ impl Hub {
         self.shutting_down.store(true, Ordering::Relaxed);
         let ids: Vec<String> = self.rooms_of.iter().map(|e| e.key().clone()).collect();
         for id in ids {
-            self.close(&id, "server shutting down");
+            self.close(&id, "server shutting down", true);
             self.leave(&id);
         }
         let _ = self.sfu.send(Command::Shutdown);
+    }
+}
+
+/// Send to every member of a room whose subject `pick` accepts.
+pub(crate) fn send_to_subjects(room: &Room, pick: impl Fn(&str) -> bool, message: &ServerMessage) {
+    for m in room.members.iter().filter(|m| pick(&m.identity.subject)) {
+        send(&m.outbox, message.clone());
     }
 }
 

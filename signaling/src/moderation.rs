@@ -2,7 +2,7 @@
 //! reasons, chat. Each is checked against the sender's role (`rules::allowed`) and its meeting; refusals and
 //! moderator actions go to the audit log.
 
-use crate::hub::{Hub, Identity, Outgoing, send};
+use crate::hub::{Hub, Identity, Outgoing, send, send_to_subjects};
 use crate::protocol::{ChatMessage, ClientMessage, ErrorCode, Role, ServerMessage};
 use crate::rules::{Action, FloorError, allowed};
 use crate::store::now_rfc3339;
@@ -159,18 +159,13 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
         ClientMessage::Mute { .. } => {
             let (subject, _) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
             floor.mute(&subject);
-            for m in room
-                .members
-                .iter()
-                .filter(|m| m.identity.subject == subject)
-            {
-                send(
-                    &m.outbox,
-                    ServerMessage::Muted {
-                        by: who.name.clone(),
-                    },
-                );
-            }
+            send_to_subjects(
+                room,
+                |s| s == subject,
+                &ServerMessage::Muted {
+                    by: who.name.clone(),
+                },
+            );
         }
         ClientMessage::MuteAll {} => {
             let targets: Vec<String> = room
@@ -182,33 +177,23 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
             for s in &targets {
                 floor.mute(s);
             }
-            for m in room
-                .members
-                .iter()
-                .filter(|m| targets.contains(&m.identity.subject))
-            {
-                send(
-                    &m.outbox,
-                    ServerMessage::Muted {
-                        by: who.name.clone(),
-                    },
-                );
-            }
+            send_to_subjects(
+                room,
+                |s| targets.iter().any(|t| t == s),
+                &ServerMessage::Muted {
+                    by: who.name.clone(),
+                },
+            );
         }
         ClientMessage::AskUnmute { .. } => {
             let (subject, _) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
-            for m in room
-                .members
-                .iter()
-                .filter(|m| m.identity.subject == subject)
-            {
-                send(
-                    &m.outbox,
-                    ServerMessage::UnmuteRequested {
-                        by: who.name.clone(),
-                    },
-                );
-            }
+            send_to_subjects(
+                room,
+                |s| s == subject,
+                &ServerMessage::UnmuteRequested {
+                    by: who.name.clone(),
+                },
+            );
         }
         ClientMessage::Remove { .. } => {
             let (subject, role) = target.ok_or((ErrorCode::NotFound, "no target".to_string()))?;
@@ -232,6 +217,7 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
                     &m.outbox,
                     ServerMessage::Bye {
                         reason: "removed by the chair".into(),
+                        rejoin: false,
                     },
                 );
                 let _ = m.outbox.send(Outgoing::Close);
@@ -246,6 +232,7 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
                     &m.outbox,
                     ServerMessage::Bye {
                         reason: "the meeting has ended".into(),
+                        rejoin: false,
                     },
                 );
                 let _ = m.outbox.send(Outgoing::Close);

@@ -308,9 +308,12 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
     },
-    /// The server ends this session (shutdown, removed, room closed).
+    /// The server ends this session. `rejoin` says whether the client should come back by itself (media lost,
+    /// server restarting) or not (left, removed, replaced by a newer session, meeting ended).
     Bye {
         reason: String,
+        #[serde(default)]
+        rejoin: bool,
     },
 }
 

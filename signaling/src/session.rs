@@ -313,6 +313,7 @@ async fn handle(
                 tx,
                 ServerMessage::Bye {
                     reason: "left".into(),
+                    rejoin: false,
                 },
             );
             return false;
