@@ -113,7 +113,7 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("{label}: no reply to join: {e:#}"));
         ep.shutdown().await;
         match reply {
-            ServerMessage::Error { code, message } => (code, message),
+            ServerMessage::Error { code, message, .. } => (code, message),
             other => panic!("{label}: join should be refused, got {}", short(&other)),
         }
     }
@@ -456,7 +456,7 @@ pub async fn assert_audio_silent(subs: &[&SimEndpoint], publisher: &SimEndpoint,
 /// The newest meeting state `ep` knows (from `joined` or `meeting_state`).
 pub fn latest_state(ep: &SimEndpoint) -> Option<MeetingState> {
     ep.messages().into_iter().rev().find_map(|m| match m {
-        ServerMessage::MeetingState { state } => Some(state),
+        ServerMessage::MeetingState { state, .. } => Some(state),
         ServerMessage::Joined { state, .. } => Some(state),
         _ => None,
     })
@@ -473,7 +473,7 @@ pub async fn wait_state(
         .wait_message_since(
             from,
             Duration::from_secs(5),
-            |m| matches!(m, ServerMessage::MeetingState { state } if pred(state)),
+            |m| matches!(m, ServerMessage::MeetingState { state, .. } if pred(state)),
         )
         .await
         .unwrap_or_else(|e| {
@@ -484,7 +484,7 @@ pub async fn wait_state(
             )
         });
     match msg {
-        ServerMessage::MeetingState { state } => state,
+        ServerMessage::MeetingState { state, .. } => state,
         _ => unreachable!(),
     }
 }
