@@ -123,6 +123,10 @@ pub enum Command {
     Leave { participant: ParticipantId },
     /// Counters for `/api` and the logs.
     Stats { reply: oneshot::Sender<WorkerStats> },
+    /// Link health of every participant of this worker.
+    Links {
+        reply: oneshot::Sender<Vec<ParticipantLinks>>,
+    },
     /// Close every connection and stop the worker.
     Shutdown,
 }
@@ -154,6 +158,15 @@ pub enum Event {
     },
 }
 
+/// The link health of one participant's two connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantLinks {
+    pub participant: ParticipantId,
+    pub room: RoomId,
+    pub publish: Option<crate::health::LinkHealth>,
+    pub subscribe: Option<crate::health::LinkHealth>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerStats {
     pub connections: usize,
@@ -166,6 +179,7 @@ pub struct WorkerStats {
     pub rtp_forwarded: u64,
     pub send_dropped: u64,
     pub unroutable: u64,
+    pub plis_sent: u64,
 }
 
 /// The control plane's handle to the media plane. Commands for a participant go to the worker that holds its
@@ -212,7 +226,7 @@ impl SfuHandle {
                 }
                 return Ok(());
             }
-            Command::Stats { .. } => 0,
+            Command::Stats { .. } | Command::Links { .. } => 0,
             Command::Leave { participant } => self
                 .participant_worker
                 .remove(participant)
@@ -237,6 +251,18 @@ impl SfuHandle {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx))?;
         rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    /// Link health of every participant, over all workers.
+    pub async fn links(&self) -> Result<Vec<ParticipantLinks>, SfuError> {
+        let mut all = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = oneshot::channel();
+            w.send(Command::Links { reply: tx })
+                .map_err(|_| SfuError::Stopped)?;
+            all.extend(rx.await.map_err(|_| SfuError::Stopped)?);
+        }
+        Ok(all)
     }
 
     /// Counters summed over all workers.
@@ -264,5 +290,6 @@ impl WorkerStats {
         self.rtp_forwarded += o.rtp_forwarded;
         self.send_dropped += o.send_dropped;
         self.unroutable += o.unroutable;
+        self.plis_sent += o.plis_sent;
     }
 }

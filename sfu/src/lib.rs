@@ -9,6 +9,7 @@ pub mod codec;
 pub mod connection;
 pub mod feedback;
 pub mod forwarder;
+pub mod health;
 pub mod keyframe;
 pub mod router;
 pub mod udp;
@@ -16,9 +17,10 @@ pub mod vp8;
 mod worker;
 
 pub use api::{
-    Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, RoomId, SfuError,
-    SfuHandle, TrackDesc, WorkerStats,
+    Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, ParticipantLinks,
+    RoomId, SfuError, SfuHandle, TrackDesc, WorkerStats,
 };
+pub use health::LinkHealth;
 
 use std::net::{IpAddr, SocketAddr};
 use tokio::sync::mpsc;

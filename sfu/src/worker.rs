@@ -6,12 +6,13 @@
 //! and send everything queued this turn in batches.
 
 use crate::api::{
-    Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, RoomId, SfuError,
-    TrackDesc, WorkerStats,
+    Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, ParticipantLinks,
+    RoomId, SfuError, TrackDesc, WorkerStats,
 };
 use crate::codec::Codec;
 use crate::connection::{self, Endpoint};
 use crate::forwarder::{Drop as FwdDrop, Forwarder};
+use crate::health::{LinkCounters, link_health};
 use crate::keyframe::KeyframeThrottle;
 use crate::router::{ConnId, Router};
 use crate::udp::{MediaSocket, Outbox};
@@ -57,6 +58,8 @@ struct Conn {
     next_timeout: Option<Instant>,
     dirty: bool,
     state: RTCPeerConnectionState,
+    connected_since: Option<Instant>,
+    link: LinkCounters,
     /// Publish leg: the remote track id → producer.
     producer_by_track: HashMap<String, ProducerKey>,
     /// Subscribe leg: the SSRC the subscriber sees → producer (for PLI/FIR from the subscriber).
@@ -240,6 +243,7 @@ impl Worker {
             self.stats.unroutable += 1;
             return;
         };
+        conn.link.received(bytes.len());
         if dst_ip.is_some() {
             conn.src_ip = dst_ip.filter(|_| self.socket.local_addr.ip().is_unspecified());
             if let Some(ip) = dst_ip
@@ -365,15 +369,26 @@ impl Worker {
                 }
                 Err(_) => continue,
             };
-            let mut out = packet.clone();
-            out.header.ssrc = consumer.ssrc;
-            out.header.payload_type = pt;
-            out.header.sequence_number = rewrite.seq;
-            out.header.timestamp = rewrite.timestamp;
-            // The subscriber's leg negotiated its own extension ids: send none rather than wrong ones.
-            out.header.extension = false;
-            out.header.extensions.clear();
-            out.header.extension_profile = 0;
+            // Only the fixed header is carried over: the subscriber's leg negotiated its own extension ids, so
+            // none are sent rather than wrong ones; empty Vecs do not allocate. The payload is shared.
+            let h = &packet.header;
+            let mut out = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    padding: false,
+                    extension: false,
+                    marker: h.marker,
+                    payload_type: pt,
+                    sequence_number: rewrite.seq,
+                    timestamp: rewrite.timestamp,
+                    ssrc: consumer.ssrc,
+                    csrc: Vec::new(),
+                    extension_profile: 0,
+                    extensions: Vec::new(),
+                    extensions_padding: 0,
+                },
+                payload: packet.payload.clone(),
+            };
             if (rewrite.picture_id.is_some() || rewrite.tl0picidx.is_some())
                 && let Some(desc) = crate::vp8::parse(&out.payload)
             {
@@ -404,6 +419,7 @@ impl Worker {
         if producer.kind != MediaKind::Video || !producer.keyframes.request(now) {
             return;
         }
+        self.stats.plis_sent += 1;
         Self::send_pli(&mut self.conns, &mut self.dirty, producer, now);
     }
 
@@ -463,6 +479,9 @@ impl Worker {
                     return;
                 };
                 conn.state = state;
+                if state == RTCPeerConnectionState::Connected && conn.connected_since.is_none() {
+                    conn.connected_since = Some(now);
+                }
                 let participant = conn.participant.clone();
                 let leg = conn.leg;
                 info!(%participant, ?leg, %state, "connection state");
@@ -732,6 +751,8 @@ impl Worker {
                 next_timeout: None,
                 dirty: false,
                 state: RTCPeerConnectionState::New,
+                connected_since: None,
+                link: LinkCounters::default(),
                 producer_by_track: HashMap::new(),
                 producer_by_ssrc: HashMap::new(),
                 free_audio_transceivers: 0,
@@ -1013,9 +1034,36 @@ impl Worker {
                 s.consumers = self.producers.values().map(|p| p.consumers.len()).sum();
                 let _ = reply.send(s);
             }
+            Command::Links { reply } => {
+                let _ = reply.send(self.links(Instant::now()));
+            }
             Command::Shutdown => return false,
         }
         true
+    }
+
+    fn links(&mut self, now: Instant) -> Vec<ParticipantLinks> {
+        let mut out = Vec::new();
+        for (pid, p) in &self.participants {
+            let mut health = |id: Option<ConnId>| {
+                let conn = self.conns.get_mut(&id?)?;
+                let state = conn.state.to_string();
+                Some(link_health(
+                    &mut conn.pc,
+                    &conn.link,
+                    state,
+                    conn.connected_since,
+                    now,
+                ))
+            };
+            out.push(ParticipantLinks {
+                participant: pid.clone(),
+                room: p.room.clone(),
+                publish: health(p.publish),
+                subscribe: health(p.subscribe),
+            });
+        }
+        out
     }
 
     fn set_policy(&mut self, participant: &ParticipantId, policy: ForwardPolicy) {
@@ -1149,7 +1197,11 @@ impl Worker {
         for producer in producers.values_mut() {
             if producer.keyframes.poll(now) {
                 Self::send_pli(conns, dirty, producer, now);
+                self.stats.plis_sent += 1;
             }
+        }
+        for conn in conns.values_mut() {
+            conn.link.update_rates(now);
         }
     }
 
@@ -1162,6 +1214,7 @@ impl Worker {
             };
             conn.dirty = false;
             while let Some(msg) = conn.pc.poll_write() {
+                conn.link.sent(msg.message.len());
                 self.outbox
                     .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
             }

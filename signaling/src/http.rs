@@ -68,6 +68,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
     app.route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/api/rooms", get(rooms))
+        .route("/api/health", get(crate::links::api_health))
+        .route("/metrics", get(metrics))
         .route(
             "/api/admin/endpoints",
             get(admin::list_endpoints).post(admin::create_endpoint),
@@ -104,6 +106,20 @@ async fn healthz(State(hub): State<Arc<Hub>>) -> Response {
             Json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
+    match crate::metrics::render(&hub).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 

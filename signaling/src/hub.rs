@@ -102,6 +102,7 @@ pub struct Hub {
     pub auth: Arc<Auth>,
     /// Base URL of join links, e.g. `https://10.0.0.5:8080`.
     pub public_url: String,
+    pub metrics: crate::metrics::SignalingMetrics,
     pub(crate) rooms: DashMap<String, Room>,
     /// participant id → room key.
     rooms_of: DashMap<String, String>,
@@ -125,6 +126,7 @@ impl Hub {
             store,
             auth,
             public_url,
+            metrics: Default::default(),
             rooms: DashMap::new(),
             rooms_of: DashMap::new(),
             shutting_down: AtomicBool::new(false),

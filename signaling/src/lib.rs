@@ -5,6 +5,8 @@ pub mod admin;
 pub mod auth;
 pub mod http;
 pub mod hub;
+pub mod links;
+pub mod metrics;
 pub mod moderation;
 pub mod protocol;
 pub mod rules;
@@ -112,12 +114,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
-    let floor_hub = hub.clone();
+    let timer_hub = hub.clone();
     let floor_timer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_quality = tokio::time::Instant::now();
         loop {
             tick.tick().await;
-            floor_hub.expire_floors();
+            timer_hub.expire_floors();
+            if last_quality.elapsed() >= links::QUALITY_INTERVAL {
+                last_quality = tokio::time::Instant::now();
+                links::push_quality(&timer_hub).await;
+            }
         }
     });
 

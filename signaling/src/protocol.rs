@@ -224,6 +224,44 @@ pub enum ClientMessage {
     Chat { text: String },
 }
 
+impl ClientMessage {
+    /// The `type` tag, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::PublishOffer { .. } => "publish_offer",
+            ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::MediaState { .. } => "media_state",
+            ClientMessage::RequestKeyframe { .. } => "request_keyframe",
+            ClientMessage::Leave {} => "leave",
+            ClientMessage::Ping {} => "ping",
+            ClientMessage::RaiseHand {} => "raise_hand",
+            ClientMessage::LowerHand {} => "lower_hand",
+            ClientMessage::GrantFloor { .. } => "grant_floor",
+            ClientMessage::RevokeFloor { .. } => "revoke_floor",
+            ClientMessage::SetMode { .. } => "set_mode",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::MuteAll {} => "mute_all",
+            ClientMessage::AskUnmute { .. } => "ask_unmute",
+            ClientMessage::Remove { .. } => "remove",
+            ClientMessage::Lock { .. } => "lock",
+            ClientMessage::EndMeeting {} => "end_meeting",
+            ClientMessage::SetAbsenceReason { .. } => "set_absence_reason",
+            ClientMessage::Chat { .. } => "chat",
+        }
+    }
+}
+
+/// How good a participant's link is, as the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityLevel {
+    Good,
+    Fair,
+    Poor,
+}
+
 /// Messages from the server to a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -302,6 +340,17 @@ pub enum ServerMessage {
     Chat {
         message: ChatMessage,
     },
+    /// Your connection quality as the server measures it (every 2 s while connected).
+    ConnectionQuality {
+        level: QualityLevel,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<u32>,
+        /// Percent of packets lost (the worse direction).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss_percent: Option<f32>,
+        bitrate_in: u64,
+        bitrate_out: u64,
+    },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).
     Error {
@@ -346,6 +395,27 @@ pub enum ErrorCode {
     Removed,
     /// No such participant, endpoint or meeting.
     NotFound,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::WrongState => "wrong_state",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::Media => "media",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::MeetingLocked => "meeting_locked",
+            ErrorCode::MeetingEnded => "meeting_ended",
+            ErrorCode::Removed => "removed",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
 }
 
 impl ServerMessage {
@@ -412,6 +482,28 @@ mod tests {
                 assert_eq!(candidate.sdp_m_line_index, Some(0));
             }
             other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_code_names_match_the_wire() {
+        for code in [
+            ErrorCode::BadMessage,
+            ErrorCode::TooLarge,
+            ErrorCode::WrongState,
+            ErrorCode::InvalidField,
+            ErrorCode::RoomFull,
+            ErrorCode::Media,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::MeetingLocked,
+            ErrorCode::MeetingEnded,
+            ErrorCode::Removed,
+            ErrorCode::NotFound,
+        ] {
+            let wire = serde_json::to_value(code).expect("serializable");
+            assert_eq!(wire.as_str(), Some(code.as_str()));
         }
     }
 

@@ -24,10 +24,14 @@ enum State {
 pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer_hub = hub.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             match out {
                 Outgoing::Message(m) => {
+                    if let ServerMessage::Error { code, .. } = &*m {
+                        writer_hub.metrics.error(code.as_str());
+                    }
                     let text = match serde_json::to_string(&m) {
                         Ok(t) => t,
                         Err(e) => {
@@ -91,6 +95,7 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
                     continue;
                 }
             };
+            hub.metrics.message(msg.kind());
             if !handle(&hub, &tx, &mut state, msg).await {
                 break;
             }

@@ -1,0 +1,142 @@
+//! Link health of each connection: counted on the way through the worker (packets and bytes, no allocation),
+//! turned into rates once a second, and completed on request with what rtc's statistics know (loss, jitter,
+//! round-trip time from RTCP reports).
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::statistics::StatsSelector;
+use std::time::{Duration, Instant};
+
+/// Counters of one connection, updated on the media path.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCounters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Bits per second over the last rate window.
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    window_start: Option<(Instant, u64, u64)>,
+}
+
+/// How often rates are recomputed.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+impl LinkCounters {
+    pub fn received(&mut self, bytes: usize) {
+        self.packets_in += 1;
+        self.bytes_in += bytes as u64;
+    }
+
+    pub fn sent(&mut self, bytes: usize) {
+        self.packets_out += 1;
+        self.bytes_out += bytes as u64;
+    }
+
+    /// Recompute the rates if a window has passed.
+    pub fn update_rates(&mut self, now: Instant) {
+        match self.window_start {
+            None => self.window_start = Some((now, self.bytes_in, self.bytes_out)),
+            Some((start, bin, bout)) => {
+                let elapsed = now.saturating_duration_since(start);
+                if elapsed >= RATE_WINDOW {
+                    let secs = elapsed.as_secs_f64();
+                    self.bitrate_in = ((self.bytes_in - bin) as f64 * 8.0 / secs) as u64;
+                    self.bitrate_out = ((self.bytes_out - bout) as f64 * 8.0 / secs) as u64;
+                    self.window_start = Some((now, self.bytes_in, self.bytes_out));
+                }
+            }
+        }
+    }
+}
+
+/// What is known of one connection's link, for the API and the client's quality indicator.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkHealth {
+    pub state: String,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    /// Fraction (0..1) of the peer's packets lost on the way to the server (publish leg).
+    pub loss_in: Option<f64>,
+    /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg, from receiver reports).
+    pub loss_out: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub connected_for: Option<Duration>,
+}
+
+/// Read loss, jitter and RTT from rtc's statistics (called on request, never per packet).
+pub fn link_health(
+    pc: &mut RTCPeerConnection,
+    counters: &LinkCounters,
+    state: String,
+    connected_since: Option<Instant>,
+    now: Instant,
+) -> LinkHealth {
+    let report = pc.get_stats(now, StatsSelector::None);
+    let mut received = 0i64;
+    let mut lost = 0i64;
+    let mut jitter: Option<f64> = None;
+    for s in report.inbound_rtp_streams() {
+        let r = &s.received_rtp_stream_stats;
+        received += r.packets_received as i64;
+        lost += r.packets_lost.max(0);
+        jitter = Some(jitter.unwrap_or(0.0).max(r.jitter * 1000.0));
+    }
+    let mut fractions = Vec::new();
+    let mut rtt: Option<f64> = None;
+    for entry in report.iter() {
+        if let rtc::statistics::report::RTCStatsReportEntry::RemoteInboundRtp(s) = entry {
+            fractions.push(s.fraction_lost);
+            if s.round_trip_time_measurements > 0 {
+                rtt = Some(rtt.unwrap_or(0.0).max(s.round_trip_time * 1000.0));
+            }
+            let r = &s.received_rtp_stream_stats;
+            jitter = Some(jitter.unwrap_or(0.0).max(r.jitter * 1000.0));
+        }
+    }
+    LinkHealth {
+        state,
+        packets_in: counters.packets_in,
+        bytes_in: counters.bytes_in,
+        packets_out: counters.packets_out,
+        bytes_out: counters.bytes_out,
+        bitrate_in: counters.bitrate_in,
+        bitrate_out: counters.bitrate_out,
+        loss_in: (received + lost > 0).then(|| lost as f64 / (received + lost) as f64),
+        loss_out: (!fractions.is_empty())
+            .then(|| fractions.iter().sum::<f64>() / fractions.len() as f64),
+        jitter_ms: jitter,
+        rtt_ms: rtt,
+        connected_for: connected_since.map(|t| now.saturating_duration_since(t)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_follow_the_window_on_a_virtual_clock() {
+        let t0 = Instant::now();
+        let mut c = LinkCounters::default();
+        c.update_rates(t0);
+        for _ in 0..100 {
+            c.received(1000);
+            c.sent(500);
+        }
+        c.update_rates(t0 + Duration::from_millis(500));
+        assert_eq!(c.bitrate_in, 0, "window not over yet");
+        c.update_rates(t0 + Duration::from_secs(1));
+        assert_eq!(c.bitrate_in, 800_000);
+        assert_eq!(c.bitrate_out, 400_000);
+        assert_eq!((c.packets_in, c.bytes_in), (100, 100_000));
+        // A silent second brings the rate to zero.
+        c.update_rates(t0 + Duration::from_secs(2));
+        assert_eq!(c.bitrate_in, 0);
+    }
+}

@@ -1,0 +1,226 @@
+//! Link health as people see it: a verdict per participant (good / fair / poor) from the media plane's
+//! measurements, pushed to each client every 2 s as `connection_quality`, and listed for IT staff at
+//! `GET /api/health` (admin or observer token).
+
+use crate::hub::Hub;
+use crate::protocol::{QualityLevel, Role, ServerMessage};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use giaoban_sfu::{LinkHealth, ParticipantLinks};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often clients hear their connection quality.
+pub const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Loss (fraction) and RTT (ms) beyond which a link is fair, then poor.
+const FAIR_LOSS: f64 = 0.02;
+const POOR_LOSS: f64 = 0.05;
+const FAIR_RTT_MS: f64 = 200.0;
+const POOR_RTT_MS: f64 = 400.0;
+
+fn worst_loss(l: &ParticipantLinks) -> Option<f64> {
+    [&l.publish, &l.subscribe]
+        .into_iter()
+        .flatten()
+        .flat_map(|h| [h.loss_in, h.loss_out])
+        .flatten()
+        .reduce(f64::max)
+}
+
+fn worst_rtt(l: &ParticipantLinks) -> Option<f64> {
+    [&l.publish, &l.subscribe]
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.rtt_ms)
+        .reduce(f64::max)
+}
+
+/// Good / fair / poor: a connection not connected is poor; else by the worse of loss and RTT.
+pub fn verdict(l: &ParticipantLinks) -> QualityLevel {
+    let down = [&l.publish, &l.subscribe]
+        .into_iter()
+        .flatten()
+        .any(|h| h.state != "connected");
+    let loss = worst_loss(l).unwrap_or(0.0);
+    let rtt = worst_rtt(l).unwrap_or(0.0);
+    if down || loss > POOR_LOSS || rtt > POOR_RTT_MS {
+        QualityLevel::Poor
+    } else if loss > FAIR_LOSS || rtt > FAIR_RTT_MS {
+        QualityLevel::Fair
+    } else {
+        QualityLevel::Good
+    }
+}
+
+fn totals(l: &ParticipantLinks) -> (u64, u64) {
+    let rate = |h: &Option<LinkHealth>, f: fn(&LinkHealth) -> u64| h.as_ref().map_or(0, f);
+    (
+        rate(&l.publish, |h| h.bitrate_in) + rate(&l.subscribe, |h| h.bitrate_in),
+        rate(&l.publish, |h| h.bitrate_out) + rate(&l.subscribe, |h| h.bitrate_out),
+    )
+}
+
+/// Tell every connected participant its quality (run every `QUALITY_INTERVAL`).
+pub async fn push_quality(hub: &Hub) {
+    let Ok(links) = hub.sfu.links().await else {
+        return;
+    };
+    for l in links {
+        if l.publish.is_none() && l.subscribe.is_none() {
+            continue;
+        }
+        let (bitrate_in, bitrate_out) = totals(&l);
+        hub.send_to(
+            &l.participant,
+            ServerMessage::ConnectionQuality {
+                level: verdict(&l),
+                rtt_ms: worst_rtt(&l).map(|r| r.round() as u32),
+                loss_percent: worst_loss(&l).map(|f| (f * 100.0) as f32),
+                bitrate_in,
+                bitrate_out,
+            },
+        );
+    }
+}
+
+fn health_json(h: &Option<LinkHealth>) -> serde_json::Value {
+    match h {
+        None => serde_json::Value::Null,
+        Some(h) => json!({
+            "state": h.state,
+            "packets_in": h.packets_in,
+            "bytes_in": h.bytes_in,
+            "packets_out": h.packets_out,
+            "bytes_out": h.bytes_out,
+            "bitrate_in": h.bitrate_in,
+            "bitrate_out": h.bitrate_out,
+            "loss_in": h.loss_in,
+            "loss_out": h.loss_out,
+            "jitter_ms": h.jitter_ms,
+            "rtt_ms": h.rtt_ms,
+            "connected_seconds": h.connected_for.map(|d| d.as_secs()),
+        }),
+    }
+}
+
+/// `GET /api/health`: every participant's link, for IT staff (admin or observer token).
+pub async fn api_health(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(params.get("token").map(String::as_str));
+    let claims = match token.map(|t| hub.auth.verify(t)) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            hub.audit(None, None, "read link health", &e.to_string(), "refused");
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response();
+        }
+        None => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "a token is required (Authorization: Bearer … or ?token=…)"})),
+            )
+                .into_response();
+        }
+    };
+    if !matches!(claims.role, Role::Admin | Role::Observer) {
+        let msg = format!("role {:?} may not read link health", claims.role).to_lowercase();
+        let _ = hub.store.audit(
+            None,
+            &claims.sub,
+            Some(claims.role),
+            "read link health",
+            &msg,
+            "refused",
+        );
+        return (StatusCode::FORBIDDEN, Json(json!({"error": msg}))).into_response();
+    }
+    let links = match hub.sfu.links().await {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response();
+        }
+    };
+    let participants: Vec<serde_json::Value> = links
+        .iter()
+        // An observer sees its own meeting; an admin sees every meeting.
+        .filter(|l| claims.role == Role::Admin || l.room == claims.mtg)
+        .map(|l| {
+            let who = hub.identity(&l.room, &l.participant);
+            json!({
+                "participant_id": l.participant,
+                "room": l.room,
+                "name": who.as_ref().map(|w| w.name.clone()),
+                "role": who.as_ref().map(|w| w.role),
+                "verdict": verdict(l),
+                "publish": health_json(&l.publish),
+                "subscribe": health_json(&l.subscribe),
+            })
+        })
+        .collect();
+    Json(json!({ "participants": participants })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(state: &str, loss: Option<f64>, rtt: Option<f64>) -> ParticipantLinks {
+        ParticipantLinks {
+            participant: "p1".into(),
+            room: "r".into(),
+            publish: Some(LinkHealth {
+                state: state.into(),
+                loss_in: loss,
+                ..Default::default()
+            }),
+            subscribe: Some(LinkHealth {
+                state: "connected".into(),
+                rtt_ms: rtt,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(
+            verdict(&link("connected", Some(0.0), Some(20.0))),
+            QualityLevel::Good
+        );
+        assert_eq!(
+            verdict(&link("connected", Some(0.03), Some(20.0))),
+            QualityLevel::Fair
+        );
+        assert_eq!(
+            verdict(&link("connected", Some(0.0), Some(250.0))),
+            QualityLevel::Fair
+        );
+        assert_eq!(
+            verdict(&link("connected", Some(0.08), None)),
+            QualityLevel::Poor
+        );
+        assert_eq!(
+            verdict(&link("disconnected", None, None)),
+            QualityLevel::Poor
+        );
+    }
+}

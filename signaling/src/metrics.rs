@@ -1,0 +1,156 @@
+//! `GET /metrics` in Prometheus text format (prometheus-client). Signaling counters live here and are counted as
+//! messages arrive; media-plane totals are read from the workers at scrape time.
+
+use crate::hub::Hub;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// Counters of the control plane, shared by all sessions.
+#[derive(Default)]
+pub struct SignalingMetrics {
+    pub messages: Family<TypeLabel, Counter>,
+    pub errors: Family<CodeLabel, Counter>,
+}
+
+impl SignalingMetrics {
+    pub fn message(&self, kind: &str) {
+        self.messages
+            .get_or_create(&TypeLabel {
+                r#type: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn error(&self, code: &str) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let g: Gauge = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+/// Encode everything as Prometheus text.
+pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("giaoban");
+    let rooms = hub.rooms();
+    gauge(
+        &mut registry,
+        "rooms",
+        "Rooms with live state",
+        rooms.len() as i64,
+    );
+    gauge(
+        &mut registry,
+        "participants",
+        "Participants joined",
+        hub.participant_count() as i64,
+    );
+    if let Ok(s) = hub.sfu.stats().await {
+        gauge(
+            &mut registry,
+            "media_connections",
+            "Peer connections in the media workers",
+            s.connections as i64,
+        );
+        gauge(
+            &mut registry,
+            "media_producers",
+            "Incoming tracks",
+            s.producers as i64,
+        );
+        gauge(
+            &mut registry,
+            "media_consumers",
+            "Outgoing copies of tracks",
+            s.consumers as i64,
+        );
+        counter(
+            &mut registry,
+            "media_datagrams_received",
+            "UDP datagrams received",
+            s.datagrams_in,
+        );
+        counter(
+            &mut registry,
+            "media_datagrams_sent",
+            "UDP datagrams sent",
+            s.datagrams_out,
+        );
+        counter(
+            &mut registry,
+            "media_received_bytes",
+            "UDP bytes received",
+            s.bytes_in,
+        );
+        counter(
+            &mut registry,
+            "media_sent_bytes",
+            "UDP bytes sent",
+            s.bytes_out,
+        );
+        counter(
+            &mut registry,
+            "media_rtp_forwarded",
+            "RTP packets forwarded to subscribers",
+            s.rtp_forwarded,
+        );
+        counter(
+            &mut registry,
+            "media_send_dropped",
+            "Datagrams dropped because the socket was full",
+            s.send_dropped,
+        );
+        counter(
+            &mut registry,
+            "media_unroutable",
+            "Datagrams that matched no connection",
+            s.unroutable,
+        );
+        counter(
+            &mut registry,
+            "media_keyframe_requests",
+            "PLIs sent to publishers",
+            s.plis_sent,
+        );
+    }
+    registry.register(
+        "signaling_messages",
+        "Control messages received, by type",
+        hub.metrics.messages.clone(),
+    );
+    registry.register(
+        "signaling_errors",
+        "Control messages refused, by error code",
+        hub.metrics.errors.clone(),
+    );
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
