@@ -174,6 +174,12 @@ async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
         .env("GIAOBAN_MEDIA_UDP_PORT", udp_port.to_string())
         .env("GIAOBAN_MEDIA_LISTEN_IP", "127.0.0.1")
         .env("GIAOBAN_TLS_SELF_SIGNED", "false")
+        // The load joins an open room; its database goes to a fresh temp dir.
+        .env("GIAOBAN_AUTH_OPEN_ROOMS", "true")
+        .env(
+            "GIAOBAN_STORAGE_DATA_DIR",
+            std::env::temp_dir().join(format!("giaoban-loadtest-data-{http_port}")),
+        )
         .env(
             "GIAOBAN_LOG_LEVEL",
             std::env::var("GIAOBAN_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
