@@ -59,6 +59,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
                     [
                         (header::CONTENT_TYPE, *content_type),
                         (header::CACHE_CONTROL, "no-cache"),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        (header::X_FRAME_OPTIONS, "DENY"),
+                        // Join links carry their token in the URL: never pass it on as a referrer.
+                        (header::REFERRER_POLICY, "no-referrer"),
                     ],
                     *body,
                 )
@@ -85,7 +89,34 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
-async fn ws(ws: WebSocketUpgrade, State(hub): State<Arc<Hub>>) -> Response {
+/// Whether a browser's `Origin` names this server (the `Host` it asked for). Programs that send no Origin (the
+/// simulated endpoints, tools) are let through; a page of another site is not (cross-site WebSocket hijacking).
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+async fn ws(
+    ws: WebSocketUpgrade,
+    headers: axum::http::HeaderMap,
+    State(hub): State<Arc<Hub>>,
+) -> Response {
+    if !same_origin(&headers) {
+        hub.audit(
+            None,
+            None,
+            "websocket",
+            "cross-origin WebSocket refused",
+            "refused",
+        );
+        return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
+    }
     let cap = session::frame_cap(hub.config.limits.max_message_bytes);
     ws.max_message_size(cap)
         .max_frame_size(cap)
@@ -125,4 +156,33 @@ async fn metrics(State(hub): State<Arc<Hub>>) -> Response {
 
 async fn rooms(State(hub): State<Arc<Hub>>) -> Response {
     Json(serde_json::json!({ "rooms": hub.rooms() })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static(host));
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_static(o));
+        }
+        h
+    }
+
+    #[test]
+    fn websocket_origin_must_be_this_server() {
+        assert!(same_origin(&headers(None, "10.0.0.5:8080")));
+        assert!(same_origin(&headers(
+            Some("https://10.0.0.5:8080"),
+            "10.0.0.5:8080"
+        )));
+        assert!(!same_origin(&headers(
+            Some("https://evil.example"),
+            "10.0.0.5:8080"
+        )));
+        assert!(!same_origin(&headers(Some("null"), "10.0.0.5:8080")));
+    }
 }
