@@ -1,35 +1,86 @@
-// The giaoban browser client: join form, meeting grid, publish and subscribe RTCPeerConnections.
+// The giaoban browser client: join form, the meeting views (chair console, secretary, hall, observer), the
+// publish and subscribe RTCPeerConnections, floor control, roll call, chat and screen sharing.
 // The control protocol is in docs/protocol.md; the WebSocket session (retry, keep-alive) is protocol.js.
 
 import { Session } from './protocol.js';
 import { t, applyI18n, toggleLang, onLangChange, getLang } from './i18n.js';
 
 const MAX_FIELD_CHARS = 64;
+const PUBLISH_ANSWER_TIMEOUT_MS = 15_000;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   joinView: $('join-view'),
+  endedView: $('ended-view'),
+  endedText: $('ended-text'),
+  rejoin: $('btn-rejoin'),
   form: $('join-form'),
   room: $('room'),
   name: $('name'),
   formError: $('form-error'),
   meetingView: $('meeting-view'),
+  stage: $('stage'),
+  mainVideo: $('main-video'),
+  mainPip: $('main-pip'),
+  mainName: $('main-name'),
   grid: $('grid'),
   empty: $('empty'),
   controls: $('controls'),
   mic: $('btn-mic'),
   camera: $('btn-camera'),
+  hand: $('btn-hand'),
+  handPos: $('hand-pos'),
+  share: $('btn-share'),
   sound: $('btn-sound'),
   leave: $('btn-leave'),
   count: $('count'),
   lang: $('lang'),
   status: $('status'),
+  meetingTitle: $('meeting-title'),
   roomLabel: $('room-label'),
+  roleChip: $('role-chip'),
+  modeChip: $('mode-chip'),
+  lockChip: $('lock-chip'),
   messages: $('messages'),
   statusWs: $('status-ws'),
   statusPublish: $('status-publish'),
   statusSubscribe: $('status-subscribe'),
+  floorBanner: $('floor-banner'),
+  unmutePrompt: $('unmute-prompt'),
+  unmuteAccept: $('unmute-accept'),
+  unmuteDismiss: $('unmute-dismiss'),
+  side: $('side'),
+  panelChair: $('panel-chair'),
+  modeSelect: $('mode-select'),
+  muteAll: $('btn-mute-all'),
+  lock: $('btn-lock'),
+  end: $('btn-end'),
+  panelFloor: $('panel-floor'),
+  queue: $('queue'),
+  queueEmpty: $('queue-empty'),
+  floorList: $('floor-list'),
+  floorEmpty: $('floor-empty'),
+  panelRollcall: $('panel-rollcall'),
+  rollcall: $('rollcall'),
+  rollcallSummary: $('rollcall-summary'),
+  attendanceCsv: $('attendance-csv'),
+  chatList: $('chat-list'),
+  chatForm: $('chat-form'),
+  chatInput: $('chat-input'),
 };
+
+// What each role may do (docs/protocol.md, "Roles and who is heard"); the server enforces it, the UI only hides
+// what would be refused.
+const ROLE_CAN = {
+  chair: { moderate: true, floor: true, rollcall: true, raise: false, share: 'always' },
+  admin: { moderate: true, floor: true, rollcall: true, raise: false, share: 'never' },
+  secretary: { moderate: false, floor: true, rollcall: true, raise: false, share: 'floor' },
+  endpoint: { moderate: false, floor: false, rollcall: false, raise: true, share: 'floor' },
+  observer: { moderate: false, floor: false, rollcall: false, raise: false, share: 'never' },
+};
+const NO_ROLE = { moderate: false, floor: false, rollcall: false, raise: false, share: 'never' };
+
+const GRANT_CHOICES = [0, 60, 180, 300];
 
 // ---------------------------------------------------------------------------------------------------------
 // State
@@ -44,11 +95,17 @@ function newMeeting(room, name, token) {
     token,
     session: null,
     selfId: null,
+    role: null,
+    meetingInfo: null,
     /** Bumped on every (re)join and on leave: async work of an older generation stops quietly. */
     generation: 0,
     local: { stream: null, audio: null, video: null },
     mediaReady: null,
+    mediaSettled: false,
+    canPublish: true,
     publishPc: null,
+    publishChain: Promise.resolve(),
+    publishWaiter: null,
     subscribePc: null,
     subscribeChain: Promise.resolve(),
     pendingCandidates: { publish: [], subscribe: [] },
@@ -58,11 +115,24 @@ function newMeeting(room, name, token) {
     participants: new Map(),
     wsView: 'connecting',
     selfTile: null,
+    /** The meeting state (docs/protocol.md) and when it arrived (for the running clocks). */
+    state: null,
+    stateAt: 0,
+    rollCall: [],
+    chat: [],
+    mutedByChair: false,
+    holdsFloor: false,
+    /** The local screen share: {stream, video, audio, transceivers, msid}. */
+    screen: null,
+    mainKey: '',
+    tick: null,
   };
 }
 
 /** Server-side track id of each received MediaStreamTrack. */
 const remoteTrackIds = new WeakMap();
+
+const can = () => (meeting && ROLE_CAN[meeting.role]) || NO_ROLE;
 
 // ---------------------------------------------------------------------------------------------------------
 // Messages (banner lines). Each has a key so a newer message of the same kind replaces the older one, and
@@ -114,6 +184,49 @@ function clearAllMessages() {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Small helpers
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v == null) continue;
+    if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k === 'text') node.textContent = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else if (k in node && k !== 'list') node[k] = v;
+    else node.setAttribute(k, v);
+  }
+  node.append(...children.filter((c) => c != null));
+  return node;
+}
+
+/** "m:ss" (or "h:mm:ss") for a duration in milliseconds. */
+function clock(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
+/** Local time of day for an RFC 3339 time. */
+function timeOfDay(rfc3339) {
+  if (!rfc3339) return '';
+  const d = new Date(rfc3339);
+  if (Number.isNaN(d.getTime())) return rfc3339;
+  return d.toLocaleTimeString(getLang() === 'vi' ? 'vi-VN' : 'en-GB', { hour: '2-digit', minute: '2-digit' });
+}
+
+/** Milliseconds since the meeting state arrived. */
+const sinceState = () => (meeting ? Date.now() - meeting.stateAt : 0);
+
+function participantName(id) {
+  if (!meeting) return id;
+  if (id === meeting.selfId) return meeting.name;
+  return meeting.participants.get(id)?.name ?? id;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Connection state pills
 
 function pcView(pc, hasMedia = true) {
@@ -135,11 +248,11 @@ function pcView(pc, hasMedia = true) {
 function renderStatus() {
   if (!meeting) return;
   const hasLocal = !!(meeting.local.audio || meeting.local.video);
-  const localKnown = meeting.mediaSettled === true;
+  const localKnown = meeting.mediaSettled === true || meeting.canPublish === false;
   const wsOk = meeting.wsView === 'connected';
   const views = {
     ws: meeting.wsView,
-    publish: !wsOk ? meeting.wsView : pcView(meeting.publishPc, !localKnown || hasLocal),
+    publish: !wsOk ? meeting.wsView : pcView(meeting.publishPc, !localKnown || (hasLocal && meeting.canPublish)),
     // The server offers the subscribe connection once there is something to receive.
     subscribe: !wsOk ? meeting.wsView : meeting.subscribePc ? pcView(meeting.subscribePc) : 'idle',
   };
@@ -181,6 +294,11 @@ function makeTile({ name, self }) {
   const novideoText = document.createElement('span');
   novideoText.className = 'novideo-text';
   novideo.append(initials, novideoText);
+  const flags = el('div', { className: 'flags' });
+  const floorFlag = el('span', { className: 'flag floor', dataset: { testid: 'tile-floor' }, hidden: true });
+  const handFlag = el('span', { className: 'flag hand', dataset: { testid: 'tile-hand' }, hidden: true });
+  const screenFlag = el('span', { className: 'flag screen', dataset: { testid: 'tile-screen' }, hidden: true });
+  flags.append(floorFlag, handFlag, screenFlag);
   const label = document.createElement('div');
   label.className = 'label';
   const nameEl = document.createElement('span');
@@ -193,8 +311,9 @@ function makeTile({ name, self }) {
   cam.className = 'badge camera';
   cam.dataset.testid = 'tile-camera';
   label.append(nameEl, mic, cam);
-  tile.append(video, novideo, label);
-  return { tile, video, novideo, novideoText, nameEl, mic, cam };
+  const actions = el('div', { className: 'tile-actions', hidden: true });
+  tile.append(video, novideo, flags, actions, label);
+  return { tile, video, novideo, novideoText, nameEl, mic, cam, floorFlag, handFlag, screenFlag, actions };
 }
 
 function renderTile(view, { name, self, mic, camera, hasVideo, hasAudio }) {
@@ -210,6 +329,21 @@ function renderTile(view, { name, self, mic, camera, hasVideo, hasAudio }) {
   view.tile.dataset.hasAudio = String(!!hasAudio);
 }
 
+/** Floor, raised hand and screen flags on a tile, from the meeting state. */
+function renderTileFlags(view, id, sharing) {
+  const st = meeting?.state;
+  const onFloor = !!st?.floor?.some((f) => f.participant_id === id);
+  const queuePos = st?.queue?.findIndex((q) => q.participant_id === id) ?? -1;
+  view.floorFlag.hidden = !onFloor;
+  view.floorFlag.textContent = t('tile.floor');
+  view.handFlag.hidden = queuePos < 0;
+  view.handFlag.textContent = t('tile.hand', { n: queuePos + 1 });
+  view.screenFlag.hidden = !sharing;
+  view.screenFlag.textContent = t('tile.screen');
+  view.tile.classList.toggle('speaking', onFloor);
+  view.tile.classList.toggle('main', !!st?.main_participant_id && st.main_participant_id === id);
+}
+
 function renderSelfTile() {
   if (!meeting || !meeting.selfTile) return;
   const { audio, video } = meeting.local;
@@ -221,23 +355,86 @@ function renderSelfTile() {
     hasVideo: !!video,
     hasAudio: !!audio,
   });
+  renderTileFlags(meeting.selfTile, meeting.selfId, !!meeting.screen);
+  meeting.selfTile.tile.hidden = meeting.canPublish === false;
 }
 
 function renderParticipant(p) {
-  const stream = p.stream;
   renderTile(p.view, {
     name: p.name,
     self: false,
     mic: p.mic,
     camera: p.camera,
-    hasVideo: stream.getVideoTracks().length > 0,
-    hasAudio: stream.getAudioTracks().length > 0,
+    hasVideo: p.stream.getVideoTracks().length > 0,
+    hasAudio: p.stream.getAudioTracks().length > 0,
   });
+  renderTileFlags(p.view, p.id, p.screenStream.getVideoTracks().length > 0);
+  renderTileActions(p);
+}
+
+/** The chair's per-tile actions (mute, ask to unmute, remove) and, for who manages the floor, grant/revoke. */
+function renderTileActions(p) {
+  const c = can();
+  const target = p.role || 'endpoint';
+  const show = (c.moderate || c.floor) && target !== 'chair' && target !== 'admin' && target !== 'observer';
+  p.view.actions.hidden = !show;
+  if (!show) {
+    p.view.actions.replaceChildren();
+    return;
+  }
+  const onFloor = !!meeting.state?.floor?.some((f) => f.participant_id === p.id);
+  const key = `${c.moderate}|${c.floor}|${onFloor}|${getLang()}`;
+  if (p.view.actions.dataset.key === key) return;
+  p.view.actions.dataset.key = key;
+  const buttons = [];
+  if (c.floor && target === 'endpoint') {
+    buttons.push(
+      onFloor
+        ? el('button', {
+            type: 'button',
+            text: t('btn.revoke'),
+            dataset: { testid: 'tile-revoke' },
+            onclick: () => send({ type: 'revoke_floor', participant_id: p.id }),
+          })
+        : el('button', {
+            type: 'button',
+            text: t('btn.grant'),
+            dataset: { testid: 'tile-grant' },
+            onclick: () => send({ type: 'grant_floor', participant_id: p.id }),
+          }),
+    );
+  }
+  if (c.moderate) {
+    buttons.push(
+      el('button', {
+        type: 'button',
+        text: t('tile.mute'),
+        dataset: { testid: 'tile-mute' },
+        onclick: () => send({ type: 'mute', participant_id: p.id }),
+      }),
+      el('button', {
+        type: 'button',
+        text: t('tile.askUnmute'),
+        dataset: { testid: 'tile-ask-unmute' },
+        onclick: () => send({ type: 'ask_unmute', participant_id: p.id }),
+      }),
+      el('button', {
+        type: 'button',
+        className: 'danger',
+        text: t('tile.remove'),
+        dataset: { testid: 'tile-remove' },
+        onclick: () => {
+          if (window.confirm(t('confirm.remove', { name: p.name }))) send({ type: 'remove', participant_id: p.id });
+        },
+      }),
+    );
+  }
+  p.view.actions.replaceChildren(...buttons);
 }
 
 function renderCount() {
   if (!meeting) return;
-  const n = meeting.participants.size + 1;
+  const n = meeting.participants.size + (meeting.canPublish === false ? 0 : 1);
   ui.count.textContent = t('meeting.count', { n });
   ui.empty.hidden = meeting.participants.size > 0;
   ui.grid.dataset.count = String(n);
@@ -246,6 +443,9 @@ function renderCount() {
 function renderControls() {
   if (!meeting) return;
   const { audio, video } = meeting.local;
+  const publishing = meeting.canPublish !== false;
+  ui.mic.hidden = !publishing;
+  ui.camera.hidden = !publishing;
   ui.mic.disabled = !audio;
   ui.mic.textContent = t(!audio ? 'btn.mic.none' : audio.enabled ? 'btn.mic.on' : 'btn.mic.off');
   ui.mic.setAttribute('aria-pressed', String(!!audio && audio.enabled));
@@ -254,16 +454,87 @@ function renderControls() {
   ui.camera.textContent = t(!video ? 'btn.camera.none' : video.enabled ? 'btn.camera.on' : 'btn.camera.off');
   ui.camera.setAttribute('aria-pressed', String(!!video && video.enabled));
   ui.camera.dataset.on = String(!!video && video.enabled);
+
+  // Giơ tay / Hạ tay with the place in the queue (halls only; not while holding the floor).
+  const c = can();
+  const queue = meeting.state?.queue ?? [];
+  const pos = queue.findIndex((q) => q.participant_id === meeting.selfId);
+  ui.hand.hidden = !c.raise || !meeting.meetingInfo || meeting.holdsFloor || !meeting.selfId;
+  ui.hand.textContent = t(pos >= 0 ? 'btn.hand.lower' : 'btn.hand.raise');
+  ui.hand.dataset.raised = String(pos >= 0);
+  ui.hand.setAttribute('aria-pressed', String(pos >= 0));
+  ui.handPos.hidden = ui.hand.hidden || pos < 0;
+  ui.handPos.textContent = pos >= 0 ? t('hand.position', { n: pos + 1 }) : '';
+
+  // Chia sẻ màn hình: the chair at any time, a hall only while it holds the floor.
+  const mayShare =
+    publishing && (c.share === 'always' || (c.share === 'floor' && meeting.holdsFloor));
+  ui.share.hidden = !(mayShare || meeting.screen) || !navigator.mediaDevices?.getDisplayMedia;
+  ui.share.textContent = t(meeting.screen ? 'btn.share.stop' : 'btn.share');
+  ui.share.dataset.on = meeting.screen ? 'true' : '';
+  if (!meeting.screen) delete ui.share.dataset.on;
+}
+
+function renderHeader() {
+  if (!meeting) return;
+  const title = meeting.meetingInfo?.title;
+  ui.meetingTitle.hidden = !title;
+  ui.meetingTitle.textContent = title || '';
+  ui.roomLabel.hidden = !!title;
+  ui.roomLabel.textContent = t('meeting.room', { room: meeting.room });
+  ui.roleChip.hidden = !meeting.role;
+  ui.roleChip.textContent = meeting.role ? t(`role.${meeting.role}`) : '';
+  ui.roleChip.dataset.role = meeting.role || '';
+  const st = meeting.state;
+  // Mode and lock matter in a meeting (with a token); an open room shows neither.
+  const showState = !!st && !!meeting.meetingInfo;
+  ui.modeChip.hidden = !showState;
+  ui.lockChip.hidden = !showState;
+  if (st) {
+    ui.modeChip.textContent = t('mode.chip', { mode: t(`mode.${st.mode}`) });
+    ui.modeChip.dataset.mode = st.mode;
+    ui.lockChip.textContent = t(st.locked ? 'lock.chip.on' : 'lock.chip.off');
+    ui.lockChip.dataset.locked = String(!!st.locked);
+  }
+}
+
+function renderPanels() {
+  if (!meeting) return;
+  const c = can();
+  const inMeeting = !!meeting.meetingInfo;
+  document.body.dataset.role = meeting.role || '';
+  ui.meetingView.dataset.role = meeting.role || '';
+  ui.panelChair.hidden = !c.moderate;
+  ui.panelFloor.hidden = !c.floor;
+  ui.panelRollcall.hidden = !c.rollcall || !inMeeting;
+  const st = meeting.state;
+  if (st) {
+    if (document.activeElement !== ui.modeSelect) ui.modeSelect.value = st.mode;
+    ui.lock.textContent = t(st.locked ? 'btn.unlock' : 'btn.lock');
+    ui.lock.dataset.on = String(!!st.locked);
+    ui.lock.setAttribute('aria-pressed', String(!!st.locked));
+  }
+  // The attendance report, downloadable with this page's own token (chair, secretary, admin).
+  const mid = meeting.meetingInfo?.id;
+  ui.attendanceCsv.hidden = !(mid && meeting.token && c.rollcall);
+  if (mid && meeting.token) {
+    ui.attendanceCsv.href = `/api/meetings/${encodeURIComponent(mid)}/attendance.csv?token=${encodeURIComponent(meeting.token)}`;
+  }
+  renderQueue();
+  renderRollCall();
 }
 
 function renderAll() {
   if (!meeting) return;
-  ui.roomLabel.textContent = t('meeting.room', { room: meeting.room });
+  renderHeader();
   renderStatus();
   renderControls();
   renderSelfTile();
   for (const p of meeting.participants.values()) renderParticipant(p);
   renderCount();
+  renderPanels();
+  renderBanner();
+  renderMain();
 }
 
 /** Play a remote video; if the browser blocks sound without a user gesture, play muted and offer a button. */
@@ -271,11 +542,80 @@ function playVideo(video) {
   const attempt = video.play();
   if (!attempt) return;
   attempt.catch((err) => {
-    if (err.name !== 'NotAllowedError' || video.dataset.self) return;
+    if (err.name !== 'NotAllowedError' || video.dataset.self || video.muted) return;
     video.muted = true;
     video.play().catch(() => {});
     ui.sound.hidden = false;
   });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The main picture: a screen share if any, else meeting_state.main_participant_id, else the chair's own preview.
+
+function pickMain() {
+  if (!meeting) return null;
+  if (meeting.screen?.video && meeting.screen.video.readyState === 'live') {
+    return {
+      id: meeting.selfId,
+      name: meeting.name,
+      self: true,
+      source: 'screen',
+      track: meeting.screen.video,
+      pip: meeting.local.video?.enabled ? meeting.local.video : null,
+    };
+  }
+  for (const p of meeting.participants.values()) {
+    const screen = p.screenStream.getVideoTracks()[0];
+    if (screen) {
+      return { id: p.id, name: p.name, source: 'screen', track: screen, pip: p.stream.getVideoTracks()[0] || null };
+    }
+  }
+  const st = meeting.state;
+  let mainId = st?.main_participant_id;
+  if (!mainId && meeting.role === 'chair') mainId = meeting.selfId;
+  if (!mainId) return null;
+  if (mainId === meeting.selfId) {
+    if (meeting.canPublish === false) return null;
+    return { id: mainId, name: meeting.name, self: true, source: 'camera', track: meeting.local.video || null };
+  }
+  const p = meeting.participants.get(mainId);
+  if (!p) return null;
+  return { id: p.id, name: p.name, source: 'camera', track: p.stream.getVideoTracks()[0] || null };
+}
+
+function renderMain() {
+  if (!meeting) return;
+  const pick = pickMain();
+  ui.meetingView.dataset.layout = pick ? 'stage' : 'grid';
+  ui.stage.hidden = !pick;
+  const video = ui.mainVideo;
+  if (!pick) {
+    if (meeting.mainKey) {
+      video.srcObject = null;
+      ui.mainPip.srcObject = null;
+      meeting.mainKey = '';
+    }
+    delete video.dataset.participant;
+    delete video.dataset.participantId;
+    delete video.dataset.source;
+    ui.mainName.textContent = '';
+    return;
+  }
+  const key = `${pick.id}|${pick.source}|${pick.track?.id ?? ''}|${pick.pip?.id ?? ''}`;
+  video.dataset.participant = pick.name;
+  video.dataset.participantId = pick.id;
+  video.dataset.source = pick.source;
+  video.dataset.self = String(!!pick.self);
+  video.classList.toggle('mirror', !!pick.self && pick.source === 'camera');
+  ui.mainName.textContent =
+    pick.source === 'screen' ? t('main.screen', { name: pick.name }) : pick.self ? t('main.self', { name: pick.name }) : pick.name;
+  if (key === meeting.mainKey) return;
+  meeting.mainKey = key;
+  video.srcObject = pick.track ? new MediaStream([pick.track]) : null;
+  if (pick.track) playVideo(video);
+  ui.mainPip.hidden = !pick.pip;
+  ui.mainPip.srcObject = pick.pip ? new MediaStream([pick.pip]) : null;
+  if (pick.pip) playVideo(ui.mainPip);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -289,14 +629,22 @@ function addParticipant(info) {
     p = {
       id: info.id,
       name: info.name,
+      role: info.role || null,
       mic: true,
       camera: true,
       tracks: new Map(),
+      /** server track id → received MediaStreamTrack */
+      received: new Map(),
+      /** The tile: microphone and camera. */
       stream: new MediaStream(),
+      /** A screen share (video); its audio plays through screenAudio. */
+      screenStream: new MediaStream(),
+      screenAudio: null,
       view,
       keyframeTimer: null,
     };
     view.tile.dataset.participantId = info.id;
+    if (p.role) view.tile.dataset.role = p.role;
     // srcObject is set once the stream has a track: a <video> on an empty stream delays the page's load event.
     meeting.participants.set(info.id, p);
     ui.grid.append(view.tile);
@@ -304,9 +652,14 @@ function addParticipant(info) {
     p.name = info.name;
     p.view.video.dataset.participant = info.name;
   }
+  if (info.role) {
+    p.role = info.role;
+    p.view.tile.dataset.role = info.role;
+  }
   if (typeof info.mic === 'boolean') p.mic = info.mic;
   if (typeof info.camera === 'boolean') p.camera = info.camera;
   for (const track of info.tracks || []) p.tracks.set(track.id, track);
+  if (info.tracks?.length) rebuildStreams(p);
   renderParticipant(p);
   renderCount();
   renderStatus();
@@ -317,12 +670,16 @@ function removeParticipant(id) {
   const p = meeting?.participants.get(id);
   if (!p) return;
   clearTimeout(p.keyframeTimer);
+  p.received.clear();
   for (const track of p.stream.getTracks()) p.stream.removeTrack(track);
+  for (const track of p.screenStream.getTracks()) p.screenStream.removeTrack(track);
   p.view.video.srcObject = null;
+  if (p.screenAudio) p.screenAudio.srcObject = null;
   p.view.tile.remove();
   meeting.participants.delete(id);
   renderCount();
   renderStatus();
+  renderMain();
 }
 
 function clearParticipants() {
@@ -330,46 +687,111 @@ function clearParticipants() {
   for (const id of [...meeting.participants.keys()]) removeParticipant(id);
 }
 
+/** Make `stream` hold exactly `tracks`; true when it changed. */
+function syncStream(stream, tracks) {
+  let changed = false;
+  for (const old of stream.getTracks()) {
+    if (!tracks.includes(old)) {
+      stream.removeTrack(old);
+      changed = true;
+    }
+  }
+  for (const track of tracks) {
+    if (!stream.getTracks().includes(track)) {
+      stream.addTrack(track);
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+/**
+ * Sort a participant's received tracks into its tile (microphone + camera: the newest of each kind) and its
+ * screen share (tracks the server announced with source `screen`).
+ */
+function rebuildStreams(p) {
+  let audio = null;
+  let video = null;
+  const screen = [];
+  for (const [trackId, track] of p.received) {
+    if (track.readyState === 'ended') continue;
+    if (p.tracks.get(trackId)?.source === 'screen') screen.push(track);
+    else if (track.kind === 'audio') audio = track;
+    else video = track;
+  }
+  const tileChanged = syncStream(p.stream, [audio, video].filter(Boolean));
+  const screenVideo = screen.filter((tr) => tr.kind === 'video');
+  const screenAudio = screen.filter((tr) => tr.kind === 'audio');
+  syncStream(p.screenStream, screenVideo);
+  if (tileChanged) {
+    // Re-attach so every browser picks up the changed track set, then play.
+    p.view.video.srcObject = null;
+    if (p.stream.getTracks().length > 0) {
+      p.view.video.srcObject = p.stream;
+      playVideo(p.view.video);
+    }
+  }
+  if (screenAudio.length > 0 || p.screenAudio) {
+    if (!p.screenAudio) {
+      p.screenAudio = el('audio', { autoplay: true, dataset: { testid: 'screen-audio' } });
+      p.view.tile.append(p.screenAudio);
+    }
+    const current = p.screenAudio.srcObject?.getAudioTracks?.()[0];
+    if (current !== screenAudio[0]) {
+      p.screenAudio.srcObject = screenAudio.length ? new MediaStream(screenAudio) : null;
+      if (screenAudio.length) p.screenAudio.play().catch(() => {});
+    }
+  }
+  renderParticipant(p);
+  renderMain();
+}
+
 function attachRemoteTrack(participantId, track, trackId) {
   const p = meeting.participants.get(participantId) || addParticipant({ id: participantId, name: participantId });
   if (!p) return;
   remoteTrackIds.set(track, trackId);
   // A receiver's track object belongs to its m-line; if the server reuses the m-line for someone else, the
-  // track moves: take it out of any other participant's stream first.
+  // track moves: take it out of any other participant first.
   for (const other of meeting.participants.values()) {
-    if (other !== p && other.stream.getTracks().includes(track)) detachRemoteTrack(other, track);
+    if (other === p) continue;
+    for (const [id, tr] of other.received) {
+      if (tr === track) {
+        other.received.delete(id);
+        rebuildStreams(other);
+      }
+    }
   }
-  for (const old of p.stream.getTracks()) {
-    if (old === track) return;
-    // A participant has one track of each kind: a newer one replaces an older (e.g. after re-publishing).
-    if (old.kind === track.kind || remoteTrackIds.get(old) === trackId) p.stream.removeTrack(old);
+  for (const [id, tr] of p.received) {
+    if (tr === track && id !== trackId) p.received.delete(id);
   }
-  p.stream.addTrack(track);
-  track.addEventListener('ended', () => detachRemoteTrack(p, track));
-  // Re-attach so every browser picks up the changed track set, then play.
-  p.view.video.srcObject = null;
-  p.view.video.srcObject = p.stream;
-  playVideo(p.view.video);
-  renderParticipant(p);
+  p.received.set(trackId, track);
+  if (!track.giaobanWatched) {
+    track.giaobanWatched = true;
+    track.addEventListener('ended', () => dropTrack(track));
+  }
+  rebuildStreams(p);
   if (track.kind === 'video') watchFirstFrame(p, track, trackId);
 }
 
-function detachRemoteTrack(p, track) {
-  if (!p.stream.getTracks().includes(track)) return;
-  p.stream.removeTrack(track);
-  if (p.stream.getTracks().length === 0) p.view.video.srcObject = null;
-  renderParticipant(p);
+/** Forget a received track wherever it is (ended, or removed from its stream by a renegotiation). */
+function dropTrack(track) {
+  if (!meeting) return;
+  for (const p of meeting.participants.values()) {
+    for (const [id, tr] of p.received) {
+      if (tr === track) {
+        p.received.delete(id);
+        rebuildStreams(p);
+      }
+    }
+  }
 }
 
 function removeRemoteTrackById(participantId, trackId) {
   const p = meeting?.participants.get(participantId);
   if (!p) return;
   p.tracks.delete(trackId);
-  for (const track of p.stream.getTracks()) {
-    if (remoteTrackIds.get(track) === trackId) p.stream.removeTrack(track);
-  }
-  if (p.stream.getTracks().length === 0) p.view.video.srcObject = null;
-  renderParticipant(p);
+  p.received.delete(trackId);
+  rebuildStreams(p);
 }
 
 /** If no picture arrives soon, ask the publisher for a keyframe (a few times; the server throttles). */
@@ -378,8 +800,10 @@ function watchFirstFrame(p, track, trackId, tries = 0) {
   if (tries >= 3) return;
   const gen = meeting.generation;
   p.keyframeTimer = setTimeout(() => {
-    if (!meeting || meeting.generation !== gen || !p.stream.getTracks().includes(track)) return;
-    if (p.view.video.videoWidth > 0) return;
+    if (!meeting || meeting.generation !== gen || p.received.get(trackId) !== track) return;
+    const isScreen = p.tracks.get(trackId)?.source === 'screen';
+    const shown = isScreen ? ui.mainVideo : p.view.video;
+    if (shown.videoWidth > 0) return;
     // Only ask for tracks the server told us about, so a mapping slip never produces server errors.
     if (p.tracks.has(trackId)) meeting.session.send({ type: 'request_keyframe', track_id: trackId });
     watchFirstFrame(p, track, trackId, tries + 1);
@@ -448,25 +872,143 @@ const isDenied = (err) => err && (err.name === 'NotAllowedError' || err.name ===
 const isMissing = (err) => err && (err.name === 'NotFoundError' || err.name === 'OverconstrainedError');
 const errorReason = (err) => (err && (err.name || err.message)) || '?';
 
-function sendMediaState() {
-  if (!meeting || !meeting.selfId) return;
-  const { audio, video } = meeting.local;
-  meeting.session.send({
-    type: 'media_state',
-    mic: !!audio && audio.enabled,
-    camera: !!video && video.enabled,
+/** The camera and microphone, opened once per page (on the first `joined` that allows publishing). */
+function ensureMedia() {
+  const m = meeting;
+  if (m.mediaReady) return m.mediaReady;
+  m.mediaReady = acquireMedia().then((local) => {
+    if (meeting !== m) {
+      for (const track of local.stream.getTracks()) track.stop();
+      return local;
+    }
+    m.local = local;
+    m.mediaSettled = true;
+    if (local.stream.getTracks().length > 0 && m.selfTile) {
+      m.selfTile.video.srcObject = local.stream;
+      playVideo(m.selfTile.video);
+    }
+    renderAll();
+    return local;
   });
+  return m.mediaReady;
+}
+
+function send(msg) {
+  return !!meeting?.session?.send(msg);
+}
+
+function sendMediaState() {
+  if (!meeting || !meeting.selfId || meeting.canPublish === false) return;
+  const { audio, video } = meeting.local;
+  send({ type: 'media_state', mic: !!audio && audio.enabled, camera: !!video && video.enabled });
+}
+
+function setMic(on) {
+  const track = meeting?.local.audio;
+  if (!track) return;
+  track.enabled = on;
+  if (on) {
+    meeting.mutedByChair = false;
+    clearMessage('chair');
+    hideUnmutePrompt();
+  }
+  renderControls();
+  renderSelfTile();
+  sendMediaState();
 }
 
 function toggleTrack(kind) {
   if (!meeting) return;
   const track = meeting.local[kind];
   if (!track) return;
+  if (kind === 'audio') {
+    setMic(!track.enabled);
+    return;
+  }
   track.enabled = !track.enabled;
-  if (kind === 'audio' && track.enabled) clearMessage('chair');
   renderControls();
   renderSelfTile();
+  renderMain();
   sendMediaState();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Screen share: published on the publish connection in a stream whose msid starts with `screen`.
+
+async function startScreenShare() {
+  if (!meeting || meeting.screen) return;
+  const c = can();
+  if (c.share === 'floor' && !meeting.holdsFloor) {
+    showMessage('share', 'msg.share.floor', {}, 'warn');
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: true });
+  } catch (err) {
+    console.warn('giaoban: getDisplayMedia failed', err);
+    if (err?.name !== 'NotAllowedError' && err?.name !== 'AbortError') {
+      showMessage('share', 'msg.share.error', { reason: errorReason(err) }, 'warn');
+    }
+    return;
+  }
+  if (!meeting || meeting.screen) {
+    for (const track of stream.getTracks()) track.stop();
+    return;
+  }
+  const video = stream.getVideoTracks()[0] || null;
+  const audio = stream.getAudioTracks()[0] || null;
+  if (video) video.contentHint = 'detail';
+  meeting.screen = { stream, video, audio, transceivers: [], msid: `screen-${Math.random().toString(36).slice(2, 10)}` };
+  clearMessage('share');
+  for (const track of [video, audio].filter(Boolean)) {
+    track.addEventListener('ended', () => stopScreenShare());
+  }
+  addScreenToPublish();
+  renderControls();
+  renderSelfTile();
+  renderMain();
+}
+
+/** Put the screen tracks on the publish connection (if it exists yet) and renegotiate. */
+function addScreenToPublish() {
+  const pc = meeting?.publishPc;
+  const screen = meeting?.screen;
+  if (!pc || !screen || screen.transceivers.length > 0) return;
+  for (const track of [screen.video, screen.audio].filter(Boolean)) {
+    screen.transceivers.push(pc.addTransceiver(track, { direction: 'sendonly', streams: [screen.stream] }));
+  }
+  negotiatePublish(meeting.generation);
+}
+
+function stopScreenShare() {
+  if (!meeting || !meeting.screen) return;
+  const screen = meeting.screen;
+  meeting.screen = null;
+  for (const track of screen.stream.getTracks()) track.stop();
+  const pc = meeting.publishPc;
+  if (pc && screen.transceivers.length > 0) {
+    for (const tr of screen.transceivers) {
+      try {
+        tr.stop();
+      } catch {
+        // already stopped, or the connection is closed
+      }
+    }
+    negotiatePublish(meeting.generation);
+  }
+  renderControls();
+  renderSelfTile();
+  renderMain();
+}
+
+/** Rename the screen stream's msid (a random id chosen by the browser) to one that starts with `screen`. */
+function markScreenMsid(sdp) {
+  const screen = meeting?.screen;
+  if (!screen) return sdp;
+  const id = screen.stream.id;
+  const escaped = id.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return sdp.replace(new RegExp(`(^|[:\\s])${escaped}(?=[\\s]|$)`, 'gm'), `$1${screen.msid}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -499,11 +1041,11 @@ function watchPc(pc, leg) {
 }
 
 async function publish(gen) {
-  const local = await meeting.mediaReady;
+  const local = await ensureMedia();
   if (!meeting || meeting.generation !== gen) return;
   sendMediaState();
-  const tracks = meeting.canPublish === false ? [] : [local.audio, local.video].filter(Boolean);
-  if (tracks.length === 0) {
+  const tracks = [local.audio, local.video].filter(Boolean);
+  if (tracks.length === 0 && !meeting.screen) {
     renderStatus();
     return; // receive-only
   }
@@ -511,18 +1053,64 @@ async function publish(gen) {
   meeting.publishPc = pc;
   watchPc(pc, 'publish');
   for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [local.stream] });
+  if (meeting.screen) {
+    meeting.screen.transceivers = [];
+    addScreenToPublish(); // negotiates
+  } else {
+    negotiatePublish(gen);
+  }
   renderStatus();
-  const offer = await pc.createOffer();
-  await pc.setLocalDescription(offer);
-  if (!meeting || meeting.generation !== gen) return;
-  meeting.session.send({ type: 'publish_offer', sdp: pc.localDescription.sdp });
 }
 
-async function onPublishAnswer(sdp, gen) {
-  const pc = meeting.publishPc;
-  if (!pc || meeting.generation !== gen) return;
-  await pc.setRemoteDescription({ type: 'answer', sdp });
-  await flushCandidates('publish', pc);
+/** One offer/answer round on the publish connection at a time (the first, and each renegotiation). */
+function negotiatePublish(gen) {
+  const m = meeting;
+  m.publishChain = m.publishChain
+    .then(async () => {
+      const pc = m.publishPc;
+      if (meeting !== m || m.generation !== gen || !pc || pc.signalingState === 'closed') return;
+      const offer = await pc.createOffer();
+      const sdp = markScreenMsid(offer.sdp);
+      try {
+        await pc.setLocalDescription({ type: 'offer', sdp });
+      } catch (err) {
+        // A browser that refuses the renamed msid locally: keep its own, the server still gets the marked one.
+        console.info('giaoban: local offer with marked msid refused, using the original', err);
+        await pc.setLocalDescription(offer);
+      }
+      if (meeting !== m || m.generation !== gen) return;
+      const answer = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('no publish_answer')), PUBLISH_ANSWER_TIMEOUT_MS);
+        m.publishWaiter = {
+          resolve: (v) => {
+            clearTimeout(timer);
+            resolve(v);
+          },
+          reject: (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        };
+      });
+      m.session.send({ type: 'publish_offer', sdp });
+      const answerSdp = await answer;
+      m.publishWaiter = null;
+      if (meeting !== m || m.generation !== gen || pc.signalingState === 'closed') return;
+      await pc.setRemoteDescription({ type: 'answer', sdp: answerSdp });
+      await flushCandidates('publish', pc);
+    })
+    .catch((err) => {
+      m.publishWaiter = null;
+      if (meeting === m && m.generation === gen) mediaFailure('publish', err);
+    });
+  return m.publishChain;
+}
+
+function onPublishAnswer(sdp) {
+  const waiter = meeting.publishWaiter;
+  meeting.publishWaiter = null;
+  if (waiter) waiter.resolve(sdp);
+  else console.warn('giaoban: unexpected publish_answer');
 }
 
 function ensureSubscribePc() {
@@ -544,10 +1132,7 @@ function ensureSubscribePc() {
     attachRemoteTrack(participantId, ev.track, trackId);
     if (stream && !stream.giaobanWatched) {
       stream.giaobanWatched = true;
-      stream.addEventListener('removetrack', (e) => {
-        const p = meeting?.participants.get(participantId);
-        if (p) detachRemoteTrack(p, e.track);
-      });
+      stream.addEventListener('removetrack', (e) => dropTrack(e.track));
     }
   };
   renderStatus();
@@ -584,6 +1169,15 @@ async function onSubscribeOffer(sdp, gen) {
   await pc.setLocalDescription(answer);
   if (!meeting || meeting.generation !== gen) return;
   meeting.session.send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp });
+  // A renegotiation may have re-pointed m-lines whose tracks were already attached: re-map them.
+  for (const tr of pc.getTransceivers()) {
+    const mapped = meeting.midMap.get(tr.mid);
+    const track = tr.receiver?.track;
+    if (!mapped || !track || tr.currentDirection === 'inactive' || tr.stopped) continue;
+    if (remoteTrackIds.get(track) && remoteTrackIds.get(track) !== mapped.trackId) {
+      attachRemoteTrack(mapped.participantId, track, mapped.trackId);
+    }
+  }
 }
 
 async function onServerCandidate(leg, candidate) {
@@ -610,12 +1204,256 @@ function teardownMedia() {
     pc.onicecandidate = pc.onconnectionstatechange = pc.ontrack = null;
     pc.close();
   }
+  meeting.publishWaiter?.reject(new Error('connection closed'));
+  meeting.publishWaiter = null;
   meeting.publishPc = null;
   meeting.subscribePc = null;
+  meeting.publishChain = Promise.resolve();
   meeting.subscribeChain = Promise.resolve();
   meeting.pendingCandidates = { publish: [], subscribe: [] };
   meeting.midMap.clear();
+  if (meeting.screen) meeting.screen.transceivers = [];
   clearParticipants();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Floor, queue, banners
+
+function applyMeetingState(state) {
+  if (!meeting || !state) return;
+  meeting.state = state;
+  meeting.stateAt = Date.now();
+  const wasHolding = meeting.holdsFloor;
+  meeting.holdsFloor = !!state.floor?.some((f) => f.participant_id === meeting.selfId);
+  if (meeting.holdsFloor && !wasHolding && meeting.local.audio && !meeting.local.audio.enabled) {
+    // Given the floor: the hall asked for it, so its microphone opens.
+    setMic(true);
+  }
+  if (!meeting.holdsFloor && wasHolding && meeting.screen && can().share === 'floor') {
+    stopScreenShare();
+    showMessage('share', 'msg.share.stopped', {}, 'info');
+  }
+  renderAll();
+}
+
+function renderBanner() {
+  if (!meeting) return;
+  const holder = meeting.state?.floor?.find((f) => f.participant_id === meeting.selfId);
+  // The chair is always heard: the banner is for whoever was given the floor.
+  const show = !!holder && meeting.role !== 'chair';
+  ui.floorBanner.hidden = !show;
+  if (!show) return;
+  if (holder.remaining_ms != null) {
+    ui.floorBanner.textContent = t('banner.floor.remaining', { t: clock(holder.remaining_ms - sinceState()) });
+    ui.floorBanner.dataset.remaining = String(Math.max(0, holder.remaining_ms - sinceState()));
+  } else {
+    ui.floorBanner.textContent = t('banner.floor');
+    delete ui.floorBanner.dataset.remaining;
+  }
+}
+
+/** The speaking queue and the floor holders (chair, secretary), rendered by key so controls keep their state. */
+function renderQueue() {
+  if (!meeting || ui.panelFloor.hidden) return;
+  const st = meeting.state || { queue: [], floor: [] };
+  const elapsed = sinceState();
+  const rows = new Map([...ui.queue.children].map((li) => [li.dataset.participantId, li]));
+  const wanted = [];
+  for (const q of st.queue || []) {
+    let li = rows.get(q.participant_id);
+    if (!li) {
+      const select = el('select', { dataset: { testid: 'grant-seconds' }, className: 'grant-seconds' });
+      for (const s of GRANT_CHOICES) select.append(el('option', { value: String(s) }));
+      const grant = el('button', {
+        type: 'button',
+        className: 'primary',
+        dataset: { testid: 'grant' },
+        onclick: () => {
+          const seconds = Number(select.value);
+          const msg = { type: 'grant_floor', participant_id: q.participant_id };
+          if (seconds > 0) msg.seconds = seconds;
+          send(msg);
+        },
+      });
+      li = el(
+        'li',
+        { dataset: { testid: 'queue-row', participantId: q.participant_id } },
+        el('span', { className: 'pos' }),
+        el('span', { className: 'who' }),
+        el('span', { className: 'wait muted' }),
+        el('span', { className: 'row-actions' }, select, grant),
+      );
+    }
+    const idx = wanted.length;
+    li.dataset.participant = q.name;
+    li.querySelector('.pos').textContent = `${idx + 1}.`;
+    li.querySelector('.who').textContent = q.name;
+    li.querySelector('.wait').textContent = t('queue.waiting', { t: clock(q.waiting_ms + elapsed) });
+    const select = li.querySelector('select');
+    [...select.options].forEach((o, i) => {
+      o.textContent = GRANT_CHOICES[i] ? t('grant.minutes', { n: GRANT_CHOICES[i] / 60 }) : t('grant.unlimited');
+    });
+    select.title = t('grant.limit');
+    li.querySelector('[data-testid="grant"]').textContent = t('btn.grant');
+    wanted.push(li);
+  }
+  syncChildren(ui.queue, wanted);
+  ui.queueEmpty.hidden = wanted.length > 0;
+
+  const frows = new Map([...ui.floorList.children].map((li) => [li.dataset.participantId, li]));
+  const fwanted = [];
+  for (const f of st.floor || []) {
+    let li = frows.get(f.participant_id);
+    if (!li) {
+      li = el(
+        'li',
+        { dataset: { testid: 'floor-row', participantId: f.participant_id } },
+        el('span', { className: 'who' }),
+        el('span', { className: 'wait muted' }),
+        el('span', { className: 'row-actions' }, el('button', {
+          type: 'button',
+          className: 'danger',
+          dataset: { testid: 'revoke' },
+          onclick: () => send({ type: 'revoke_floor', participant_id: f.participant_id }),
+        })),
+      );
+    }
+    li.dataset.participant = f.name;
+    li.querySelector('.who').textContent = f.name;
+    li.querySelector('.wait').textContent =
+      f.remaining_ms != null ? t('floor.remaining', { t: clock(f.remaining_ms - elapsed) }) : '';
+    li.querySelector('[data-testid="revoke"]').textContent = t('btn.revoke');
+    fwanted.push(li);
+  }
+  syncChildren(ui.floorList, fwanted);
+  ui.floorEmpty.hidden = fwanted.length > 0;
+}
+
+/** Make `parent`'s children exactly `wanted`, in order, moving nodes only where needed. */
+function syncChildren(parent, wanted) {
+  for (const child of [...parent.children]) if (!wanted.includes(child)) child.remove();
+  wanted.forEach((node, i) => {
+    if (parent.children[i] !== node) parent.insertBefore(node, parent.children[i] || null);
+  });
+}
+
+/** The running clocks: queue waiting times, floor time left. */
+function tick() {
+  if (!meeting || !meeting.state) return;
+  if ((meeting.state.queue?.length || meeting.state.floor?.length) && !ui.panelFloor.hidden) renderQueue();
+  renderBanner();
+}
+
+function showUnmutePrompt() {
+  ui.unmutePrompt.hidden = false;
+}
+
+function hideUnmutePrompt() {
+  ui.unmutePrompt.hidden = true;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Roll call
+
+function renderRollCall() {
+  if (!meeting || ui.panelRollcall.hidden) return;
+  const entries = meeting.rollCall || [];
+  const present = entries.filter((e) => e.status === 'present').length;
+  ui.rollcallSummary.textContent = entries.length ? t('rollcall.summary', { p: present, n: entries.length }) : '';
+  const rows = new Map([...ui.rollcall.children].map((li) => [li.dataset.endpointId, li]));
+  const wanted = [];
+  for (const e of entries) {
+    let li = rows.get(e.endpoint_id);
+    if (!li) {
+      const input = el('input', {
+        className: 'reason-input',
+        maxLength: 500,
+        dataset: { testid: 'absence-reason' },
+      });
+      const save = el('button', { type: 'button', dataset: { testid: 'absence-save' } });
+      const form = el('form', { className: 'reason-form row' }, input, save);
+      const submit = (ev) => {
+        ev?.preventDefault();
+        send({ type: 'set_absence_reason', endpoint_id: e.endpoint_id, reason: input.value.trim() });
+        input.dataset.dirty = '';
+      };
+      form.addEventListener('submit', submit);
+      save.addEventListener('click', submit);
+      input.addEventListener('input', () => {
+        input.dataset.dirty = 'true';
+      });
+      li = el(
+        'li',
+        { className: 'rollcall-row', dataset: { testid: 'rollcall-row', endpointId: e.endpoint_id } },
+        el(
+          'div',
+          { className: 'row' },
+          el('span', { className: 'who' }),
+          el('span', { className: 'status-badge', dataset: { testid: 'rollcall-status' } }),
+        ),
+        el('div', { className: 'muted small times' }),
+        el('div', { className: 'muted small reason', dataset: { testid: 'rollcall-reason' } }),
+        form,
+      );
+    }
+    li.dataset.status = e.status;
+    li.dataset.name = e.name;
+    li.querySelector('.who').textContent = e.unit ? `${e.name} · ${e.unit}` : e.name;
+    const badge = li.querySelector('.status-badge');
+    badge.textContent = t(`rollcall.${e.status}`);
+    badge.dataset.status = e.status;
+    const times = [];
+    if (e.joined_at) times.push(t('rollcall.joined', { t: timeOfDay(e.joined_at) }));
+    if (e.left_at) times.push(t('rollcall.left', { t: timeOfDay(e.left_at) }));
+    li.querySelector('.times').textContent = times.join(' · ');
+    li.querySelector('.reason').textContent = e.reason ? `${t('rollcall.reason')}: ${e.reason}` : '';
+    const form = li.querySelector('form');
+    form.hidden = e.status === 'present';
+    const input = form.querySelector('input');
+    input.placeholder = t('rollcall.reason.placeholder');
+    input.setAttribute('aria-label', `${t('rollcall.reason')} – ${e.name}`);
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = e.reason || '';
+    form.querySelector('button').textContent = t('rollcall.save');
+    wanted.push(li);
+  }
+  syncChildren(ui.rollcall, wanted);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Chat
+
+function chatLine(m) {
+  const mine = meeting && m.from_id === meeting.selfId;
+  return el(
+    'li',
+    { className: mine ? 'chat-line mine' : 'chat-line', dataset: { testid: 'chat-line', from: m.from_name } },
+    el('time', { className: 'muted small', dateTime: m.at, text: timeOfDay(m.at) }),
+    ' ',
+    el('b', { text: m.from_name }),
+    el('span', { text: `: ${m.text}` }),
+  );
+}
+
+function renderChat() {
+  if (!meeting) return;
+  ui.chatList.replaceChildren(...meeting.chat.map(chatLine));
+  ui.chatList.scrollTop = ui.chatList.scrollHeight;
+}
+
+function addChat(m) {
+  if (!meeting || !m) return;
+  meeting.chat.push(m);
+  if (meeting.chat.length > 500) meeting.chat.shift();
+  ui.chatList.append(chatLine(m));
+  while (ui.chatList.children.length > 500) ui.chatList.firstChild.remove();
+  ui.chatList.scrollTop = ui.chatList.scrollHeight;
+}
+
+function onChatSubmit(ev) {
+  ev.preventDefault();
+  const text = ui.chatInput.value.trim();
+  if (!text || !meeting) return;
+  if (send({ type: 'chat', text: text.slice(0, 1000) })) ui.chatInput.value = '';
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -629,21 +1467,28 @@ function onServerMessage(msg) {
       meeting.generation += 1;
       teardownMedia();
       meeting.selfId = msg.participant_id;
+      meeting.role = msg.role || null;
+      meeting.meetingInfo = msg.meeting || null;
       if (msg.room && !meeting.room) meeting.room = msg.meeting?.title || msg.room;
       meeting.canPublish = msg.can_publish !== false;
       clearMessage('conn');
       clearMessage('server');
       for (const info of msg.participants || []) {
         if (info.id === msg.participant_id && info.name && !meeting.name) meeting.name = info.name;
-        addParticipant(info);
       }
+      if (!meeting.name && meeting.token) meeting.name = nameFromToken(meeting.token) || '';
+      for (const info of msg.participants || []) addParticipant(info);
+      meeting.chat = [...(msg.chat || [])];
+      renderChat();
+      applyMeetingState(msg.state || null);
       renderAll();
       const newGen = meeting.generation;
-      publish(newGen).catch((err) => mediaFailure('publish', err));
+      if (meeting.canPublish) publish(newGen).catch((err) => mediaFailure('publish', err));
+      else renderStatus();
       break;
     }
     case 'publish_answer':
-      onPublishAnswer(msg.sdp, gen).catch((err) => mediaFailure('publish', err));
+      onPublishAnswer(msg.sdp);
       break;
     case 'subscribe_offer':
       meeting.subscribeChain = meeting.subscribeChain
@@ -655,13 +1500,17 @@ function onServerMessage(msg) {
       break;
     case 'participant_joined':
       addParticipant(msg.participant);
+      renderMain();
       break;
     case 'participant_left':
       removeParticipant(msg.participant_id);
       break;
     case 'track_published': {
       const p = meeting.participants.get(msg.participant_id);
-      if (p && msg.track) p.tracks.set(msg.track.id, msg.track);
+      if (p && msg.track) {
+        p.tracks.set(msg.track.id, msg.track);
+        rebuildStreams(p);
+      }
       break;
     }
     case 'track_unpublished':
@@ -679,31 +1528,50 @@ function onServerMessage(msg) {
     case 'connection_state':
       console.info(`giaoban: server sees ${msg.leg} connection ${msg.state}`);
       break;
+    case 'meeting_state':
+      applyMeetingState(msg.state);
+      break;
+    case 'roll_call':
+      meeting.rollCall = msg.entries || [];
+      renderRollCall();
+      break;
+    case 'chat':
+      addChat(msg.message);
+      break;
     case 'muted':
       // The chair stopped forwarding our microphone: show it off; switching it on again lifts the mute.
       if (meeting.local.audio) meeting.local.audio.enabled = false;
+      meeting.mutedByChair = true;
+      hideUnmutePrompt();
       renderControls();
       renderSelfTile();
       sendMediaState();
       showMessage('chair', 'msg.muted', { by: msg.by || '' }, 'warn');
       break;
     case 'unmute_requested':
-      showMessage('chair', 'msg.unmute_requested', { by: msg.by || '' }, 'info');
+      if (meeting.local.audio && !meeting.local.audio.enabled) showUnmutePrompt();
       break;
     case 'pong':
-    case 'meeting_state':
-    case 'roll_call':
-    case 'chat':
-      // Not shown by this client (yet).
       break;
     case 'error':
       onServerError(msg);
       break;
     case 'bye':
-      onBye(msg.reason || '');
+      onBye(msg);
       break;
     default:
       console.warn('giaoban: unknown server message', msg);
+  }
+}
+
+/** The display name in a join link's token (only for showing it before `joined`; the server checks the token). */
+function nameFromToken(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const json = new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0)));
+    return JSON.parse(json).name || null;
+  } catch {
+    return null;
   }
 }
 
@@ -711,27 +1579,39 @@ function onServerError(msg) {
   const known = `err.${msg.code}`;
   const message = t(known) !== known ? t(known) : msg.message || '';
   console.warn('giaoban: server error', msg);
+  if (msg.code === 'media' && meeting.publishWaiter) {
+    meeting.publishWaiter.reject(new Error(msg.message || 'media'));
+  }
   if (!meeting.selfId) {
-    // Refused join (room full, invalid name, …): retrying would be refused again. Back to the form.
-    const room = meeting.room;
-    const name = meeting.name;
-    endMeeting({ leave: false });
-    showJoinForm(room, name);
+    // Refused join (room full, locked, invalid link, …): retrying would be refused again.
+    stopHere(t('msg.server.error', { code: msg.code || '?', message }));
+    return;
   }
   showMessage('server', 'msg.server.error', { code: msg.code || '?', message }, 'error');
 }
 
-function onBye(reason) {
-  showMessage('server', 'msg.bye', { reason }, 'warn');
-  // The socket closes next. When the session ended for a passing reason (server restarting, media connection
-  // lost), protocol.js reconnects with backoff and we join again. When this hall was sent away on purpose
-  // (removed, room closed or locked), the meeting ends here.
-  if (!/\b(remov|kick|ban|room closed|closed the room|ended|locked)/i.test(reason)) return;
-  const room = meeting.room;
-  const name = meeting.name;
+function onBye(msg) {
+  const reason = msg.reason || '';
+  // The socket closes next. With rejoin (media connection lost, server restarting) protocol.js reconnects with
+  // backoff and we join again; without it (left, removed, replaced, meeting ended) the session ends here.
+  if (msg.rejoin === true) {
+    showMessage('server', 'msg.bye', { reason }, 'warn');
+    return;
+  }
+  stopHere(t('msg.bye', { reason }));
+}
+
+/** End this page's session for good and say why (join form for open rooms, a rejoin card for join links). */
+function stopHere(text) {
+  const { room, name, token } = meeting;
   endMeeting({ leave: false });
-  showJoinForm(room, name);
-  showMessage('server', 'msg.bye', { reason }, 'warn');
+  if (token) {
+    showEnded(text);
+  } else {
+    showJoinForm(room, name);
+    ui.formError.textContent = text;
+    ui.formError.hidden = false;
+  }
 }
 
 function mediaFailure(leg, err) {
@@ -755,6 +1635,7 @@ function onSessionStatus({ state, delayMs, everOpened }) {
     else showMessage('conn', 'msg.unreachable', { s: Math.max(1, Math.round(delayMs / 1000)) }, 'error');
   }
   renderStatus();
+  renderControls();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -764,46 +1645,47 @@ function validField(v) {
   return typeof v === 'string' && v.trim().length > 0 && [...v.trim()].length <= MAX_FIELD_CHARS;
 }
 
+function showOnly(view) {
+  ui.joinView.hidden = view !== 'join';
+  ui.endedView.hidden = view !== 'ended';
+  ui.meetingView.hidden = view !== 'meeting';
+  ui.controls.hidden = view !== 'meeting';
+  ui.status.hidden = view !== 'meeting';
+  ui.roomLabel.hidden = view !== 'meeting';
+  if (view !== 'meeting') {
+    for (const x of [ui.meetingTitle, ui.roleChip, ui.modeChip, ui.lockChip, ui.floorBanner, ui.unmutePrompt]) {
+      x.hidden = true;
+    }
+    delete document.body.dataset.role;
+  }
+  document.body.dataset.view = view;
+}
+
 /** Join `room` as `name`, or with a signed join link's `token` (then the server names the room and the hall). */
 function startMeeting(room, name, token = null) {
   room = (room || '').trim();
   name = (name || '').trim();
   meeting = newMeeting(room, name, token);
+  if (token && !name) meeting.name = nameFromToken(token) || '';
   clearAllMessages();
-  ui.joinView.hidden = true;
-  ui.meetingView.hidden = false;
-  ui.controls.hidden = false;
-  ui.status.hidden = false;
-  ui.roomLabel.hidden = false;
+  showOnly('meeting');
   ui.sound.hidden = true;
-  document.body.dataset.view = 'meeting';
+  ui.chatList.replaceChildren();
+  ui.queue.replaceChildren();
+  ui.floorList.replaceChildren();
+  ui.rollcall.replaceChildren();
 
-  const self = makeTile({ name, self: true });
+  const self = makeTile({ name: meeting.name, self: true });
   meeting.selfTile = self;
   ui.grid.replaceChildren(self.tile);
 
-  // Handlers first, then the socket, and only then wait for the camera: no early message is lost.
+  // Handlers first, then the socket; the camera opens once `joined` says this role publishes.
   const session = new Session(token ? { token } : { room, name });
   meeting.session = session;
   session.addEventListener('message', (ev) => onServerMessage(ev.detail));
   session.addEventListener('status', (ev) => onSessionStatus(ev.detail));
   session.start();
-
-  const m = meeting;
-  m.mediaReady = acquireMedia().then((local) => {
-    if (meeting !== m) {
-      for (const track of local.stream.getTracks()) track.stop();
-      return local;
-    }
-    m.local = local;
-    m.mediaSettled = true;
-    if (local.stream.getTracks().length > 0) {
-      self.video.srcObject = local.stream;
-      playVideo(self.video);
-    }
-    renderAll();
-    return local;
-  });
+  meeting.tick = setInterval(tick, 1000);
   renderAll();
 }
 
@@ -811,34 +1693,43 @@ function endMeeting({ leave = true } = {}) {
   if (!meeting) return;
   const m = meeting;
   m.generation += 1;
+  clearInterval(m.tick);
   m.session?.close({ leave });
+  if (m.screen) {
+    for (const track of m.screen.stream.getTracks()) track.stop();
+    m.screen = null;
+  }
   teardownMedia();
   for (const track of m.local.stream?.getTracks() || []) track.stop();
   if (m.selfTile) m.selfTile.video.srcObject = null;
+  ui.mainVideo.srcObject = null;
+  ui.mainPip.srcObject = null;
+  ui.stage.hidden = true;
   ui.grid.replaceChildren();
   meeting = null;
 }
 
 function showJoinForm(room = '', name = '') {
-  ui.meetingView.hidden = true;
-  ui.controls.hidden = true;
-  ui.status.hidden = true;
-  ui.roomLabel.hidden = true;
-  ui.joinView.hidden = false;
+  showOnly('join');
   ui.formError.hidden = true;
-  document.body.dataset.view = 'join';
   if (room) ui.room.value = room;
   if (name) ui.name.value = name;
   if (location.search) history.replaceState(null, '', '/');
   (ui.room.value ? ui.name : ui.room).focus();
 }
 
+function showEnded(text) {
+  showOnly('ended');
+  ui.endedText.textContent = text;
+}
+
 function leaveMeeting() {
   if (!meeting) return;
-  const { room, name } = meeting;
+  const { room, name, token } = meeting;
   endMeeting({ leave: true });
   clearAllMessages();
-  showJoinForm(room, name);
+  if (token) showEnded(t('msg.left'));
+  else showJoinForm(room, name);
   showMessage('left', 'msg.left', {}, 'info');
 }
 
@@ -863,7 +1754,11 @@ function init() {
   onLangChange(() => {
     applyI18n(document);
     for (const entry of messages.values()) renderMessage(entry);
-    if (!ui.formError.hidden) ui.formError.textContent = t('form.invalid');
+    if (!ui.formError.hidden && !meeting) ui.formError.textContent = t('form.invalid');
+    if (meeting) {
+      for (const p of meeting.participants.values()) delete p.view.actions.dataset.key;
+      renderChat();
+    }
     renderAll();
   });
   ui.lang.addEventListener('click', toggleLang);
@@ -871,10 +1766,29 @@ function init() {
   ui.mic.addEventListener('click', () => toggleTrack('audio'));
   ui.camera.addEventListener('click', () => toggleTrack('video'));
   ui.leave.addEventListener('click', leaveMeeting);
+  ui.hand.addEventListener('click', () => {
+    if (!meeting) return;
+    const raised = meeting.state?.queue?.some((q) => q.participant_id === meeting.selfId);
+    send({ type: raised ? 'lower_hand' : 'raise_hand' });
+  });
+  ui.share.addEventListener('click', () => {
+    if (meeting?.screen) stopScreenShare();
+    else startScreenShare();
+  });
+  ui.modeSelect.addEventListener('change', () => send({ type: 'set_mode', mode: ui.modeSelect.value }));
+  ui.muteAll.addEventListener('click', () => send({ type: 'mute_all' }));
+  ui.lock.addEventListener('click', () => send({ type: 'lock', locked: !meeting?.state?.locked }));
+  ui.end.addEventListener('click', () => {
+    if (window.confirm(t('confirm.end'))) send({ type: 'end_meeting' });
+  });
+  ui.unmuteAccept.addEventListener('click', () => setMic(true));
+  ui.unmuteDismiss.addEventListener('click', hideUnmutePrompt);
+  ui.chatForm.addEventListener('submit', onChatSubmit);
+  ui.rejoin.addEventListener('click', () => location.reload());
   ui.sound.addEventListener('click', () => {
-    for (const video of ui.grid.querySelectorAll('video[data-participant]')) {
-      video.muted = false;
-      video.play().catch(() => {});
+    for (const media of document.querySelectorAll('video[data-participant]:not(#main-video), audio')) {
+      media.muted = false;
+      media.play().catch(() => {});
     }
     ui.sound.hidden = true;
   });
@@ -893,13 +1807,16 @@ function init() {
 // media (getStats, pixels) through the connections it hands out.
 window.giaoban = {
   state() {
-    if (!meeting) return { view: 'join', lang: getLang() };
+    if (!meeting) return { view: document.body.dataset.view || 'join', lang: getLang() };
     return {
       view: 'meeting',
       lang: getLang(),
       room: meeting.room,
       name: meeting.name,
       selfId: meeting.selfId,
+      role: meeting.role,
+      meeting: meeting.meetingInfo,
+      canPublish: meeting.canPublish,
       joined: meeting.selfId !== null,
       ws: meeting.session?.state ?? null,
       publish: meeting.publishPc?.connectionState ?? null,
@@ -910,6 +1827,10 @@ window.giaoban = {
         mic: !!meeting.local.audio?.enabled,
         camera: !!meeting.local.video?.enabled,
       },
+      meetingState: meeting.state,
+      holdsFloor: meeting.holdsFloor,
+      mutedByChair: meeting.mutedByChair,
+      sharing: !!meeting.screen,
     };
   },
   participants() {
@@ -917,12 +1838,15 @@ window.giaoban = {
     return [...meeting.participants.values()].map((p) => ({
       id: p.id,
       name: p.name,
+      role: p.role,
       mic: p.mic,
       camera: p.camera,
-      tracks: [...p.tracks.keys()],
-      receiving: p.stream.getTracks().map((tr) => ({ kind: tr.kind, id: remoteTrackIds.get(tr) ?? tr.id })),
+      tracks: [...p.tracks.values()],
+      receiving: [...p.received.entries()].map(([id, tr]) => ({ kind: tr.kind, id })),
     }));
   },
+  /** mid of the subscribe connection → {participantId, trackId}. */
+  midMap: () => (meeting ? Object.fromEntries(meeting.midMap) : {}),
   publishPc: () => meeting?.publishPc ?? null,
   subscribePc: () => meeting?.subscribePc ?? null,
 };

@@ -1,0 +1,490 @@
+// End-to-end: a giao ban (lecture meeting) with the real server binary and headless Chromium.
+//
+// The server starts with an empty data directory, so it creates the demo meeting "Giao ban thử nghiệm" and prints
+// its join links. The chair and two halls join through those links, each publishing a canvas of its own colour and
+// an oscillator. Hall A raises its hand, the chair gives it the floor: hall B must start receiving A's audio (it
+// received none before: in lecture mode the server forwards only the chair and the holder of the floor) and show A
+// as the main picture. The chair mutes everyone: A's audio at B stops. The chair shares its screen (real
+// getDisplayMedia: Chromium picks the screen by itself with --auto-select-desktop-capture-source): both halls decode
+// it and show it as the main picture. Chat and roll call are checked on the way; the admin page creates a hall.
+//
+// Run: `npm test` here. GIAOBAN_BIN overrides the server binary (default target/debug/giaoban).
+// WEB_CLIENT_FROM_DISK=1 serves web-client/ from disk instead of the copy embedded in the binary (for working on
+// the client without rebuilding the server).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SERVER_BIN = process.env.GIAOBAN_BIN || join(REPO_ROOT, 'target', 'debug', 'giaoban');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--autoplay-policy=no-user-gesture-required',
+  // getDisplayMedia without a picker: the (fake) screen is chosen by itself.
+  '--auto-select-desktop-capture-source=Entire screen',
+];
+const WEB_FROM_DISK = !!process.env.WEB_CLIENT_FROM_DISK;
+const WEB_FILES = {
+  '/': ['index.html', 'text/html; charset=utf-8'],
+  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+  '/protocol.js': ['protocol.js', 'text/javascript; charset=utf-8'],
+  '/i18n.js': ['i18n.js', 'text/javascript; charset=utf-8'],
+  '/style.css': ['style.css', 'text/css; charset=utf-8'],
+  '/admin': ['admin.html', 'text/html; charset=utf-8'],
+  '/admin.js': ['admin.js', 'text/javascript; charset=utf-8'],
+};
+
+const CHAIR = { key: 'chair', rgb: [230, 20, 20], colour: 'red', tone: 330 };
+const HALL_A = { key: 'UBND xã An Phú', rgb: [20, 210, 20], colour: 'green', tone: 440 };
+const HALL_B = { key: 'UBND xã Bình Minh', rgb: [20, 20, 230], colour: 'blue', tone: 550 };
+
+let server; // { proc, baseUrl, log, adminUrl, links: [{name, url}], dataDir }
+let browser;
+
+// ------------------------------------------------------------------------------------------------------------
+// Helpers
+
+async function waitFor(fn, { timeout = 20_000, interval = 250, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  let lastErr;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      lastErr = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
+      throw new Error(`timed out after ${timeout} ms waiting for ${what} (${detail})`);
+    }
+    await new Promise((r) => setTimeout(r, interval));
+  }
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Start the server on an empty data directory (no open rooms) and read the demo meeting's links from stdout. */
+async function startServer() {
+  if (!existsSync(SERVER_BIN)) {
+    throw new Error(`server binary ${SERVER_BIN} not found: run \`cargo build -p giaoban-signaling\` or set GIAOBAN_BIN`);
+  }
+  const dataDir = mkdtempSync(join(tmpdir(), 'giaoban-briefing-'));
+  // The server refuses unknown GIAOBAN_* settings: pass none of the caller's (e.g. GIAOBAN_BIN, open rooms).
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
+  const env = {
+    ...inherited,
+    GIAOBAN_HTTP_LISTEN: '127.0.0.1:0',
+    GIAOBAN_MEDIA_LISTEN_IP: '127.0.0.1',
+    GIAOBAN_MEDIA_UDP_PORT: '0',
+    GIAOBAN_TLS_SELF_SIGNED: 'false',
+    GIAOBAN_STORAGE_DATA_DIR: dataDir,
+  };
+  const proc = spawn(SERVER_BIN, [], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = [];
+  const remember = (stream) => (line) => {
+    log.push(`[${stream}] ${line}`);
+    if (log.length > 400) log.shift();
+  };
+  createInterface({ input: proc.stderr }).on('line', remember('stderr'));
+  const stdout = createInterface({ input: proc.stdout });
+  stdout.on('line', remember('stdout'));
+  const found = { proc, log, dataDir, links: [], baseUrl: null, adminUrl: null };
+  return new Promise((resolveStart, reject) => {
+    const fail = (err) => {
+      clearTimeout(timer);
+      rmSync(dataDir, { recursive: true, force: true });
+      reject(err);
+    };
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      fail(new Error(`server did not print the demo meeting within 30 s:\n${log.join('\n')}`));
+    }, 30_000);
+    let inDemo = false;
+    stdout.on('line', (line) => {
+      let m;
+      if ((m = /giaoban listening on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(line))) found.baseUrl = m[1];
+      else if ((m = /^\s+admin page: (\S+)/.exec(line))) found.adminUrl = m[1];
+      else if (/^\s+demo meeting "/.test(line)) inDemo = true;
+      else if (inDemo && (m = /^\s{3,}(\S.*?)\s+(http:\/\/\S+\?token=\S+)\s*$/.exec(line))) {
+        found.links.push({ name: m[1], url: m[2] });
+      }
+      if (found.baseUrl && found.adminUrl && found.links.length >= 5) {
+        clearTimeout(timer);
+        resolveStart(found);
+      }
+    });
+    proc.on('close', (code, signal) => fail(new Error(`server exited early (code ${code}, signal ${signal}):\n${log.join('\n')}`)));
+    proc.on('error', fail);
+  });
+}
+
+async function stopServer() {
+  if (!server) return;
+  const { proc } = server;
+  if (proc.exitCode === null && proc.signalCode === null) {
+    const exited = new Promise((r) => proc.once('exit', r));
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 3_000);
+    await exited;
+    clearTimeout(timer);
+  }
+  rmSync(server.dataDir, { recursive: true, force: true });
+}
+
+function linkFor(pred, what) {
+  const link = server.links.find(pred);
+  if (!link) throw new Error(`no ${what} link among ${JSON.stringify(server.links.map((l) => l.name))}`);
+  return link;
+}
+
+/** Replace getUserMedia: a canvas of one solid colour (20 fps) and a WebAudio oscillator. */
+function fakeMediaScript({ rgb, tone }) {
+  const md = navigator.mediaDevices;
+  if (!md) return;
+  md.getUserMedia = async (constraints = {}) => {
+    const out = new MediaStream();
+    if (constraints.video) {
+      const canvas = document.createElement('canvas');
+      canvas.width = 640;
+      canvas.height = 360;
+      const ctx = canvas.getContext('2d');
+      const paint = () => {
+        ctx.fillStyle = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
+        ctx.fillRect(0, 0, canvas.width, canvas.height);
+      };
+      paint();
+      setInterval(paint, 50);
+      out.addTrack(canvas.captureStream(20).getVideoTracks()[0]);
+    }
+    if (constraints.audio) {
+      const ac = new AudioContext();
+      const osc = ac.createOscillator();
+      osc.frequency.value = tone;
+      const dest = ac.createMediaStreamDestination();
+      osc.connect(dest);
+      osc.start();
+      out.addTrack(dest.stream.getAudioTracks()[0]);
+    }
+    return out;
+  };
+}
+
+async function newPage(label) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  if (WEB_FROM_DISK) {
+    await context.route(
+      (url) => url.href.startsWith(server.baseUrl) && Object.hasOwn(WEB_FILES, url.pathname),
+      (route) => {
+        const [file, contentType] = WEB_FILES[new URL(route.request().url()).pathname];
+        route.fulfill({ contentType, body: readFileSync(join(REPO_ROOT, 'web-client', file)) });
+      },
+    );
+  }
+  const page = await context.newPage();
+  const consoleLog = [];
+  const foreignRequests = [];
+  page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
+  page.on('request', (r) => {
+    const url = r.url();
+    if (!url.startsWith(server.baseUrl) && !url.startsWith('data:') && !url.startsWith('blob:')) foreignRequests.push(url);
+  });
+  return { label, context, page, consoleLog, foreignRequests };
+}
+
+async function openParticipant(who, url) {
+  const p = await newPage(who.key);
+  await p.page.addInitScript(fakeMediaScript, { rgb: who.rgb, tone: who.tone });
+  await p.page.goto(url);
+  return { ...who, ...p };
+}
+
+/** Packets received on the subscribe connection for `name`'s microphone (inbound-rtp matched by mid). */
+async function audioPackets(page, name) {
+  return page.evaluate(async (name) => {
+    const g = window.giaoban;
+    const pc = g?.subscribePc();
+    const p = g?.participants().find((x) => x.name === name);
+    if (!pc || !p) return { total: 0, found: false };
+    const ids = p.tracks.filter((t) => t.kind === 'audio' && t.source !== 'screen').map((t) => t.id);
+    const mids = Object.entries(g.midMap())
+      .filter(([, m]) => ids.includes(m.trackId))
+      .map(([mid]) => mid);
+    const report = await pc.getStats();
+    let total = 0;
+    let found = false;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio' && mids.includes(s.mid)) {
+        total += s.packetsReceived ?? 0;
+        found = true;
+      }
+    });
+    return { total, found, mids };
+  }, name);
+}
+
+/** How many packets of `name`'s audio arrive at `page` within `ms`. */
+async function audioDelta(page, name, ms = 1500) {
+  const a = await audioPackets(page, name);
+  await sleep(ms);
+  const b = await audioPackets(page, name);
+  return b.total - a.total;
+}
+
+async function videosDecoding(page) {
+  return page.evaluate(async () => {
+    const pc = window.giaoban?.subscribePc?.();
+    if (!pc) return 0;
+    const report = await pc.getStats();
+    let n = 0;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video' && (s.framesDecoded ?? 0) > 0) n += 1;
+    });
+    return n;
+  });
+}
+
+/** Mean colour of the element matched by `selector` (a <video>), or null until it has a frame. */
+async function meanColour(page, selector) {
+  return page.evaluate((selector) => {
+    const video = document.querySelector(selector);
+    if (!video || video.videoWidth === 0 || video.readyState < 2) return null;
+    const canvas = document.createElement('canvas');
+    canvas.width = 64;
+    canvas.height = 36;
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(video, 0, 0, 64, 36);
+    const data = ctx.getImageData(0, 0, 64, 36).data;
+    const sum = [0, 0, 0];
+    for (let i = 0; i < data.length; i += 4) {
+      sum[0] += data[i];
+      sum[1] += data[i + 1];
+      sum[2] += data[i + 2];
+    }
+    return sum.map((v) => Math.round(v / (data.length / 4)));
+  }, selector);
+}
+
+function colourMatches(mean, rgb) {
+  if (!mean) return false;
+  const want = rgb.indexOf(Math.max(...rgb));
+  return mean.every((v, i) => (i === want ? v >= 150 : v <= 90));
+}
+
+const mainVideo = '[data-testid="main-video"]';
+const mainInfo = (page) =>
+  page.evaluate(() => {
+    const v = document.querySelector('[data-testid="main-video"]');
+    const stage = document.querySelector('[data-testid="main-stage"]');
+    return v && { participant: v.dataset.participant, source: v.dataset.source, visible: !stage.hidden, width: v.videoWidth };
+  });
+
+function diagnostics(people) {
+  const parts = [];
+  for (const p of people) parts.push(`--- console of "${p.label}" ---\n${p.consoleLog.slice(-40).join('\n')}`);
+  if (server) parts.push(`--- server log (tail) ---\n${server.log.slice(-80).join('\n')}`);
+  return parts.join('\n');
+}
+
+// ------------------------------------------------------------------------------------------------------------
+
+before(async () => {
+  server = await startServer();
+  // Pages fulfilled from disk have no address space of their own: let them reach the loopback server.
+  const args = WEB_FROM_DISK ? [...CHROMIUM_ARGS, '--disable-features=LocalNetworkAccessChecks'] : CHROMIUM_ARGS;
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args });
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await stopServer();
+});
+
+test('giao ban: raise hand, give the floor, mute all, share the screen', { timeout: 90_000 }, async (t) => {
+  const chairLink = linkFor((l) => l.name.endsWith('(Chủ trì)'), 'chair');
+  const aLink = linkFor((l) => l.name === HALL_A.key, HALL_A.key);
+  const bLink = linkFor((l) => l.name === HALL_B.key, HALL_B.key);
+  const people = [];
+  try {
+    const chair = await openParticipant(CHAIR, chairLink.url);
+    people.push(chair);
+    const a = await openParticipant(HALL_A, aLink.url);
+    people.push(a);
+    const b = await openParticipant(HALL_B, bLink.url);
+    people.push(b);
+
+    // Everyone joined with the role from the link, sees the meeting title, and the views differ by role.
+    for (const p of people) {
+      const st = await waitFor(() => p.page.evaluate(() => window.giaoban.state().joined && window.giaoban.state()), {
+        what: `"${p.label}" to join`,
+      });
+      p.name = st.name;
+      p.id = st.selfId;
+      assert.equal(st.role, p === chair ? 'chair' : 'endpoint');
+      assert.equal((await p.page.getByTestId('meeting-title').innerText()).trim(), 'Giao ban thử nghiệm');
+      assert.match(await p.page.getByTestId('meeting-mode').innerText(), /Chỉ đạo/);
+    }
+    assert.equal(chair.name, chairLink.name);
+    assert.equal(await chair.page.getByTestId('chair-tools').isVisible(), true);
+    assert.equal(await chair.page.getByTestId('raise-hand').isVisible(), false);
+    assert.equal(await a.page.getByTestId('chair-tools').isVisible(), false);
+    assert.equal(await a.page.getByTestId('raise-hand').isVisible(), true);
+    assert.equal(await a.page.getByTestId('share-screen').isVisible(), false, 'a hall shares only with the floor');
+
+    // B decodes the chair's and A's cameras; it hears the chair but, in lecture mode, not A.
+    await waitFor(async () => (await videosDecoding(b.page)) >= 2, { what: 'B to decode two videos' });
+    await waitFor(async () => (await audioDelta(b.page, chair.name, 800)) > 0, { what: "B to receive the chair's audio" });
+    // The chair is the main picture at the halls.
+    await waitFor(async () => (await mainInfo(b.page))?.participant === chair.name, { what: 'B main picture = chair' });
+    const before = await audioDelta(b.page, a.name, 2500);
+    t.diagnostic(`A's audio at B before the floor: +${before} packets in 2.5 s`);
+    assert.equal(before, 0, "B must not receive A's audio before A has the floor");
+
+    // The roll call board at the chair: the two halls present, the third absent.
+    await waitFor(
+      () =>
+        chair.page.evaluate(() => {
+          const rows = [...document.querySelectorAll('[data-testid="rollcall-row"]')];
+          const status = Object.fromEntries(rows.map((r) => [r.dataset.name, r.dataset.status]));
+          return (
+            status['UBND xã An Phú'] === 'present' &&
+            status['UBND xã Bình Minh'] === 'present' &&
+            status['UBND phường Tân Tiến'] === 'absent' &&
+            status
+          );
+        }),
+      { timeout: 10_000, what: 'the roll call board at the chair' },
+    );
+
+    // A raises its hand: the chair's queue shows it.
+    await a.page.getByTestId('raise-hand').click();
+    const row = chair.page.locator(`[data-testid="queue-row"][data-participant="${a.name}"]`);
+    await row.waitFor({ state: 'visible', timeout: 10_000 });
+    await waitFor(async () => /1/.test(await a.page.getByTestId('hand-position').innerText()), {
+      timeout: 5_000,
+      what: "A's place in the queue",
+    });
+    assert.match(await a.page.getByTestId('raise-hand').innerText(), /Hạ tay/);
+
+    // The chair gives A the floor: B receives A's audio and shows A as the main picture.
+    await row.getByTestId('grant').click();
+    await a.page.getByTestId('floor-banner').waitFor({ state: 'visible', timeout: 10_000 });
+    assert.match(await a.page.getByTestId('floor-banner').innerText(), /Bạn đang được phát biểu/);
+    await chair.page.locator(`[data-testid="floor-row"][data-participant="${a.name}"]`).waitFor({ timeout: 5_000 });
+    const during = await waitFor(
+      async () => {
+        const d = await audioDelta(b.page, a.name, 1000);
+        return d > 0 && d;
+      },
+      { timeout: 15_000, what: "B to receive A's audio after the grant" },
+    );
+    t.diagnostic(`A's audio at B with the floor: +${during} packets in 1 s`);
+    await waitFor(async () => (await mainInfo(b.page))?.participant === a.name, {
+      timeout: 10_000,
+      what: 'B main picture = A',
+    });
+    const mean = await waitFor(
+      async () => {
+        const m = await meanColour(b.page, mainVideo);
+        return colourMatches(m, HALL_A.rgb) && m;
+      },
+      { timeout: 10_000, what: `B's main picture to show ${HALL_A.colour}` },
+    );
+    t.diagnostic(`B's main picture: rgb(${mean.join(',')})`);
+
+    // Chat reaches everyone.
+    await chair.page.getByTestId('chat-input').fill('Điểm cầu An Phú phát biểu');
+    await chair.page.getByTestId('chat-send').click();
+    await b.page
+      .locator('[data-testid="chat-line"]', { hasText: 'Điểm cầu An Phú phát biểu' })
+      .waitFor({ timeout: 5_000 });
+
+    // Mute all: A's client shows it is muted, and A's audio at B stops.
+    await chair.page.getByTestId('mute-all').click();
+    await waitFor(() => a.page.evaluate(() => window.giaoban.state().mutedByChair), {
+      timeout: 5_000,
+      what: 'A to be told it is muted',
+    });
+    assert.equal(await a.page.getByTestId('mic').getAttribute('data-on'), 'false');
+    await waitFor(async () => (await audioDelta(b.page, a.name, 1500)) === 0, {
+      timeout: 10_000,
+      what: "A's audio at B to stop after mute all",
+    });
+
+    // The chair shares its screen: both halls decode a third video and show the screen as the main picture.
+    await chair.page.getByTestId('share-screen').click();
+    await waitFor(() => chair.page.evaluate(() => window.giaoban.state().sharing), {
+      timeout: 10_000,
+      what: 'the chair to share its screen',
+    });
+    for (const hall of [a, b]) {
+      await waitFor(async () => (await videosDecoding(hall.page)) >= 3, {
+        timeout: 20_000,
+        what: `"${hall.label}" to decode the screen share`,
+      });
+      const info = await waitFor(
+        async () => {
+          const m = await mainInfo(hall.page);
+          return m?.source === 'screen' && m.participant === chair.name && m.visible && m.width > 0 && m;
+        },
+        { timeout: 15_000, what: `"${hall.label}" to show the screen share large` },
+      );
+      const m = await meanColour(hall.page, mainVideo);
+      t.diagnostic(`${hall.label} main picture: ${JSON.stringify(info)} rgb(${m?.join(',')})`);
+      assert.ok(!colourMatches(m, CHAIR.rgb), "the main picture shows the screen, not the chair's camera");
+    }
+
+    for (const p of people) assert.deepEqual(p.foreignRequests, [], `"${p.label}" loaded nothing external`);
+  } catch (err) {
+    err.message += `\n${diagnostics(people)}`;
+    throw err;
+  } finally {
+    for (const p of people) await p.context.close().catch(() => {});
+  }
+});
+
+test('admin page: create a hall and see it listed', { timeout: 30_000 }, async () => {
+  const p = await newPage('admin');
+  try {
+    await p.page.goto(server.adminUrl);
+    await p.page.getByTestId('endpoint-row').first().waitFor({ timeout: 10_000 });
+    assert.ok(
+      await p.page.locator('[data-testid="endpoint-row"]', { hasText: 'UBND xã An Phú' }).count(),
+      'the demo halls are listed',
+    );
+    await p.page.getByTestId('endpoint-name').fill('UBND xã Thử Nghiệm');
+    await p.page.getByTestId('endpoint-unit').fill('Huyện Kiểm Tra');
+    await p.page.getByTestId('endpoint-create').click();
+    await p.page.locator('[data-testid="endpoint-row"]', { hasText: 'UBND xã Thử Nghiệm' }).waitFor({ timeout: 10_000 });
+    // The meeting list shows the demo meeting; its join links open.
+    await p.page.locator('[data-testid="meeting-row"]', { hasText: 'Giao ban thử nghiệm' }).getByTestId('meeting-open').click();
+    await p.page.locator('[data-testid="link-row"]').first().waitFor({ timeout: 10_000 });
+    assert.ok((await p.page.locator('[data-testid="link-row"]').count()) >= 5);
+    assert.deepEqual(p.foreignRequests, []);
+  } catch (err) {
+    err.message += `\n${diagnostics([p])}`;
+    throw err;
+  } finally {
+    await p.context.close().catch(() => {});
+  }
+});
