@@ -205,7 +205,7 @@ async fn attendance_rows_and_roll_call() {
     }
 
     // Roll call to the chair: A present, B absent (it was here), C absent.
-    let entries = wait_roll_call(&chair, from, "B absent", |e| {
+    let entries = wait_roll_call(chair, from, "B absent", |e| {
         status_of(e, &b_ep.id) == Some(Presence::Absent)
     })
     .await;
@@ -399,15 +399,12 @@ async fn admin_api_needs_an_admin_token() {
     );
     let names = NAMES;
     // The admin API.
-    let admin = giaoban_signaling::admin::admin_token(&hub);
+    let admin = giaoban_signaling::admin::admin_token(hub);
     let bearer = format!("Bearer {admin}");
     let auth = [("Authorization", bearer.as_str())];
-    let get = |path: String, with: bool| {
-        let auth = auth;
-        async move {
-            let headers: &[(&str, &str)] = if with { &auth } else { &[] };
-            http_request(server.http, "GET", &path, headers, None).await
-        }
+    let get = |path: String, with: bool| async move {
+        let headers: &[(&str, &str)] = if with { &auth } else { &[] };
+        http_request(server.http, "GET", &path, headers, None).await
     };
     let (status, _, body) = get("/api/admin/endpoints".into(), true).await;
     assert_eq!(status, 200, "{body}");
@@ -424,7 +421,7 @@ async fn admin_api_needs_an_admin_token() {
     let (status, _, body) = get("/api/admin/meetings".into(), true).await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        common::json_strings(&serde_json::from_str(&body).expect("JSON")).contains(&mid),
+        common::json_strings(&serde_json::from_str(&body).expect("JSON")).contains(mid),
         "{body}"
     );
     let (status, _, body) = get(format!("/api/admin/meetings/{mid}/links"), true).await;
@@ -554,7 +551,7 @@ async fn chat_reaches_everyone_and_late_joiners() {
     // Chat: a line reaches everyone (the sender too); a late joiner gets it in `joined`.
     let marks = [chair.log_len(), secretary.log_len(), a.log_len()];
     send(
-        &a,
+        a,
         ClientMessage::Chat {
             text: "Xã Tân Phú đã sẵn sàng, nghe rõ.".into(),
         },
@@ -593,7 +590,7 @@ async fn chat_reaches_everyone_and_late_joiners() {
         _ => unreachable!("joined"),
     }
     // C is now present, whatever the recorded reason.
-    wait_roll_call(&chair, from, "C present", |e| {
+    wait_roll_call(chair, from, "C present", |e| {
         status_of(e, &c_ep.id) == Some(Presence::Present)
     })
     .await;

@@ -94,7 +94,11 @@ async fn lecture_floor_decides_who_is_heard() {
         );
         assert_eq!(s.floor[0].name, eps[0].name);
         assert_eq!(s.floor[0].remaining_ms, None, "no time limit: {s:?}");
-        assert_eq!(queue_ids(&s), [bid.clone()], "A's hand came down: {s:?}");
+        assert_eq!(
+            queue_ids(&s),
+            std::slice::from_ref(&bid),
+            "A's hand came down: {s:?}"
+        );
     }
     wait_audio_flowing(&b, &a, 10, Duration::from_secs(5)).await;
     wait_audio_flowing(&chair, &a, 10, Duration::from_secs(5)).await;

@@ -266,9 +266,13 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     let a2 = server.join_token(&a_tok, "Xã A (lại)", true).await;
     let a2id = a2.id();
     let own = common::latest_state(&a2).expect("state in joined");
-    assert_eq!(floor_ids(&own), [a2id.clone()], "A's joined state: {own:?}");
+    assert_eq!(
+        floor_ids(&own),
+        std::slice::from_ref(&a2id),
+        "A's joined state: {own:?}"
+    );
     let s = wait_state(&chair, from, "the rejoined A holding the floor", |s| {
-        floor_ids(s) == [a2id.clone()]
+        floor_ids(s) == std::slice::from_ref(&a2id)
     })
     .await;
     assert_eq!(
@@ -292,7 +296,7 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     assert_eq!(s.queue[0].name, eps[1].name);
     assert_eq!(
         floor_ids(&s),
-        [a2id.clone()],
+        std::slice::from_ref(&a2id),
         "A still holds the floor: {s:?}"
     );
 
