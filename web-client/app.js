@@ -45,6 +45,8 @@ const ui = {
   statusWs: $('status-ws'),
   statusPublish: $('status-publish'),
   statusSubscribe: $('status-subscribe'),
+  pillQuality: $('pill-quality'),
+  statusQuality: $('status-quality'),
   floorBanner: $('floor-banner'),
   unmutePrompt: $('unmute-prompt'),
   unmuteAccept: $('unmute-accept'),
@@ -126,6 +128,8 @@ function newMeeting(room, name, token) {
     screen: null,
     mainKey: '',
     tick: null,
+    /** The last connection_quality message. */
+    quality: null,
   };
 }
 
@@ -260,6 +264,25 @@ function renderStatus() {
   setPill(ui.statusWs, views.ws);
   setPill(ui.statusPublish, views.publish);
   setPill(ui.statusSubscribe, views.subscribe);
+  renderQuality();
+}
+
+/** Chất lượng kết nối: this page's link as the server measures it (connection_quality, every 2 s). */
+function renderQuality() {
+  const q = meeting?.quality;
+  ui.pillQuality.hidden = !q || meeting.wsView !== 'connected';
+  if (!q) return;
+  const view = { good: 'connected', fair: 'connecting', poor: 'retrying' }[q.level] || 'idle';
+  ui.statusQuality.textContent = t(`quality.${q.level}`) !== `quality.${q.level}` ? t(`quality.${q.level}`) : q.level;
+  ui.pillQuality.dataset.state = view;
+  ui.pillQuality.dataset.level = q.level;
+  const kbit = (b) => (b == null ? '–' : Math.round(b / 1000));
+  ui.pillQuality.title = t('quality.detail', {
+    loss: q.loss_percent == null ? '–' : Number(q.loss_percent).toFixed(1),
+    rtt: q.rtt_ms == null ? '–' : Math.round(q.rtt_ms),
+    in: kbit(q.bitrate_in),
+    out: kbit(q.bitrate_out),
+  });
 }
 
 function setPill(valueEl, view) {
@@ -1550,6 +1573,10 @@ function onServerMessage(msg) {
       break;
     case 'unmute_requested':
       if (meeting.local.audio && !meeting.local.audio.enabled) showUnmutePrompt();
+      break;
+    case 'connection_quality':
+      meeting.quality = msg;
+      renderQuality();
       break;
     case 'pong':
       break;

@@ -42,6 +42,8 @@ const CHROMIUM_ARGS = [
   '--auto-select-desktop-capture-source=Entire screen',
 ];
 const WEB_FROM_DISK = !!process.env.WEB_CLIENT_FROM_DISK;
+/** Where to save screenshots of each view (optional, for looking at the layout). */
+const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || '';
 const WEB_FILES = {
   '/': ['index.html', 'text/html; charset=utf-8'],
   '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
@@ -376,6 +378,15 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       { timeout: 10_000, what: 'the roll call board at the chair' },
     );
 
+    // The attendance report link of the chair's page (the documented URL with the page's own token).
+    const csvHref = await chair.page.getByTestId('attendance-csv').getAttribute('href');
+    assert.match(csvHref, /^\/api\/meetings\/[^/]+\/attendance\.csv\?token=/);
+    const csv = await chair.page.evaluate(async (href) => {
+      const res = await fetch(href);
+      return { status: res.status, type: res.headers.get('content-type') };
+    }, csvHref);
+    t.diagnostic(`attendance CSV link ${csvHref.replace(/token=.*/, 'token=…')}: HTTP ${csv.status} ${csv.type}`);
+
     // A raises its hand: the chair's queue shows it.
     await a.page.getByTestId('raise-hand').click();
     const row = chair.page.locator(`[data-testid="queue-row"][data-participant="${a.name}"]`);
@@ -454,6 +465,10 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       assert.ok(!colourMatches(m, CHAIR.rgb), "the main picture shows the screen, not the chair's camera");
     }
 
+    if (SCREENSHOT_DIR) {
+      for (const p of people) await p.page.screenshot({ path: join(SCREENSHOT_DIR, `briefing-${p.colour}.png`) });
+      t.diagnostic(diagnostics(people));
+    }
     for (const p of people) assert.deepEqual(p.foreignRequests, [], `"${p.label}" loaded nothing external`);
   } catch (err) {
     err.message += `\n${diagnostics(people)}`;
@@ -480,6 +495,12 @@ test('admin page: create a hall and see it listed', { timeout: 30_000 }, async (
     await p.page.locator('[data-testid="meeting-row"]', { hasText: 'Giao ban thử nghiệm' }).getByTestId('meeting-open').click();
     await p.page.locator('[data-testid="link-row"]').first().waitFor({ timeout: 10_000 });
     assert.ok((await p.page.locator('[data-testid="link-row"]').count()) >= 5);
+    if (SCREENSHOT_DIR) {
+      await p.page.getByTestId('attendance-show').click();
+      await p.page.getByTestId('audit-show').click();
+      await p.page.getByTestId('audit-row').first().waitFor({ timeout: 5_000 });
+      await p.page.screenshot({ path: join(SCREENSHOT_DIR, 'admin.png'), fullPage: true });
+    }
     assert.deepEqual(p.foreignRequests, []);
   } catch (err) {
     err.message += `\n${diagnostics([p])}`;
