@@ -200,7 +200,9 @@ function renderAttendance() {
     (a.invitations || []).map((i) => {
       const live = status.get(i.endpoint.id);
       const st = live?.status ?? (i.first_joined_at ? 'absent' : i.absence_reason ? 'absent_with_reason' : 'absent');
-      const shown = live ? t(`rollcall.${st}`) : i.first_joined_at ? t('rollcall.present') : t(`rollcall.${st}`);
+      // Present now, else whether the hall attended at all, else absent (with the reason if one was recorded).
+      const shown =
+        st === 'present' ? t('rollcall.present') : i.first_joined_at ? t('admin.attended') : t(`rollcall.${st}`);
       return [i.endpoint.name, i.endpoint.unit, shown, live?.reason ?? i.absence_reason ?? '', when(i.first_joined_at), when(i.last_left_at)];
     }),
     'attendance-row',
@@ -222,7 +224,14 @@ function renderAudit() {
   box.replaceChildren(
     table(
       [t('admin.audit.at'), t('admin.audit.actor'), t('admin.link.role'), t('admin.audit.action'), t('admin.audit.detail'), t('admin.audit.outcome')],
-      data.audit.map((e) => [when(e.at), e.actor, e.role ?? '', e.action, e.detail, e.outcome]),
+      data.audit.map((e) => [
+        when(e.at),
+        data.endpoints.some((x) => x.id === e.actor) ? `${endpointName(e.actor)} (${e.actor})` : e.actor,
+        e.role ? (t(`role.${e.role}`) !== `role.${e.role}` ? t(`role.${e.role}`) : e.role) : '',
+        e.action,
+        e.detail,
+        e.outcome,
+      ]),
       'audit-row',
     ),
   );

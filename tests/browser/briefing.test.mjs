@@ -465,8 +465,43 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       assert.ok(!colourMatches(m, CHAIR.rgb), "the main picture shows the screen, not the chair's camera");
     }
 
+    // Ask to unmute: A gets a prompt, accepts, and its audio (it still holds the floor) reaches B again.
+    await chair.page.locator(`[data-testid="tile"][data-participant-id="${a.id}"]`).hover();
+    await chair.page
+      .locator(`[data-testid="tile"][data-participant-id="${a.id}"] [data-testid="tile-ask-unmute"]`)
+      .click({ timeout: 5_000 });
+    await a.page.getByTestId('unmute-prompt').waitFor({ state: 'visible', timeout: 5_000 });
+    await a.page.getByTestId('unmute-accept').click();
+    await waitFor(async () => (await audioDelta(b.page, a.name, 1000)) > 0, {
+      timeout: 10_000,
+      what: "A's audio at B after A accepted to unmute",
+    });
+
+    // The observer (IT staff) watches only: no camera asked for, no publish connection, but it receives.
+    const obsLink = linkFor((l) => l.name.includes('dự thính'), 'observer');
+    const observer = await newPage('observer');
+    people.push(observer);
+    await observer.page.addInitScript(() => {
+      navigator.mediaDevices.getUserMedia = async () => {
+        window.askedForMedia = true;
+        throw new DOMException('observers must not ask', 'NotAllowedError');
+      };
+    });
+    await observer.page.goto(obsLink.url);
+    await waitFor(() => observer.page.evaluate(() => window.giaoban.state().joined), { what: 'the observer to join' });
+    await waitFor(async () => (await videosDecoding(observer.page)) >= 3, { what: 'the observer to decode 3 videos' });
+    const obs = await observer.page.evaluate(() => ({
+      role: window.giaoban.state().role,
+      publishPc: window.giaoban.publishPc() !== null,
+      asked: !!window.askedForMedia,
+      mic: !document.querySelector('[data-testid="mic"]').hidden,
+      hand: !document.querySelector('[data-testid="raise-hand"]').hidden,
+    }));
+    assert.deepEqual(obs, { role: 'observer', publishPc: false, asked: false, mic: false, hand: false });
+    await observer.page.locator('[data-testid="chat-line"]', { hasText: 'Điểm cầu An Phú phát biểu' }).waitFor({ timeout: 5_000 });
+
     if (SCREENSHOT_DIR) {
-      for (const p of people) await p.page.screenshot({ path: join(SCREENSHOT_DIR, `briefing-${p.colour}.png`) });
+      for (const p of people) await p.page.screenshot({ path: join(SCREENSHOT_DIR, `briefing-${p.colour || p.label}.png`) });
       t.diagnostic(diagnostics(people));
     }
     for (const p of people) assert.deepEqual(p.foreignRequests, [], `"${p.label}" loaded nothing external`);
