@@ -415,6 +415,20 @@ pub async fn wait_audio_flowing(
 /// Assert no audio from `publisher` reaches any of `subs` over `window` while it keeps sending. First waits
 /// (bounded) for what was in flight to drain: counts stable over 250 ms.
 pub async fn assert_audio_silent(subs: &[&SimEndpoint], publisher: &SimEndpoint, window: Duration) {
+    audio_silent(subs, publisher, window, true).await;
+}
+
+/// Like [`assert_audio_silent`], without requiring the publisher to keep sending (its connection may be gone).
+pub async fn assert_audio_stops(subs: &[&SimEndpoint], publisher: &SimEndpoint, window: Duration) {
+    audio_silent(subs, publisher, window, false).await;
+}
+
+async fn audio_silent(
+    subs: &[&SimEndpoint],
+    publisher: &SimEndpoint,
+    window: Duration,
+    check_sending: bool,
+) {
     let pid = publisher.id();
     let counts =
         |subs: &[&SimEndpoint]| subs.iter().map(|s| audio_from(s, &pid)).collect::<Vec<_>>();
@@ -439,7 +453,7 @@ pub async fn assert_audio_silent(subs: &[&SimEndpoint], publisher: &SimEndpoint,
     let after = counts(subs);
     let sent_after = publisher.sent().audio_packets;
     assert!(
-        sent_after >= sent_before + 10,
+        !check_sending || sent_after >= sent_before + 10,
         "{} did not keep sending audio during the window ({sent_before} -> {sent_after})",
         publisher.name()
     );
