@@ -265,14 +265,31 @@ pub async fn attendance(
     Path(id): Path<String>,
     Query(p): Params,
 ) -> Result<Response, ApiError> {
-    let csv = id.ends_with(".csv");
-    let id = id.trim_end_matches(".csv").to_owned();
-    authorize(&hub, &headers, &p, "read attendance", |c| {
+    attendance_report(&hub, &headers, &id, &p, false)
+}
+
+pub async fn attendance_csv(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    attendance_report(&hub, &headers, &id, &p, true)
+}
+
+fn attendance_report(
+    hub: &Hub,
+    headers: &HeaderMap,
+    id: &str,
+    p: &HashMap<String, String>,
+    csv: bool,
+) -> Result<Response, ApiError> {
+    authorize(hub, headers, p, "read attendance", |c| {
         is_admin(c) || (c.mtg == id && matches!(c.role, Role::Chair | Role::Secretary))
     })?;
-    let meeting = hub.store.meeting(&id)?;
-    let invitations = hub.store.invitations(&id)?;
-    let rows = hub.store.attendance(&id)?;
+    let meeting = hub.store.meeting(id)?;
+    let invitations = hub.store.invitations(id)?;
+    let rows = hub.store.attendance(id)?;
     if csv {
         return Ok(csv_response(
             &format!("diem-danh-{id}.csv"),
@@ -281,7 +298,7 @@ pub async fn attendance(
     }
     let roll_call = hub
         .rooms
-        .get(&id)
+        .get(id)
         .map(|r| hub.roll_call(&r))
         .unwrap_or_default();
     Ok(Json(serde_json::json!({

@@ -85,6 +85,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/admin/meetings/{id}/links", get(admin::links))
         .route("/api/admin/audit", get(admin::audit))
         .route("/api/meetings/{id}/attendance", get(admin::attendance))
+        .route(
+            "/api/meetings/{id}/attendance.csv",
+            get(admin::attendance_csv),
+        )
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .with_state(hub)
 }

@@ -61,6 +61,12 @@ pub fn handle(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<bool, Re
     }
     let result = apply(hub, who, msg);
     let detail = format!("{msg:?}");
+    // Participants the action put out of the meeting leave now, whatever their clients do.
+    let result = result.map(|gone| {
+        for id in gone {
+            hub.leave(&id);
+        }
+    });
     match &result {
         Ok(()) => hub.audit(Some(who), None, name, &detail, "ok"),
         Err((code, m)) => hub.audit(
@@ -93,7 +99,9 @@ fn subject_of(hub: &Hub, who: &Identity, participant_id: &str) -> Result<(String
         ))
 }
 
-fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> {
+/// Apply an allowed action; returns the participant ids it puts out of the meeting (removed, meeting ended).
+fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<Vec<String>, Refused> {
+    let mut gone = Vec::new();
     let now = Instant::now();
     // Resolve targets before taking the room for writing.
     let target = match msg {
@@ -221,6 +229,7 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
                     },
                 );
                 let _ = m.outbox.send(Outgoing::Close);
+                gone.push(m.identity.participant_id.clone());
             }
         }
         ClientMessage::Lock { locked } => floor.locked = *locked,
@@ -236,6 +245,7 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
                     },
                 );
                 let _ = m.outbox.send(Outgoing::Close);
+                gone.push(m.identity.participant_id.clone());
             }
             if let Err(e) = hub.store.set_meeting_status(&id, "ended") {
                 tracing::warn!(error = %e, "meeting status not saved");
@@ -257,7 +267,7 @@ fn apply(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<(), Refused> 
         }
         _ => {}
     }
-    Ok(())
+    Ok(gone)
 }
 
 fn chat(hub: &Hub, who: &Identity, text: &str) -> Result<(), Refused> {

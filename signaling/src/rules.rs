@@ -225,7 +225,7 @@ impl Floor {
         let Some(role) = self.role_of(subject) else {
             return false;
         };
-        if !can_publish(role) || self.is_muted(subject) {
+        if !can_publish(role) || self.is_muted(subject) || self.is_removed(subject) {
             return false;
         }
         match self.mode {

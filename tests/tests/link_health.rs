@@ -43,7 +43,9 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 }
 
 async fn metrics(server: &TestServer) -> HashMap<String, f64> {
-    let (status, body) = http_get(server.http, "/metrics").await.expect("GET /metrics");
+    let (status, body) = http_get(server.http, "/metrics")
+        .await
+        .expect("GET /metrics");
     assert_eq!(status, 200, "{body}");
     parse_prometheus(&body)
 }
@@ -59,10 +61,16 @@ async fn health_api_and_metrics_follow_the_traffic() {
     let before = metrics(&server).await;
     let forwarded = "giaoban_media_rtp_forwarded_total";
     assert_eq!(before.get("giaoban_participants"), Some(&2.0));
-    assert!(before.get(forwarded).is_some_and(|v| *v > 0.0), "{before:?}");
+    assert!(
+        before.get(forwarded).is_some_and(|v| *v > 0.0),
+        "{before:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = metrics(&server).await;
-    assert!(after[forwarded] > before[forwarded], "forwarded counter moves");
+    assert!(
+        after[forwarded] > before[forwarded],
+        "forwarded counter moves"
+    );
     assert!(
         after["giaoban_media_received_bytes_total"] > before["giaoban_media_received_bytes_total"]
     );
@@ -77,26 +85,33 @@ async fn health_api_and_metrics_follow_the_traffic() {
     let (status, _) = http_get(server.http, "/api/health").await.expect("GET");
     assert_eq!(status, 401);
     let admin = giaoban_signaling::admin::admin_token(&server.hub());
-    let health = wait_until_async("both links report bitrate", Duration::from_secs(10), || async {
-        let (status, body) = http_get(server.http, &format!("/api/health?token={admin}"))
-            .await
-            .ok()?;
-        assert_eq!(status, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let ps = v["participants"].as_array()?.clone();
-        let ready = ps.len() == 2
-            && ps.iter().all(|p| {
-                p["publish"]["bitrate_in"].as_u64().unwrap_or(0) > 50_000
-                    && p["subscribe"]["bitrate_out"].as_u64().unwrap_or(0) > 50_000
-            });
-        ready.then_some(ps)
-    })
+    let health = wait_until_async(
+        "both links report bitrate",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = http_get(server.http, &format!("/api/health?token={admin}"))
+                .await
+                .ok()?;
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let ps = v["participants"].as_array()?.clone();
+            let ready = ps.len() == 2
+                && ps.iter().all(|p| {
+                    p["publish"]["bitrate_in"].as_u64().unwrap_or(0) > 50_000
+                        && p["subscribe"]["bitrate_out"].as_u64().unwrap_or(0) > 50_000
+                });
+            ready.then_some(ps)
+        },
+    )
     .await;
     for p in &health {
         assert_eq!(p["publish"]["state"], "connected", "{p}");
         assert_eq!(p["subscribe"]["state"], "connected", "{p}");
         assert_eq!(p["verdict"], "good", "loopback is a good link: {p}");
-        assert!(p["name"].as_str().is_some_and(|n| n.starts_with("Xã")), "{p}");
+        assert!(
+            p["name"].as_str().is_some_and(|n| n.starts_with("Xã")),
+            "{p}"
+        );
     }
 
     // Each client hears its own quality.
@@ -107,7 +122,10 @@ async fn health_api_and_metrics_follow_the_traffic() {
             })
             .await
             .expect("connection_quality arrives");
-        let ServerMessage::ConnectionQuality { level, bitrate_in, .. } = q else {
+        let ServerMessage::ConnectionQuality {
+            level, bitrate_in, ..
+        } = q
+        else {
             unreachable!("matched above")
         };
         assert_eq!(level, QualityLevel::Good);

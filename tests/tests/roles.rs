@@ -422,11 +422,9 @@ async fn remove_lock_and_end_meeting() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// KNOWN SERVER BUG (fails until fixed): `remove` and `end_meeting` send `bye` and a WebSocket close frame, but
-// leave the participant in the room until its *client* completes the close handshake. A client that ignores the
-// close (a hostile or hung one; the sim does not answer close frames) stays a member: still listed in
-// /api/rooms, and its audio and video still forwarded to the others. Moderation must not depend on the
-// removed client's cooperation: the hub should drop the member (`leave`) when it removes it or ends the meeting.
+// `remove` and `end_meeting` must not depend on the removed client's cooperation: a client that ignores the
+// close frame (a hostile or hung one; the sim does not answer close frames) must still leave the room at once —
+// gone from /api/rooms, its media no longer forwarded. (These failed before the hub dropped such members itself.)
 // ---------------------------------------------------------------------------------------------------------------
 
 /// Start a discussion meeting with a chair and two publishing endpoints whose audio flows.
@@ -470,7 +468,7 @@ async fn discussion_with_media(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bug_removed_participant_is_dropped_without_its_clients_help() {
+async fn removed_participant_is_dropped_without_its_clients_help() {
     let server = TestServer::start().await;
     let (_mid, chair, a, b) = discussion_with_media(&server).await;
     let aid = a.id();
@@ -491,12 +489,12 @@ async fn bug_removed_participant_is_dropped_without_its_clients_help() {
     })
     .await
     .unwrap_or_else(|e| {
-        panic!("SERVER BUG: the removed participant is still in the room (no participant_left to B): {e:#}")
+        panic!("the removed participant is still in the room (no participant_left to B): {e:#}")
     });
     let rooms = server.rooms().await;
     assert!(
         !common::json_strings(&rooms).contains(&aid),
-        "SERVER BUG: /api/rooms still lists the removed participant: {rooms}"
+        "/api/rooms still lists the removed participant: {rooms}"
     );
     common::assert_audio_stops(&[&b, &chair], &a, Duration::from_secs(1)).await;
     for ep in [&a, &b, &chair] {
@@ -506,7 +504,7 @@ async fn bug_removed_participant_is_dropped_without_its_clients_help() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bug_ended_meeting_stops_forwarding_without_the_clients_help() {
+async fn ended_meeting_stops_forwarding_without_the_clients_help() {
     let server = TestServer::start().await;
     let (mid, chair, a, b) = discussion_with_media(&server).await;
     send(&chair, ClientMessage::EndMeeting {});
@@ -521,7 +519,7 @@ async fn bug_ended_meeting_stops_forwarding_without_the_clients_help() {
     // None of the clients answers the close; the meeting is over all the same.
     let ids = [a.id(), b.id(), chair.id()];
     common::wait_until_async(
-        "SERVER BUG: the ended meeting's participants to be dropped from /api/rooms",
+        "the ended meeting's participants to be dropped from /api/rooms",
         Duration::from_secs(3),
         || async {
             let strings = common::json_strings(&server.rooms().await);
