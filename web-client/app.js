@@ -130,6 +130,7 @@ function newMeeting(room, name, token) {
     tick: null,
     /** The last connection_quality message. */
     quality: null,
+    trace: [],
   };
 }
 
@@ -660,9 +661,10 @@ function addParticipant(info) {
       received: new Map(),
       /** The tile: microphone and camera. */
       stream: new MediaStream(),
-      /** A screen share (video); its audio plays through screenAudio. */
+      /** A screen share (video). */
       screenStream: new MediaStream(),
-      screenAudio: null,
+      /** Audio beyond the microphone (a shared tab's sound): track → its own <audio>. */
+      extraAudio: new Map(),
       view,
       keyframeTimer: null,
     };
@@ -697,7 +699,8 @@ function removeParticipant(id) {
   for (const track of p.stream.getTracks()) p.stream.removeTrack(track);
   for (const track of p.screenStream.getTracks()) p.screenStream.removeTrack(track);
   p.view.video.srcObject = null;
-  if (p.screenAudio) p.screenAudio.srcObject = null;
+  for (const audioEl of p.extraAudio.values()) audioEl.srcObject = null;
+  p.extraAudio.clear();
   p.view.tile.remove();
   meeting.participants.delete(id);
   renderCount();
@@ -736,15 +739,20 @@ function rebuildStreams(p) {
   let audio = null;
   let video = null;
   const screen = [];
+  const extraAudio = [];
   for (const [trackId, track] of p.received) {
     if (track.readyState === 'ended') continue;
     if (p.tracks.get(trackId)?.source === 'screen') screen.push(track);
-    else if (track.kind === 'audio') audio = track;
-    else video = track;
+    else if (track.kind === 'audio') {
+      // The first is the microphone; a second (e.g. a shared tab's sound, which the server announces as a
+      // microphone too) is played as well, beside it.
+      if (!audio) audio = track;
+      else extraAudio.push(track);
+    } else video = track;
   }
   const tileChanged = syncStream(p.stream, [audio, video].filter(Boolean));
   const screenVideo = screen.filter((tr) => tr.kind === 'video');
-  const screenAudio = screen.filter((tr) => tr.kind === 'audio');
+  const screenAudio = [...screen.filter((tr) => tr.kind === 'audio'), ...extraAudio];
   syncStream(p.screenStream, screenVideo);
   if (tileChanged) {
     // Re-attach so every browser picks up the changed track set, then play.
@@ -754,16 +762,21 @@ function rebuildStreams(p) {
       playVideo(p.view.video);
     }
   }
-  if (screenAudio.length > 0 || p.screenAudio) {
-    if (!p.screenAudio) {
-      p.screenAudio = el('audio', { autoplay: true, dataset: { testid: 'screen-audio' } });
-      p.view.tile.append(p.screenAudio);
+  // One <audio> per extra track (a media element may play only the first audio track of a stream).
+  for (const [track, audioEl] of p.extraAudio) {
+    if (!screenAudio.includes(track)) {
+      audioEl.srcObject = null;
+      audioEl.remove();
+      p.extraAudio.delete(track);
     }
-    const current = p.screenAudio.srcObject?.getAudioTracks?.()[0];
-    if (current !== screenAudio[0]) {
-      p.screenAudio.srcObject = screenAudio.length ? new MediaStream(screenAudio) : null;
-      if (screenAudio.length) p.screenAudio.play().catch(() => {});
-    }
+  }
+  for (const track of screenAudio) {
+    if (p.extraAudio.has(track)) continue;
+    const audioEl = el('audio', { autoplay: true, dataset: { testid: 'extra-audio' } });
+    audioEl.srcObject = new MediaStream([track]);
+    p.view.tile.append(audioEl);
+    p.extraAudio.set(track, audioEl);
+    audioEl.play().catch(() => {});
   }
   renderParticipant(p);
   renderMain();
@@ -1011,6 +1024,7 @@ function stopScreenShare() {
   for (const track of screen.stream.getTracks()) track.stop();
   const pc = meeting.publishPc;
   if (pc && screen.transceivers.length > 0) {
+    // Stopped transceivers: the next offer rejects their m-lines (port 0), which ends those tracks.
     for (const tr of screen.transceivers) {
       try {
         tr.stop();
@@ -1484,11 +1498,14 @@ function onChatSubmit(ev) {
 
 function onServerMessage(msg) {
   if (!meeting) return;
+  // The last server messages by type (for IT staff in the console, and the browser test's diagnostics).
+  meeting.trace.push(`${Date.now() % 100000} ${msg.type}${msg.type === 'error' ? ':' + msg.code : ''}`);
+  if (meeting.trace.length > 60) meeting.trace.shift();
   const gen = meeting.generation;
   switch (msg.type) {
     case 'joined': {
-      meeting.generation += 1;
-      teardownMedia();
+      // Media state was reset when this socket opened (a new server session); messages that came before
+      // `joined` on this socket (the server may send a subscribe_offer first) belong to it and are kept.
       meeting.selfId = msg.participant_id;
       meeting.role = msg.role || null;
       meeting.meetingInfo = msg.meeting || null;
@@ -1506,6 +1523,7 @@ function onServerMessage(msg) {
       applyMeetingState(msg.state || null);
       renderAll();
       const newGen = meeting.generation;
+      if (meeting.publishPc) break; // already publishing on this socket (a repeated `joined`)
       if (meeting.canPublish) publish(newGen).catch((err) => mediaFailure('publish', err));
       else renderStatus();
       break;
@@ -1649,6 +1667,10 @@ function mediaFailure(leg, err) {
 function onSessionStatus({ state, delayMs, everOpened }) {
   if (!meeting) return;
   if (state === 'open') {
+    // A new socket is a new session at the server: start its media from scratch.
+    meeting.generation += 1;
+    meeting.selfId = null;
+    teardownMedia();
     meeting.wsView = 'connected';
   } else if (state === 'connecting') {
     meeting.wsView = everOpened ? 'retrying' : 'connecting';
@@ -1874,6 +1896,7 @@ window.giaoban = {
   },
   /** mid of the subscribe connection → {participantId, trackId}. */
   midMap: () => (meeting ? Object.fromEntries(meeting.midMap) : {}),
+  trace: () => (meeting ? [...meeting.trace] : []),
   publishPc: () => meeting?.publishPc ?? null,
   subscribePc: () => meeting?.subscribePc ?? null,
 };

@@ -245,6 +245,27 @@ async function audioPackets(page, name) {
   }, name);
 }
 
+/** What a page knows about its received audio: participants' tracks, the mid map, inbound-rtp audio stats. */
+async function audioDebug(page) {
+  return page.evaluate(async () => {
+    const g = window.giaoban;
+    const pc = g?.subscribePc();
+    const stats = [];
+    if (pc) {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') stats.push({ mid: s.mid, packets: s.packetsReceived });
+      });
+    }
+    return {
+      state: g?.state().meetingState,
+      participants: g?.participants().map((p) => ({ name: p.name, tracks: p.tracks, receiving: p.receiving })),
+      midMap: g?.midMap(),
+      transceivers: pc?.getTransceivers().map((t) => ({ mid: t.mid, dir: t.currentDirection, kind: t.receiver.track.kind })),
+      stats,
+    };
+  });
+}
+
 /** How many packets of `name`'s audio arrive at `page` within `ms`. */
 async function audioDelta(page, name, ms = 1500) {
   const a = await audioPackets(page, name);
@@ -354,7 +375,10 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
     assert.equal(await a.page.getByTestId('share-screen').isVisible(), false, 'a hall shares only with the floor');
 
     // B decodes the chair's and A's cameras; it hears the chair but, in lecture mode, not A.
-    await waitFor(async () => (await videosDecoding(b.page)) >= 2, { what: 'B to decode two videos' });
+    await waitFor(async () => (await videosDecoding(b.page)) >= 2, { what: 'B to decode two videos' }).catch(async (err) => {
+      err.message += `\nB trace: ${JSON.stringify(await b.page.evaluate(() => window.giaoban.trace()))}`;
+      throw err;
+    });
     await waitFor(async () => (await audioDelta(b.page, chair.name, 800)) > 0, { what: "B to receive the chair's audio" });
     // The chair is the main picture at the halls.
     await waitFor(async () => (await mainInfo(b.page))?.participant === chair.name, { what: 'B main picture = chair' });
@@ -408,7 +432,10 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
         return d > 0 && d;
       },
       { timeout: 15_000, what: "B to receive A's audio after the grant" },
-    );
+    ).catch(async (err) => {
+      err.message += `\nB: ${JSON.stringify(await audioDebug(b.page))}\nA: ${JSON.stringify(await a.page.evaluate(() => window.giaoban.state()))}`;
+      throw err;
+    });
     t.diagnostic(`A's audio at B with the floor: +${during} packets in 1 s`);
     await waitFor(async () => (await mainInfo(b.page))?.participant === a.name, {
       timeout: 10_000,
@@ -463,6 +490,31 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       const m = await meanColour(hall.page, mainVideo);
       t.diagnostic(`${hall.label} main picture: ${JSON.stringify(info)} rgb(${m?.join(',')})`);
       assert.ok(!colourMatches(m, CHAIR.rgb), "the main picture shows the screen, not the chair's camera");
+    }
+
+    // The chair stops sharing: its screen track ends and the publish connection is renegotiated without it.
+    await chair.page.getByTestId('share-screen').click();
+    const stopped = await waitFor(
+      () =>
+        chair.page.evaluate(() => {
+          const pc = window.giaoban.publishPc();
+          const st = window.giaoban.state();
+          const live = pc.getTransceivers().filter((tr) => tr.sender.track && tr.currentDirection === 'sendonly');
+          return !st.sharing && pc.signalingState === 'stable' && live.length === 2 && { live: live.length };
+        }),
+      { timeout: 10_000, what: 'the chair to stop sharing and renegotiate' },
+    );
+    t.diagnostic(`after stopping the share the chair sends ${stopped.live} tracks`);
+    // KNOWN SERVER PROBLEM (reported, not asserted): the server keeps the stopped screen track published (no
+    // track_unpublished, its m-line stays in the halls' subscribe offers), so the halls keep the last screen frame.
+    await sleep(1500);
+    for (const hall of [a, b]) {
+      const m = await mainInfo(hall.page);
+      const tracks = await hall.page.evaluate(
+        (id) => window.giaoban.participants().find((p) => p.id === id)?.tracks.map((tr) => tr.source),
+        chair.id,
+      );
+      t.diagnostic(`${hall.label} after the share stopped: main ${m?.source}, chair's tracks ${JSON.stringify(tracks)}`);
     }
 
     // Ask to unmute: A gets a prompt, accepts, and its audio (it still holds the floor) reaches B again.
