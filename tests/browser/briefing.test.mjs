@@ -379,7 +379,12 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       err.message += `\nB trace: ${JSON.stringify(await b.page.evaluate(() => window.giaoban.trace()))}`;
       throw err;
     });
-    await waitFor(async () => (await audioDelta(b.page, chair.name, 800)) > 0, { what: "B to receive the chair's audio" });
+    await waitFor(async () => (await audioDelta(b.page, chair.name, 800)) > 0, { what: "B to receive the chair's audio" }).catch(
+      async (err) => {
+        err.message += `\nB: ${JSON.stringify(await audioDebug(b.page))}\nB trace: ${JSON.stringify(await b.page.evaluate(() => window.giaoban.trace()))}`;
+        throw err;
+      },
+    );
     // The chair is the main picture at the halls.
     await waitFor(async () => (await mainInfo(b.page))?.participant === chair.name, { what: 'B main picture = chair' });
     const before = await audioDelta(b.page, a.name, 2500);
@@ -409,7 +414,8 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       const res = await fetch(href);
       return { status: res.status, type: res.headers.get('content-type') };
     }, csvHref);
-    t.diagnostic(`attendance CSV link ${csvHref.replace(/token=.*/, 'token=…')}: HTTP ${csv.status} ${csv.type}`);
+    assert.equal(csv.status, 200, `attendance CSV ${csvHref.replace(/token=.*/, 'token=…')}`);
+    assert.match(csv.type, /text\/csv/);
 
     // A raises its hand: the chair's queue shows it.
     await a.page.getByTestId('raise-hand').click();
@@ -421,10 +427,12 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
     });
     assert.match(await a.page.getByTestId('raise-hand').innerText(), /Hạ tay/);
 
-    // The chair gives A the floor: B receives A's audio and shows A as the main picture.
+    // The chair gives A the floor for 3 minutes: A sees its banner with the time left, B receives A's audio and
+    // shows A as the main picture.
+    await row.getByTestId('grant-seconds').selectOption('180');
     await row.getByTestId('grant').click();
     await a.page.getByTestId('floor-banner').waitFor({ state: 'visible', timeout: 10_000 });
-    assert.match(await a.page.getByTestId('floor-banner').innerText(), /Bạn đang được phát biểu/);
+    assert.match(await a.page.getByTestId('floor-banner').innerText(), /Bạn đang được phát biểu – còn [23]:\d\d/);
     await chair.page.locator(`[data-testid="floor-row"][data-participant="${a.name}"]`).waitFor({ timeout: 5_000 });
     const during = await waitFor(
       async () => {
@@ -565,7 +573,7 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
   }
 });
 
-test('admin page: create a hall and see it listed', { timeout: 30_000 }, async () => {
+test('admin page: create a hall, see it listed; the secretary records an absence', { timeout: 45_000 }, async () => {
   const p = await newPage('admin');
   try {
     await p.page.goto(server.adminUrl);
@@ -582,6 +590,29 @@ test('admin page: create a hall and see it listed', { timeout: 30_000 }, async (
     await p.page.locator('[data-testid="meeting-row"]', { hasText: 'Giao ban thử nghiệm' }).getByTestId('meeting-open').click();
     await p.page.locator('[data-testid="link-row"]').first().waitFor({ timeout: 10_000 });
     assert.ok((await p.page.locator('[data-testid="link-row"]').count()) >= 5);
+
+    // The secretary's link (from the admin page): the queue and the roll call, not the chair's tools.
+    const secUrl = await p.page.locator('[data-testid="link-row"][data-role="secretary"] [data-testid="link-open"]').getAttribute('href');
+    const sec = await newPage('secretary');
+    try {
+      await sec.page.addInitScript(fakeMediaScript, { rgb: [200, 200, 20], tone: 660 });
+      await sec.page.goto(secUrl);
+      await waitFor(() => sec.page.evaluate(() => window.giaoban.state().role === 'secretary'), { what: 'the secretary to join' });
+      await sec.page.getByTestId('rollcall-row').first().waitFor({ timeout: 10_000 });
+      assert.equal(await sec.page.getByTestId('queue-panel').isVisible(), true);
+      assert.equal(await sec.page.getByTestId('chair-tools').isVisible(), false);
+      assert.equal(await sec.page.getByTestId('raise-hand').isVisible(), false);
+      assert.equal(await sec.page.getByTestId('absence-reason').count(), await sec.page.getByTestId('rollcall-row').count());
+      // Record a reason for an absent hall: the board shows "Vắng có lý do".
+      const absent = sec.page.locator('[data-testid="rollcall-row"][data-name="UBND phường Tân Tiến"]');
+      await absent.getByTestId('absence-reason').fill('Mất điện');
+      await absent.getByTestId('absence-save').click();
+      await sec.page
+        .locator('[data-testid="rollcall-row"][data-name="UBND phường Tân Tiến"][data-status="absent_with_reason"]')
+        .waitFor({ timeout: 5_000 });
+    } finally {
+      await sec.context.close().catch(() => {});
+    }
     if (SCREENSHOT_DIR) {
       await p.page.getByTestId('attendance-show').click();
       await p.page.getByTestId('audit-show').click();
