@@ -456,11 +456,15 @@ function renderTileActions(p) {
   p.view.actions.replaceChildren(...buttons);
 }
 
+/** Whether a remote participant's role publishes (observers and admins only watch). */
+const publishes = (p) => p.role !== 'observer' && p.role !== 'admin';
+
 function renderCount() {
   if (!meeting) return;
-  const n = meeting.participants.size + (meeting.canPublish === false ? 0 : 1);
+  const others = [...meeting.participants.values()].filter(publishes).length;
+  const n = others + (meeting.canPublish === false ? 0 : 1);
   ui.count.textContent = t('meeting.count', { n });
-  ui.empty.hidden = meeting.participants.size > 0;
+  ui.empty.hidden = others > 0;
   ui.grid.dataset.count = String(n);
 }
 
@@ -604,7 +608,13 @@ function pickMain() {
   }
   const p = meeting.participants.get(mainId);
   if (!p) return null;
-  return { id: p.id, name: p.name, source: 'camera', track: p.stream.getVideoTracks()[0] || null };
+  // A hall speaking is the main picture; the chair stays large enough to see, inset (not at the chair's own console).
+  let pip = null;
+  if (p.role !== 'chair' && meeting.role !== 'chair') {
+    const chair = [...meeting.participants.values()].find((x) => x.role === 'chair');
+    pip = chair?.camera ? chair.stream.getVideoTracks()[0] || null : null;
+  }
+  return { id: p.id, name: p.name, source: 'camera', track: p.stream.getVideoTracks()[0] || null, pip };
 }
 
 function renderMain() {
@@ -680,6 +690,8 @@ function addParticipant(info) {
   if (info.role) {
     p.role = info.role;
     p.view.tile.dataset.role = info.role;
+    // Who never publishes (IT staff watching, an administrator) takes no tile on the wall screen.
+    p.view.tile.hidden = !publishes(p);
   }
   if (typeof info.mic === 'boolean') p.mic = info.mic;
   if (typeof info.camera === 'boolean') p.camera = info.camera;
