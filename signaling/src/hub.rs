@@ -157,7 +157,8 @@ impl Hub {
     }
 
     /// Work out who is joining (token or open room) and admit them, or say why not.
-    pub fn join(&self, req: JoinRequest, outbox: Outbox) -> Result<ServerMessage, Refusal> {
+    /// On success the participant's queue already holds `joined`.
+    pub fn join(&self, req: JoinRequest, outbox: Outbox) -> Result<Identity, Refusal> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(Refusal::new(
                 ErrorCode::ShuttingDown,
@@ -248,10 +249,10 @@ impl Hub {
         identity: Identity,
         meeting: Option<store::Meeting>,
         outbox: Outbox,
-    ) -> Result<ServerMessage, Refusal> {
+    ) -> Result<Identity, Refusal> {
         let room_key = identity.room.clone();
         let mut replaced: Vec<Member> = Vec::new();
-        let joined = {
+        {
             let mut room = self.rooms.entry(room_key.clone()).or_insert_with(|| Room {
                 members: Vec::new(),
                 meeting: meeting.as_ref().map(|m| LiveMeeting {
@@ -345,18 +346,6 @@ impl Hub {
                     .map_err(|e| warn!(error = %e, "attendance not recorded"))
                     .ok()
             });
-            let _ = self.sfu.send(Command::Join {
-                participant: identity.participant_id.clone(),
-                room: room_key.clone(),
-                policy,
-            });
-            room.members.push(Member {
-                identity: identity.clone(),
-                info,
-                outbox,
-                policy,
-                attendance_row,
-            });
             let chat = identity
                 .meeting
                 .as_deref()
@@ -370,22 +359,40 @@ impl Hub {
                     at: c.at,
                 })
                 .collect();
-            ServerMessage::Joined {
-                participant_id: identity.participant_id.clone(),
+            // `joined` goes first on the participant's queue, before anything the media plane will say to it
+            // (its first `subscribe_offer` can follow within a millisecond of the `Join` command).
+            send(
+                &outbox,
+                ServerMessage::Joined {
+                    participant_id: identity.participant_id.clone(),
+                    room: room_key.clone(),
+                    role: identity.role,
+                    can_publish: policy.can_publish,
+                    meeting: room.meeting.as_ref().map(|m| MeetingInfo {
+                        id: m.id.clone(),
+                        title: m.title.clone(),
+                    }),
+                    participants: others,
+                    state: meeting_state(room, Instant::now()),
+                    chat,
+                },
+            );
+            self.rooms_of
+                .insert(identity.participant_id.clone(), room_key.clone());
+            room.members.push(Member {
+                identity: identity.clone(),
+                info,
+                outbox,
+                policy,
+                attendance_row,
+            });
+            let _ = self.sfu.send(Command::Join {
+                participant: identity.participant_id.clone(),
                 room: room_key.clone(),
-                role: identity.role,
-                can_publish: policy.can_publish,
-                meeting: room.meeting.as_ref().map(|m| MeetingInfo {
-                    id: m.id.clone(),
-                    title: m.title.clone(),
-                }),
-                participants: others,
-                state: meeting_state(room, Instant::now()),
-                chat,
-            }
-        };
-        self.rooms_of
-            .insert(identity.participant_id.clone(), room_key.clone());
+                policy,
+            });
+        }
+
         for old in replaced {
             info!(participant = %old.identity.participant_id, "replaced by a new session of the same identity");
             send(
@@ -407,7 +414,7 @@ impl Hub {
         }
         info!(room = %room_key, participant = %identity.participant_id, name = %identity.name, role = ?identity.role, "joined");
         self.after_change(&room_key);
-        Ok(joined)
+        Ok(identity)
     }
 
     fn refuse_join(&self, identity: &Identity, code: ErrorCode, message: &str) -> Refusal {

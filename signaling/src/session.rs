@@ -174,21 +174,11 @@ async fn handle(
                 token,
             };
             match hub.join(request, tx.clone()) {
-                Ok(joined) => {
-                    if let ServerMessage::Joined {
-                        participant_id,
-                        room,
-                        ..
-                    } = &joined
-                    {
-                        tracing::Span::current().record("room", room.as_str());
-                        tracing::Span::current().record("participant", participant_id.as_str());
-                    }
-                    let identity = hub_identity(hub, &joined);
-                    send(tx, joined);
-                    if let Some(identity) = identity {
-                        *state = State::Joined(identity);
-                    }
+                Ok(identity) => {
+                    tracing::Span::current().record("room", identity.room.as_str());
+                    tracing::Span::current()
+                        .record("participant", identity.participant_id.as_str());
+                    *state = State::Joined(identity);
                 }
                 Err(refusal) => reply(tx, refusal.code, &refusal.message),
             }
@@ -328,19 +318,6 @@ async fn handle(
         _ => {}
     }
     true
-}
-
-/// The identity the hub admitted, read back from its `joined` reply.
-fn hub_identity(hub: &Hub, joined: &ServerMessage) -> Option<Identity> {
-    let ServerMessage::Joined {
-        participant_id,
-        room,
-        ..
-    } = joined
-    else {
-        return None;
-    };
-    hub.identity(room, participant_id)
 }
 
 fn new_participant_id() -> String {
