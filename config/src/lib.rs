@@ -143,7 +143,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Text,
-            level: "info".into(),
+            level: "info,rtc_dtls::config=error".into(),
         }
     }
 }
