@@ -118,6 +118,12 @@ pub struct LimitsConfig {
     pub max_participants_per_room: usize,
     /// Longest room name and display name, in characters.
     pub max_name_chars: usize,
+    /// Open WebSockets from one client address (a hall's NAT may carry several browsers).
+    pub max_connections_per_ip: usize,
+    /// Join attempts from one client address per minute.
+    pub joins_per_minute_per_ip: u32,
+    /// Control messages per second of one session (bursts of four times this are allowed).
+    pub messages_per_second: u32,
 }
 
 impl Default for HttpConfig {
@@ -154,6 +160,9 @@ impl Default for LimitsConfig {
             max_message_bytes: 64 * 1024,
             max_participants_per_room: 200,
             max_name_chars: 64,
+            max_connections_per_ip: 64,
+            joins_per_minute_per_ip: 60,
+            messages_per_second: 50,
         }
     }
 }
@@ -292,6 +301,18 @@ impl Config {
                 },
                 "AUTH_PUBLIC_URL" => self.auth.public_url = value.clone(),
                 "STORAGE_DATA_DIR" => self.storage.data_dir = PathBuf::from(value.clone()),
+                "LIMITS_MAX_CONNECTIONS_PER_IP" => match value.parse() {
+                    Ok(v) => self.limits.max_connections_per_ip = v,
+                    Err(_) => return parse("number"),
+                },
+                "LIMITS_JOINS_PER_MINUTE_PER_IP" => match value.parse() {
+                    Ok(v) => self.limits.joins_per_minute_per_ip = v,
+                    Err(_) => return parse("number"),
+                },
+                "LIMITS_MESSAGES_PER_SECOND" => match value.parse() {
+                    Ok(v) => self.limits.messages_per_second = v,
+                    Err(_) => return parse("number"),
+                },
                 "LIMITS_MAX_NAME_CHARS" => match value.parse() {
                     Ok(v) => self.limits.max_name_chars = v,
                     Err(_) => return parse("number"),
@@ -334,6 +355,18 @@ impl Config {
         }
         if self.limits.max_participants_per_room == 0 {
             return invalid("limits.max_participants_per_room", "must be at least 1");
+        }
+        if self.limits.max_connections_per_ip == 0 {
+            return invalid("limits.max_connections_per_ip", "must be at least 1");
+        }
+        if self.limits.joins_per_minute_per_ip == 0 {
+            return invalid("limits.joins_per_minute_per_ip", "must be at least 1");
+        }
+        if self.limits.messages_per_second < 5 {
+            return invalid(
+                "limits.messages_per_second",
+                "must be at least 5 (a join sends a burst of candidates)",
+            );
         }
         if self.limits.max_name_chars == 0 {
             return invalid("limits.max_name_chars", "must be at least 1");

@@ -1,6 +1,7 @@
 //! Link health of each connection: counted on the way through the worker (packets and bytes, no allocation),
-//! turned into rates once a second, and completed on request with what rtc's statistics know (loss, jitter,
-//! round-trip time from RTCP reports).
+//! turned into rates once a second, and completed with what rtc's statistics know (loss, jitter, round-trip
+//! time from RTCP reports). Reading rtc's statistics walks the whole connection, so the worker refreshes a few
+//! connections per tick rather than all of them at once (a full sweep stalled forwarding at N = 150).
 
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::statistics::StatsSelector;
@@ -69,14 +70,17 @@ pub struct LinkHealth {
     pub connected_for: Option<Duration>,
 }
 
-/// Read loss, jitter and RTT from rtc's statistics (called on request, never per packet).
-pub fn link_health(
-    pc: &mut RTCPeerConnection,
-    counters: &LinkCounters,
-    state: String,
-    connected_since: Option<Instant>,
-    now: Instant,
-) -> LinkHealth {
+/// What rtc's statistics add to the counters (refreshed a few connections at a time).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RtcLinkStats {
+    pub loss_in: Option<f64>,
+    pub loss_out: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Read loss, jitter and RTT from rtc's statistics (never per packet).
+pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats {
     let report = pc.get_stats(now, StatsSelector::None);
     let mut received = 0i64;
     let mut lost = 0i64;
@@ -95,10 +99,30 @@ pub fn link_health(
             if s.round_trip_time_measurements > 0 {
                 rtt = Some(rtt.unwrap_or(0.0).max(s.round_trip_time * 1000.0));
             }
-            let r = &s.received_rtp_stream_stats;
-            jitter = Some(jitter.unwrap_or(0.0).max(r.jitter * 1000.0));
+            jitter = Some(
+                jitter
+                    .unwrap_or(0.0)
+                    .max(s.received_rtp_stream_stats.jitter * 1000.0),
+            );
         }
     }
+    RtcLinkStats {
+        loss_in: (received + lost > 0).then(|| lost as f64 / (received + lost) as f64),
+        loss_out: (!fractions.is_empty())
+            .then(|| fractions.iter().sum::<f64>() / fractions.len() as f64),
+        jitter_ms: jitter,
+        rtt_ms: rtt,
+    }
+}
+
+/// Put a connection's counters and its last rtc statistics together.
+pub fn link_health(
+    counters: &LinkCounters,
+    stats: &RtcLinkStats,
+    state: String,
+    connected_since: Option<Instant>,
+    now: Instant,
+) -> LinkHealth {
     LinkHealth {
         state,
         packets_in: counters.packets_in,
@@ -107,11 +131,10 @@ pub fn link_health(
         bytes_out: counters.bytes_out,
         bitrate_in: counters.bitrate_in,
         bitrate_out: counters.bitrate_out,
-        loss_in: (received + lost > 0).then(|| lost as f64 / (received + lost) as f64),
-        loss_out: (!fractions.is_empty())
-            .then(|| fractions.iter().sum::<f64>() / fractions.len() as f64),
-        jitter_ms: jitter,
-        rtt_ms: rtt,
+        loss_in: stats.loss_in,
+        loss_out: stats.loss_out,
+        jitter_ms: stats.jitter_ms,
+        rtt_ms: stats.rtt_ms,
         connected_for: connected_since.map(|t| now.saturating_duration_since(t)),
     }
 }

@@ -12,7 +12,7 @@ use crate::api::{
 use crate::codec::Codec;
 use crate::connection::{self, Endpoint};
 use crate::forwarder::{Drop as FwdDrop, Forwarder};
-use crate::health::{LinkCounters, link_health};
+use crate::health::{LinkCounters, RtcLinkStats, link_health, read_rtc_stats};
 use crate::keyframe::KeyframeThrottle;
 use crate::router::{ConnId, Router};
 use crate::udp::{MediaSocket, Outbox};
@@ -60,6 +60,7 @@ struct Conn {
     state: RTCPeerConnectionState,
     connected_since: Option<Instant>,
     link: LinkCounters,
+    rtc_stats: RtcLinkStats,
     /// Publish leg: the remote track id → producer.
     producer_by_track: HashMap<String, ProducerKey>,
     /// Subscribe leg: the SSRC the subscriber sees → producer (for PLI/FIR from the subscriber).
@@ -126,6 +127,8 @@ pub struct Worker {
     dirty: Vec<ConnId>,
     reads: Vec<TaggedRTCMessage>,
     stats: WorkerStats,
+    /// Next connection whose rtc statistics are read (see `refresh_rtc_stats`).
+    stats_cursor: ConnId,
 }
 
 impl Worker {
@@ -148,6 +151,7 @@ impl Worker {
             dirty: Vec::new(),
             reads: Vec::new(),
             stats: WorkerStats::default(),
+            stats_cursor: 0,
         }
     }
 
@@ -570,8 +574,8 @@ impl Worker {
         participant.next_track_no += 1;
         let room = participant.room.clone();
         let source = match (kind, screen) {
-            (MediaKind::Audio, _) => MediaSource::Microphone,
-            (MediaKind::Video, true) => MediaSource::Screen,
+            (_, true) => MediaSource::Screen,
+            (MediaKind::Audio, false) => MediaSource::Microphone,
             (MediaKind::Video, false) => MediaSource::Camera,
         };
         let forwarding = source_allowed(participant.policy, source);
@@ -753,6 +757,7 @@ impl Worker {
                 state: RTCPeerConnectionState::New,
                 connected_since: None,
                 link: LinkCounters::default(),
+                rtc_stats: RtcLinkStats::default(),
                 producer_by_track: HashMap::new(),
                 producer_by_ssrc: HashMap::new(),
                 free_audio_transceivers: 0,
@@ -926,9 +931,42 @@ impl Worker {
                 p.publish = None;
             }
         } else {
+            if result.is_ok() && existing.is_some() {
+                self.drop_stopped_producers(conn_id);
+            }
             self.mark_dirty(conn_id);
         }
         result
+    }
+
+    /// After a renegotiation of a publish connection: producers whose transceiver no longer receives (the client
+    /// stopped a screen share, or set the track inactive) leave the room.
+    fn drop_stopped_producers(&mut self, conn_id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let ids: Vec<_> = conn.pc.get_transceivers().collect();
+        let receiving: Vec<RTCRtpReceiverId> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let t = conn.pc.rtp_transceiver(id)?;
+                let receiver = t.receiver()?;
+                t.current_direction().has_recv().then_some(receiver)
+            })
+            .collect();
+        let stopped: Vec<ProducerKey> = conn
+            .producer_by_track
+            .values()
+            .copied()
+            .filter(|key| {
+                self.producers
+                    .get(key)
+                    .is_some_and(|p| !receiving.contains(&p.receiver))
+            })
+            .collect();
+        for key in stopped {
+            self.remove_producer(key);
+        }
     }
 
     // ---------------------------------------------------------------- commands
@@ -1045,13 +1083,12 @@ impl Worker {
     fn links(&mut self, now: Instant) -> Vec<ParticipantLinks> {
         let mut out = Vec::new();
         for (pid, p) in &self.participants {
-            let mut health = |id: Option<ConnId>| {
-                let conn = self.conns.get_mut(&id?)?;
-                let state = conn.state.to_string();
+            let health = |id: Option<ConnId>| {
+                let conn = self.conns.get(&id?)?;
                 Some(link_health(
-                    &mut conn.pc,
                     &conn.link,
-                    state,
+                    &conn.rtc_stats,
+                    conn.state.to_string(),
                     conn.connected_since,
                     now,
                 ))
@@ -1202,6 +1239,25 @@ impl Worker {
         }
         for conn in conns.values_mut() {
             conn.link.update_rates(now);
+        }
+        self.refresh_rtc_stats(now);
+    }
+
+    /// Read rtc's statistics of the next few connections (round robin): a full sweep at once would hold up
+    /// forwarding for tens of milliseconds with a few hundred connections.
+    fn refresh_rtc_stats(&mut self, now: Instant) {
+        const PER_TICK: usize = 4;
+        if self.conns.is_empty() {
+            return;
+        }
+        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        ids.sort_unstable();
+        let start = ids.partition_point(|id| *id < self.stats_cursor);
+        for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
+            if let Some(conn) = self.conns.get_mut(id) {
+                conn.rtc_stats = read_rtc_stats(&mut conn.pc, now);
+            }
+            self.stats_cursor = id + 1;
         }
     }
 

@@ -109,6 +109,7 @@ fn same_origin(headers: &axum::http::HeaderMap) -> bool {
 async fn ws(
     ws: WebSocketUpgrade,
     headers: axum::http::HeaderMap,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     State(hub): State<Arc<Hub>>,
 ) -> Response {
     if !same_origin(&headers) {
@@ -121,10 +122,24 @@ async fn ws(
         );
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
     }
+    let Some(slot) = hub.client_limits.open(peer.ip()) else {
+        hub.audit(
+            None,
+            None,
+            "websocket",
+            &format!("too many connections from {}", peer.ip()),
+            "refused",
+        );
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address (limits.max_connections_per_ip)",
+        )
+            .into_response();
+    };
     let cap = session::frame_cap(hub.config.limits.max_message_bytes);
     ws.max_message_size(cap)
         .max_frame_size(cap)
-        .on_upgrade(move |socket| session::run(socket, hub))
+        .on_upgrade(move |socket| session::run(socket, hub, peer.ip(), slot))
 }
 
 async fn healthz(State(hub): State<Arc<Hub>>) -> Response {

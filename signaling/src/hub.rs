@@ -103,6 +103,7 @@ pub struct Hub {
     /// Base URL of join links, e.g. `https://10.0.0.5:8080`.
     pub public_url: String,
     pub metrics: crate::metrics::SignalingMetrics,
+    pub client_limits: Arc<crate::limits::ClientLimits>,
     pub(crate) rooms: DashMap<String, Room>,
     /// participant id → room key.
     rooms_of: DashMap<String, String>,
@@ -120,6 +121,10 @@ impl Hub {
         auth: Arc<Auth>,
         public_url: String,
     ) -> Self {
+        let client_limits = crate::limits::ClientLimits::new(
+            config.limits.max_connections_per_ip,
+            config.limits.joins_per_minute_per_ip,
+        );
         Hub {
             config,
             sfu,
@@ -127,6 +132,7 @@ impl Hub {
             auth,
             public_url,
             metrics: Default::default(),
+            client_limits,
             rooms: DashMap::new(),
             rooms_of: DashMap::new(),
             shutting_down: AtomicBool::new(false),
@@ -326,8 +332,9 @@ impl Hub {
                 id: identity.participant_id.clone(),
                 name: identity.name.clone(),
                 role: identity.role,
-                mic: true,
-                camera: true,
+                // Observers and admins publish nothing.
+                mic: policy.can_publish,
+                camera: policy.can_publish,
                 tracks: Vec::new(),
             };
             let others: Vec<ParticipantInfo> =

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod links;
 pub mod metrics;
 pub mod moderation;
@@ -121,6 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         loop {
             tick.tick().await;
             timer_hub.expire_floors();
+            timer_hub.client_limits.prune(std::time::Instant::now());
             if last_quality.elapsed() >= links::QUALITY_INTERVAL {
                 last_quality = tokio::time::Instant::now();
                 links::push_quality(&timer_hub).await;
@@ -135,7 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
     });
 
-    let app = http::router(hub.clone()).into_make_service();
+    let app = http::router(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
     let tls = tls::prepare(&tls_mode, &announced).await?;
     let (serve, tls_flag) = match tls {

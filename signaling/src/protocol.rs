@@ -395,6 +395,8 @@ pub enum ErrorCode {
     Removed,
     /// No such participant, endpoint or meeting.
     NotFound,
+    /// Too many messages or join attempts; slow down.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -414,6 +416,7 @@ impl ErrorCode {
             ErrorCode::MeetingEnded => "meeting_ended",
             ErrorCode::Removed => "removed",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -501,6 +504,7 @@ mod tests {
             ErrorCode::MeetingEnded,
             ErrorCode::Removed,
             ErrorCode::NotFound,
+            ErrorCode::RateLimited,
         ] {
             let wire = serde_json::to_value(code).expect("serializable");
             assert_eq!(wire.as_str(), Some(code.as_str()));

@@ -21,7 +21,15 @@ enum State {
     Joined(Identity),
 }
 
-pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
+/// Serve one WebSocket from `ip`; `_slot` holds the address's connection count until the socket closes.
+pub async fn run(
+    socket: WebSocket,
+    hub: Arc<Hub>,
+    ip: std::net::IpAddr,
+    _slot: crate::limits::ConnectionSlot,
+) {
+    let rate = f64::from(hub.config.limits.messages_per_second);
+    let mut bucket = crate::limits::TokenBucket::new(rate, rate * 4.0, std::time::Instant::now());
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer_hub = hub.clone();
@@ -84,6 +92,17 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
                 );
                 continue;
             }
+            if !bucket.try_take(std::time::Instant::now()) {
+                reply(
+                    &tx,
+                    ErrorCode::RateLimited,
+                    &format!(
+                        "more than {} messages per second; this one was dropped",
+                        hub.config.limits.messages_per_second
+                    ),
+                );
+                continue;
+            }
             let msg: ClientMessage = match serde_json::from_str(&text) {
                 Ok(m) => m,
                 Err(e) => {
@@ -96,6 +115,26 @@ pub async fn run(socket: WebSocket, hub: Arc<Hub>) {
                 }
             };
             hub.metrics.message(msg.kind());
+            if matches!(msg, ClientMessage::Join { .. })
+                && matches!(state, State::AwaitingJoin)
+                && !hub
+                    .client_limits
+                    .join_attempt(ip, std::time::Instant::now())
+            {
+                hub.audit(
+                    None,
+                    None,
+                    "join",
+                    &format!("too many join attempts from {ip}"),
+                    "refused",
+                );
+                reply(
+                    &tx,
+                    ErrorCode::RateLimited,
+                    "too many join attempts from your address; wait a minute",
+                );
+                continue;
+            }
             if !handle(&hub, &tx, &mut state, msg).await {
                 break;
             }

@@ -133,3 +133,46 @@ async fn health_api_and_metrics_follow_the_traffic() {
     }
     server.shutdown().await;
 }
+
+/// A receive-only observer (no publish connection) on a good link is reported good, like everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_only_observer_gets_a_good_verdict() {
+    use giaoban_signaling::protocol::{MeetingMode, Role};
+    let server = TestServer::start().await;
+    let hub = server.hub();
+    let (meeting, _) = common::create_meeting(&hub, "Giám sát", MeetingMode::Lecture, &["Xã A"]);
+    let chair = server
+        .join_token(
+            &common::token(&hub, &meeting.id, "chair", "Chủ trì", Role::Chair),
+            "Chủ trì",
+            true,
+        )
+        .await;
+    let it = server
+        .join_token(
+            &common::token(&hub, &meeting.id, "observer", "Kỹ thuật", Role::Observer),
+            "Kỹ thuật",
+            false,
+        )
+        .await;
+    common::wait_receiving(
+        &it,
+        &chair,
+        giaoban_signaling::protocol::TrackKind::Video,
+        30,
+        Duration::from_secs(15),
+    )
+    .await;
+    let from = it.log_len();
+    let q = it
+        .wait_message_since(from, Duration::from_secs(6), |m| {
+            matches!(m, ServerMessage::ConnectionQuality { .. })
+        })
+        .await
+        .expect("connection_quality arrives");
+    let ServerMessage::ConnectionQuality { level, .. } = &q else {
+        unreachable!("matched above")
+    };
+    assert_eq!(*level, QualityLevel::Good, "{q:?}");
+    server.shutdown().await;
+}

@@ -1,0 +1,125 @@
+//! Abuse limits: a flood of messages is refused with `rate_limited` while the session and the room carry on; an
+//! address beyond its connection limit gets HTTP 429; join attempts beyond the per-minute limit are refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, assert_alive, wait_all_flowing};
+use giaoban_signaling::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use giaoban_tests::sim::SimEndpoint;
+
+fn config() -> giaoban_config::Config {
+    let mut c = giaoban_config::Config::for_tests();
+    c.limits.messages_per_second = 20;
+    c.limits.max_connections_per_ip = 6;
+    c.limits.joins_per_minute_per_ip = 4;
+    c
+}
+
+fn rate_limited_errors(ep: &SimEndpoint, from: usize) -> usize {
+    ep.messages()
+        .iter()
+        .skip(from)
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_flood_is_refused_and_the_room_carries_on() {
+    let server = TestServer::start_with(config()).await;
+    let a = server.endpoint("gioi-han", "Xã A", true).await;
+    let b = server.endpoint("gioi-han", "Xã B", true).await;
+    wait_all_flowing(&[&a, &b], &[&a, &b], Duration::from_secs(15)).await;
+
+    let from = b.log_len();
+    for _ in 0..300 {
+        b.send(&ClientMessage::Ping {}).expect("sent");
+    }
+    let refused = common::wait_until("rate_limited errors", Duration::from_secs(5), || {
+        let n = rate_limited_errors(&b, from);
+        (n > 0).then_some(n)
+    })
+    .await;
+    let pongs = b
+        .messages()
+        .iter()
+        .skip(from)
+        .filter(|m| matches!(m, ServerMessage::Pong))
+        .count();
+    println!("300 pings: {pongs} pongs, {refused} refused so far");
+    assert!(
+        refused >= 100,
+        "most of a 300-message burst is refused ({refused})"
+    );
+    // After a pause the session works again, and media between A and B never stopped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_alive(&b).await;
+    common::assert_still_flowing(&a, &b, 10).await;
+    common::assert_still_flowing(&b, &a, 10).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_joins_per_address_are_limited() {
+    let server = TestServer::start_with(config()).await;
+    // Join attempts: 4 per minute from 127.0.0.1, so the fifth (on a fresh socket) is refused.
+    let mut joined = Vec::new();
+    for i in 0..4 {
+        joined.push(
+            server
+                .endpoint("gioi-han-2", &format!("Xã {i}"), false)
+                .await,
+        );
+    }
+    let extra = SimEndpoint::open(server.opts("gioi-han-2", "Xã thừa"))
+        .await
+        .expect("socket opens");
+    let from = extra.log_len();
+    extra
+        .send(&ClientMessage::Join {
+            room: Some("gioi-han-2".into()),
+            name: Some("Xã thừa".into()),
+            token: None,
+        })
+        .expect("sent");
+    let err = extra
+        .wait_error_since(from, Duration::from_secs(5))
+        .await
+        .expect("join refused");
+    assert_eq!(err.0, ErrorCode::RateLimited, "{err:?}");
+
+    // Connections: 6 per address; 5 are open now, so one more opens and the next gets 429.
+    let url = format!("ws://{}/ws", server.http);
+    let (sixth, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("sixth socket opens");
+    let refused = tokio_tungstenite::connect_async(url.as_str()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429)
+        }
+        other => panic!("seventh socket from one address: expected HTTP 429, got {other:?}"),
+    }
+    // Closing one frees a slot.
+    drop(sixth);
+    common::wait_until_async("a freed slot", Duration::from_secs(5), || async {
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    for ep in &joined {
+        assert_alive(ep).await;
+    }
+    server.shutdown().await;
+}
