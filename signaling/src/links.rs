@@ -176,7 +176,36 @@ pub async fn api_health(
             })
         })
         .collect();
-    Json(json!({ "participants": participants })).into_response()
+    let stats = hub.sfu.stats().await.unwrap_or_default();
+    let (cpu_seconds, rss_bytes) = process_usage().unwrap_or((0.0, 0));
+    Json(json!({
+        "participants": participants,
+        "server": {
+            "cpu_seconds": cpu_seconds,
+            "rss_bytes": rss_bytes,
+            "participants": hub.participant_count(),
+            "connections": stats.connections,
+            "datagrams_in": stats.datagrams_in,
+            "datagrams_out": stats.datagrams_out,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "rtp_forwarded": stats.rtp_forwarded,
+        },
+    }))
+    .into_response()
+}
+
+/// This process's CPU time (user + system, seconds) and resident memory (bytes), from /proc (Linux).
+pub fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // Clock ticks are 100 per second and pages 4 KiB on the Linux machines this runs on.
+    Some(((utime + stime) / 100.0, rss_pages * 4096))
 }
 
 #[cfg(test)]

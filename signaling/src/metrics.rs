@@ -140,6 +140,20 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             s.plis_sent,
         );
     }
+    if let Some((cpu, rss)) = crate::links::process_usage() {
+        gauge(
+            &mut registry,
+            "process_cpu_centiseconds",
+            "CPU time of the server process (user + system), 1/100 s",
+            (cpu * 100.0) as i64,
+        );
+        gauge(
+            &mut registry,
+            "process_resident_bytes",
+            "Resident memory of the server process",
+            rss as i64,
+        );
+    }
     registry.register(
         "signaling_messages",
         "Control messages received, by type",
