@@ -38,6 +38,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web-client/style.css"),
     ),
     (
+        "/board",
+        "text/html; charset=utf-8",
+        include_str!("../../web-client/board.html"),
+    ),
+    (
+        "/board.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-client/board.js"),
+    ),
+    (
         "/admin",
         "text/html; charset=utf-8",
         include_str!("../../web-client/admin.html"),
