@@ -103,6 +103,8 @@ struct Participant {
     publish: Option<ConnId>,
     subscribe: Option<ConnId>,
     offer_outstanding: bool,
+    /// When the outstanding offer was last sent (it is sent again if no answer comes).
+    offer_sent_at: Option<Instant>,
     renegotiate: bool,
     next_track_no: u32,
 }
@@ -802,6 +804,7 @@ impl Worker {
             match result {
                 Ok(sdp) => {
                     p.offer_outstanding = true;
+                    p.offer_sent_at = Some(now);
                     let _ = self.events.send(Event::SubscribeOffer {
                         participant: pid.clone(),
                         sdp,
@@ -988,6 +991,7 @@ impl Worker {
                         publish: None,
                         subscribe: None,
                         offer_outstanding: false,
+                        offer_sent_at: None,
                         renegotiate: false,
                         next_track_no: 0,
                     },
@@ -1241,6 +1245,34 @@ impl Worker {
             conn.link.update_rates(now);
         }
         self.refresh_rtc_stats(now);
+        self.resend_unanswered_offers(now);
+    }
+
+    /// A subscribe offer that got no answer (lost on its way, or the client restarted its handling) is sent
+    /// again, so a participant never stays without its media because one message went missing.
+    fn resend_unanswered_offers(&mut self, now: Instant) {
+        const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
+        for (pid, p) in self.participants.iter_mut() {
+            let due = p.offer_outstanding
+                && p.offer_sent_at
+                    .is_some_and(|t| now.saturating_duration_since(t) >= ANSWER_TIMEOUT);
+            if !due {
+                continue;
+            }
+            let sdp = p
+                .subscribe
+                .and_then(|id| self.conns.get(&id))
+                .and_then(|c| c.pc.local_description())
+                .map(|d| d.sdp);
+            if let Some(sdp) = sdp {
+                debug!(participant = %pid, "subscribe offer unanswered; sending it again");
+                p.offer_sent_at = Some(now);
+                let _ = self.events.send(Event::SubscribeOffer {
+                    participant: pid.clone(),
+                    sdp,
+                });
+            }
+        }
     }
 
     /// Read rtc's statistics of the next few connections (round robin): a full sweep at once would hold up
