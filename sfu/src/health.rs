@@ -66,6 +66,7 @@ pub struct LinkHealth {
     /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg, from receiver reports).
     pub loss_out: Option<f64>,
     pub jitter_ms: Option<f64>,
+    /// From receiver reports when rtc measures it; rtc 0.21 does not yet (always `None` today).
     pub rtt_ms: Option<f64>,
     pub connected_for: Option<Duration>,
 }
@@ -89,7 +90,7 @@ pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats 
         let r = &s.received_rtp_stream_stats;
         received += r.packets_received as i64;
         lost += r.packets_lost.max(0);
-        jitter = Some(jitter.unwrap_or(0.0).max(r.jitter * 1000.0));
+        jitter = Some(jitter.unwrap_or(0.0).max(jitter_ms(r)));
     }
     let mut fractions = Vec::new();
     let mut rtt: Option<f64> = None;
@@ -113,6 +114,15 @@ pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats 
         jitter_ms: jitter,
         rtt_ms: rtt,
     }
+}
+
+/// rtc 0.21 reports jitter as RTCP carries it, in RTP clock ticks: milliseconds by the stream's clock rate.
+fn jitter_ms(r: &rtc::statistics::stats::rtp_stream::received::RTCReceivedRtpStreamStats) -> f64 {
+    let clock_rate = match r.rtp_stream_stats.kind {
+        rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio => 48_000.0,
+        _ => 90_000.0,
+    };
+    r.jitter / clock_rate * 1000.0
 }
 
 /// Put a connection's counters and its last rtc statistics together.

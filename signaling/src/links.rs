@@ -40,17 +40,22 @@ fn worst_rtt(l: &ParticipantLinks) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// Good / fair / poor: a connection not connected is poor; else by the worse of loss and RTT.
+/// Good / fair / poor: a connection that dropped is poor, one still being set up fair; else by the worse of loss
+/// and RTT.
 pub fn verdict(l: &ParticipantLinks) -> QualityLevel {
-    let down = [&l.publish, &l.subscribe]
-        .into_iter()
-        .flatten()
-        .any(|h| h.state != "connected");
+    let states = || {
+        [&l.publish, &l.subscribe]
+            .into_iter()
+            .flatten()
+            .map(|h| h.state.as_str())
+    };
+    let down = states().any(|s| matches!(s, "disconnected" | "failed" | "closed"));
+    let setting_up = states().any(|s| matches!(s, "new" | "connecting"));
     let loss = worst_loss(l).unwrap_or(0.0);
     let rtt = worst_rtt(l).unwrap_or(0.0);
     if down || loss > POOR_LOSS || rtt > POOR_RTT_MS {
         QualityLevel::Poor
-    } else if loss > FAIR_LOSS || rtt > FAIR_RTT_MS {
+    } else if setting_up || loss > FAIR_LOSS || rtt > FAIR_RTT_MS {
         QualityLevel::Fair
     } else {
         QualityLevel::Good

@@ -205,8 +205,12 @@ async fn attendance_rows_and_roll_call() {
     }
 
     // Roll call to the chair: A present, B absent (it was here), C absent.
-    let entries = wait_roll_call(chair, from, "B absent", |e| {
+    // (A roll call sent before B joined also shows B absent, and may still be on its way: wait for the one
+    // that knows B came and went.)
+    let entries = wait_roll_call(chair, from, "B absent after leaving", |e| {
         status_of(e, &b_ep.id) == Some(Presence::Absent)
+            && e.iter()
+                .any(|x| x.endpoint_id == b_ep.id && x.left_at.is_some())
     })
     .await;
     assert_eq!(entries.len(), 3, "{entries:?}");
