@@ -18,7 +18,8 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
-cargo build -p giaoban-signaling --bin giaoban
+# Build with the same package selection as the tests, so dependencies are compiled once with one feature set.
+cargo build --workspace --bins
 cargo test --workspace
 
 (cd tests/browser && GIAOBAN_BIN="$PWD/../../target/debug/giaoban" node --test)
