@@ -6,19 +6,71 @@
 //! packet" is what a participant arriving in a running meeting sees. Counting happens in a measuring window that
 //! starts once every subscriber receives media: packets sent and received, latency, server and client CPU are all
 //! differences between the window's two ends.
+//!
+//! `--server janus` runs the same load against Janus 1.1.2's VideoRoom (the recipe in `/work/shared/peers/janus/`,
+//! driven over its HTTP API: see `janus.rs`); `--compare` alternates giaoban and Janus runs (`--runs K` pairs) and
+//! prints each pair's ratio of server µs per forwarded packet (Janus ÷ giaoban) and the median ratio. Janus runs in
+//! the network namespace `sfu` (media on 127.0.0.2): run as root, and the load generator re-runs itself inside that
+//! namespace (creating it if needed, deleting it afterwards if it created it); giaoban then runs there too, so both
+//! servers see the same loopback.
 
+mod janus;
+
+use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use giaoban_signaling::protocol::TrackKind;
-use giaoban_tests::sim::{Interceptors, LatencyHistogram, SimEndpoint, SimOptions};
+use giaoban_tests::sim::{
+    Interceptors, LatencyHistogram, SimEndpoint, SimOptions, SrtpProtectionProfile,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Server {
+    /// Our server (`--url`, or started with `--spawn-server`).
+    Giaoban,
+    /// Janus 1.1.2 VideoRoom, started from the recipe (`--janus-recipe`) inside the namespace `sfu`.
+    Janus,
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Server::Giaoban => "giaoban",
+            Server::Janus => "janus",
+        })
+    }
+}
+
+/// SRTP protection profiles the simulated endpoints offer in DTLS (both servers see the same offer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Srtp {
+    /// Only SRTP_AEAD_AES_128_GCM.
+    Gcm,
+    /// Only SRTP_AES128_CM_HMAC_SHA1_80.
+    AesCm,
+    /// webrtc-rs's default list (GCM-128, GCM-256, AES-CM-80, AES-CM-32); the server picks.
+    Any,
+}
+
+impl Srtp {
+    fn profiles(self) -> Vec<SrtpProtectionProfile> {
+        match self {
+            Srtp::Gcm => vec![SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm],
+            Srtp::AesCm => vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80],
+            Srtp::Any => Vec::new(),
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +118,51 @@ struct Args {
     /// Longest wait for all subscribers to receive media before the window starts, seconds.
     #[arg(long, default_value_t = 60)]
     settle_timeout: u64,
+    /// Which SFU to load (ignored with --compare).
+    #[arg(long, value_enum, default_value_t = Server::Giaoban)]
+    server: Server,
+    /// Alternate giaoban and Janus runs (each started fresh) and compare µs per forwarded packet.
+    #[arg(long)]
+    compare: bool,
+    /// Runs (pairs with --compare; default 3 with --compare, else 1).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// SRTP profiles the endpoints offer.
+    #[arg(long, value_enum, default_value_t = Srtp::Gcm)]
+    srtp: Srtp,
+    /// Folder with Janus's recipe (start.sh and the .jcfg files).
+    #[arg(long, default_value = "/work/shared/peers/janus")]
+    janus_recipe: PathBuf,
+    /// Janus's working folder (generated config, log, pid file).
+    #[arg(long, default_value = "/tmp/giaoban-loadtest-janus")]
+    janus_workdir: PathBuf,
+    /// Loopback address the endpoints' media sockets bind to against Janus (its media is on 127.0.0.2).
+    #[arg(long, default_value = "127.0.0.2")]
+    janus_bind_ip: std::net::IpAddr,
+}
+
+impl Args {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.janus_bind_ip.is_loopback() {
+            bail!("--janus-bind-ip must be a loopback address");
+        }
+        Ok(())
+    }
+
+    fn needs_janus(&self) -> bool {
+        self.compare || self.server == Server::Janus
+    }
+
+    fn run_count(&self) -> usize {
+        self.runs.unwrap_or(if self.compare { 3 } else { 1 }).max(1)
+    }
+
+    /// Hard bound on one run: start + joins + settle + window + teardown.
+    fn run_budget(&self) -> Duration {
+        Duration::from_secs(
+            self.settle_timeout + self.duration + 90 + (self.subscribers as u64 / 2),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -240,9 +337,16 @@ async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
     })
 }
 
-#[derive(Serialize, Debug, Default)]
+#[derive(Serialize, Debug)]
 struct Summary {
+    server: Server,
     url: String,
+    /// SRTP profiles the endpoints offered (`--srtp`).
+    srtp_offered: String,
+    /// The profile DTLS negotiated on the publisher's connection (from webrtc-rs's transport stats).
+    srtp_publish: Option<String>,
+    /// Negotiated profile → subscribers using it (`none` = not up / unknown).
+    srtp_subscribe: BTreeMap<String, usize>,
     subscribers_requested: usize,
     subscribers_joined: usize,
     subscribers_receiving: usize,
@@ -291,6 +395,62 @@ struct Summary {
     errors: Vec<String>,
 }
 
+impl Summary {
+    fn new(server: Server, url: &str, args: &Args) -> Summary {
+        Summary {
+            server,
+            url: url.to_string(),
+            srtp_offered: format!("{:?}", args.srtp.profiles()),
+            srtp_publish: None,
+            srtp_subscribe: BTreeMap::new(),
+            subscribers_requested: args.subscribers,
+            subscribers_joined: 0,
+            subscribers_receiving: 0,
+            window_s: 0.0,
+            video_fps: args.fps,
+            video_bitrate_bps: args.video_bitrate,
+            sent_packets: 0,
+            sent_payload_bytes: 0,
+            received_packets: 0,
+            received_payload_bytes: 0,
+            delivered_pct: 0.0,
+            missing_packets: 0,
+            duplicate_packets: 0,
+            out_of_order_packets: 0,
+            corrupt_payloads: 0,
+            latency_samples: 0,
+            latency_p50_ms: 0.0,
+            latency_p99_ms: 0.0,
+            latency_max_ms: 0.0,
+            join_to_first_packet_p50_ms: None,
+            join_to_first_packet_p95_ms: None,
+            join_to_first_keyframe_p50_ms: None,
+            join_to_first_keyframe_p95_ms: None,
+            in_pps: 0.0,
+            in_payload_bytes_per_s: 0.0,
+            out_pps: 0.0,
+            out_payload_bytes_per_s: 0.0,
+            server_pid: None,
+            server_cpu_s: None,
+            server_cpu_pct: None,
+            server_rss_kib_before: None,
+            server_rss_kib_after: None,
+            server_rss_kib_peak: None,
+            server_rss_kib_per_subscriber: None,
+            forwarded_packets_per_cpu_s: None,
+            server_us_per_forwarded_packet: None,
+            client_cpu_s: 0.0,
+            client_cpu_pct: 0.0,
+            client_rss_kib: None,
+            publisher_plis: 0,
+            publisher_keyframes: 0,
+            publisher_write_errors: 0,
+            subscribe_answer_errors: 0,
+            errors: Vec::new(),
+        }
+    }
+}
+
 fn quantile_ms(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -311,13 +471,15 @@ struct Counts {
     latency: LatencyHistogram,
 }
 
-fn counts_from(ep: &SimEndpoint, publisher_id: &str) -> Counts {
+/// What a subscriber received from the publisher (`None`: every received track — Janus names streams itself and
+/// there is only one publisher).
+fn counts_from(ep: &SimEndpoint, publisher_id: Option<&str>) -> Counts {
     let mut c = Counts::default();
     for t in ep
         .stats()
         .received
         .iter()
-        .filter(|t| t.participant_id == publisher_id)
+        .filter(|t| publisher_id.is_none_or(|p| t.participant_id == p))
     {
         c.packets += t.packets;
         c.bytes += t.bytes;
@@ -332,6 +494,11 @@ fn counts_from(ep: &SimEndpoint, publisher_id: &str) -> Counts {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    args.check()?;
+    if args.needs_janus() && std::env::var_os(janus::NETNS_ENV).is_none() {
+        let code = run_in_netns(&args)?;
+        std::process::exit(code);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -340,76 +507,322 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
+/// Janus needs the namespace: create it if missing, re-run this command inside it (bounded), delete it afterwards
+/// if we created it. Returns the inner run's exit code.
+fn run_in_netns(args: &Args) -> anyhow::Result<i32> {
+    if !janus::is_root() {
+        bail!(
+            "--server janus / --compare need root (network namespace `{}` and Janus's start.sh)",
+            janus::NETNS
+        );
+    }
+    let created = if janus::netns_exists() {
+        false
+    } else {
+        janus::netns_create()?;
+        true
+    };
+    let exe = std::env::current_exe().context("current_exe")?;
+    let bound = args.run_budget() * (args.run_count() as u32 * if args.compare { 2 } else { 1 })
+        + Duration::from_secs(60);
+    eprintln!(
+        "running inside network namespace `{}` (created: {created}); bound {bound:?}",
+        janus::NETNS
+    );
+    let result = (|| {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", janus::NETNS])
+            .arg(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(janus::NETNS_ENV, janus::NETNS)
+            .spawn()
+            .context("ip netns exec")?;
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st.code().unwrap_or(1));
+            }
+            if Instant::now() >= deadline {
+                eprintln!("loadtest exceeded its bound of {bound:?}; stopping it");
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(1);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })();
+    if created {
+        janus::netns_delete();
+    }
+    result
+}
+
+#[derive(Serialize)]
+struct Pair {
+    pair: usize,
+    giaoban_us_per_packet: Option<f64>,
+    janus_us_per_packet: Option<f64>,
+    /// Janus µs per forwarded packet ÷ giaoban's (how many times cheaper giaoban forwards).
+    ratio_janus_over_giaoban: Option<f64>,
+    giaoban_delivered_pct: f64,
+    janus_delivered_pct: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    subscribers: usize,
+    duration_s: u64,
+    runs: Vec<Summary>,
+    /// Runs that failed outright (server did not start, nobody joined, time bound).
+    failed_runs: Vec<String>,
+    pairs: Vec<Pair>,
+    median_ratio_janus_over_giaoban: Option<f64>,
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.subscribers == 0 {
         bail!("--subscribers must be at least 1");
     }
     let ticks = clock_ticks();
-    let mut spawned = None;
-    let (url, server_pid) = if args.spawn_server {
-        let s = spawn_server(&args.server_bin).await?;
-        eprintln!(
-            "started {} (pid {}) at {}; log {}",
-            args.server_bin.display(),
-            s.pid,
-            s.url,
-            s.log.display()
-        );
-        let r = (s.url.clone(), Some(s.pid));
-        spawned = Some(s);
-        r
+    let servers: Vec<Server> = if args.compare {
+        vec![Server::Giaoban, Server::Janus]
     } else {
-        (args.url.clone(), args.server_pid)
+        vec![args.server]
     };
-    let http = check_loopback(&url)?;
-    if !matches!(http.ip(), IpAddr::V4(_) | IpAddr::V6(_)) {
-        bail!("bad address");
+    let mut runs: Vec<(usize, Summary)> = Vec::new();
+    let mut failed = Vec::new();
+    for i in 0..args.run_count() {
+        for &server in &servers {
+            eprintln!("=== run {} of {}: {server} ===", i + 1, args.run_count());
+            let budget = args.run_budget();
+            match tokio::time::timeout(budget, run_one(&args, server, ticks)).await {
+                Ok(Ok(summary)) => {
+                    print_summary(&summary);
+                    runs.push((i, summary));
+                }
+                Ok(Err(e)) => {
+                    eprintln!("run {} ({server}) failed: {e:#}", i + 1);
+                    failed.push(format!("run {} ({server}): {e:#}", i + 1));
+                }
+                Err(_) => {
+                    eprintln!("run {} ({server}) exceeded its bound of {budget:?}", i + 1);
+                    failed.push(format!(
+                        "run {} ({server}): exceeded its bound of {budget:?}",
+                        i + 1
+                    ));
+                }
+            }
+            // Let the previous server's sockets and processes go before the next one starts.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
-    // Hard bound on the whole run: joins + settle + window + teardown.
-    let budget = Duration::from_secs(
-        args.settle_timeout + args.duration + 60 + (args.subscribers as u64 / 2),
-    );
-    let outcome = tokio::time::timeout(budget, measure(&args, &url, server_pid, ticks)).await;
-    if let Some(mut s) = spawned {
-        let _ = s.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.child.wait()).await;
+    if !args.compare && runs.len() == 1 && failed.is_empty() {
+        let summary = &runs[0].1;
+        let json = serde_json::to_string_pretty(summary)?;
+        println!("{json}");
+        if let Some(path) = &args.json {
+            std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("summary written to {}", path.display());
+        }
+        return Ok(());
     }
-    let summary = match outcome {
-        Ok(r) => r?,
-        Err(_) => bail!("loadtest exceeded its time bound of {budget:?}"),
+    let mut pairs = Vec::new();
+    if args.compare {
+        for i in 0..args.run_count() {
+            let find = |srv: Server| runs.iter().find(|(r, s)| *r == i && s.server == srv);
+            let (g, j) = (find(Server::Giaoban), find(Server::Janus));
+            let gu = g.and_then(|(_, s)| s.server_us_per_forwarded_packet);
+            let ju = j.and_then(|(_, s)| s.server_us_per_forwarded_packet);
+            pairs.push(Pair {
+                pair: i + 1,
+                giaoban_us_per_packet: gu,
+                janus_us_per_packet: ju,
+                ratio_janus_over_giaoban: match (gu, ju) {
+                    (Some(g), Some(j)) if g > 0.0 => Some(j / g),
+                    _ => None,
+                },
+                giaoban_delivered_pct: g.map(|(_, s)| s.delivered_pct).unwrap_or(0.0),
+                janus_delivered_pct: j.map(|(_, s)| s.delivered_pct).unwrap_or(0.0),
+            });
+        }
+    }
+    let mut ratios: Vec<f64> = pairs
+        .iter()
+        .filter_map(|p| p.ratio_janus_over_giaoban)
+        .collect();
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let median = if ratios.is_empty() {
+        None
+    } else if ratios.len() % 2 == 1 {
+        Some(ratios[ratios.len() / 2])
+    } else {
+        Some((ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0)
     };
-    print_summary(&summary);
-    let json = serde_json::to_string_pretty(&summary)?;
+    let report = Report {
+        subscribers: args.subscribers,
+        duration_s: args.duration,
+        runs: runs.into_iter().map(|(_, s)| s).collect(),
+        failed_runs: failed,
+        pairs,
+        median_ratio_janus_over_giaoban: median,
+    };
+    if args.compare {
+        print_pairs(&report);
+    }
+    let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");
     if let Some(path) = &args.json {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("summary written to {}", path.display());
+        eprintln!("report written to {}", path.display());
+    }
+    if !report.failed_runs.is_empty() && report.runs.is_empty() {
+        bail!("every run failed: {:?}", report.failed_runs);
     }
     Ok(())
 }
 
-async fn measure(
-    args: &Args,
-    url: &str,
-    server_pid: Option<u32>,
-    ticks: f64,
-) -> anyhow::Result<Summary> {
-    let mut summary = Summary {
-        url: url.to_string(),
-        subscribers_requested: args.subscribers,
-        video_fps: args.fps,
-        video_bitrate_bps: args.video_bitrate,
-        server_pid,
-        ..Default::default()
+fn print_pairs(r: &Report) {
+    let f = |v: Option<f64>, d: usize| {
+        v.map(|v| format!("{v:.d$}"))
+            .unwrap_or_else(|| "n/a".into())
     };
-    summary.server_rss_kib_before = server_pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
+    println!(
+        "compare: 1 publisher → {} subscribers, {} s windows; µs of server CPU per forwarded packet",
+        r.subscribers, r.duration_s
+    );
+    println!(
+        "  {:>4}  {:>12}  {:>10}  {:>12}  {:>10}  {:>13}",
+        "pair", "giaoban µs", "delivered", "janus µs", "delivered", "janus/giaoban"
+    );
+    for p in &r.pairs {
+        println!(
+            "  {:>4}  {:>12}  {:>9.2}%  {:>12}  {:>9.2}%  {:>13}",
+            p.pair,
+            f(p.giaoban_us_per_packet, 2),
+            p.giaoban_delivered_pct,
+            f(p.janus_us_per_packet, 2),
+            p.janus_delivered_pct,
+            f(p.ratio_janus_over_giaoban, 2)
+        );
+    }
+    println!(
+        "  median ratio janus/giaoban: {}",
+        f(r.median_ratio_janus_over_giaoban, 2)
+    );
+    for e in &r.failed_runs {
+        println!("  failed: {e}");
+    }
+    println!();
+}
 
-    // Publisher.
-    let mut popts = SimOptions::new(url, &args.room, "publisher");
-    popts.media.video_bitrate_bps = args.video_bitrate;
-    popts.media.video_fps = args.fps;
-    popts.verify_payload = false;
-    let publisher = SimEndpoint::connect(popts)
+/// Where the endpoints' signalling goes.
+enum Backend {
+    Giaoban { url: String },
+    Janus { api: SocketAddr },
+}
+
+/// One run against one server, started fresh (giaoban: with --spawn-server or --compare; Janus: always).
+async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summary> {
+    match server {
+        Server::Giaoban => {
+            let mut spawned = None;
+            let (url, server_pid) = if args.spawn_server || args.compare {
+                let s = spawn_server(&args.server_bin).await?;
+                eprintln!(
+                    "started {} (pid {}) at {}; log {}",
+                    args.server_bin.display(),
+                    s.pid,
+                    s.url,
+                    s.log.display()
+                );
+                let r = (s.url.clone(), Some(s.pid));
+                spawned = Some(s);
+                r
+            } else {
+                (args.url.clone(), args.server_pid)
+            };
+            check_loopback(&url)?;
+            let outcome = measure(
+                args,
+                Server::Giaoban,
+                Backend::Giaoban { url: url.clone() },
+                &url,
+                server_pid,
+                ticks,
+            )
+            .await;
+            if let Some(mut s) = spawned {
+                let _ = s.child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.child.wait()).await;
+            }
+            outcome
+        }
+        Server::Janus => {
+            let mut j = janus::JanusProcess::start(&args.janus_recipe, &args.janus_workdir).await?;
+            eprintln!(
+                "started Janus (pid {}) with {}/start.sh; API http://{}/janus; log {}",
+                j.pid,
+                args.janus_recipe.display(),
+                j.api,
+                j.log.display()
+            );
+            let url = format!("http://{}/janus", j.api);
+            let outcome = measure(
+                args,
+                Server::Janus,
+                Backend::Janus { api: j.api },
+                &url,
+                Some(j.pid),
+                ticks,
+            )
+            .await;
+            j.stop().await;
+            outcome
+        }
+    }
+}
+
+fn sim_opts(args: &Args, url: &str, name: String, publisher: bool) -> SimOptions {
+    let mut o = SimOptions::new(url, &args.room, name);
+    o.verify_payload = false;
+    o.srtp_profiles = args.srtp.profiles();
+    if publisher {
+        o.media.video_bitrate_bps = args.video_bitrate;
+        o.media.video_fps = args.fps;
+    } else {
+        o.media.audio = false;
+        o.media.video = false;
+        o.interceptors = if args.full_interceptors {
+            Interceptors::Default
+        } else {
+            Interceptors::Minimal
+        };
+    }
+    o
+}
+
+/// The joined publisher and subscribers, and who the publisher is for the receivers.
+struct Joined {
+    publisher: SimEndpoint,
+    subs: Vec<SimEndpoint>,
+    /// Filter for received tracks (`None`: all).
+    pub_filter: Option<String>,
+    /// Keeps the Janus session (and its handles) open until teardown.
+    janus: Option<(Arc<janus::JanusSession>, Vec<janus::JanusHandle>)>,
+    errors: Vec<String>,
+}
+
+fn join_bar(n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("joining   {bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn join_giaoban(args: &Args, url: &str) -> anyhow::Result<Joined> {
+    let publisher = SimEndpoint::connect(sim_opts(args, url, "publisher".into(), true))
         .await
         .context("publisher joins")?;
     publisher.publish().await.context("publisher publishes")?;
@@ -419,25 +832,11 @@ async fn measure(
         args.video_bitrate / 1000,
         args.fps
     );
-
-    // Subscribers, a few at a time.
-    let bar = ProgressBar::new(args.subscribers as u64);
-    bar.set_style(
-        ProgressStyle::with_template("joining   {bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = join_bar(args.subscribers);
     let sem = Arc::new(tokio::sync::Semaphore::new(args.join_concurrency.max(1)));
     let mut joins = tokio::task::JoinSet::new();
     for i in 0..args.subscribers {
-        let mut opts = SimOptions::new(url, &args.room, format!("sub-{i:03}"));
-        opts.media.audio = false;
-        opts.media.video = false;
-        opts.verify_payload = false;
-        opts.interceptors = if args.full_interceptors {
-            Interceptors::Default
-        } else {
-            Interceptors::Minimal
-        };
+        let opts = sim_opts(args, url, format!("sub-{i:03}"), false);
         let sem = Arc::clone(&sem);
         joins.spawn(async move {
             let _permit = sem.acquire_owned().await;
@@ -445,15 +844,156 @@ async fn measure(
         });
     }
     let mut subs = Vec::new();
+    let mut errors = Vec::new();
     while let Some(r) = joins.join_next().await {
         match r {
             Ok(Ok(ep)) => subs.push(ep),
-            Ok(Err(e)) => summary.errors.push(format!("join: {e:#}")),
-            Err(e) => summary.errors.push(format!("join task: {e}")),
+            Ok(Err(e)) => errors.push(format!("join: {e:#}")),
+            Err(e) => errors.push(format!("join task: {e}")),
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    Ok(Joined {
+        publisher,
+        subs,
+        pub_filter: Some(pub_id),
+        janus: None,
+        errors,
+    })
+}
+
+async fn join_janus(args: &Args, api: SocketAddr) -> anyhow::Result<Joined> {
+    use janus::{JanusSession, ROOM, jsep_sdp};
+    let step = Duration::from_secs(15);
+    let session = Arc::new(JanusSession::create(api).await.context("Janus create")?);
+    let url = format!("http://{api}/janus");
+    let mut popts = sim_opts(args, &url, "publisher".into(), true);
+    popts.bind_ip = args.janus_bind_ip;
+    let publisher = SimEndpoint::detached(popts);
+    let ph = session.attach().await.context("Janus attach (publisher)")?;
+    let mut feed: Option<u64> = None;
+    let (ph_ref, feed_ref) = (&ph, &mut feed);
+    publisher
+        .publish_with(move |offer| async move {
+            let ph = ph_ref;
+            ph.message(
+                json!({"request": "joinandconfigure", "ptype": "publisher", "room": ROOM,
+                       "display": "publisher"}),
+                Some(json!({"type": "offer", "sdp": offer, "trickle": false})),
+            )
+            .await?;
+            let ev = ph
+                .wait_event("joined with JSEP answer", step, |e| e.get("jsep").is_some())
+                .await?;
+            *feed_ref = ev["plugindata"]["data"]["id"].as_u64();
+            jsep_sdp(&ev, "answer")
+        })
+        .await
+        .context("Janus publisher joinandconfigure")?;
+    let feed = feed.ok_or_else(|| anyhow!("Janus `joined` without a numeric feed id"))?;
+    ph.wait_event("webrtcup (publisher)", step, |e| e["janus"] == "webrtcup")
+        .await?;
+    eprintln!(
+        "publisher (Janus feed {feed}) sending ~{} kbit/s VP8 at {} fps + Opus 50 pps",
+        args.video_bitrate / 1000,
+        args.fps
+    );
+    let bar = join_bar(args.subscribers);
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.join_concurrency.max(1)));
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..args.subscribers {
+        let mut opts = sim_opts(args, &url, format!("sub-{i:03}"), false);
+        opts.bind_ip = args.janus_bind_ip;
+        let sem = Arc::clone(&sem);
+        let session = Arc::clone(&session);
+        joins.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let h = session.attach().await.context("attach")?;
+            let ep = SimEndpoint::detached(opts);
+            ep.mark_join_sent();
+            h.message(
+                json!({"request": "join", "ptype": "subscriber", "room": ROOM,
+                       "streams": [{"feed": feed}]}),
+                None,
+            )
+            .await?;
+            let ev = h
+                .wait_event("attached with JSEP offer", step, |e| {
+                    e.get("jsep").is_some()
+                })
+                .await?;
+            let answer = ep.answer_offer(jsep_sdp(&ev, "offer")?).await?;
+            h.message(
+                json!({"request": "start"}),
+                Some(json!({"type": "answer", "sdp": answer})),
+            )
+            .await?;
+            h.wait_event("started", step, |e| {
+                e["plugindata"]["data"]["started"] == "ok"
+            })
+            .await?;
+            anyhow::Ok((ep, h))
+        });
+    }
+    let mut subs = Vec::new();
+    let mut handles = vec![ph];
+    let mut errors = Vec::new();
+    while let Some(r) = joins.join_next().await {
+        match r {
+            Ok(Ok((ep, h))) => {
+                subs.push(ep);
+                handles.push(h);
+            }
+            Ok(Err(e)) => errors.push(format!("join: {e:#}")),
+            Err(e) => errors.push(format!("join task: {e}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Joined {
+        publisher,
+        subs,
+        pub_filter: None,
+        janus: Some((session, handles)),
+        errors,
+    })
+}
+
+fn receiving_media(s: &SimEndpoint, filter: Option<&str>) -> bool {
+    let st = s.stats();
+    [TrackKind::Audio, TrackKind::Video].iter().all(|k| {
+        st.received
+            .iter()
+            .any(|t| t.kind == *k && t.packets > 0 && filter.is_none_or(|p| t.participant_id == p))
+    })
+}
+
+async fn measure(
+    args: &Args,
+    server: Server,
+    backend: Backend,
+    url: &str,
+    server_pid: Option<u32>,
+    ticks: f64,
+) -> anyhow::Result<Summary> {
+    let mut summary = Summary::new(server, url, args);
+    summary.server_pid = server_pid;
+    summary.server_rss_kib_before = server_pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
+
+    let joined = match &backend {
+        Backend::Giaoban { url } => join_giaoban(args, url).await?,
+        Backend::Janus { api } => join_janus(args, *api).await?,
+    };
+    let Joined {
+        publisher,
+        subs,
+        pub_filter,
+        janus: janus_session,
+        errors,
+    } = joined;
+    summary.errors.extend(errors);
+    let pub_f = pub_filter.as_deref();
     summary.subscribers_joined = subs.len();
     eprintln!("{} of {} subscribers joined", subs.len(), args.subscribers);
     if subs.is_empty() {
@@ -468,17 +1008,7 @@ async fn measure(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     loop {
-        let receiving = subs
-            .iter()
-            .filter(|s| {
-                let st = s.stats();
-                st.track_from(&pub_id, TrackKind::Audio)
-                    .is_some_and(|t| t.packets > 0)
-                    && st
-                        .track_from(&pub_id, TrackKind::Video)
-                        .is_some_and(|t| t.packets > 0)
-            })
-            .count();
+        let receiving = subs.iter().filter(|s| receiving_media(s, pub_f)).count();
         bar.set_position(receiving as u64);
         if receiving == subs.len() || Instant::now() >= settle_deadline {
             summary.subscribers_receiving = receiving;
@@ -497,6 +1027,13 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Which SRTP profile DTLS negotiated, as each endpoint's transport stats say.
+    summary.srtp_publish = publisher.srtp_ciphers().await.0;
+    for s in &subs {
+        let c = s.srtp_ciphers().await.1.unwrap_or_else(|| "none".into());
+        *summary.srtp_subscribe.entry(c).or_default() += 1;
+    }
+
     // Join → first packet / first keyframe.
     let mut first_pkt = Vec::new();
     let mut first_key = Vec::new();
@@ -508,7 +1045,7 @@ async fn measure(
         let from_pub: Vec<_> = st
             .received
             .iter()
-            .filter(|t| t.participant_id == pub_id)
+            .filter(|t| pub_f.is_none_or(|p| t.participant_id == p))
             .collect();
         if let Some(first) = from_pub.iter().filter_map(|t| t.first_packet_at).min() {
             first_pkt.push(first.saturating_duration_since(joined).as_secs_f64() * 1000.0);
@@ -531,7 +1068,7 @@ async fn measure(
 
     // Measuring window.
     let sent0 = publisher.sent();
-    let recv0: Vec<Counts> = subs.iter().map(|s| counts_from(s, &pub_id)).collect();
+    let recv0: Vec<Counts> = subs.iter().map(|s| counts_from(s, pub_f)).collect();
     let server_cpu0 = match server_pid {
         Some(p) => Some(cpu_of(Some(p), ticks)?),
         None => None,
@@ -583,7 +1120,7 @@ async fn measure(
 
     let elapsed = t0.elapsed().as_secs_f64();
     let sent1 = publisher.sent();
-    let recv1: Vec<Counts> = subs.iter().map(|s| counts_from(s, &pub_id)).collect();
+    let recv1: Vec<Counts> = subs.iter().map(|s| counts_from(s, pub_f)).collect();
     let server_cpu1 = match server_pid {
         Some(p) => Some(cpu_of(Some(p), ticks)?),
         None => None,
@@ -657,6 +1194,10 @@ async fn measure(
         }
         while set.join_next().await.is_some() {}
         publisher.close().await;
+        if let Some((session, handles)) = janus_session {
+            session.destroy().await;
+            drop(handles);
+        }
     })
     .await;
     Ok(summary)
@@ -670,8 +1211,13 @@ fn opt(v: Option<f64>, unit: &str) -> String {
 fn print_summary(s: &Summary) {
     println!();
     println!(
-        "giaoban loadtest: 1 publisher → {} subscribers ({} joined, {} receiving), window {:.1} s",
-        s.subscribers_requested, s.subscribers_joined, s.subscribers_receiving, s.window_s
+        "server: {}  ({})\nloadtest: 1 publisher → {} subscribers ({} joined, {} receiving), window {:.1} s",
+        s.server,
+        s.url,
+        s.subscribers_requested,
+        s.subscribers_joined,
+        s.subscribers_receiving,
+        s.window_s
     );
     println!(
         "  delivered            {:.3} %  (received {} / (sent {} × {}))",
@@ -694,6 +1240,16 @@ fn print_summary(s: &Summary) {
         "  join → keyframe      p50 {}  p95 {}",
         opt(s.join_to_first_keyframe_p50_ms, "ms"),
         opt(s.join_to_first_keyframe_p95_ms, "ms")
+    );
+    println!(
+        "  SRTP (negotiated)    publish {}; subscribe {}  (offered {})",
+        s.srtp_publish.as_deref().unwrap_or("unknown"),
+        s.srtp_subscribe
+            .iter()
+            .map(|(k, n)| format!("{n}× {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.srtp_offered
     );
     println!(
         "  in                   {:.0} pkt/s  {:.0} kB/s payload",

@@ -137,6 +137,12 @@ pub struct SimOptions {
     /// then does dropping a connection without `close()` stop it silently, which
     /// [`drop_media`](SimEndpoint::drop_media) needs.
     pub dedicated_reactor: bool,
+    /// Local address the peer connections' UDP sockets bind to (loopback; `127.0.0.1` unless a peer SFU needs
+    /// another loopback address).
+    pub bind_ip: std::net::IpAddr,
+    /// SRTP protection profiles offered in DTLS, in order of preference; empty = webrtc-rs's default list
+    /// (AES-128-GCM, AES-256-GCM, AES-CM-HMAC-SHA1-80, -32).
+    pub srtp_profiles: Vec<webrtc::peer_connection::SrtpProtectionProfile>,
 }
 
 impl SimOptions {
@@ -151,6 +157,8 @@ impl SimOptions {
             verify_payload: true,
             step_timeout: Duration::from_secs(10),
             dedicated_reactor: false,
+            bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            srtp_profiles: Vec::new(),
         }
     }
 
@@ -883,10 +891,13 @@ struct PcSlot {
 
 async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
     let (me, registry) = media_setup(inner.opts.interceptors)?;
-    let settings = SettingEngineBuilder::new()
+    let mut settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .with_include_loopback_candidate(true)
-        .build();
+        .with_include_loopback_candidate(true);
+    if !inner.opts.srtp_profiles.is_empty() {
+        settings = settings.with_srtp_protection_profiles(inner.opts.srtp_profiles.clone());
+    }
+    let settings = settings.build();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (gathered_tx, gathered_rx) = watch::channel(false);
     let handler = Arc::new(PcHandler {
@@ -905,7 +916,7 @@ async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec![SocketAddr::from(([127, 0, 0, 1], 0))])
+        .with_udp_addrs(vec![SocketAddr::new(inner.opts.bind_ip, 0)])
         .build()
         .await
         .context("building a peer connection")?;
@@ -1036,6 +1047,14 @@ impl Inner {
     }
 
     async fn on_subscribe_offer(self: &Arc<Self>, sdp: String) -> anyhow::Result<()> {
+        let sdp = self.answer_subscribe_offer(sdp).await?;
+        self.send(&ClientMessage::SubscribeAnswer { sdp })?;
+        self.subscribe_answers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Apply a subscribe offer on the subscribe connection (created on first use) and return the gathered answer.
+    async fn answer_subscribe_offer(self: &Arc<Self>, sdp: String) -> anyhow::Result<String> {
         dump_sdp(&self.opts.name, "subscribe offer", &sdp);
         let mut guard = self.subscribe.lock().await;
         if guard.is_none() {
@@ -1053,9 +1072,7 @@ impl Inner {
             .context("subscribe: set_local_description(answer)")?;
         let sdp = local_sdp(slot, self.opts.step_timeout).await?;
         dump_sdp(&self.opts.name, "subscribe answer", &sdp);
-        self.send(&ClientMessage::SubscribeAnswer { sdp })?;
-        self.subscribe_answers.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(sdp)
     }
 }
 
@@ -1256,6 +1273,38 @@ impl SimEndpoint {
     /// Create the publish connection with the configured tracks, exchange `publish_offer` / `publish_answer`,
     /// wait until it is connected and start sending.
     pub async fn publish(&self) -> anyhow::Result<()> {
+        let me = self.clone();
+        self.publish_with(move |sdp| async move {
+            let inner = &me.inner;
+            let from = me.log_len();
+            inner.send(&ClientMessage::PublishOffer { sdp })?;
+            let reply = me
+                .wait_message_since(from, inner.opts.step_timeout, |m| {
+                    matches!(
+                        m,
+                        ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
+                    )
+                })
+                .await
+                .context("waiting for publish_answer")?;
+            match reply {
+                ServerMessage::PublishAnswer { sdp, .. } => Ok(sdp),
+                ServerMessage::Error { code, message, .. } => {
+                    bail!("publish refused: {code:?}: {message}")
+                }
+                other => bail!("unexpected reply to publish_offer: {other:?}"),
+            }
+        })
+        .await
+    }
+
+    /// [`publish`](Self::publish) with the offer/answer exchange done by `exchange` (the gathered offer SDP in,
+    /// the answer SDP out): for endpoints driven by another signalling than ours (see [`detached`](Self::detached)).
+    pub async fn publish_with<F, Fut>(&self, exchange: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<String>>,
+    {
         let inner = &self.inner;
         let media = inner.opts.media;
         let slot = build_pc(inner, Leg::Publish).await?;
@@ -1324,27 +1373,8 @@ impl SimEndpoint {
             .context("publish: set_local_description(offer)")?;
         let sdp = local_sdp(&slot, inner.opts.step_timeout).await?;
         dump_sdp(&inner.opts.name, "publish offer", &sdp);
-        let from = self.log_len();
-        inner.send(&ClientMessage::PublishOffer { sdp })?;
-        let reply = self
-            .wait_message_since(from, inner.opts.step_timeout, |m| {
-                matches!(
-                    m,
-                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
-                )
-            })
-            .await
-            .context("waiting for publish_answer")?;
-        let answer = match reply {
-            ServerMessage::PublishAnswer { sdp, .. } => {
-                dump_sdp(&inner.opts.name, "publish answer", &sdp);
-                sdp
-            }
-            ServerMessage::Error { code, message, .. } => {
-                bail!("publish refused: {code:?}: {message}")
-            }
-            other => bail!("unexpected reply to publish_offer: {other:?}"),
-        };
+        let answer = exchange(sdp).await?;
+        dump_sdp(&inner.opts.name, "publish answer", &answer);
         slot.pc
             .set_remote_description(RTCSessionDescription::answer(answer)?)
             .await
@@ -1624,6 +1654,84 @@ impl SimEndpoint {
         for t in tasks {
             t.abort();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Driving an endpoint without our signalling (loadtest against a peer SFU)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The DTLS-SRTP profiles [`SimOptions::srtp_profiles`] takes.
+pub use webrtc::peer_connection::SrtpProtectionProfile;
+
+impl SimEndpoint {
+    /// An endpoint with no WebSocket: its SDP goes wherever the caller sends it ([`publish_with`](Self::publish_with),
+    /// [`answer_offer`](Self::answer_offer)); sending, receiving and counting work as for a joined endpoint.
+    /// [`id`](Self::id) is `opts.name`; [`mark_join_sent`](Self::mark_join_sent) sets the join time.
+    pub fn detached(opts: SimOptions) -> SimEndpoint {
+        let (out_tx, _out_rx) = mpsc::unbounded_channel::<WsOut>();
+        let name = opts.name.clone();
+        SimEndpoint {
+            inner: Arc::new(Inner {
+                opts,
+                participant_id: StdMutex::new(Some(name)),
+                out_tx,
+                log: StdMutex::new(Vec::new()),
+                log_notify: Notify::new(),
+                closed: AtomicBool::new(false),
+                publish: tokio::sync::Mutex::new(None),
+                subscribe: tokio::sync::Mutex::new(None),
+                recorders: StdMutex::new(HashMap::new()),
+                sent: Arc::new(SendCounters::default()),
+                tasks: StdMutex::new(Vec::new()),
+                subscribe_answers: AtomicU64::new(0),
+                subscribe_errors: AtomicU64::new(0),
+                opened_at: Instant::now(),
+                join_sent_at: StdMutex::new(None),
+            }),
+        }
+    }
+
+    /// Record now as the time this endpoint asked to join (for join → first packet).
+    pub fn mark_join_sent(&self) {
+        *self
+            .inner
+            .join_sent_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Apply a server's offer on the subscribe connection and return the answer (ICE gathered, no trickle).
+    pub async fn answer_offer(&self, offer_sdp: String) -> anyhow::Result<String> {
+        match self.inner.answer_subscribe_offer(offer_sdp).await {
+            Ok(sdp) => {
+                self.inner.subscribe_answers.fetch_add(1, Ordering::Relaxed);
+                Ok(sdp)
+            }
+            Err(e) => {
+                self.inner.subscribe_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The SRTP profile DTLS negotiated on each connection (publish, subscribe), from the transport stats, as
+    /// webrtc-rs names it (e.g. `SRTP_AEAD_AES_128_GCM`); `None` for a missing connection or before DTLS is up.
+    pub async fn srtp_ciphers(&self) -> (Option<String>, Option<String>) {
+        async fn of(slot: &tokio::sync::Mutex<Option<PcSlot>>) -> Option<String> {
+            let pc = slot.lock().await.as_ref().map(|s| Arc::clone(&s.pc))?;
+            let report = pc
+                .get_stats(Instant::now(), webrtc::peer_connection::StatsSelector::None)
+                .await;
+            report
+                .transport()
+                .map(|t| t.srtp_cipher.clone())
+                .filter(|c| !c.is_empty())
+        }
+        (
+            of(&self.inner.publish).await,
+            of(&self.inner.subscribe).await,
+        )
     }
 }
 
