@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 /// The namespace the recipe uses.
 pub const NETNS: &str = "sfu";
 /// Set in the environment of the load generator re-run inside the namespace.
-pub const NETNS_ENV: &str = "GIAOBAN_LOADTEST_NETNS";
+pub const NETNS_ENV: &str = "LOADTEST_IN_NETNS"; // not GIAOBAN_*: the server rejects unknown GIAOBAN_ variables
 /// The VideoRoom room the recipe's config creates.
 pub const ROOM: u64 = 1234;
 

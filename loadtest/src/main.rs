@@ -267,6 +267,7 @@ async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
     let udp_port = free_udp_port()?;
     let log = std::env::temp_dir().join(format!("giaoban-loadtest-server-{http_port}.log"));
     let mut child = tokio::process::Command::new(bin)
+        .env_remove(janus::NETNS_ENV)
         .env("GIAOBAN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("GIAOBAN_MEDIA_UDP_PORT", udp_port.to_string())
         .env("GIAOBAN_MEDIA_LISTEN_IP", "127.0.0.1")
