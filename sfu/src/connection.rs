@@ -2,7 +2,9 @@
 //! only candidates are the shared media port on the announced addresses.
 
 use crate::api::Leg;
+use rtc::crypto::SignatureScheme;
 use rtc::interceptor::Registry;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{
@@ -91,6 +93,18 @@ fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
 pub struct Endpoint {
     /// Host candidates: each announced IP with the shared media port.
     pub candidates: Vec<SocketAddr>,
+    /// The worker's DTLS certificate, shared by its connections (as mediasoup does per worker): generating a key
+    /// pair per connection costs every join. `None`: each connection makes its own.
+    pub certificate: Option<RTCCertificate>,
+}
+
+/// One ECDSA P-256 certificate for a worker's connections.
+pub fn worker_certificate() -> Option<RTCCertificate> {
+    let provider = rtc::crypto::default_provider().ok()?;
+    let params = CertificateParams::new(vec!["giaoban".to_owned()]).ok()?;
+    RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+        .map_err(|e| tracing::warn!(error = %e, "shared DTLS certificate not generated; one per connection"))
+        .ok()
 }
 
 pub fn build(
@@ -117,7 +131,11 @@ pub fn build(
             Some(ICE_KEEPALIVE),
         )
         .build();
-    let config = RTCConfigurationBuilder::new().build();
+    let mut config = RTCConfigurationBuilder::new();
+    if let Some(cert) = &endpoint.certificate {
+        config = config.with_certificates(vec![cert.clone()]);
+    }
+    let config = config.build();
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(config)
         .with_setting_engine(settings)

@@ -85,6 +85,7 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, local.port()))
                 .collect(),
+            certificate: connection::worker_certificate(),
         };
         tracing::info!(worker = i, addr = %local, candidates = ?endpoint.candidates, "media worker listening");
         let (tx, rx) = mpsc::unbounded_channel();
