@@ -261,7 +261,7 @@ struct SpawnedServer {
     log: PathBuf,
 }
 
-async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
+async fn spawn_server(bin: &PathBuf, subscribers: usize) -> anyhow::Result<SpawnedServer> {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let http_port = free_tcp_port()?;
     let udp_port = free_udp_port()?;
@@ -274,6 +274,17 @@ async fn spawn_server(bin: &PathBuf) -> anyhow::Result<SpawnedServer> {
         .env("GIAOBAN_TLS_SELF_SIGNED", "false")
         // The load joins an open room; its database goes to a fresh temp dir.
         .env("GIAOBAN_AUTH_OPEN_ROOMS", "true")
+        // Every simulated endpoint comes from the same loopback address: lift the per-address limits
+        // (connections, joins per minute) and the room size above the load.
+        .env(
+            "GIAOBAN_LIMITS_MAX_CONNECTIONS_PER_IP",
+            (subscribers * 2 + 16).max(64).to_string(),
+        )
+        .env("GIAOBAN_LIMITS_JOINS_PER_MINUTE_PER_IP", "100000")
+        .env(
+            "GIAOBAN_LIMITS_MAX_PARTICIPANTS_PER_ROOM",
+            (subscribers + 16).max(200).to_string(),
+        )
         .env(
             "GIAOBAN_STORAGE_DATA_DIR",
             std::env::temp_dir().join(format!("giaoban-loadtest-data-{http_port}")),
@@ -728,7 +739,7 @@ async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summ
         Server::Giaoban => {
             let mut spawned = None;
             let (url, server_pid) = if args.spawn_server || args.compare {
-                let s = spawn_server(&args.server_bin).await?;
+                let s = spawn_server(&args.server_bin, args.subscribers).await?;
                 eprintln!(
                     "started {} (pid {}) at {}; log {}",
                     args.server_bin.display(),
