@@ -22,4 +22,4 @@ fi
 cargo build --workspace --bins
 cargo test --workspace
 
-(cd tests/browser && GIAOBAN_BIN="$PWD/../../target/debug/giaoban" node --test)
+(cd tests/browser && node --test)

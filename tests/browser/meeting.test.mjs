@@ -93,9 +93,12 @@ async function startServer() {
 }
 
 function spawnServer(settings) {
+  // The server refuses unknown GIAOBAN_* variables (typos in settings), so none from this environment (such as
+  // GIAOBAN_BIN) is passed on: only the settings given here.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
   const proc = spawn(SERVER_BIN, [], {
     cwd: REPO_ROOT,
-    env: { ...process.env, ...settings },
+    env: { ...env, ...settings },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const log = [];
