@@ -31,9 +31,7 @@ use futures_util::{SinkExt, StreamExt};
 use giaoban_signaling::protocol::{
     ClientMessage, ErrorCode, Leg, ParticipantInfo, ServerMessage, TrackKind,
 };
-use rtc::interceptor::{
-    Attribute, Interceptor, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
-};
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, register_default_interceptors,
 };
@@ -47,7 +45,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -709,54 +706,6 @@ impl SendCounters {
     }
 }
 
-/// Marks inbound PLI/FIR for the application (inbound RTCP otherwise stops at the end of the interceptor chain)
-/// and lets everything else end there as usual.
-struct KeyframeRequestTap {
-    reads: std::collections::VecDeque<TaggedPacket>,
-    writes: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| {
-                let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-            })
-        {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.writes.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -817,12 +766,11 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         },
         RtpCodecKind::Video,
     );
+    // The server's own tap: inbound PLI/FIR reach the application (inbound RTCP otherwise stops at the end of the
+    // interceptor chain), so the publisher can count them and answer with a keyframe.
     let registry = registry.with(
-        Slot::from(14_000),
-        KeyframeRequestTap {
-            reads: Default::default(),
-            writes: Default::default(),
-        },
+        Slot::from(giaoban_sfu::feedback::SLOT),
+        giaoban_sfu::feedback::KeyframeRequestTap::default(),
     );
     Ok((me, registry))
 }
