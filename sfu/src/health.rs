@@ -7,16 +7,21 @@ use rtc::peer_connection::RTCPeerConnection;
 use rtc::statistics::StatsSelector;
 use std::time::{Duration, Instant};
 
-/// Counters of one connection, updated on the media path.
-#[derive(Debug, Clone, Default)]
-pub struct LinkCounters {
+/// Traffic through one connection: totals, and bits per second over the last rate window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
     pub packets_in: u64,
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
-    /// Bits per second over the last rate window.
     pub bitrate_in: u64,
     pub bitrate_out: u64,
+}
+
+/// Counters of one connection, updated on the media path.
+#[derive(Debug, Clone, Default)]
+pub struct LinkCounters {
+    pub traffic: Traffic,
     window_start: Option<(Instant, u64, u64)>,
 }
 
@@ -25,26 +30,27 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl LinkCounters {
     pub fn received(&mut self, bytes: usize) {
-        self.packets_in += 1;
-        self.bytes_in += bytes as u64;
+        self.traffic.packets_in += 1;
+        self.traffic.bytes_in += bytes as u64;
     }
 
     pub fn sent(&mut self, bytes: usize) {
-        self.packets_out += 1;
-        self.bytes_out += bytes as u64;
+        self.traffic.packets_out += 1;
+        self.traffic.bytes_out += bytes as u64;
     }
 
     /// Recompute the rates if a window has passed.
     pub fn update_rates(&mut self, now: Instant) {
+        let t = &mut self.traffic;
         match self.window_start {
-            None => self.window_start = Some((now, self.bytes_in, self.bytes_out)),
+            None => self.window_start = Some((now, t.bytes_in, t.bytes_out)),
             Some((start, bin, bout)) => {
                 let elapsed = now.saturating_duration_since(start);
                 if elapsed >= RATE_WINDOW {
                     let secs = elapsed.as_secs_f64();
-                    self.bitrate_in = ((self.bytes_in - bin) as f64 * 8.0 / secs) as u64;
-                    self.bitrate_out = ((self.bytes_out - bout) as f64 * 8.0 / secs) as u64;
-                    self.window_start = Some((now, self.bytes_in, self.bytes_out));
+                    t.bitrate_in = ((t.bytes_in - bin) as f64 * 8.0 / secs) as u64;
+                    t.bitrate_out = ((t.bytes_out - bout) as f64 * 8.0 / secs) as u64;
+                    self.window_start = Some((now, t.bytes_in, t.bytes_out));
                 }
             }
         }
@@ -55,28 +61,20 @@ impl LinkCounters {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkHealth {
     pub state: String,
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    pub packets_out: u64,
-    pub bytes_out: u64,
-    pub bitrate_in: u64,
-    pub bitrate_out: u64,
-    /// Fraction (0..1) of the peer's packets lost on the way to the server (publish leg).
-    pub loss_in: Option<f64>,
-    /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg, from receiver reports).
-    pub loss_out: Option<f64>,
-    pub jitter_ms: Option<f64>,
-    /// From receiver reports when rtc measures it; rtc 0.21 does not yet (always `None` today).
-    pub rtt_ms: Option<f64>,
+    pub traffic: Traffic,
+    pub stats: RtcLinkStats,
     pub connected_for: Option<Duration>,
 }
 
 /// What rtc's statistics add to the counters (refreshed a few connections at a time).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RtcLinkStats {
+    /// Fraction (0..1) of the peer's packets lost on the way to the server (publish leg).
     pub loss_in: Option<f64>,
+    /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg, from receiver reports).
     pub loss_out: Option<f64>,
     pub jitter_ms: Option<f64>,
+    /// From receiver reports when rtc measures it; rtc 0.21 does not yet (always `None` today).
     pub rtt_ms: Option<f64>,
 }
 
@@ -135,16 +133,8 @@ pub fn link_health(
 ) -> LinkHealth {
     LinkHealth {
         state,
-        packets_in: counters.packets_in,
-        bytes_in: counters.bytes_in,
-        packets_out: counters.packets_out,
-        bytes_out: counters.bytes_out,
-        bitrate_in: counters.bitrate_in,
-        bitrate_out: counters.bitrate_out,
-        loss_in: stats.loss_in,
-        loss_out: stats.loss_out,
-        jitter_ms: stats.jitter_ms,
-        rtt_ms: stats.rtt_ms,
+        traffic: counters.traffic,
+        stats: *stats,
         connected_for: connected_since.map(|t| now.saturating_duration_since(t)),
     }
 }
@@ -163,13 +153,13 @@ mod tests {
             c.sent(500);
         }
         c.update_rates(t0 + Duration::from_millis(500));
-        assert_eq!(c.bitrate_in, 0, "window not over yet");
+        assert_eq!(c.traffic.bitrate_in, 0, "window not over yet");
         c.update_rates(t0 + Duration::from_secs(1));
-        assert_eq!(c.bitrate_in, 800_000);
-        assert_eq!(c.bitrate_out, 400_000);
-        assert_eq!((c.packets_in, c.bytes_in), (100, 100_000));
+        assert_eq!(c.traffic.bitrate_in, 800_000);
+        assert_eq!(c.traffic.bitrate_out, 400_000);
+        assert_eq!((c.traffic.packets_in, c.traffic.bytes_in), (100, 100_000));
         // A silent second brings the rate to zero.
         c.update_rates(t0 + Duration::from_secs(2));
-        assert_eq!(c.bitrate_in, 0);
+        assert_eq!(c.traffic.bitrate_in, 0);
     }
 }

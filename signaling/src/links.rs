@@ -27,7 +27,7 @@ fn worst_loss(l: &ParticipantLinks) -> Option<f64> {
     [&l.publish, &l.subscribe]
         .into_iter()
         .flatten()
-        .flat_map(|h| [h.loss_in, h.loss_out])
+        .flat_map(|h| [h.stats.loss_in, h.stats.loss_out])
         .flatten()
         .reduce(f64::max)
 }
@@ -36,7 +36,7 @@ fn worst_rtt(l: &ParticipantLinks) -> Option<f64> {
     [&l.publish, &l.subscribe]
         .into_iter()
         .flatten()
-        .filter_map(|h| h.rtt_ms)
+        .filter_map(|h| h.stats.rtt_ms)
         .reduce(f64::max)
 }
 
@@ -65,8 +65,8 @@ pub fn verdict(l: &ParticipantLinks) -> QualityLevel {
 fn totals(l: &ParticipantLinks) -> (u64, u64) {
     let rate = |h: &Option<LinkHealth>, f: fn(&LinkHealth) -> u64| h.as_ref().map_or(0, f);
     (
-        rate(&l.publish, |h| h.bitrate_in) + rate(&l.subscribe, |h| h.bitrate_in),
-        rate(&l.publish, |h| h.bitrate_out) + rate(&l.subscribe, |h| h.bitrate_out),
+        rate(&l.publish, |h| h.traffic.bitrate_in) + rate(&l.subscribe, |h| h.traffic.bitrate_in),
+        rate(&l.publish, |h| h.traffic.bitrate_out) + rate(&l.subscribe, |h| h.traffic.bitrate_out),
     )
 }
 
@@ -98,16 +98,16 @@ fn health_json(h: &Option<LinkHealth>) -> serde_json::Value {
         None => serde_json::Value::Null,
         Some(h) => json!({
             "state": h.state,
-            "packets_in": h.packets_in,
-            "bytes_in": h.bytes_in,
-            "packets_out": h.packets_out,
-            "bytes_out": h.bytes_out,
-            "bitrate_in": h.bitrate_in,
-            "bitrate_out": h.bitrate_out,
-            "loss_in": h.loss_in,
-            "loss_out": h.loss_out,
-            "jitter_ms": h.jitter_ms,
-            "rtt_ms": h.rtt_ms,
+            "packets_in": h.traffic.packets_in,
+            "bytes_in": h.traffic.bytes_in,
+            "packets_out": h.traffic.packets_out,
+            "bytes_out": h.traffic.bytes_out,
+            "bitrate_in": h.traffic.bitrate_in,
+            "bitrate_out": h.traffic.bitrate_out,
+            "loss_in": h.stats.loss_in,
+            "loss_out": h.stats.loss_out,
+            "jitter_ms": h.stats.jitter_ms,
+            "rtt_ms": h.stats.rtt_ms,
             "connected_seconds": h.connected_for.map(|d| d.as_secs()),
         }),
     }
@@ -223,12 +223,18 @@ mod tests {
             room: "r".into(),
             publish: Some(LinkHealth {
                 state: state.into(),
-                loss_in: loss,
+                stats: giaoban_sfu::health::RtcLinkStats {
+                    loss_in: loss,
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
             subscribe: Some(LinkHealth {
                 state: "connected".into(),
-                rtt_ms: rtt,
+                stats: giaoban_sfu::health::RtcLinkStats {
+                    rtt_ms: rtt,
+                    ..Default::default()
+                },
                 ..Default::default()
             }),
         }
