@@ -11,40 +11,23 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import {
+  CLIENT_FILES,
+  FROM_DISK_ARGS,
+  SCREENSHOT_DIR,
+  diagnostics as harnessDiagnostics,
+  findLink,
+  launchBrowser,
+  serveClientFromDisk,
+  startServer,
+  stopServer,
+  waitFor as harnessWaitFor,
+  watchPage,
+} from './harness.mjs';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER_BIN = process.env.GIAOBAN_BIN || join(REPO_ROOT, 'target', 'debug', 'giaoban');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const WEB_FROM_DISK = !!process.env.WEB_CLIENT_FROM_DISK;
-const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || '';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-  ...(WEB_FROM_DISK ? ['--disable-features=LocalNetworkAccessChecks'] : []),
-];
 const DISK_FILES = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/protocol.js': ['protocol.js', 'text/javascript; charset=utf-8'],
-  '/i18n.js': ['i18n.js', 'text/javascript; charset=utf-8'],
-  '/style.css': ['style.css', 'text/css; charset=utf-8'],
+  ...CLIENT_FILES,
   '/board': ['board.html', 'text/html; charset=utf-8'],
   '/board.js': ['board.js', 'text/javascript; charset=utf-8'],
 };
@@ -56,116 +39,20 @@ let server; // { proc, log, dataDir, baseUrl, adminUrl, links: [{name, url}] }
 let browser;
 const contexts = [];
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(fn, { timeout = 15_000, interval = 250, what = 'a condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  let lastErr;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline) {
-      const detail = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (${detail})`);
-    }
-    await sleep(interval);
-  }
-}
-
-/** The server on a fresh data directory, with the links it prints for the demo meeting. */
-function startServer() {
-  if (!existsSync(SERVER_BIN)) {
-    throw new Error(`no server binary at ${SERVER_BIN}: run \`cargo build -p giaoban-signaling\` or set GIAOBAN_BIN`);
-  }
-  const dataDir = mkdtempSync(join(tmpdir(), 'giaoban-board-'));
-  // The server refuses unknown GIAOBAN_* variables: pass none of ours.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
-  Object.assign(env, {
-    GIAOBAN_HTTP_LISTEN: '127.0.0.1:0',
-    GIAOBAN_MEDIA_LISTEN_IP: '127.0.0.1',
-    GIAOBAN_MEDIA_UDP_PORT: '0',
-    GIAOBAN_TLS_SELF_SIGNED: 'false',
-    GIAOBAN_STORAGE_DATA_DIR: dataDir,
-  });
-  const proc = spawn(SERVER_BIN, [], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const found = { proc, log: [], dataDir, baseUrl: null, adminUrl: null, links: [] };
-  const keep = (tag) => (line) => {
-    found.log.push(`[${tag}] ${line}`);
-    if (found.log.length > 300) found.log.shift();
-  };
-  createInterface({ input: proc.stderr }).on('line', keep('stderr'));
-  const out = createInterface({ input: proc.stdout });
-  out.on('line', keep('stdout'));
-  return new Promise((ok, fail) => {
-    const give_up = (err) => {
-      clearTimeout(timer);
-      rmSync(dataDir, { recursive: true, force: true });
-      fail(err);
-    };
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      give_up(new Error(`the server printed no demo meeting within 30 s:\n${found.log.join('\n')}`));
-    }, 30_000);
-    let demo = false;
-    out.on('line', (line) => {
-      let m;
-      if ((m = /giaoban listening on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(line))) found.baseUrl = m[1];
-      else if ((m = /^\s+admin page: (\S+)/.exec(line))) found.adminUrl = m[1];
-      else if (/^\s+demo meeting "/.test(line)) demo = true;
-      else if (demo && (m = /^\s{3,}(\S.*?)\s+(http:\/\/\S+\?token=\S+)\s*$/.exec(line))) found.links.push({ name: m[1], url: m[2] });
-      if (found.baseUrl && found.adminUrl && found.links.length >= 5) {
-        clearTimeout(timer);
-        ok(found);
-      }
-    });
-    proc.on('close', (code, signal) => give_up(new Error(`the server exited (code ${code}, signal ${signal}):\n${found.log.join('\n')}`)));
-    proc.on('error', give_up);
-  });
-}
-
-async function stopServer() {
-  if (!server) return;
-  const { proc } = server;
-  if (proc.exitCode === null && proc.signalCode === null) {
-    const exited = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGTERM');
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 3_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  rmSync(server.dataDir, { recursive: true, force: true });
-}
+/** The harness's polling with this test's defaults (15 s). */
+const waitFor = (fn, options = {}) => harnessWaitFor(fn, { timeout: 15_000, what: 'a condition', ...options });
 
 const tokenOf = (url) => new URL(url).searchParams.get('token');
 
-function link(pred, what) {
-  const l = server.links.find(pred);
-  if (!l) throw new Error(`no ${what} link among ${JSON.stringify(server.links.map((x) => x.name))}`);
-  return l;
-}
+const link = (pred, what) => findLink(server, pred, what);
 
 /** A page in its own browser context (one per participant), its console kept. */
 async function openPage(label, url) {
   const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
   contexts.push(context);
-  if (WEB_FROM_DISK) {
-    await context.route(
-      (u) => u.href.startsWith(server.baseUrl) && Object.hasOwn(DISK_FILES, u.pathname),
-      (route) => {
-        const [file, contentType] = DISK_FILES[new URL(route.request().url()).pathname];
-        route.fulfill({ contentType, body: readFileSync(join(REPO_ROOT, 'web-client', file)) });
-      },
-    );
-  }
+  await serveClientFromDisk(context, server.baseUrl, DISK_FILES);
   const page = await context.newPage();
-  const consoleLog = [];
-  page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
+  const { consoleLog } = watchPage(page, server.baseUrl);
   await page.goto(url);
   return { label, context, page, consoleLog };
 }
@@ -205,21 +92,18 @@ function boardView(page) {
   });
 }
 
-function diagnostics(pages) {
-  const parts = pages.filter(Boolean).map((p) => `--- console of ${p.label} ---\n${p.consoleLog.slice(-30).join('\n')}`);
-  if (server) parts.push(`--- server log (tail) ---\n${server.log.slice(-40).join('\n')}`);
-  return parts.join('\n');
-}
+const diagnostics = (pages) => harnessDiagnostics(server, pages, { consoleLines: 30, serverLines: 40 });
 
 before(async () => {
-  server = await startServer();
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  // A fresh data directory without open rooms: the server creates the demo meeting and prints its links.
+  server = await startServer({ prefix: 'giaoban-board-', demo: true });
+  browser = await launchBrowser(FROM_DISK_ARGS);
 });
 
 after(async () => {
   for (const c of contexts) await c.close().catch(() => {});
   await browser?.close().catch(() => {});
-  await stopServer();
+  await stopServer(server);
 });
 
 test('the board lists both halls, counts them, and alerts when one drops out', { timeout: 60_000 }, async (t) => {

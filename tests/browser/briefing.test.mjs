@@ -14,42 +14,28 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import {
+  CLIENT_FILES,
+  FROM_DISK_ARGS,
+  SCREENSHOT_DIR,
+  colourMatches,
+  diagnostics as harnessDiagnostics,
+  fakeMediaScript,
+  findLink,
+  launchBrowser,
+  meanColour,
+  serveClientFromDisk,
+  sleep,
+  startServer,
+  stopServer,
+  videosDecoding,
+  waitFor,
+  watchPage,
+} from './harness.mjs';
 
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER_BIN = process.env.GIAOBAN_BIN || join(REPO_ROOT, 'target', 'debug', 'giaoban');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-  // getDisplayMedia without a picker: the (fake) screen is chosen by itself.
-  '--auto-select-desktop-capture-source=Entire screen',
-];
-const WEB_FROM_DISK = !!process.env.WEB_CLIENT_FROM_DISK;
-/** Where to save screenshots of each view (optional, for looking at the layout). */
-const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || '';
 const WEB_FILES = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/protocol.js': ['protocol.js', 'text/javascript; charset=utf-8'],
-  '/i18n.js': ['i18n.js', 'text/javascript; charset=utf-8'],
-  '/style.css': ['style.css', 'text/css; charset=utf-8'],
+  ...CLIENT_FILES,
   '/admin': ['admin.html', 'text/html; charset=utf-8'],
   '/admin.js': ['admin.js', 'text/javascript; charset=utf-8'],
 };
@@ -64,153 +50,13 @@ let browser;
 // ------------------------------------------------------------------------------------------------------------
 // Helpers
 
-async function waitFor(fn, { timeout = 20_000, interval = 250, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  let lastErr;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline) {
-      const detail = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (${detail})`);
-    }
-    await new Promise((r) => setTimeout(r, interval));
-  }
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Start the server on an empty data directory (no open rooms) and read the demo meeting's links from stdout. */
-async function startServer() {
-  if (!existsSync(SERVER_BIN)) {
-    throw new Error(`server binary ${SERVER_BIN} not found: run \`cargo build -p giaoban-signaling\` or set GIAOBAN_BIN`);
-  }
-  const dataDir = mkdtempSync(join(tmpdir(), 'giaoban-briefing-'));
-  // The server refuses unknown GIAOBAN_* settings: pass none of the caller's (e.g. GIAOBAN_BIN, open rooms).
-  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
-  const env = {
-    ...inherited,
-    GIAOBAN_HTTP_LISTEN: '127.0.0.1:0',
-    GIAOBAN_MEDIA_LISTEN_IP: '127.0.0.1',
-    GIAOBAN_MEDIA_UDP_PORT: '0',
-    GIAOBAN_TLS_SELF_SIGNED: 'false',
-    GIAOBAN_STORAGE_DATA_DIR: dataDir,
-  };
-  const proc = spawn(SERVER_BIN, [], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const log = [];
-  const remember = (stream) => (line) => {
-    log.push(`[${stream}] ${line}`);
-    if (log.length > 400) log.shift();
-  };
-  createInterface({ input: proc.stderr }).on('line', remember('stderr'));
-  const stdout = createInterface({ input: proc.stdout });
-  stdout.on('line', remember('stdout'));
-  const found = { proc, log, dataDir, links: [], baseUrl: null, adminUrl: null };
-  return new Promise((resolveStart, reject) => {
-    const fail = (err) => {
-      clearTimeout(timer);
-      rmSync(dataDir, { recursive: true, force: true });
-      reject(err);
-    };
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      fail(new Error(`server did not print the demo meeting within 30 s:\n${log.join('\n')}`));
-    }, 30_000);
-    let inDemo = false;
-    stdout.on('line', (line) => {
-      let m;
-      if ((m = /giaoban listening on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(line))) found.baseUrl = m[1];
-      else if ((m = /^\s+admin page: (\S+)/.exec(line))) found.adminUrl = m[1];
-      else if (/^\s+demo meeting "/.test(line)) inDemo = true;
-      else if (inDemo && (m = /^\s{3,}(\S.*?)\s+(http:\/\/\S+\?token=\S+)\s*$/.exec(line))) {
-        found.links.push({ name: m[1], url: m[2] });
-      }
-      if (found.baseUrl && found.adminUrl && found.links.length >= 5) {
-        clearTimeout(timer);
-        resolveStart(found);
-      }
-    });
-    proc.on('close', (code, signal) => fail(new Error(`server exited early (code ${code}, signal ${signal}):\n${log.join('\n')}`)));
-    proc.on('error', fail);
-  });
-}
-
-async function stopServer() {
-  if (!server) return;
-  const { proc } = server;
-  if (proc.exitCode === null && proc.signalCode === null) {
-    const exited = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGTERM');
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 3_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  rmSync(server.dataDir, { recursive: true, force: true });
-}
-
-function linkFor(pred, what) {
-  const link = server.links.find(pred);
-  if (!link) throw new Error(`no ${what} link among ${JSON.stringify(server.links.map((l) => l.name))}`);
-  return link;
-}
-
-/** Replace getUserMedia: a canvas of one solid colour (20 fps) and a WebAudio oscillator. */
-function fakeMediaScript({ rgb, tone }) {
-  const md = navigator.mediaDevices;
-  if (!md) return;
-  md.getUserMedia = async (constraints = {}) => {
-    const out = new MediaStream();
-    if (constraints.video) {
-      const canvas = document.createElement('canvas');
-      canvas.width = 640;
-      canvas.height = 360;
-      const ctx = canvas.getContext('2d');
-      const paint = () => {
-        ctx.fillStyle = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
-        ctx.fillRect(0, 0, canvas.width, canvas.height);
-      };
-      paint();
-      setInterval(paint, 50);
-      out.addTrack(canvas.captureStream(20).getVideoTracks()[0]);
-    }
-    if (constraints.audio) {
-      const ac = new AudioContext();
-      const osc = ac.createOscillator();
-      osc.frequency.value = tone;
-      const dest = ac.createMediaStreamDestination();
-      osc.connect(dest);
-      osc.start();
-      out.addTrack(dest.stream.getAudioTracks()[0]);
-    }
-    return out;
-  };
-}
+const linkFor = (pred, what) => findLink(server, pred, what);
 
 async function newPage(label) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  if (WEB_FROM_DISK) {
-    await context.route(
-      (url) => url.href.startsWith(server.baseUrl) && Object.hasOwn(WEB_FILES, url.pathname),
-      (route) => {
-        const [file, contentType] = WEB_FILES[new URL(route.request().url()).pathname];
-        route.fulfill({ contentType, body: readFileSync(join(REPO_ROOT, 'web-client', file)) });
-      },
-    );
-  }
+  await serveClientFromDisk(context, server.baseUrl, WEB_FILES);
   const page = await context.newPage();
-  const consoleLog = [];
-  const foreignRequests = [];
-  page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
-  page.on('request', (r) => {
-    const url = r.url();
-    if (!url.startsWith(server.baseUrl) && !url.startsWith('data:') && !url.startsWith('blob:')) foreignRequests.push(url);
-  });
+  const { consoleLog, foreignRequests } = watchPage(page, server.baseUrl);
   return { label, context, page, consoleLog, foreignRequests };
 }
 
@@ -274,46 +120,6 @@ async function audioDelta(page, name, ms = 1500) {
   return b.total - a.total;
 }
 
-async function videosDecoding(page) {
-  return page.evaluate(async () => {
-    const pc = window.giaoban?.subscribePc?.();
-    if (!pc) return 0;
-    const report = await pc.getStats();
-    let n = 0;
-    report.forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'video' && (s.framesDecoded ?? 0) > 0) n += 1;
-    });
-    return n;
-  });
-}
-
-/** Mean colour of the element matched by `selector` (a <video>), or null until it has a frame. */
-async function meanColour(page, selector) {
-  return page.evaluate((selector) => {
-    const video = document.querySelector(selector);
-    if (!video || video.videoWidth === 0 || video.readyState < 2) return null;
-    const canvas = document.createElement('canvas');
-    canvas.width = 64;
-    canvas.height = 36;
-    const ctx = canvas.getContext('2d', { willReadFrequently: true });
-    ctx.drawImage(video, 0, 0, 64, 36);
-    const data = ctx.getImageData(0, 0, 64, 36).data;
-    const sum = [0, 0, 0];
-    for (let i = 0; i < data.length; i += 4) {
-      sum[0] += data[i];
-      sum[1] += data[i + 1];
-      sum[2] += data[i + 2];
-    }
-    return sum.map((v) => Math.round(v / (data.length / 4)));
-  }, selector);
-}
-
-function colourMatches(mean, rgb) {
-  if (!mean) return false;
-  const want = rgb.indexOf(Math.max(...rgb));
-  return mean.every((v, i) => (i === want ? v >= 150 : v <= 90));
-}
-
 const mainVideo = '[data-testid="main-video"]';
 const mainInfo = (page) =>
   page.evaluate(() => {
@@ -322,25 +128,20 @@ const mainInfo = (page) =>
     return v && { participant: v.dataset.participant, source: v.dataset.source, visible: !stage.hidden, width: v.videoWidth };
   });
 
-function diagnostics(people) {
-  const parts = [];
-  for (const p of people) parts.push(`--- console of "${p.label}" ---\n${p.consoleLog.slice(-40).join('\n')}`);
-  if (server) parts.push(`--- server log (tail) ---\n${server.log.slice(-80).join('\n')}`);
-  return parts.join('\n');
-}
+const diagnostics = (people) => harnessDiagnostics(server, people);
 
 // ------------------------------------------------------------------------------------------------------------
 
 before(async () => {
-  server = await startServer();
-  // Pages fulfilled from disk have no address space of their own: let them reach the loopback server.
-  const args = WEB_FROM_DISK ? [...CHROMIUM_ARGS, '--disable-features=LocalNetworkAccessChecks'] : CHROMIUM_ARGS;
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args });
+  // An empty data directory without open rooms: the server creates the demo meeting and prints its links.
+  server = await startServer({ prefix: 'giaoban-briefing-', demo: true });
+  // getDisplayMedia without a picker: the (fake) screen is chosen by itself.
+  browser = await launchBrowser(['--auto-select-desktop-capture-source=Entire screen', ...FROM_DISK_ARGS]);
 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  await stopServer();
+  await stopServer(server);
 });
 
 test('giao ban: raise hand, give the floor, mute all, share the screen', { timeout: 90_000 }, async (t) => {

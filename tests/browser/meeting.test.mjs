@@ -9,31 +9,19 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
-
-const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SERVER_BIN = process.env.GIAOBAN_BIN || join(REPO_ROOT, 'target', 'debug', 'giaoban');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-];
+import {
+  colourMatches,
+  diagnostics as harnessDiagnostics,
+  fakeMediaScript,
+  inboundStats,
+  launchBrowser,
+  meanColour,
+  outboundStats,
+  startServer,
+  stopServer,
+  waitFor,
+  watchPage,
+} from './harness.mjs';
 
 const PARTICIPANTS = [
   { name: 'UBND xã Đỏ', rgb: [230, 20, 20], colour: 'red' },
@@ -41,249 +29,36 @@ const PARTICIPANTS = [
   { name: 'UBND thị trấn Xanh Dương', rgb: [20, 20, 230], colour: 'blue' },
 ];
 
-let server; // { proc, baseUrl, log }
+let server; // { proc, baseUrl, log, dataDir }
 let browser;
 
 // ------------------------------------------------------------------------------------------------------------
 // Helpers
 
-/** Poll `fn` until it returns a truthy value; throws with the last value seen after `timeout` ms. */
-async function waitFor(fn, { timeout = 20_000, interval = 250, what = 'condition' } = {}) {
-  const deadline = Date.now() + timeout;
-  let last;
-  let lastErr;
-  for (;;) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (err) {
-      lastErr = err;
-    }
-    if (Date.now() > deadline) {
-      const detail = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
-      throw new Error(`timed out after ${timeout} ms waiting for ${what} (${detail})`);
-    }
-    await new Promise((r) => setTimeout(r, interval));
-  }
-}
-
-/**
- * Start the server. The join links of this test name open rooms (`/?room=&name=`), so open rooms are switched on,
- * and its database goes to a temporary directory. A server from before those settings existed refuses them as
- * unknown: then it is started again without them.
- */
-async function startServer() {
-  if (!existsSync(SERVER_BIN)) {
-    throw new Error(`server binary ${SERVER_BIN} not found: run \`cargo build -p giaoban-signaling\` or set GIAOBAN_BIN`);
-  }
-  const dataDir = mkdtempSync(join(tmpdir(), 'giaoban-browser-'));
-  const base = {
-    GIAOBAN_HTTP_LISTEN: '127.0.0.1:0',
-    GIAOBAN_MEDIA_LISTEN_IP: '127.0.0.1',
-    GIAOBAN_MEDIA_UDP_PORT: '0',
-    GIAOBAN_TLS_SELF_SIGNED: 'false',
-  };
-  const extra = { GIAOBAN_AUTH_OPEN_ROOMS: 'true', GIAOBAN_STORAGE_DATA_DIR: dataDir };
-  try {
-    return { ...(await spawnServer({ ...base, ...extra })), dataDir };
-  } catch (err) {
-    if (!/unknown setting/.test(err.message)) throw err;
-    return { ...(await spawnServer(base)), dataDir };
-  }
-}
-
-function spawnServer(settings) {
-  // The server refuses unknown GIAOBAN_* variables (typos in settings), so none from this environment (such as
-  // GIAOBAN_BIN) is passed on: only the settings given here.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
-  const proc = spawn(SERVER_BIN, [], {
-    cwd: REPO_ROOT,
-    env: { ...env, ...settings },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const log = [];
-  const remember = (stream) => (line) => {
-    log.push(`[${stream}] ${line}`);
-    if (log.length > 400) log.shift();
-  };
-  createInterface({ input: proc.stderr }).on('line', remember('stderr'));
-  const stdout = createInterface({ input: proc.stdout });
-  stdout.on('line', remember('stdout'));
-  return new Promise((resolveStart, reject) => {
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error(`server printed no listening line within 30 s:\n${log.join('\n')}`));
-    }, 30_000);
-    stdout.on('line', (line) => {
-      const m = /giaoban listening on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(line);
-      if (m) {
-        clearTimeout(timer);
-        resolveStart({ proc, baseUrl: m[1], log });
-      }
-    });
-    // 'close' (not 'exit'): by then every line the server wrote has been read.
-    proc.on('close', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited early (code ${code}, signal ${signal}):\n${log.join('\n')}`));
-    });
-    proc.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-  });
-}
-
-async function stopServer() {
-  if (!server) return;
-  const { proc } = server;
-  if (proc.exitCode === null && proc.signalCode === null) {
-    const exited = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGTERM');
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 3_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  rmSync(server.dataDir, { recursive: true, force: true });
-}
-
-/** Replace getUserMedia: a canvas of one solid colour (20 fps) and a WebAudio oscillator. */
-function fakeMediaScript({ rgb, tone }) {
-  const md = navigator.mediaDevices;
-  if (!md) return;
-  md.getUserMedia = async (constraints = {}) => {
-    const out = new MediaStream();
-    if (constraints.video) {
-      const canvas = document.createElement('canvas');
-      canvas.width = 640;
-      canvas.height = 360;
-      const ctx = canvas.getContext('2d');
-      const paint = () => {
-        ctx.fillStyle = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
-        ctx.fillRect(0, 0, canvas.width, canvas.height);
-      };
-      paint();
-      setInterval(paint, 50); // repaint so the capture keeps producing frames
-      out.addTrack(canvas.captureStream(20).getVideoTracks()[0]);
-    }
-    if (constraints.audio) {
-      const ac = new AudioContext();
-      const osc = ac.createOscillator();
-      osc.frequency.value = tone;
-      const dest = ac.createMediaStreamDestination();
-      osc.connect(dest);
-      osc.start();
-      out.addTrack(dest.stream.getAudioTracks()[0]);
-    }
-    return out;
-  };
-}
-
 async function openParticipant(p, room, index) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
   const page = await context.newPage();
-  const consoleLog = [];
-  const foreignRequests = [];
-  page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
-  page.on('request', (r) => {
-    const url = r.url();
-    if (!url.startsWith(server.baseUrl) && !url.startsWith('data:') && !url.startsWith('blob:')) {
-      foreignRequests.push(url);
-    }
-  });
+  const { consoleLog, foreignRequests } = watchPage(page, server.baseUrl);
   await page.addInitScript(fakeMediaScript, { rgb: p.rgb, tone: 300 + 150 * index });
   const link = `${server.baseUrl}?${new URLSearchParams({ room, name: p.name })}`;
   await page.goto(link);
   return { ...p, context, page, consoleLog, foreignRequests };
 }
 
-/** Inbound RTP counts from the page's subscribe connection (real stats, not the app's own bookkeeping). */
-async function inboundStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.giaoban?.subscribePc?.();
-    if (!pc) return null;
-    const report = await pc.getStats();
-    const out = { videoDecoding: 0, audioReceiving: 0, video: [], audio: [] };
-    report.forEach((s) => {
-      if (s.type !== 'inbound-rtp') return;
-      if (s.kind === 'video') {
-        out.video.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded ?? 0, codecId: s.codecId });
-        if ((s.framesDecoded ?? 0) > 0) out.videoDecoding += 1;
-      } else if (s.kind === 'audio') {
-        out.audio.push({ ssrc: s.ssrc, packetsReceived: s.packetsReceived ?? 0 });
-        if ((s.packetsReceived ?? 0) > 0) out.audioReceiving += 1;
-      }
-    });
-    return out;
-  });
-}
-
-async function outboundStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.giaoban?.publishPc?.();
-    if (!pc) return null;
-    const report = await pc.getStats();
-    const out = {};
-    report.forEach((s) => {
-      if (s.type === 'outbound-rtp') out[s.kind] = (out[s.kind] ?? 0) + (s.packetsSent ?? 0);
-    });
-    return out;
-  });
-}
-
-/** Mean colour of the remote <video data-participant=name>, drawn into a canvas; null until it has a frame. */
-async function meanColour(page, name) {
-  return page.evaluate((name) => {
-    const video = document.querySelector(`video[data-participant="${CSS.escape(name)}"]`);
-    if (!video || video.videoWidth === 0 || video.readyState < 2) return null;
-    const w = 64;
-    const h = 36;
-    const canvas = document.createElement('canvas');
-    canvas.width = w;
-    canvas.height = h;
-    const ctx = canvas.getContext('2d', { willReadFrequently: true });
-    ctx.drawImage(video, 0, 0, w, h);
-    const data = ctx.getImageData(0, 0, w, h).data;
-    const sum = [0, 0, 0];
-    for (let i = 0; i < data.length; i += 4) {
-      sum[0] += data[i];
-      sum[1] += data[i + 1];
-      sum[2] += data[i + 2];
-    }
-    const n = data.length / 4;
-    return sum.map((v) => Math.round(v / n));
-  }, name);
-}
-
-/**
- * The mean colour shows the publisher's colour: its dominant channel is bright and the other two are dark. (Not an
- * exact match: the decoded picture may come out in a different YUV range, e.g. 210 green is shown as 255.)
- */
-function colourMatches(mean, rgb) {
-  if (!mean) return false;
-  const want = rgb.indexOf(Math.max(...rgb));
-  return mean.every((v, i) => (i === want ? v >= 150 : v <= 90));
-}
-
-function diagnostics(people) {
-  const parts = [];
-  for (const p of people) {
-    parts.push(`--- console of "${p.name}" ---\n${p.consoleLog.slice(-40).join('\n')}`);
-  }
-  if (server) parts.push(`--- server log (tail) ---\n${server.log.slice(-80).join('\n')}`);
-  return parts.join('\n');
-}
+const diagnostics = (people) => harnessDiagnostics(server, people);
 
 // ------------------------------------------------------------------------------------------------------------
 
 before(async () => {
-  server = await startServer();
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  // The join links of this test name open rooms (`/?room=&name=`), so open rooms are switched on; a server from
+  // before those settings existed refuses them as unknown: then it is started again without them.
+  server = await startServer({ settings: { GIAOBAN_AUTH_OPEN_ROOMS: 'true' }, fallback: true });
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  await stopServer();
+  await stopServer(server);
 });
 
 test('the page without a join link shows the Vietnamese join form', { timeout: 30_000 }, async () => {
@@ -359,7 +134,7 @@ test('three halls see and hear each other; a leaver disappears', { timeout: 100_
         if (other === viewer) continue;
         const mean = await waitFor(
           async () => {
-            const m = await meanColour(viewer.page, other.name);
+            const m = await meanColour(viewer.page, { participant: other.name });
             return colourMatches(m, other.rgb) && m;
           },
           { what: `"${viewer.name}" to show ${other.colour} for "${other.name}"` },
