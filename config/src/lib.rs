@@ -66,6 +66,9 @@ impl Default for StorageConfig {
 pub struct HttpConfig {
     /// Where the web client, the WebSocket and the API listen.
     pub listen: SocketAddr,
+    /// With TLS on: also listen here for plain HTTP and redirect every request to the HTTPS address (e.g.
+    /// `0.0.0.0:80`). Unset: no plain-HTTP listener.
+    pub redirect_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -130,6 +133,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            redirect_listen: None,
         }
     }
 }
@@ -250,6 +254,10 @@ impl Config {
             match key {
                 "HTTP_LISTEN" => match value.parse() {
                     Ok(v) => self.http.listen = v,
+                    Err(_) => return parse("socket address (ip:port)"),
+                },
+                "HTTP_REDIRECT_LISTEN" => match value.parse() {
+                    Ok(v) => self.http.redirect_listen = Some(v),
                     Err(_) => return parse("socket address (ip:port)"),
                 },
                 "MEDIA_LISTEN_IP" => match value.parse() {
@@ -375,6 +383,12 @@ impl Config {
             return invalid(
                 "auth.secret",
                 "must be at least 32 characters (or empty to generate one)",
+            );
+        }
+        if self.http.redirect_listen.is_some() && self.tls_mode() == TlsMode::Plain {
+            return invalid(
+                "http.redirect_listen",
+                "redirects to HTTPS, but TLS is off (set tls.cert/tls.key or listen beyond loopback with tls.self_signed)",
             );
         }
         let url = &self.auth.public_url;

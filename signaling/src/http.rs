@@ -215,3 +215,65 @@ mod tests {
         assert!(!same_origin(&headers(Some("null"), "10.0.0.5:8080")));
     }
 }
+
+/// The `https://` URL a plain-HTTP request should go to: same host name, the HTTPS port, same path and query.
+fn https_location(host: Option<&str>, https_port: u16, path_and_query: &str) -> String {
+    let host = host.unwrap_or("localhost");
+    // Strip a port, keeping IPv6 brackets (`[::1]:80` → `[::1]`).
+    let name = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    format!("https://{name}:{https_port}{path_and_query}")
+}
+
+/// Listen for plain HTTP on `addr` and redirect every request to HTTPS on `https_port`.
+pub fn serve_redirect(
+    addr: std::net::SocketAddr,
+    https_port: u16,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http.redirect_listen): {e}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let app = Router::new().fallback(
+        move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+            let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            axum::response::Redirect::permanent(&https_location(host, https_port, path))
+        },
+    );
+    let server = axum_server::from_tcp(listener)?.handle(handle);
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            tracing::error!(error = %e, "http redirect server failed");
+        }
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod redirect_tests {
+    use super::https_location;
+
+    #[test]
+    fn location_keeps_host_path_and_query_and_swaps_the_port() {
+        assert_eq!(
+            https_location(Some("10.0.0.5"), 8443, "/?token=abc"),
+            "https://10.0.0.5:8443/?token=abc"
+        );
+        assert_eq!(
+            https_location(Some("giaoban.local:80"), 443, "/admin"),
+            "https://giaoban.local:443/admin"
+        );
+        assert_eq!(
+            https_location(Some("[::1]:80"), 8443, "/"),
+            "https://[::1]:8443/"
+        );
+        assert_eq!(
+            https_location(Some("[::1]"), 8443, "/"),
+            "https://[::1]:8443/"
+        );
+    }
+}

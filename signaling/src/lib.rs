@@ -29,6 +29,8 @@ pub struct RunningServer {
     pub media_addr: SocketAddr,
     /// Whether HTTP is served over TLS, and if so whether with a generated certificate.
     pub tls: Option<bool>,
+    /// The plain-HTTP listener that redirects to HTTPS (`http.redirect_listen`), if any.
+    pub redirect_addr: Option<SocketAddr>,
     pub hub: Arc<Hub>,
     /// The demo meeting and its links, created on the first start with an empty data directory.
     pub demo: Option<(store::Meeting, Vec<admin::JoinLink>)>,
@@ -167,10 +169,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             )
         }
     };
+    let redirect_addr = match (config.http.redirect_listen, tls_flag) {
+        (Some(addr), Some(_)) => Some(http::serve_redirect(
+            addr,
+            http_addr.port(),
+            handle.clone(),
+        )?),
+        _ => None,
+    };
     Ok(RunningServer {
         http_addr,
         media_addr,
         tls: tls_flag,
+        redirect_addr,
         hub,
         demo,
         handle,

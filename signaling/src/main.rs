@@ -55,6 +55,9 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(addr) = server.redirect_addr {
+        println!("  plain HTTP on {addr} redirects to HTTPS");
+    }
     println!(
         "  media: UDP port {} (open it in the firewall for halls on other machines)",
         server.media_addr.port()
