@@ -518,3 +518,60 @@ mod tests {
         assert_eq!(s, r#"{"type":"error","code":"room_full","message":"đầy"}"#);
     }
 }
+
+/// `docs/protocol.md` stays in step with the enums: every message type and error code the code knows is documented.
+#[cfg(test)]
+mod doc_sync {
+    use super::*;
+
+    const DOC: &str = include_str!("../../docs/protocol.md");
+
+    /// The names serde accepts for an enum, read from its "unknown variant" error (`expected one of ...`).
+    fn names_of<T: serde::de::DeserializeOwned>(json: &str) -> Vec<String> {
+        let err = match serde_json::from_str::<T>(json) {
+            Ok(_) => panic!("`{json}` parsed"),
+            Err(e) => e.to_string(),
+        };
+        let list = err
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no list in: {err}"));
+        list.split(',')
+            .map(|s| s.trim().trim_matches(|c| c == '`' || c == ' ').to_owned())
+            .map(|s| s.split('`').next().unwrap_or("").to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    fn documented(name: &str) -> bool {
+        DOC.contains(&format!("| `{name}` |"))
+    }
+
+    #[test]
+    fn every_client_and_server_message_type_is_documented() {
+        let client = names_of::<ClientMessage>(r#"{"type":"no_such_type"}"#);
+        let server = names_of::<ServerMessage>(r#"{"type":"no_such_type"}"#);
+        assert!(
+            client.len() >= 20 && server.len() >= 18,
+            "{client:?} {server:?}"
+        );
+        for name in client.iter().chain(server.iter()) {
+            assert!(
+                documented(name),
+                "message type `{name}` is not in docs/protocol.md"
+            );
+        }
+    }
+
+    #[test]
+    fn every_error_code_is_documented() {
+        let codes = names_of::<ErrorCode>(r#""no_such_code""#);
+        assert!(codes.len() >= 14, "{codes:?}");
+        for code in &codes {
+            assert!(
+                documented(code),
+                "error code `{code}` is not in docs/protocol.md"
+            );
+        }
+    }
+}
