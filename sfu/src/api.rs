@@ -70,8 +70,6 @@ pub enum SfuError {
     NoOfferOutstanding,
     #[error("unknown track {0}")]
     UnknownTrack(String),
-    #[error("invalid candidate: {0}")]
-    InvalidCandidate(String),
     #[error("the media plane has stopped")]
     Stopped,
     #[error("this participant may not publish")]

@@ -89,6 +89,19 @@ impl Forwarder {
         } else {
             None
         };
+        self.forward_parsed(now, ssrc, seq, timestamp, payload, vp8)
+    }
+
+    /// `forward` with the VP8 descriptor already parsed (once per packet by the caller, for all its consumers).
+    pub fn forward_parsed(
+        &mut self,
+        now: Instant,
+        ssrc: u32,
+        seq: u16,
+        timestamp: u32,
+        payload: &[u8],
+        vp8: Option<vp8::Vp8Descriptor>,
+    ) -> Result<Rewrite, Drop> {
         if self.previous_ssrc == Some(ssrc) {
             return Err(Drop::OldSource);
         }

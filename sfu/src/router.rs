@@ -85,10 +85,6 @@ impl Router {
             }
         }
     }
-
-    pub fn len(&self) -> (usize, usize) {
-        (self.by_addr.len(), self.by_ufrag.len())
-    }
 }
 
 #[cfg(test)]

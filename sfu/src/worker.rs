@@ -350,6 +350,12 @@ impl Worker {
             return;
         }
         let mut want_keyframe = false;
+        // Parsed once per packet, not once per consumer.
+        let vp8 = if producer.codec == Codec::Vp8 {
+            crate::vp8::parse(&packet.payload)
+        } else {
+            None
+        };
         for consumer in producer.consumers.iter_mut() {
             let Some(pt) = consumer.payload_type else {
                 continue;
@@ -361,12 +367,13 @@ impl Worker {
                 // SRTP is not keyed yet; the stream starts from a keyframe once it is.
                 continue;
             }
-            let rewrite = match consumer.forwarder.forward(
+            let rewrite = match consumer.forwarder.forward_parsed(
                 now,
                 packet.header.ssrc,
                 packet.header.sequence_number,
                 packet.header.timestamp,
                 &packet.payload,
+                vp8,
             ) {
                 Ok(r) => r,
                 Err(FwdDrop::WaitingForKeyframe) => {
@@ -396,10 +403,10 @@ impl Worker {
                 payload: packet.payload.clone(),
             };
             if (rewrite.picture_id.is_some() || rewrite.tl0picidx.is_some())
-                && let Some(desc) = crate::vp8::parse(&out.payload)
+                && let Some(desc) = &vp8
             {
                 let mut payload = BytesMut::from(&out.payload[..]);
-                crate::vp8::rewrite(&mut payload, &desc, rewrite.picture_id, rewrite.tl0picidx);
+                crate::vp8::rewrite(&mut payload, desc, rewrite.picture_id, rewrite.tl0picidx);
                 out.payload = payload.freeze();
             }
             let Some(mut sender) = conn.pc.rtp_sender(consumer.sender) else {

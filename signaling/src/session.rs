@@ -164,9 +164,7 @@ fn send(tx: &mpsc::UnboundedSender<Outgoing>, message: ServerMessage) {
 
 fn sfu_error_code(e: &SfuError) -> ErrorCode {
     match e {
-        SfuError::InvalidSdp(_) | SfuError::UnknownTrack(_) | SfuError::InvalidCandidate(_) => {
-            ErrorCode::InvalidField
-        }
+        SfuError::InvalidSdp(_) | SfuError::UnknownTrack(_) => ErrorCode::InvalidField,
         SfuError::NoOfferOutstanding => ErrorCode::WrongState,
         SfuError::PublishNotAllowed => ErrorCode::Forbidden,
         SfuError::UnknownParticipant | SfuError::Negotiation(_) | SfuError::Stopped => {

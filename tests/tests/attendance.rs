@@ -155,29 +155,16 @@ async fn attendance_rows_and_roll_call() {
         server,
         hub,
         mid,
-        eps,
-        chair_token,
         sec_token,
         a_token,
         chair,
         secretary,
         a,
         before_b_left,
+        eps,
+        ..
     } = &f;
     let (a_ep, b_ep, c_ep) = (&eps[0], &eps[1], &eps[2]);
-    let _ = (
-        hub,
-        chair,
-        chair_token,
-        sec_token,
-        a_token,
-        secretary,
-        a,
-        before_b_left,
-        a_ep,
-        b_ep,
-        c_ep,
-    );
     let from = *before_b_left;
     let rows = hub.store.attendance(mid).expect("attendance");
     // Attendance rows: everyone who joined, in order, with name and role; B's row closed by its leave.
@@ -284,31 +271,14 @@ async fn attendance_csv_report() {
     let f = fixture().await;
     let Fixture {
         server,
-        hub,
         mid,
-        eps,
         chair_token,
-        sec_token,
         a_token,
         chair,
-        secretary,
-        a,
-        before_b_left,
+        eps,
+        ..
     } = &f;
     let (a_ep, b_ep, c_ep) = (&eps[0], &eps[1], &eps[2]);
-    let _ = (
-        hub,
-        chair,
-        chair_token,
-        sec_token,
-        a_token,
-        secretary,
-        a,
-        before_b_left,
-        a_ep,
-        b_ep,
-        c_ep,
-    );
     let from = f.set_reason_for_c();
     wait_roll_call(chair, from, "C absent with reason", |e| {
         status_of(e, &c_ep.id) == Some(Presence::AbsentWithReason)
@@ -367,29 +337,11 @@ async fn admin_api_needs_an_admin_token() {
         server,
         hub,
         mid,
+        chair_token,
         eps,
-        chair_token,
-        sec_token,
-        a_token,
-        chair,
-        secretary,
-        a,
-        before_b_left,
+        ..
     } = &f;
-    let (a_ep, b_ep, c_ep) = (&eps[0], &eps[1], &eps[2]);
-    let _ = (
-        hub,
-        chair,
-        chair_token,
-        sec_token,
-        a_token,
-        secretary,
-        a,
-        before_b_left,
-        a_ep,
-        b_ep,
-        c_ep,
-    );
+    let c_ep = &eps[2];
     let names = NAMES;
     // The admin API.
     let admin = giaoban_signaling::admin::admin_token(hub);
@@ -517,29 +469,13 @@ async fn chat_reaches_everyone_and_late_joiners() {
         server,
         hub,
         mid,
+        chair,
+        secretary,
+        a,
         eps,
-        chair_token,
-        sec_token,
-        a_token,
-        chair,
-        secretary,
-        a,
-        before_b_left,
+        ..
     } = &f;
-    let (a_ep, b_ep, c_ep) = (&eps[0], &eps[1], &eps[2]);
-    let _ = (
-        hub,
-        chair,
-        chair_token,
-        sec_token,
-        a_token,
-        secretary,
-        a,
-        before_b_left,
-        a_ep,
-        b_ep,
-        c_ep,
-    );
+    let (a_ep, c_ep) = (&eps[0], &eps[2]);
     let c_token = token(hub, mid, &c_ep.id, &c_ep.name, Role::Endpoint);
     // Chat: a line reaches everyone (the sender too); a late joiner gets it in `joined`.
     let marks = [chair.log_len(), secretary.log_len(), a.log_len()];

@@ -210,40 +210,10 @@ async fn forbidden_actions_are_refused_audited_and_the_meeting_carries_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chair_mute_holds_until_the_target_unmutes_itself() {
     let server = TestServer::start().await;
-    let hub = server.hub();
     // Discussion mode: everyone is heard until muted.
-    let (meeting, eps) = create_meeting(
-        &hub,
-        "Thảo luận",
-        MeetingMode::Discussion,
-        &["UBND xã An Phú", "UBND xã Bình Minh"],
-    );
-    let mid = meeting.id.clone();
-    let chair = server
-        .join_token(
-            &token(&hub, &mid, "chair", "Chủ trì", Role::Chair),
-            "Chủ trì",
-            true,
-        )
-        .await;
-    let a = server
-        .join_token(
-            &token(&hub, &mid, &eps[0].id, &eps[0].name, Role::Endpoint),
-            "Xã A",
-            true,
-        )
-        .await;
-    let b = server
-        .join_token(
-            &token(&hub, &mid, &eps[1].id, &eps[1].name, Role::Endpoint),
-            "Xã B",
-            true,
-        )
-        .await;
-    let t = Duration::from_secs(15);
-    wait_receiving(&b, &a, TrackKind::Audio, 10, t).await;
-    wait_receiving(&chair, &a, TrackKind::Audio, 10, t).await;
-    wait_receiving(&chair, &b, TrackKind::Audio, 10, t).await;
+    let hub = server.hub();
+    let (mid, chair, a, b) = discussion_with_media(&server).await;
+    wait_receiving(&chair, &b, TrackKind::Audio, 10, Duration::from_secs(15)).await;
 
     // The chair mutes A: A is told, and its audio stops at the server although A keeps sending.
     let from = a.log_len();
