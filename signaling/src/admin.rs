@@ -39,7 +39,11 @@ impl From<StoreError> for ApiError {
 
 type Params = Query<HashMap<String, String>>;
 
-fn token_of<'a>(headers: &'a HeaderMap, params: &'a HashMap<String, String>) -> Option<&'a str> {
+/// The request's token: `Authorization: Bearer …` or `?token=…`.
+pub(crate) fn token_of<'a>(
+    headers: &'a HeaderMap,
+    params: &'a HashMap<String, String>,
+) -> Option<&'a str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

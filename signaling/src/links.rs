@@ -6,7 +6,7 @@ use crate::hub::Hub;
 use crate::protocol::{QualityLevel, Role, ServerMessage};
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use giaoban_sfu::{LinkHealth, ParticipantLinks};
 use serde_json::json;
@@ -119,11 +119,7 @@ pub async fn api_health(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or(params.get("token").map(String::as_str));
+    let token = crate::admin::token_of(&headers, &params);
     let claims = match token.map(|t| hub.auth.verify(t)) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
