@@ -87,6 +87,17 @@ fn is_admin(c: &Claims) -> bool {
     c.role == Role::Admin && c.mtg == ANY_MEETING
 }
 
+/// `GET /api/rooms`: every live room with its participants and tracks (admin only: it names who is in which
+/// meeting).
+pub async fn rooms(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(params): Params,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&hub, &headers, &params, "list rooms", is_admin)?;
+    Ok(Json(serde_json::json!({ "rooms": hub.rooms() })))
+}
+
 pub fn admin_token(hub: &Hub) -> String {
     hub.auth.issue(&Claims {
         mtg: ANY_MEETING.into(),

@@ -53,9 +53,10 @@ impl TestServer {
         ep
     }
 
-    /// `GET /api/rooms`, parsed.
+    /// `GET /api/rooms` with an admin token, parsed.
     pub async fn rooms(&self) -> serde_json::Value {
-        let (status, body) = http_get(self.http, "/api/rooms")
+        let admin = giaoban_signaling::admin::admin_token(&self.hub());
+        let (status, body) = http_get(self.http, &format!("/api/rooms?token={admin}"))
             .await
             .expect("GET /api/rooms");
         assert_eq!(status, 200, "GET /api/rooms: {body}");
