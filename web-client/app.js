@@ -1636,7 +1636,7 @@ function onServerError(msg) {
   const known = `err.${msg.code}`;
   const message = t(known) !== known ? t(known) : msg.message || '';
   console.warn('giaoban: server error', msg);
-  if (msg.code === 'media' && meeting.publishWaiter) {
+  if ((msg.code === 'media' || msg.code === 'limit_exceeded') && meeting.publishWaiter) {
     meeting.publishWaiter.reject(new Error(msg.message || 'media'));
   }
   if (!meeting.selfId) {

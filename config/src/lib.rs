@@ -127,6 +127,11 @@ pub struct LimitsConfig {
     pub joins_per_minute_per_ip: u32,
     /// Control messages per second of one session (bursts of four times this are allowed).
     pub messages_per_second: u32,
+    /// Live audio/video tracks one participant may publish (camera, microphone, screen, screen audio).
+    pub max_tracks_per_participant: usize,
+    /// Video bitrate one publisher may send, in kbit/s, all simulcast layers and tracks together; the publish
+    /// answer carries it (`b=TIAS` per video section) so the browser's encoder stays under it.
+    pub max_publish_kbps: u32,
 }
 
 impl Default for HttpConfig {
@@ -167,6 +172,8 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 64,
             joins_per_minute_per_ip: 60,
             messages_per_second: 50,
+            max_tracks_per_participant: 4,
+            max_publish_kbps: 5000,
         }
     }
 }
@@ -378,6 +385,15 @@ impl Config {
         }
         if self.limits.max_name_chars == 0 {
             return invalid("limits.max_name_chars", "must be at least 1");
+        }
+        if self.limits.max_tracks_per_participant == 0 {
+            return invalid("limits.max_tracks_per_participant", "must be at least 1");
+        }
+        if self.limits.max_publish_kbps < 100 {
+            return invalid(
+                "limits.max_publish_kbps",
+                "must be at least 100 (audio alone needs tens of kbit/s)",
+            );
         }
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 32 {
             return invalid(

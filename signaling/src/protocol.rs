@@ -397,6 +397,8 @@ pub enum ErrorCode {
     NotFound,
     /// Too many messages or join attempts; slow down.
     RateLimited,
+    /// A per-participant limit (`limits.max_tracks_per_participant`) would be exceeded.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -417,6 +419,7 @@ impl ErrorCode {
             ErrorCode::Removed => "removed",
             ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 }

@@ -195,6 +195,51 @@ fn check_sdp(sdp: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Audio and video sections of an offer that can carry media: not rejected (port 0) and not `a=inactive`.
+/// Browsers keep a stopped screen share's section with port 0, so stopping and restarting a share does not count
+/// twice.
+pub(crate) fn live_media_sections(sdp: &str) -> usize {
+    let mut count = 0;
+    let mut current: Option<bool> = None; // Some(live) while inside an audio/video section
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            if current == Some(true) {
+                count += 1;
+            }
+            let mut parts = m.split_whitespace();
+            let kind = parts.next().unwrap_or("");
+            let port = parts.next().unwrap_or("0");
+            current = matches!(kind, "audio" | "video").then_some(port != "0");
+        } else if line.trim_end() == "a=inactive" && current.is_some() {
+            current = Some(false);
+        }
+    }
+    count + usize::from(current == Some(true))
+}
+
+/// The answer with `b=TIAS` (bit/s) in every video section, so the browser's encoder keeps the publisher's video
+/// under `kbps` in all (RFC 3890; Chrome applies it to the whole send side of that section, all simulcast layers).
+/// An existing bandwidth line in a section is replaced.
+pub(crate) fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
+    let tias = format!("b=TIAS:{}", u64::from(kbps) * 1000);
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut in_video = false;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if bare.starts_with("m=") {
+            in_video = bare.starts_with("m=video ");
+        } else if in_video && bare.starts_with("b=") {
+            continue; // replaced below, after c=
+        }
+        out.push_str(line);
+        if in_video && bare.starts_with("c=") {
+            out.push_str(&tias);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
 /// Returns false when the session should end.
 async fn handle(
     hub: &Arc<Hub>,
@@ -263,6 +308,17 @@ async fn handle(
                 reply(tx, ErrorCode::InvalidField, &e);
                 return true;
             }
+            let limits = &hub.config.limits;
+            let tracks = live_media_sections(&sdp);
+            if tracks > limits.max_tracks_per_participant {
+                let message = format!(
+                    "the offer publishes {tracks} tracks; at most {} per participant",
+                    limits.max_tracks_per_participant
+                );
+                hub.audit(Some(&who), None, "publish", &message, "refused");
+                reply(tx, ErrorCode::LimitExceeded, &message);
+                return true;
+            }
             let participant = id.clone();
             match hub
                 .sfu
@@ -273,7 +329,12 @@ async fn handle(
                 })
                 .await
             {
-                Ok(sdp) => send(tx, ServerMessage::PublishAnswer { sdp }),
+                Ok(sdp) => send(
+                    tx,
+                    ServerMessage::PublishAnswer {
+                        sdp: cap_video_bitrate(&sdp, limits.max_publish_kbps),
+                    },
+                ),
                 Err(e) => reply(
                     tx,
                     sfu_error_code(&e),
@@ -373,6 +434,35 @@ fn rand_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\nb=AS:9000\r\na=sendonly\r\n\
+        m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=inactive\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=inactive\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=sendonly\r\n";
+
+    #[test]
+    fn live_sections_skip_rejected_inactive_and_data() {
+        assert_eq!(live_media_sections(OFFER), 3);
+        assert_eq!(live_media_sections("v=0\r\n"), 0);
+        assert_eq!(live_media_sections("v=0\nm=audio 9 RTP/AVP 0\n"), 1);
+    }
+
+    #[test]
+    fn every_video_section_gets_the_cap_and_loses_its_own() {
+        let capped = cap_video_bitrate(OFFER, 2500);
+        assert_eq!(capped.matches("b=TIAS:2500000\r\n").count(), 4, "{capped}");
+        assert!(!capped.contains("b=AS:9000"), "{capped}");
+        // Audio and data sections untouched; nothing else changed.
+        let audio = capped.split("m=video").next().expect("head");
+        assert!(!audio.contains("b=TIAS"), "{audio}");
+        assert_eq!(
+            capped.replace("b=TIAS:2500000\r\n", ""),
+            OFFER.replace("b=AS:9000\r\n", "")
+        );
+    }
 
     #[test]
     fn names_are_trimmed_and_checked() {

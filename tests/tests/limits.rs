@@ -123,3 +123,63 @@ async fn connections_and_joins_per_address_are_limited() {
     }
     server.shutdown().await;
 }
+
+/// An offer with three live media sections (audio, camera, a second video), one stopped (port 0) that must not count.
+const THREE_TRACK_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+    m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\n\
+    m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=inactive\r\n\
+    m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=sendonly\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracks_per_participant_are_limited_and_the_answer_caps_video_bitrate() {
+    let mut c = giaoban_config::Config::for_tests();
+    c.limits.max_tracks_per_participant = 2;
+    c.limits.max_publish_kbps = 1200;
+    let server = TestServer::start_with(c).await;
+    let a = server.endpoint("gioi-han-3", "Xã A", true).await;
+    let b = server.endpoint("gioi-han-3", "Xã B", true).await;
+    wait_all_flowing(&[&a, &b], &[&a, &b], Duration::from_secs(15)).await;
+
+    // Audio + video is within the limit, and the answer tells the encoder the video cap.
+    let answer = a
+        .messages()
+        .into_iter()
+        .find_map(|m| match m {
+            ServerMessage::PublishAnswer { sdp } => Some(sdp),
+            _ => None,
+        })
+        .expect("A got a publish answer");
+    let video = answer.split("m=video").nth(1).expect("a video section");
+    assert!(
+        video.contains("b=TIAS:1200000"),
+        "video section without the cap: {video}"
+    );
+
+    // Three live tracks are one too many: refused by name, nothing else changes.
+    let (code, message) = common::expect_error(
+        &b,
+        ClientMessage::PublishOffer {
+            sdp: THREE_TRACK_OFFER.into(),
+        },
+    )
+    .await;
+    assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
+    assert!(
+        message.contains("3 tracks") && message.contains("at most 2"),
+        "{message}"
+    );
+    let refusals = server
+        .hub()
+        .store
+        .audit_log(None, 100)
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.action == "publish" && e.outcome == "refused")
+        .count();
+    assert_eq!(refusals, 1, "the refusal is audited once");
+    assert_alive(&b).await;
+    common::assert_still_flowing(&a, &b, 10).await;
+    common::assert_still_flowing(&b, &a, 10).await;
+    server.shutdown().await;
+}
