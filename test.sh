@@ -23,3 +23,7 @@ cargo build --workspace --bins
 cargo test --workspace
 
 (cd tests/browser && node --test)
+
+# Fuzz smoke: every cargo-fuzz target replays its corpus and tries a bounded number of new inputs (fuzz/README.md).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+./fuzz/smoke.sh

@@ -14,6 +14,7 @@
 //! namespace (creating it if needed, deleting it afterwards if it created it); giaoban then runs there too, so both
 //! servers see the same loopback.
 
+mod churn;
 mod janus;
 
 use std::collections::BTreeMap;
@@ -72,12 +73,34 @@ impl Srtp {
     }
 }
 
+/// What load to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// 1 publisher → N subscribers (`--subscribers`), measured over `--duration` seconds (the headline).
+    Fanout,
+    /// The soak: 1 publisher while `--cycles` subscribers join, receive, and leave (or vanish), `--join-concurrency`
+    /// at a time; checks that everything they held is released.
+    Churn,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "loadtest",
     about = "One publisher → N subscribers against a giaoban server on loopback"
 )]
 struct Args {
+    /// Which load to run.
+    #[arg(long, value_enum, default_value_t = Scenario::Fanout)]
+    scenario: Scenario,
+    /// churn: join/leave cycles.
+    #[arg(long, default_value_t = 1000)]
+    cycles: usize,
+    /// churn: how long each subscriber stays once it receives media, ms.
+    #[arg(long, default_value_t = 500)]
+    hold_ms: u64,
+    /// churn: every K-th subscriber leaves by dropping its socket and connections without `leave`.
+    #[arg(long, default_value_t = 4)]
+    vanish_every: usize,
     /// Server base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -145,6 +168,9 @@ impl Args {
     fn check(&self) -> anyhow::Result<()> {
         if !self.janus_bind_ip.is_loopback() {
             bail!("--janus-bind-ip must be a loopback address");
+        }
+        if self.scenario == Scenario::Churn && self.needs_janus() {
+            bail!("--scenario churn runs against giaoban only (no --server janus / --compare)");
         }
         Ok(())
     }
@@ -514,7 +540,20 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(run(args));
+    let result = match args.scenario {
+        Scenario::Fanout => rt.block_on(run(args)),
+        Scenario::Churn => {
+            // Bounded: a generous 3 s per cycle per slot, plus start and drain.
+            let bound = Duration::from_secs(
+                180 + args.cycles as u64 * 3 / args.join_concurrency.max(1) as u64,
+            );
+            rt.block_on(async {
+                tokio::time::timeout(bound, churn::run(&args))
+                    .await
+                    .map_err(|_| anyhow!("churn exceeded its bound of {bound:?}"))?
+            })
+        }
+    };
     rt.shutdown_timeout(Duration::from_secs(2));
     result
 }

@@ -174,7 +174,7 @@ fn sfu_error_code(e: &SfuError) -> ErrorCode {
 }
 
 /// A room or display name: trimmed, 1..=max characters, no control characters.
-pub(crate) fn check_name(what: &str, value: &str, max_chars: usize) -> Result<String, String> {
+pub fn check_name(what: &str, value: &str, max_chars: usize) -> Result<String, String> {
     let v = value.trim();
     if v.is_empty() {
         return Err(format!("{what} must not be empty"));
@@ -198,7 +198,7 @@ fn check_sdp(sdp: &str) -> Result<(), String> {
 /// Audio and video sections of an offer that can carry media: not rejected (port 0) and not `a=inactive`.
 /// Browsers keep a stopped screen share's section with port 0, so stopping and restarting a share does not count
 /// twice.
-pub(crate) fn live_media_sections(sdp: &str) -> usize {
+pub fn live_media_sections(sdp: &str) -> usize {
     let mut count = 0;
     let mut current: Option<bool> = None; // Some(live) while inside an audio/video section
     for line in sdp.lines() {
@@ -220,7 +220,7 @@ pub(crate) fn live_media_sections(sdp: &str) -> usize {
 /// The answer with `b=TIAS` (bit/s) in every video section, so the browser's encoder keeps the publisher's video
 /// under `kbps` in all (RFC 3890; Chrome applies it to the whole send side of that section, all simulcast layers).
 /// An existing bandwidth line in a section is replaced.
-pub(crate) fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
+pub fn cap_video_bitrate(sdp: &str, kbps: u32) -> String {
     let tias = format!("b=TIAS:{}", u64::from(kbps) * 1000);
     let mut out = String::with_capacity(sdp.len() + 64);
     let mut in_video = false;
