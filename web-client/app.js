@@ -1741,6 +1741,11 @@ function startMeeting(room, name, token = null) {
   ui.grid.replaceChildren(self.tile);
 
   // Handlers first, then the socket; the camera opens once `joined` says this role publishes.
+  // The pre-meeting connection test with the same link (a separate private session; see test.js).
+  const testLink = document.getElementById('test-link');
+  testLink.hidden = !token;
+  if (token) testLink.href = `/test?token=${encodeURIComponent(token)}`;
+
   const session = new Session(token ? { token } : { room, name });
   meeting.session = session;
   session.addEventListener('message', (ev) => onServerMessage(ev.detail));
