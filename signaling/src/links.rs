@@ -57,16 +57,13 @@ fn worst_rtt(l: &ParticipantLinks) -> Option<f64> {
         .reduce(f64::max)
 }
 
-fn worst_jitter(l: &ParticipantLinks) -> Option<f64> {
-    [&l.publish, &l.subscribe]
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h.stats.jitter_ms)
-        .reduce(f64::max)
+/// The jitter of the audio the server receives (video jitter is inflated by paced frames; see `RtcLinkStats`).
+fn audio_jitter(l: &ParticipantLinks) -> Option<f64> {
+    l.publish.as_ref().and_then(|h| h.stats.audio_jitter_ms)
 }
 
 /// Good / fair / poor: a connection that dropped is poor, one still being set up at best fair; else the worst of
-/// loss, RTT and jitter against the `[health]` thresholds.
+/// loss, RTT and audio jitter against the `[health]` thresholds.
 pub fn verdict(l: &ParticipantLinks, h: &HealthConfig) -> QualityLevel {
     let states = || {
         [&l.publish, &l.subscribe]
@@ -83,7 +80,7 @@ pub fn verdict(l: &ParticipantLinks, h: &HealthConfig) -> QualityLevel {
     );
     let rtt = grade_above(worst_rtt(l).unwrap_or(0.0), h.fair_rtt_ms, h.poor_rtt_ms);
     let jitter = grade_above(
-        worst_jitter(l).unwrap_or(0.0),
+        audio_jitter(l).unwrap_or(0.0),
         h.fair_jitter_ms,
         h.poor_jitter_ms,
     );
@@ -291,6 +288,7 @@ mod tests {
                 state: state.into(),
                 stats: giaoban_sfu::health::RtcLinkStats {
                     loss_in: loss,
+                    audio_jitter_ms: jitter,
                     ..Default::default()
                 },
                 ..Default::default()
@@ -299,7 +297,8 @@ mod tests {
                 state: "connected".into(),
                 stats: giaoban_sfu::health::RtcLinkStats {
                     rtt_ms: rtt,
-                    jitter_ms: jitter,
+                    // Video jitter, inflated by pacing, does not count.
+                    jitter_ms: Some(500.0),
                     ..Default::default()
                 },
                 ..Default::default()

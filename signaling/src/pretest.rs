@@ -39,7 +39,7 @@ pub struct ServerView {
     pub down_kbps: Option<f64>,
     /// Loss of what the browser sent, percent (from the server's inbound streams).
     pub loss_up_percent: Option<f64>,
-    /// Jitter of what the browser sent, ms.
+    /// Jitter of the audio the browser sent, ms.
     pub jitter_ms: Option<f64>,
 }
 
@@ -59,7 +59,7 @@ impl ServerView {
                 .as_ref()
                 .and_then(|h| h.stats.loss_in)
                 .map(|f| f * 100.0),
-            jitter_ms: l.publish.as_ref().and_then(|h| h.stats.jitter_ms),
+            jitter_ms: l.publish.as_ref().and_then(|h| h.stats.audio_jitter_ms),
         }
     }
 }
