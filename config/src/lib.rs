@@ -480,13 +480,28 @@ impl Config {
             }
         }
         let ordered = [
-            ("health.poor_loss_percent", h.fair_loss_percent <= h.poor_loss_percent, "fair_loss_percent"),
-            ("health.poor_rtt_ms", h.fair_rtt_ms <= h.poor_rtt_ms, "fair_rtt_ms"),
-            ("health.poor_jitter_ms", h.fair_jitter_ms <= h.poor_jitter_ms, "fair_jitter_ms"),
+            (
+                "health.poor_loss_percent",
+                h.fair_loss_percent <= h.poor_loss_percent,
+                "fair_loss_percent",
+            ),
+            (
+                "health.poor_rtt_ms",
+                h.fair_rtt_ms <= h.poor_rtt_ms,
+                "fair_rtt_ms",
+            ),
+            (
+                "health.poor_jitter_ms",
+                h.fair_jitter_ms <= h.poor_jitter_ms,
+                "fair_jitter_ms",
+            ),
         ];
         for (key, ok, fair) in ordered {
             if !ok {
-                return invalid(key, format!("must not be below health.{fair} (poor is the worse limit)"));
+                return invalid(
+                    key,
+                    format!("must not be below health.{fair} (poor is the worse limit)"),
+                );
             }
         }
         if h.poor_bitrate_kbps > h.fair_bitrate_kbps {
@@ -575,29 +590,48 @@ mod tests {
 
     #[test]
     fn health_thresholds_from_toml_and_env_and_checked() {
-        let c = Config::from_toml_str("[health]\nfair_rtt_ms = 150\npoor_rtt_ms = 300\n").expect("parses");
+        let c = Config::from_toml_str("[health]\nfair_rtt_ms = 150\npoor_rtt_ms = 300\n")
+            .expect("parses");
         assert_eq!(c.health.fair_rtt_ms, 150.0);
         assert_eq!(c.health.poor_rtt_ms, 300.0);
-        assert_eq!(c.health.poor_loss_percent, 5.0, "others keep their defaults");
+        assert_eq!(
+            c.health.poor_loss_percent, 5.0,
+            "others keep their defaults"
+        );
         c.validate().expect("valid");
 
         let mut c = Config::default();
-        c.apply_env([("GIAOBAN_HEALTH_POOR_BITRATE_KBPS".to_string(), "250".to_string())])
-            .expect("valid env");
+        c.apply_env([(
+            "GIAOBAN_HEALTH_POOR_BITRATE_KBPS".to_string(),
+            "250".to_string(),
+        )])
+        .expect("valid env");
         assert_eq!(c.health.poor_bitrate_kbps, 250.0);
         let err = c
-            .apply_env([("GIAOBAN_HEALTH_FAIR_LOSS_PERCENT".to_string(), "lots".to_string())])
+            .apply_env([(
+                "GIAOBAN_HEALTH_FAIR_LOSS_PERCENT".to_string(),
+                "lots".to_string(),
+            )])
             .expect_err("not a number");
-        assert!(err.to_string().contains("GIAOBAN_HEALTH_FAIR_LOSS_PERCENT"), "{err}");
+        assert!(
+            err.to_string().contains("GIAOBAN_HEALTH_FAIR_LOSS_PERCENT"),
+            "{err}"
+        );
 
         let mut c = Config::default();
         c.health.fair_loss_percent = 8.0; // above poor (5)
         let err = c.validate().expect_err("fair beyond poor");
-        assert!(err.to_string().contains("health.poor_loss_percent"), "{err}");
+        assert!(
+            err.to_string().contains("health.poor_loss_percent"),
+            "{err}"
+        );
         let mut c = Config::default();
         c.health.poor_bitrate_kbps = 2000.0; // above fair (1000)
         let err = c.validate().expect_err("poor floor above fair floor");
-        assert!(err.to_string().contains("health.poor_bitrate_kbps"), "{err}");
+        assert!(
+            err.to_string().contains("health.poor_bitrate_kbps"),
+            "{err}"
+        );
         let mut c = Config::default();
         c.health.fair_jitter_ms = -1.0;
         let err = c.validate().expect_err("negative");

@@ -292,7 +292,13 @@ impl Hub {
                 claims.role
             )
             .to_lowercase();
-            self.audit(None, Some(&claims.mtg), "connection test", &message, "refused");
+            self.audit(
+                None,
+                Some(&claims.mtg),
+                "connection test",
+                &message,
+                "refused",
+            );
             return Err(Refusal::new(ErrorCode::Forbidden, message));
         }
         let meeting = self.store.meeting(&claims.mtg).map_err(|_| {
@@ -371,7 +377,8 @@ impl Hub {
             },
         );
         self.rooms.insert(room_key.clone(), room);
-        self.rooms_of.insert(participant_id.clone(), room_key.clone());
+        self.rooms_of
+            .insert(participant_id.clone(), room_key.clone());
         let _ = self.sfu.send(Command::Join {
             participant: participant_id.clone(),
             room: room_key,

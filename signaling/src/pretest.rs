@@ -95,7 +95,11 @@ fn max_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 /// Grade every measure and the whole: the worst grade. A figure that could not be measured is fair (RTT, loss,
 /// jitter) or poor (bitrate: nothing went through); a camera or microphone that does not work is poor.
-pub fn grade(r: &TestReport, server: &ServerView, h: &HealthConfig) -> (QualityLevel, Vec<Finding>) {
+pub fn grade(
+    r: &TestReport,
+    server: &ServerView,
+    h: &HealthConfig,
+) -> (QualityLevel, Vec<Finding>) {
     let above = |measure, value: Option<f64>, fair, poor| Finding {
         measure,
         value,
@@ -260,11 +264,13 @@ mod tests {
         let ok = r#"{"type":"test_result","result":{"rtt_ms":3,"camera":"ok","microphone":"no_signal"}}"#;
         assert!(serde_json::from_str::<crate::protocol::ClientMessage>(ok).is_ok());
         let typo = r#"{"type":"test_result","result":{"rtt":3,"camera":"ok","microphone":"ok"}}"#;
-        let e = serde_json::from_str::<crate::protocol::ClientMessage>(typo).expect_err("unknown field");
+        let e = serde_json::from_str::<crate::protocol::ClientMessage>(typo)
+            .expect_err("unknown field");
         assert!(e.to_string().contains("rtt"), "{e}");
         let device = r#"{"type":"test_result","result":{"camera":"broken","microphone":"ok"}}"#;
         assert!(serde_json::from_str::<crate::protocol::ClientMessage>(device).is_err());
-        let text = r#"{"type":"test_result","result":{"rtt_ms":"fast","camera":"ok","microphone":"ok"}}"#;
+        let text =
+            r#"{"type":"test_result","result":{"rtt_ms":"fast","camera":"ok","microphone":"ok"}}"#;
         assert!(serde_json::from_str::<crate::protocol::ClientMessage>(text).is_err());
     }
 }

@@ -116,8 +116,10 @@ pub async fn run(
                 }
             };
             hub.metrics.message(msg.kind());
-            if matches!(msg, ClientMessage::Join { .. } | ClientMessage::JoinTest { .. })
-                && matches!(state, State::AwaitingJoin)
+            if matches!(
+                msg,
+                ClientMessage::Join { .. } | ClientMessage::JoinTest { .. }
+            ) && matches!(state, State::AwaitingJoin)
                 && !hub
                     .client_limits
                     .join_attempt(ip, std::time::Instant::now())

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE endpoints (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -62,7 +63,8 @@ CREATE TABLE audit (
     detail TEXT NOT NULL,
     outcome TEXT NOT NULL
 );
-"#, r#"
+"#,
+    r#"
 CREATE TABLE connection_tests (
     id INTEGER PRIMARY KEY,
     meeting_id TEXT NOT NULL REFERENCES meetings(id),
@@ -86,7 +88,8 @@ CREATE TABLE connection_tests (
     findings TEXT NOT NULL
 );
 CREATE INDEX connection_tests_by_meeting ON connection_tests(meeting_id, subject, id);
-"#];
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -771,7 +774,10 @@ mod tests {
         assert_eq!(s.latest_connection_tests(None).expect("all").len(), 1);
         s.set_meeting_status(&m.id, "ended").expect("end");
         assert!(s.latest_connection_tests(None).expect("all").is_empty());
-        assert_eq!(s.latest_connection_tests(Some(&m.id)).expect("one").len(), 1);
+        assert_eq!(
+            s.latest_connection_tests(Some(&m.id)).expect("one").len(),
+            1
+        );
     }
 
     #[test]

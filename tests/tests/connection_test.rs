@@ -63,7 +63,10 @@ async fn connection_test_echoes_media_stays_out_of_the_meeting_and_stores_a_grad
     .expect("join_test sent");
     let joined = a
         .wait_message_since(from, T, |m| {
-            matches!(m, ServerMessage::Joined { .. } | ServerMessage::Error { .. })
+            matches!(
+                m,
+                ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+            )
         })
         .await
         .expect("reply to join_test");
@@ -77,13 +80,19 @@ async fn connection_test_echoes_media_stays_out_of_the_meeting_and_stores_a_grad
         panic!("join_test refused: {joined:?}");
     };
     assert!(participants.is_empty(), "alone in the test room");
-    assert_eq!(meeting.map(|x| x.id), Some(m.id.clone()), "the meeting is named");
+    assert_eq!(
+        meeting.map(|x| x.id),
+        Some(m.id.clone()),
+        "the meeting is named"
+    );
     a.publish().await.expect("the tester publishes");
 
     // Echo: the tester receives its own audio and video through the SFU.
-    wait_until("the tester's own media to come back", Duration::from_secs(15), || {
-        (packets_from(&a, &participant_id) > 50).then_some(())
-    })
+    wait_until(
+        "the tester's own media to come back",
+        Duration::from_secs(15),
+        || (packets_from(&a, &participant_id) > 50).then_some(()),
+    )
     .await;
     let kinds: Vec<_> = a
         .stats()
@@ -99,16 +108,23 @@ async fn connection_test_echoes_media_stays_out_of_the_meeting_and_stores_a_grad
     assert!(!rooms.contains(&participant_id), "{rooms}");
     assert!(!rooms.contains("test:"), "{rooms}");
     assert!(
-        b.messages().into_iter().skip(b_log_start).all(|msg| !matches!(
-            &msg,
-            ServerMessage::ParticipantJoined { participant } if participant.id == participant_id
-        ) && !matches!(
-            &msg,
-            ServerMessage::TrackPublished { participant_id: p, .. } if *p == participant_id
-        )),
+        b.messages()
+            .into_iter()
+            .skip(b_log_start)
+            .all(|msg| !matches!(
+                &msg,
+                ServerMessage::ParticipantJoined { participant } if participant.id == participant_id
+            ) && !matches!(
+                &msg,
+                ServerMessage::TrackPublished { participant_id: p, .. } if *p == participant_id
+            )),
         "the hall in the meeting never heard of the test"
     );
-    assert_eq!(packets_from(&b, &participant_id), 0, "no test media reached B");
+    assert_eq!(
+        packets_from(&b, &participant_id),
+        0,
+        "no test media reached B"
+    );
 
     // Bad results: refused with the field named; the session carries on.
     expect_error(
@@ -151,7 +167,10 @@ async fn connection_test_echoes_media_stays_out_of_the_meeting_and_stores_a_grad
     .expect("sent");
     let verdict = a
         .wait_message_since(from, T, |m| {
-            matches!(m, ServerMessage::TestVerdict { .. } | ServerMessage::Error { .. })
+            matches!(
+                m,
+                ServerMessage::TestVerdict { .. } | ServerMessage::Error { .. }
+            )
         })
         .await
         .expect("a verdict");
@@ -163,7 +182,11 @@ async fn connection_test_echoes_media_stays_out_of_the_meeting_and_stores_a_grad
         .iter()
         .find(|f| f.measure == Measure::Rtt)
         .expect("rtt graded");
-    assert_eq!(rtt.level, QualityLevel::Fair, "RTT 70 ms against fair_rtt_ms = 50");
+    assert_eq!(
+        rtt.level,
+        QualityLevel::Fair,
+        "RTT 70 ms against fair_rtt_ms = 50"
+    );
     let upload = findings
         .iter()
         .find(|f| f.measure == Measure::Upload)
@@ -194,7 +217,10 @@ async fn connection_test_echoes_media_stays_out_of_the_meeting_and_stores_a_grad
         attendance.iter().all(|r| r.subject != eps[0].id),
         "no attendance row for the tester: {attendance:?}"
     );
-    assert!(attendance.iter().any(|r| r.subject == eps[1].id), "B attended");
+    assert!(
+        attendance.iter().any(|r| r.subject == eps[1].id),
+        "B attended"
+    );
 
     // A meeting session may not send test results.
     let from = b.log_len();
