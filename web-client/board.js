@@ -755,7 +755,11 @@ function testRow(x) {
     { 'data-testid': 'test-row', dataset: { name: x.name, verdict: x.verdict, meeting: x.meeting_id } },
     h('td', {}, h('div', { class: 'b-name' }, x.name), h('div', { class: 'b-role' }, tr(`role.${x.role}`))),
     h('td', {}, h('span', { class: `badge ${x.verdict}`, 'data-testid': 'test-verdict' }, tr(x.verdict))),
-    h('td', { class: 'num', title: x.at }, Number.isNaN(at) ? x.at : `${new Date(at).toLocaleDateString(locale())} ${fmtTime(at)}`),
+    h(
+      'td',
+      { class: 'num', title: x.at },
+      Number.isNaN(at) ? x.at : `${new Date(at).toLocaleDateString(locale(), { day: '2-digit', month: '2-digit' })} ${fmtTime(at)}`,
+    ),
     h('td', { class: 'num' }, fmtNum(x.rtt_ms)),
     h('td', { class: 'num' }, `${pct(x.loss_up_percent)} / ${pct(x.loss_down_percent)}`),
     h('td', { class: 'num' }, `${fmtNum(x.up_kbps)} / ${fmtNum(x.down_kbps)}`),
@@ -765,7 +769,7 @@ function testRow(x) {
     h('td', { title: x.browser || '' }, browserName(x.browser)),
     h(
       'td',
-      { 'data-testid': 'test-problems' },
+      { class: 'problems', 'data-testid': 'test-problems' },
       problems.length ? problems.map((f) => tr(`measure.${f.measure}`) + (f.level === 'poor' ? ' ✕' : ' !')).join(', ') : tr('noProblems'),
     ),
   );
@@ -793,7 +797,7 @@ function renderTests() {
   const shown = (rows) => (state.onlyProblems ? rows.filter((x) => x.verdict !== 'good') : rows);
   return h(
     'section',
-    { class: 'b-meeting', 'data-testid': 'tests' },
+    { class: 'b-meeting b-tests', 'data-testid': 'tests' },
     h('h2', { class: 'b-section-title' }, tr('testsTitle')),
     state.tests.length
       ? [...byMeeting.entries()].map(([id, m]) =>

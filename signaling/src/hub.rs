@@ -364,10 +364,7 @@ impl Hub {
         });
         self.tests.insert(
             participant_id.clone(),
-            crate::pretest::TestSession {
-                meeting_id: meeting.id.clone(),
-                results: 0,
-            },
+            crate::pretest::TestSession::new(meeting.id.clone()),
         );
         self.clients.insert(
             participant_id.clone(),
@@ -405,7 +402,7 @@ impl Hub {
     ) -> Result<ServerMessage, Refusal> {
         use crate::pretest;
         let meeting_id = {
-            let Some(mut t) = self.tests.get_mut(&who.participant_id) else {
+            let Some(t) = self.tests.get(&who.participant_id) else {
                 return Err(Refusal::new(
                     ErrorCode::WrongState,
                     "test_result belongs to a connection test (join_test), not to a meeting session",
@@ -420,19 +417,27 @@ impl Hub {
                     ),
                 ));
             }
-            t.results += 1;
             t.meeting_id.clone()
         };
         pretest::validate(&report).map_err(|e| Refusal::new(ErrorCode::InvalidField, e))?;
+        // Only results that will be stored count against the limit.
+        if let Some(mut t) = self.tests.get_mut(&who.participant_id) {
+            t.results += 1;
+        }
         let server = self
             .sfu
             .links()
             .await
             .ok()
             .and_then(|all| {
+                let now = Instant::now();
+                let start = self
+                    .tests
+                    .get(&who.participant_id)
+                    .and_then(|t| t.window_start(now));
                 all.iter()
                     .find(|l| l.participant == who.participant_id)
-                    .map(pretest::ServerView::of)
+                    .map(|l| pretest::ServerView::over(l, start, now))
             })
             .unwrap_or_default();
         let (verdict, findings) = pretest::grade(&report, &server, &self.config.health);

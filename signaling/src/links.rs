@@ -107,9 +107,13 @@ pub async fn push_quality(hub: &Hub) {
     let Ok(links) = hub.sfu.links().await else {
         return;
     };
+    let now = std::time::Instant::now();
     for l in links {
         if l.publish.is_none() && l.subscribe.is_none() {
             continue;
+        }
+        if let Some(mut t) = hub.tests.get_mut(&l.participant) {
+            t.note(&l, now);
         }
         let (bitrate_in, bitrate_out) = totals(&l);
         hub.send_to(

@@ -10,6 +10,7 @@ use crate::links::{grade_above, grade_below};
 use crate::protocol::{DeviceCheck, Finding, Measure, QualityLevel, TestReport};
 use giaoban_config::HealthConfig;
 use giaoban_sfu::ParticipantLinks;
+use std::time::{Duration, Instant};
 
 /// Room keys of connection tests start with this (meeting ids never do; open rooms may not).
 pub const TEST_ROOM_PREFIX: &str = "test:";
@@ -17,11 +18,51 @@ pub const TEST_ROOM_PREFIX: &str = "test:";
 /// Results one test connection may store (a page sends one; more is a loop or abuse).
 pub const MAX_RESULTS_PER_TEST: u32 = 5;
 
+/// How far back the server's own bitrate of a test looks: about the page's measuring window.
+pub const SERVER_WINDOW: Duration = Duration::from_secs(9);
+
 /// A connection test in progress (kept by the Hub per participant id).
 #[derive(Debug, Clone)]
 pub struct TestSession {
     pub meeting_id: String,
     pub results: u32,
+    /// The connection's byte counters every few seconds (when, received from the page, sent to it), oldest first,
+    /// so the server's bitrate covers the page's measuring window rather than the last second.
+    pub samples: std::collections::VecDeque<(Instant, u64, u64)>,
+}
+
+impl TestSession {
+    pub fn new(meeting_id: String) -> Self {
+        TestSession {
+            meeting_id,
+            results: 0,
+            samples: Default::default(),
+        }
+    }
+
+    /// Remember the counters of the test connection (called every couple of seconds).
+    pub fn note(&mut self, l: &ParticipantLinks, now: Instant) {
+        let (bytes_in, bytes_out) = bytes(l);
+        self.samples.push_back((now, bytes_in, bytes_out));
+        while self.samples.len() > 8 {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The oldest sample within `SERVER_WINDOW` that is at least 3 s old.
+    pub fn window_start(&self, now: Instant) -> Option<(Instant, u64, u64)> {
+        self.samples.iter().copied().find(|(at, _, _)| {
+            let age = now.saturating_duration_since(*at);
+            age <= SERVER_WINDOW && age >= Duration::from_secs(3)
+        })
+    }
+}
+
+fn bytes(l: &ParticipantLinks) -> (u64, u64) {
+    (
+        l.publish.as_ref().map_or(0, |h| h.traffic.bytes_in),
+        l.subscribe.as_ref().map_or(0, |h| h.traffic.bytes_out),
+    )
 }
 
 /// Whether a room key is a connection test's private room.
@@ -29,8 +70,8 @@ pub fn is_test_room(room: &str) -> bool {
     room.starts_with(TEST_ROOM_PREFIX)
 }
 
-/// The server's own measurements of a test connection, taken when the result arrives (the page is still
-/// sending then).
+/// The server's own measurements of a test connection when the result arrives (the page is still sending then):
+/// bitrates over about the page's measuring window, loss and jitter from rtc's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ServerView {
     /// Received from the browser, kbit/s.
@@ -44,6 +85,22 @@ pub struct ServerView {
 }
 
 impl ServerView {
+    /// The server's view now; bitrates over the window since `start` (a `TestSession` sample) when there is one,
+    /// else the last second's.
+    pub fn over(l: &ParticipantLinks, start: Option<(Instant, u64, u64)>, now: Instant) -> Self {
+        let mut v = Self::of(l);
+        if let Some((at, bytes_in, bytes_out)) = start {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            let (cur_in, cur_out) = bytes(l);
+            if secs > 0.0 {
+                let kbps = |d: u64| (d as f64 * 8.0 / secs / 100.0).round() / 10.0;
+                v.up_kbps = Some(kbps(cur_in.saturating_sub(bytes_in)));
+                v.down_kbps = Some(kbps(cur_out.saturating_sub(bytes_out)));
+            }
+        }
+        v
+    }
+
     pub fn of(l: &ParticipantLinks) -> Self {
         ServerView {
             up_kbps: l
@@ -231,6 +288,42 @@ mod tests {
         };
         let (v, _) = grade(&report(), &ServerView::default(), &strict);
         assert_eq!(v, QualityLevel::Fair);
+    }
+
+    #[test]
+    fn server_bitrate_covers_the_window() {
+        use giaoban_sfu::LinkHealth;
+        let links = |bytes_in: u64, rate_in: u64| ParticipantLinks {
+            participant: "p".into(),
+            room: "test:p".into(),
+            publish: Some(LinkHealth {
+                traffic: giaoban_sfu::health::Traffic {
+                    bytes_in,
+                    bitrate_in: rate_in,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+            subscribe: None,
+        };
+        let t0 = Instant::now();
+        let mut t = TestSession::new("m".into());
+        t.note(&links(0, 0), t0);
+        t.note(&links(1_000_000, 0), t0 + Duration::from_secs(4));
+        t.note(&links(2_000_000, 0), t0 + Duration::from_secs(8));
+        let now = t0 + Duration::from_secs(10);
+        // 1.5 MB over the 6 s since the oldest sample within the window = 2000 kbit/s, whatever the last
+        // second's rate (here 500 kbit/s).
+        let start = t.window_start(now);
+        assert_eq!(
+            start.map(|s| s.0),
+            Some(t0 + Duration::from_secs(4)),
+            "oldest within 9 s"
+        );
+        let v = ServerView::over(&links(2_500_000, 500_000), start, now);
+        assert_eq!(v.up_kbps, Some(1500.0 * 8.0 / 6.0));
+        let v = ServerView::over(&links(2_500_000, 500_000), None, now);
+        assert_eq!(v.up_kbps, Some(500.0));
     }
 
     #[test]
