@@ -252,6 +252,8 @@ export const STRINGS = {
     'test.error.server': 'Mất kết nối tới máy chủ trong khi kiểm tra. Kiểm tra mạng rồi thử lại.',
     'test.error.media': 'Không kết nối được đường hình ảnh/âm thanh tới máy chủ (UDP). Báo cán bộ kỹ thuật kiểm tra tường lửa.',
     'test.error.refused': 'Máy chủ từ chối kiểm tra (đường dẫn hết hạn, sai hoặc cuộc họp đã kết thúc).',
+    'test.error.forbidden': 'Đường dẫn này (dự thính, quản trị) không gửi hình ảnh và âm thanh nên không cần kiểm tra. Hãy dùng đường dẫn của điểm cầu.',
+    'test.error.meeting_ended': 'Cuộc họp này đã kết thúc.',
   },
   en: {
     'app.title': 'Online briefing',
@@ -500,6 +502,8 @@ export const STRINGS = {
     'test.error.server': 'The connection to the server was lost during the test. Check the network and test again.',
     'test.error.media': 'The audio/video connection to the server (UDP) could not be made. Ask IT to check the firewall.',
     'test.error.refused': 'The server refused the test (the link expired, is wrong, or the meeting has ended).',
+    'test.error.forbidden': 'This link (observer, admin) sends no video or sound, so there is nothing to test. Use a hall\'s link.',
+    'test.error.meeting_ended': 'This meeting has ended.',
   },
 };
 

@@ -417,6 +417,16 @@ async function start() {
   ui.steps.replaceChildren();
   renderSteps();
   try {
+    // The server first (a refused link should not open the camera), then the devices, then the media.
+    setStep('connect', 'running');
+    const failed = new Promise((_, reject) => {
+      r.fail = reject;
+    });
+    failed.catch(() => {});
+    const joined = await Promise.race([connect(r), failed]);
+    r.joined = true;
+    ui.hall.textContent = t('test.hall', { name: nameFromToken(token) || joined.participant_id });
+
     // 1. Devices.
     setStep('devices', 'running');
     [r.camera, r.mic] = await Promise.all([openDevice('video'), openDevice('audio')]);
@@ -426,15 +436,7 @@ async function start() {
     }
     if (r.mic.track) watchLevel(r, r.mic.track);
 
-    // 2. Connect: join_test, publish, receive the echo.
-    setStep('connect', 'running');
-    const failed = new Promise((_, reject) => {
-      r.fail = reject;
-    });
-    failed.catch(() => {});
-    const joined = await Promise.race([connect(r), failed]);
-    r.joined = true;
-    ui.hall.textContent = t('test.hall', { name: nameFromToken(token) || joined.participant_id });
+    // 2. Publish, receive the echo.
     await publish(r);
     const deadline = performance.now() + CONNECT_TIMEOUT_MS;
     while (!(connected(r.pub) && connected(r.sub))) {
@@ -470,7 +472,9 @@ async function start() {
     shown = { verdict, devices: { camera: r.camera.status, microphone: r.mic.status } };
     renderVerdict();
   } catch (err) {
-    const key = err.key || 'test.error.server';
+    // A refusal the page can explain (forbidden role, ended meeting) gets its own text.
+    const specific = err.code && `test.error.${err.code}`;
+    const key = specific && t(specific) !== specific ? specific : err.key || 'test.error.server';
     for (const li of ui.steps.children) if (li.dataset.state === 'running') li.dataset.state = 'failed';
     showError(key, {}, err.code ? `${err.code}: ${err.message}` : err.message);
   } finally {

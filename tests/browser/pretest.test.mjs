@@ -209,7 +209,7 @@ test('the connection test page produces a verdict against the real server, store
   }
 });
 
-test('the test page refuses a missing or bogus token with a clear message', { timeout: 30_000 }, async () => {
+test('the test page refuses a missing, bogus or observer token with a clear message', { timeout: 30_000 }, async () => {
   const missing = await openPage('no token', `${server.baseUrl}test`);
   assert.match(await missing.page.getByTestId('test-error').innerText(), /Cần đường dẫn tham gia có mã/);
   assert.equal(await missing.page.getByTestId('test-start').isDisabled(), true);
@@ -221,4 +221,10 @@ test('the test page refuses a missing or bogus token with a clear message', { ti
   }, { what: 'the refusal' });
   assert.match(text, /Máy chủ từ chối kiểm tra/);
   assert.match(text, /unauthorized/);
+  const observer = findLink(server, (l) => l.name.includes('dự thính'), 'observer');
+  const obs = await openPage('observer token', `${server.baseUrl}test?token=${tokenOf(observer.url)}`);
+  await obs.page.getByTestId('test-start').click();
+  const obsText = await waitFor(async () => (await testView(obs.page)).error, { what: "the observer's refusal" });
+  assert.match(obsText, /không cần kiểm tra/);
+  assert.match(obsText, /forbidden/);
 });
