@@ -7,7 +7,8 @@
 // loopback link (RTT, loss, jitter, camera, microphone) grades good and the bitrates, really measured, exceed the
 // default 1 Mbit/s floor: the thresholds come from config and each measure is really taken. While the test runs, the hall is neither in the meeting's room (/api/rooms) nor among
 // the board's participants; afterwards its result is in the board API (/api/health, observer token) with the
-// server's own figures, on the board page, and the meeting's attendance has no session for it.
+// server's own figures, on the board page, and the meeting's attendance has no session for it. The meeting page
+// links the test for a hall (not for an observer). A second test: missing, bogus and observer tokens.
 //
 // Run: `node --test pretest.test.mjs` here (after `cargo build -p giaoban-signaling --bins`). GIAOBAN_BIN overrides
 // the server binary; WEB_CLIENT_FROM_DISK=1 serves the pages from web-client/ instead of the embedded copy.
@@ -202,6 +203,18 @@ test('the connection test page produces a verdict against the real server, store
     assert.equal(row.verdict, 'poor');
     assert.match(row.text, /Kém/);
     if (SCREENSHOT_DIR) await board.page.screenshot({ path: join(SCREENSHOT_DIR, 'pretest-board.png'), fullPage: true });
+    // The meeting page links the test with the same token for a hall, not for an observer.
+    const hallB = findLink(server, (l) => l.name === 'UBND xã Bình Minh', 'hall B');
+    const meetingPage = await openPage('hall B meeting page', hallB.url);
+    pages.push(meetingPage);
+    const testLink = meetingPage.page.getByTestId('test-link');
+    await testLink.waitFor({ state: 'visible', timeout: 10_000 });
+    assert.equal(await testLink.getAttribute('href'), `/test?token=${encodeURIComponent(tokenOf(hallB.url))}`);
+    assert.equal(await testLink.innerText(), 'Kiểm tra kết nối');
+    const observerPage = await openPage('observer meeting page', findLink(server, (l) => l.name.includes('dự thính'), 'observer').url);
+    pages.push(observerPage);
+    await observerPage.page.getByTestId('role').waitFor({ state: 'visible', timeout: 10_000 });
+    assert.equal(await observerPage.page.getByTestId('test-link').isVisible(), false, 'no test link for an observer');
     for (const x of pages) assert.equal(x.consoleLog.filter((l) => l.startsWith('pageerror')).length, 0, x.consoleLog.join('\n'));
   } catch (err) {
     err.message += `\n${harnessDiagnostics(server, pages, { consoleLines: 30, serverLines: 60 })}`;
