@@ -254,6 +254,7 @@ export const STRINGS = {
     'test.error.refused': 'Máy chủ từ chối kiểm tra (đường dẫn hết hạn, sai hoặc cuộc họp đã kết thúc).',
     'test.error.forbidden': 'Đường dẫn này (dự thính, quản trị) không gửi hình ảnh và âm thanh nên không cần kiểm tra. Hãy dùng đường dẫn của điểm cầu.',
     'test.error.meeting_ended': 'Cuộc họp này đã kết thúc.',
+    'test.error.rate_limited': 'Đang có nhiều điểm cầu kiểm tra cùng lúc. Vui lòng thử lại sau ít phút.',
   },
   en: {
     'app.title': 'Online briefing',
@@ -504,6 +505,7 @@ export const STRINGS = {
     'test.error.refused': 'The server refused the test (the link expired, is wrong, or the meeting has ended).',
     'test.error.forbidden': 'This link (observer, admin) sends no video or sound, so there is nothing to test. Use a hall\'s link.',
     'test.error.meeting_ended': 'This meeting has ended.',
+    'test.error.rate_limited': 'Many halls are testing at once. Please try again in a few minutes.',
   },
 };
 

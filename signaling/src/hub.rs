@@ -313,6 +313,15 @@ impl Hub {
                 "the meeting has ended",
             ));
         }
+        if self.tests.len() >= crate::pretest::MAX_CONCURRENT_TESTS {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} connection tests are running; try again in a minute",
+                    crate::pretest::MAX_CONCURRENT_TESTS
+                ),
+            ));
+        }
         let room_key = format!("{}{participant_id}", crate::pretest::TEST_ROOM_PREFIX);
         let identity = Identity {
             participant_id: participant_id.clone(),

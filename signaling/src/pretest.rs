@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// Room keys of connection tests start with this (meeting ids never do; open rooms may not).
 pub const TEST_ROOM_PREFIX: &str = "test:";
 
+/// Connection tests running at once (each sends and receives up to 2.5 Mbit/s); more are refused with
+/// `rate_limited` so that tests cannot crowd out a meeting.
+pub const MAX_CONCURRENT_TESTS: usize = 20;
+
 /// Results one test connection may store (a page sends one; more is a loop or abuse).
 pub const MAX_RESULTS_PER_TEST: u32 = 5;
 
