@@ -160,7 +160,7 @@ test('the connection test page produces a verdict against the real server, store
       assert.equal(level[m].level, 'good', `${m} of a loopback link with working devices is good: ${JSON.stringify(level[m])}`);
     }
     // Measured (graded good above, i.e. at most 200 ms: the debug server on a busy machine has shown 4 to 92 ms).
-    assert.ok(level.rtt.value != null && level.rtt.value > 0, `RTT measured: ${level.rtt.value}`);
+    assert.ok(level.rtt.value != null && level.rtt.value >= 0, `RTT measured: ${level.rtt.value}`);
     assert.deepEqual(view.advice.map((a) => a.measure).sort(), ['download', 'upload']);
     assert.ok(view.advice.some((a) => a.text.includes('chỉ nên bật âm thanh')), JSON.stringify(view.advice));
     if (SCREENSHOT_DIR) await p.page.screenshot({ path: join(SCREENSHOT_DIR, 'pretest.png'), fullPage: true });
