@@ -179,6 +179,10 @@ function renderDetail() {
           { className: 'row' },
           copyBtn,
           el('a', { href: l.url, target: '_blank', rel: 'noopener', text: t('admin.link.open'), dataset: { testid: 'link-open' } }),
+          // The same token opens the pre-meeting connection test (publishing roles only).
+          ['chair', 'secretary', 'endpoint'].includes(l.role)
+            ? el('a', { href: l.url.replace('/?token=', '/test?token='), target: '_blank', rel: 'noopener', text: t('test.link'), dataset: { testid: 'link-test' } })
+            : null,
         ),
       );
     }),

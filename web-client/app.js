@@ -1621,6 +1621,16 @@ function onServerMessage(msg) {
   }
 }
 
+/** A claim of a join link's token, for showing things before `joined` (the server checks the token). */
+function claimOfToken(token, claim) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0))))[claim] ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** The display name in a join link's token (only for showing it before `joined`; the server checks the token). */
 function nameFromToken(token) {
   try {
@@ -1741,6 +1751,11 @@ function startMeeting(room, name, token = null) {
   ui.grid.replaceChildren(self.tile);
 
   // Handlers first, then the socket; the camera opens once `joined` says this role publishes.
+  // The pre-meeting connection test with the same link (a separate private session; see test.js).
+  const testLink = document.getElementById('test-link');
+  testLink.hidden = !token || !['chair', 'secretary', 'endpoint'].includes(claimOfToken(token, 'role'));
+  if (token) testLink.href = `/test?token=${encodeURIComponent(token)}`;
+
   const session = new Session(token ? { token } : { room, name });
   meeting.session = session;
   session.addEventListener('message', (ev) => onServerMessage(ev.detail));

@@ -1,9 +1,10 @@
 // Link-health board for IT staff (cán bộ kỹ thuật): reads /api/health (see docs/protocol.md) every 2 s.
 //
 // Open as /board?token=<admin token> (every meeting) or /board?token=<observer token> (that meeting). Per meeting, one
-// row per participant (hall) with its verdict, both legs' state, bitrate, loss, RTT, jitter, connected time and a
+// row per participant (hall) with its verdict, browser, both legs' state, bitrate, loss, RTT, jitter, time joined and a
 // sparkline of the last ~5 minutes (kept in this page's memory). Alerts (also on console.info) when a hall turns
-// red, drops out or comes back. The server's own CPU, memory and packet rates from the deltas between polls.
+// red, drops out or comes back. The server's own CPU, memory and packet rates from the deltas between polls. Below:
+// the latest pre-meeting connection test of each hall (/test) and the verdict thresholds in force (config [health]).
 
 import { getLang, setLang, onLangChange } from '/i18n.js';
 
@@ -94,6 +95,28 @@ const STRINGS = {
     meetingUnknown: 'Cuộc họp',
     settingUp: 'đang thiết lập kết nối',
     jitterDoubt: 'Máy chủ báo {raw} ms: giá trị không hợp lý, không hiển thị',
+    testsTitle: 'Kiểm tra kết nối trước cuộc họp (lần gần nhất của mỗi điểm cầu)',
+    testsNone: 'Chưa điểm cầu nào kiểm tra kết nối.',
+    colTestedAt: 'Lúc',
+    colDevices: 'Camera / micro',
+    colBrowser: 'Trình duyệt',
+    colProblems: 'Vấn đề',
+    colServerUp: 'Máy chủ nhận',
+    serverUpTip: 'Tốc độ máy chủ nhận được từ điểm cầu trong lúc kiểm tra',
+    'device.ok': 'tốt',
+    'device.no_signal': 'không tín hiệu',
+    'device.denied': 'bị chặn',
+    'device.missing': 'không có',
+    'measure.rtt': 'độ trễ',
+    'measure.loss_up': 'mất gói gửi',
+    'measure.loss_down': 'mất gói nhận',
+    'measure.jitter': 'dao động trễ',
+    'measure.upload': 'tốc độ gửi',
+    'measure.download': 'tốc độ nhận',
+    'measure.camera': 'camera',
+    'measure.microphone': 'micro',
+    noProblems: 'không có',
+    thresholds: 'Ngưỡng (trung bình / kém): mất gói > {fl} / {pl} %, RTT > {fr} / {pr} ms, dao động trễ > {fj} / {pj} ms; kiểm tra trước họp: tốc độ < {fb} / {pb} kbit/s',
   },
   en: {
     title: 'Link health board',
@@ -174,6 +197,28 @@ const STRINGS = {
     meetingUnknown: 'Meeting',
     settingUp: 'connection being set up',
     jitterDoubt: 'The server reports {raw} ms: not plausible, not shown',
+    testsTitle: 'Connection tests before the meeting (latest of each hall)',
+    testsNone: 'No hall has tested its connection yet.',
+    colTestedAt: 'At',
+    colDevices: 'Camera / mic',
+    colBrowser: 'Browser',
+    colProblems: 'Problems',
+    colServerUp: 'Server received',
+    serverUpTip: 'What the server received from the hall during the test',
+    'device.ok': 'ok',
+    'device.no_signal': 'no signal',
+    'device.denied': 'blocked',
+    'device.missing': 'none',
+    'measure.rtt': 'RTT',
+    'measure.loss_up': 'loss sending',
+    'measure.loss_down': 'loss receiving',
+    'measure.jitter': 'jitter',
+    'measure.upload': 'upload',
+    'measure.download': 'download',
+    'measure.camera': 'camera',
+    'measure.microphone': 'microphone',
+    noProblems: 'none',
+    thresholds: 'Thresholds (fair / poor): loss > {fl} / {pl} %, RTT > {fr} / {pr} ms, jitter > {fj} / {pj} ms; pre-meeting test: bitrate < {fb} / {pb} kbit/s',
   },
 };
 
@@ -277,6 +322,8 @@ const state = {
   polls: 0,
   onlyProblems: false,
   startedAt: Date.now(),
+  tests: [], // the latest connection test of each hall (from /api/health)
+  thresholds: null, // the server's [health] settings
 };
 
 const hallKey = (p) => `${p.room}\u0000${p.name ?? p.participant_id}`;
@@ -361,6 +408,9 @@ function ingest(body, now) {
       state.halls.delete(hall.key);
     }
   }
+
+  state.tests = body.tests || [];
+  state.thresholds = body.thresholds || null;
 
   const sv = body.server || {};
   const prev = state.prevServer;
@@ -565,6 +615,24 @@ function jitterCell(f) {
   return h('td', { class: 'num', 'data-testid': 'jitter' }, fmtNum(f.jitter, 1));
 }
 
+/** "Chrome 131 · Windows" from a User-Agent (enough for IT to know what a hall runs). */
+function browserName(ua) {
+  if (!ua) return '';
+  const pick = (re, name) => {
+    const m = re.exec(ua);
+    return m ? `${name} ${m[1]}` : null;
+  };
+  const browser =
+    pick(/Edg\/(\d+)/, 'Edge') ||
+    pick(/OPR\/(\d+)/, 'Opera') ||
+    pick(/Firefox\/(\d+)/, 'Firefox') ||
+    pick(/(?:Headless)?Chrom(?:e|ium)\/(\d+)/, 'Chrome') ||
+    pick(/Version\/(\d+)[\d.]* .*Safari/, 'Safari') ||
+    ua.split(' ')[0];
+  const os = /Windows/.test(ua) ? 'Windows' : /Android/.test(ua) ? 'Android' : /iPhone|iPad/.test(ua) ? 'iOS' : /Mac OS X/.test(ua) ? 'macOS' : /Linux/.test(ua) ? 'Linux' : '';
+  return os ? `${browser} · ${os}` : browser;
+}
+
 function hallRow(hall, now) {
   const f = hall.present ? hall.f : null;
   const verdict = hall.present ? hall.verdict || 'unknown' : 'offline';
@@ -588,6 +656,7 @@ function hallRow(hall, now) {
       {},
       h('div', { class: 'b-name' }, displayName(hall)),
       h('div', { class: 'b-role' }, hall.role ? tr(`role.${hall.role}`) : ''),
+      hall.p?.browser ? h('div', { class: 'b-sub', 'data-testid': 'browser', title: hall.p.browser }, browserName(hall.p.browser)) : null,
     ),
     h(
       'td',
@@ -602,7 +671,7 @@ function hallRow(hall, now) {
     h('td', { class: 'num', 'data-testid': 'loss' }, f ? `${pct(f.lossIn)} / ${pct(f.lossOut)}` : '—'),
     h('td', { class: 'num', 'data-testid': 'rtt' }, f ? fmtNum(f.rtt) : '—'),
     jitterCell(f),
-    h('td', { class: 'num', 'data-testid': 'connected-time' }, f ? fmtDuration(f.connected) : '—'),
+    h('td', { class: 'num', 'data-testid': 'connected-time' }, f ? fmtDuration(hall.p?.joined_seconds ?? f.connected) : '—'),
     h('td', { class: 'b-spark' }, sparkline(hall, now)),
   );
 }
@@ -677,6 +746,96 @@ function renderMeetings(now) {
   });
 }
 
+function testRow(x) {
+  const problems = (Array.isArray(x.findings) ? x.findings : []).filter((f) => f.level !== 'good');
+  const pct = (v) => (v === null || v === undefined ? '—' : fmtNum(v, 1));
+  const at = Date.parse(x.at);
+  return h(
+    'tr',
+    { 'data-testid': 'test-row', dataset: { name: x.name, verdict: x.verdict, meeting: x.meeting_id } },
+    h('td', {}, h('div', { class: 'b-name' }, x.name), h('div', { class: 'b-role' }, tr(`role.${x.role}`))),
+    h('td', {}, h('span', { class: `badge ${x.verdict}`, 'data-testid': 'test-verdict' }, tr(x.verdict))),
+    h(
+      'td',
+      { class: 'num', title: x.at },
+      Number.isNaN(at) ? x.at : `${new Date(at).toLocaleDateString(locale(), { day: '2-digit', month: '2-digit' })} ${fmtTime(at)}`,
+    ),
+    h('td', { class: 'num' }, fmtNum(x.rtt_ms)),
+    h('td', { class: 'num' }, `${pct(x.loss_up_percent)} / ${pct(x.loss_down_percent)}`),
+    h('td', { class: 'num' }, `${fmtNum(x.up_kbps)} / ${fmtNum(x.down_kbps)}`),
+    h('td', { class: 'num', title: tr('serverUpTip') }, fmtNum(x.server_up_kbps)),
+    h('td', { class: 'num' }, fmtNum(x.jitter_ms, 1)),
+    h('td', {}, `${tr(`device.${x.camera}`)} / ${tr(`device.${x.microphone}`)}`),
+    h('td', { title: x.browser || '' }, browserName(x.browser)),
+    h(
+      'td',
+      { class: 'problems', 'data-testid': 'test-problems' },
+      problems.length ? problems.map((f) => tr(`measure.${f.measure}`) + (f.level === 'poor' ? ' ✕' : ' !')).join(', ') : tr('noProblems'),
+    ),
+  );
+}
+
+function renderTests() {
+  const th = state.thresholds;
+  const legend = th
+    ? h(
+        'div',
+        { class: 'b-legend', 'data-testid': 'thresholds' },
+        tr('thresholds', {
+          fl: fmtNum(th.fair_loss_percent, 1), pl: fmtNum(th.poor_loss_percent, 1),
+          fr: fmtNum(th.fair_rtt_ms), pr: fmtNum(th.poor_rtt_ms),
+          fj: fmtNum(th.fair_jitter_ms), pj: fmtNum(th.poor_jitter_ms),
+          fb: fmtNum(th.fair_bitrate_kbps), pb: fmtNum(th.poor_bitrate_kbps),
+        }),
+      )
+    : null;
+  const byMeeting = new Map();
+  for (const x of state.tests) {
+    if (!byMeeting.has(x.meeting_id)) byMeeting.set(x.meeting_id, { title: x.meeting_title, rows: [] });
+    byMeeting.get(x.meeting_id).rows.push(x);
+  }
+  const shown = (rows) => (state.onlyProblems ? rows.filter((x) => x.verdict !== 'good') : rows);
+  return h(
+    'section',
+    { class: 'b-meeting b-tests', 'data-testid': 'tests' },
+    h('h2', { class: 'b-section-title' }, tr('testsTitle')),
+    state.tests.length
+      ? [...byMeeting.entries()].map(([id, m]) =>
+          h(
+            'div',
+            { dataset: { meeting: id } },
+            h('div', { class: 'b-meeting-head' }, h('h2', {}, m.title || tr('meetingUnknown')), h('span', { class: 'room' }, id)),
+            h(
+              'table',
+              { class: 'b-table' },
+              h(
+                'thead',
+                {},
+                h(
+                  'tr',
+                  {},
+                  h('th', {}, tr('colHall')),
+                  h('th', {}, tr('colVerdict')),
+                  h('th', {}, tr('colTestedAt')),
+                  h('th', { class: 'num' }, `${tr('colRtt')} (ms)`),
+                  h('th', { class: 'num' }, `${tr('colLoss')} (%)`),
+                  h('th', { class: 'num' }, `${tr('colUp')} / ${tr('colDown')} (kbit/s)`),
+                  h('th', { class: 'num', title: tr('serverUpTip') }, `${tr('colServerUp')} (kbit/s)`),
+                  h('th', { class: 'num' }, `${tr('colJitter')} (ms)`),
+                  h('th', {}, tr('colDevices')),
+                  h('th', {}, tr('colBrowser')),
+                  h('th', {}, tr('colProblems')),
+                ),
+              ),
+              h('tbody', {}, shown(m.rows).map(testRow)),
+            ),
+          ),
+        )
+      : h('div', { class: 'b-empty' }, tr('testsNone')),
+    legend,
+  );
+}
+
 function renderHeader(now) {
   const stale = state.lastOk && now - state.lastOk > POLL_MS * 3;
   return h(
@@ -724,7 +883,7 @@ function render() {
   const scroll = root.querySelector('.b-alerts ol')?.scrollTop ?? 0;
   const parts = [renderHeader(now)];
   if (state.fatal) parts.push(renderError());
-  else parts.push(renderAlerts(), renderServer(), ...renderMeetings(now));
+  else parts.push(renderAlerts(), renderServer(), ...renderMeetings(now), renderTests());
   root.replaceChildren(...parts);
   const ol = root.querySelector('.b-alerts ol');
   if (ol) ol.scrollTop = scroll;

@@ -31,6 +31,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
+    pub health: HealthConfig,
+}
+
+/// Where a link turns from good to fair (amber) and from fair to poor (red): shared by the live verdict
+/// (`connection_quality`, the IT board) and the pre-meeting connection test. A figure beyond `fair_*` is fair,
+/// beyond `poor_*` poor; bitrates are the floor (below `fair_bitrate_kbps` fair, below `poor_bitrate_kbps` poor)
+/// and apply to the connection test only (a hall that sends no video has a low bitrate in a meeting).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    pub fair_loss_percent: f64,
+    pub poor_loss_percent: f64,
+    pub fair_rtt_ms: f64,
+    pub poor_rtt_ms: f64,
+    pub fair_jitter_ms: f64,
+    pub poor_jitter_ms: f64,
+    pub fair_bitrate_kbps: f64,
+    pub poor_bitrate_kbps: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            fair_loss_percent: 2.0,
+            poor_loss_percent: 5.0,
+            fair_rtt_ms: 200.0,
+            poor_rtt_ms: 400.0,
+            fair_jitter_ms: 30.0,
+            poor_jitter_ms: 100.0,
+            fair_bitrate_kbps: 1000.0,
+            poor_bitrate_kbps: 300.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -191,6 +224,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -332,6 +366,29 @@ impl Config {
                     Ok(v) => self.limits.max_name_chars = v,
                     Err(_) => return parse("number"),
                 },
+                "HEALTH_FAIR_LOSS_PERCENT"
+                | "HEALTH_POOR_LOSS_PERCENT"
+                | "HEALTH_FAIR_RTT_MS"
+                | "HEALTH_POOR_RTT_MS"
+                | "HEALTH_FAIR_JITTER_MS"
+                | "HEALTH_POOR_JITTER_MS"
+                | "HEALTH_FAIR_BITRATE_KBPS"
+                | "HEALTH_POOR_BITRATE_KBPS" => {
+                    let Ok(v) = value.parse::<f64>() else {
+                        return parse("number");
+                    };
+                    let h = &mut self.health;
+                    *match key {
+                        "HEALTH_FAIR_LOSS_PERCENT" => &mut h.fair_loss_percent,
+                        "HEALTH_POOR_LOSS_PERCENT" => &mut h.poor_loss_percent,
+                        "HEALTH_FAIR_RTT_MS" => &mut h.fair_rtt_ms,
+                        "HEALTH_POOR_RTT_MS" => &mut h.poor_rtt_ms,
+                        "HEALTH_FAIR_JITTER_MS" => &mut h.fair_jitter_ms,
+                        "HEALTH_POOR_JITTER_MS" => &mut h.poor_jitter_ms,
+                        "HEALTH_FAIR_BITRATE_KBPS" => &mut h.fair_bitrate_kbps,
+                        _ => &mut h.poor_bitrate_kbps,
+                    } = v;
+                }
                 _ => return Err(err("unknown setting".into())),
             }
         }
@@ -417,6 +474,58 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return invalid("log.level", "must not be empty (e.g. `info`)");
         }
+        self.validate_health()
+    }
+
+    fn validate_health(&self) -> Result<(), ConfigError> {
+        let h = &self.health;
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let figures = [
+            ("health.fair_loss_percent", h.fair_loss_percent, 100.0),
+            ("health.poor_loss_percent", h.poor_loss_percent, 100.0),
+            ("health.fair_rtt_ms", h.fair_rtt_ms, 60_000.0),
+            ("health.poor_rtt_ms", h.poor_rtt_ms, 60_000.0),
+            ("health.fair_jitter_ms", h.fair_jitter_ms, 60_000.0),
+            ("health.poor_jitter_ms", h.poor_jitter_ms, 60_000.0),
+            ("health.fair_bitrate_kbps", h.fair_bitrate_kbps, 1_000_000.0),
+            ("health.poor_bitrate_kbps", h.poor_bitrate_kbps, 1_000_000.0),
+        ];
+        for (key, v, max) in figures {
+            if !v.is_finite() || v < 0.0 || v > max {
+                return invalid(key, format!("must be a number from 0 to {max}, not {v}"));
+            }
+        }
+        let ordered = [
+            (
+                "health.poor_loss_percent",
+                h.fair_loss_percent <= h.poor_loss_percent,
+                "fair_loss_percent",
+            ),
+            (
+                "health.poor_rtt_ms",
+                h.fair_rtt_ms <= h.poor_rtt_ms,
+                "fair_rtt_ms",
+            ),
+            (
+                "health.poor_jitter_ms",
+                h.fair_jitter_ms <= h.poor_jitter_ms,
+                "fair_jitter_ms",
+            ),
+        ];
+        for (key, ok, fair) in ordered {
+            if !ok {
+                return invalid(
+                    key,
+                    format!("must not be below health.{fair} (poor is the worse limit)"),
+                );
+            }
+        }
+        if h.poor_bitrate_kbps > h.fair_bitrate_kbps {
+            return invalid(
+                "health.poor_bitrate_kbps",
+                "must not be above health.fair_bitrate_kbps (poor is the lower floor)".into(),
+            );
+        }
         Ok(())
     }
 
@@ -493,6 +602,58 @@ mod tests {
                 .to_string()
                 .contains("tls.cert")
         );
+    }
+
+    #[test]
+    fn health_thresholds_from_toml_and_env_and_checked() {
+        let c = Config::from_toml_str("[health]\nfair_rtt_ms = 150\npoor_rtt_ms = 300\n")
+            .expect("parses");
+        assert_eq!(c.health.fair_rtt_ms, 150.0);
+        assert_eq!(c.health.poor_rtt_ms, 300.0);
+        assert_eq!(
+            c.health.poor_loss_percent, 5.0,
+            "others keep their defaults"
+        );
+        c.validate().expect("valid");
+
+        let mut c = Config::default();
+        c.apply_env([(
+            "GIAOBAN_HEALTH_POOR_BITRATE_KBPS".to_string(),
+            "250".to_string(),
+        )])
+        .expect("valid env");
+        assert_eq!(c.health.poor_bitrate_kbps, 250.0);
+        let err = c
+            .apply_env([(
+                "GIAOBAN_HEALTH_FAIR_LOSS_PERCENT".to_string(),
+                "lots".to_string(),
+            )])
+            .expect_err("not a number");
+        assert!(
+            err.to_string().contains("GIAOBAN_HEALTH_FAIR_LOSS_PERCENT"),
+            "{err}"
+        );
+
+        let mut c = Config::default();
+        c.health.fair_loss_percent = 8.0; // above poor (5)
+        let err = c.validate().expect_err("fair beyond poor");
+        assert!(
+            err.to_string().contains("health.poor_loss_percent"),
+            "{err}"
+        );
+        let mut c = Config::default();
+        c.health.poor_bitrate_kbps = 2000.0; // above fair (1000)
+        let err = c.validate().expect_err("poor floor above fair floor");
+        assert!(
+            err.to_string().contains("health.poor_bitrate_kbps"),
+            "{err}"
+        );
+        let mut c = Config::default();
+        c.health.fair_jitter_ms = -1.0;
+        let err = c.validate().expect_err("negative");
+        assert!(err.to_string().contains("health.fair_jitter_ms"), "{err}");
+        let err = Config::from_toml_str("[health]\nfair_rtt = 1\n").expect_err("typo refused");
+        assert!(err.contains("fair_rtt"), "{err}");
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub enum Command {
         participant: ParticipantId,
         room: RoomId,
         policy: ForwardPolicy,
+        /// Echo: the participant also receives its own tracks (the pre-meeting connection test, alone in a
+        /// private room, measures real media both ways).
+        echo: bool,
     },
     /// Change what is forwarded of a participant (floor granted or taken back, muted, mode changed).
     SetPolicy {

@@ -74,6 +74,10 @@ pub struct RtcLinkStats {
     /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg, from receiver reports).
     pub loss_out: Option<f64>,
     pub jitter_ms: Option<f64>,
+    /// Jitter of the audio the server receives (publish leg), ms: what voice suffers from. Video's inbound jitter
+    /// is inflated by paced frames (a large frame leaves the sender over tens of ms under one timestamp), so the
+    /// verdict grades audio only.
+    pub audio_jitter_ms: Option<f64>,
     /// From receiver reports when rtc measures it; rtc 0.21 does not yet (always `None` today).
     pub rtt_ms: Option<f64>,
 }
@@ -84,11 +88,15 @@ pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats 
     let mut received = 0i64;
     let mut lost = 0i64;
     let mut jitter: Option<f64> = None;
+    let mut audio_jitter: Option<f64> = None;
     for s in report.inbound_rtp_streams() {
         let r = &s.received_rtp_stream_stats;
         received += r.packets_received as i64;
         lost += r.packets_lost.max(0);
         jitter = Some(jitter.unwrap_or(0.0).max(jitter_ms(r)));
+        if r.rtp_stream_stats.kind == rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio {
+            audio_jitter = Some(audio_jitter.unwrap_or(0.0).max(jitter_ms(r)));
+        }
     }
     let mut fractions = Vec::new();
     let mut rtt: Option<f64> = None;
@@ -110,6 +118,7 @@ pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats 
         loss_out: (!fractions.is_empty())
             .then(|| fractions.iter().sum::<f64>() / fractions.len() as f64),
         jitter_ms: jitter,
+        audio_jitter_ms: audio_jitter,
         rtt_ms: rtt,
     }
 }

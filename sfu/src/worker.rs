@@ -107,6 +107,8 @@ struct Participant {
     offer_sent_at: Option<Instant>,
     renegotiate: bool,
     next_track_no: u32,
+    /// Receives its own producers too (connection test).
+    echo: bool,
 }
 
 #[derive(Default)]
@@ -582,6 +584,7 @@ impl Worker {
         let id = format!("{owner}-{}", participant.next_track_no);
         participant.next_track_no += 1;
         let room = participant.room.clone();
+        let echo = participant.echo;
         let source = match (kind, screen) {
             (_, true) => MediaSource::Screen,
             (MediaKind::Audio, false) => MediaSource::Microphone,
@@ -626,7 +629,7 @@ impl Worker {
             .map(|r| {
                 r.participants
                     .iter()
-                    .filter(|p| **p != owner)
+                    .filter(|p| echo || **p != owner)
                     .cloned()
                     .collect()
             })
@@ -988,6 +991,7 @@ impl Worker {
                 participant,
                 room,
                 policy,
+                echo,
             } => {
                 let now = Instant::now();
                 self.participants.insert(
@@ -1001,6 +1005,7 @@ impl Worker {
                         offer_sent_at: None,
                         renegotiate: false,
                         next_track_no: 0,
+                        echo,
                     },
                 );
                 let r = self.rooms.entry(room).or_default();

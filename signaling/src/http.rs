@@ -48,6 +48,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../web-client/board.js"),
     ),
     (
+        "/test",
+        "text/html; charset=utf-8",
+        include_str!("../../web-client/test.html"),
+    ),
+    (
+        "/test.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web-client/test.js"),
+    ),
+    (
         "/admin",
         "text/html; charset=utf-8",
         include_str!("../../web-client/admin.html"),
@@ -154,9 +164,14 @@ async fn ws(
             .into_response();
     };
     let cap = session::frame_cap(hub.config.limits.max_message_bytes);
+    // Shown to IT on the board ("which browser"); bounded, printable.
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().filter(|c| !c.is_control()).take(300).collect());
     ws.max_message_size(cap)
         .max_frame_size(cap)
-        .on_upgrade(move |socket| session::run(socket, hub, peer.ip(), slot))
+        .on_upgrade(move |socket| session::run(socket, hub, peer.ip(), user_agent, slot))
 }
 
 async fn healthz(State(hub): State<Arc<Hub>>) -> Response {

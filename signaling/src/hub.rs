@@ -93,6 +93,15 @@ pub struct JoinRequest {
     pub room: Option<String>,
     pub name: Option<String>,
     pub token: Option<String>,
+    /// The browser's User-Agent (shown to IT on the board).
+    pub user_agent: Option<String>,
+}
+
+/// What the board shows of a participant's client beyond its link: its browser, how long it has been here.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub user_agent: Option<String>,
+    pub since: Instant,
 }
 
 pub struct Hub {
@@ -107,6 +116,10 @@ pub struct Hub {
     pub(crate) rooms: DashMap<String, Room>,
     /// participant id → room key.
     rooms_of: DashMap<String, String>,
+    /// participant id → its client (browser, joined when).
+    pub(crate) clients: DashMap<String, ClientInfo>,
+    /// participant id → its connection test, for sessions that joined with `join_test`.
+    pub(crate) tests: DashMap<String, crate::pretest::TestSession>,
     shutting_down: AtomicBool,
 }
 
@@ -135,6 +148,8 @@ impl Hub {
             client_limits,
             rooms: DashMap::new(),
             rooms_of: DashMap::new(),
+            clients: DashMap::new(),
+            tests: DashMap::new(),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -218,6 +233,15 @@ impl Hub {
                 let name =
                     crate::session::check_name("name", req.name.as_deref().unwrap_or(""), max)
                         .map_err(|e| Refusal::new(ErrorCode::InvalidField, e))?;
+                if crate::pretest::is_test_room(&room) {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidField,
+                        format!(
+                            "room names starting with `{}` are reserved for connection tests",
+                            crate::pretest::TEST_ROOM_PREFIX
+                        ),
+                    ));
+                }
                 if self.store.meeting(&room).is_ok() {
                     return Err(Refusal::new(
                         ErrorCode::Unauthorized,
@@ -235,7 +259,249 @@ impl Hub {
                 (identity, None)
             }
         };
-        self.admit(identity, meeting, outbox)
+        let identity = self.admit(identity, meeting, outbox)?;
+        self.clients.insert(
+            identity.participant_id.clone(),
+            ClientInfo {
+                user_agent: req.user_agent,
+                since: Instant::now(),
+            },
+        );
+        Ok(identity)
+    }
+
+    /// A connection test (`join_test`) with a meeting's join link: the participant is alone in a private room
+    /// whose media is echoed back to it; it is not in the meeting, on its attendance or in the room list.
+    pub fn join_test(
+        &self,
+        participant_id: String,
+        token: &str,
+        user_agent: Option<String>,
+        outbox: Outbox,
+    ) -> Result<Identity, Refusal> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ));
+        }
+        let claims = self.verify_join_token(token, None)?;
+        if claims.mtg == crate::auth::ANY_MEETING || !rules::can_publish(claims.role) {
+            let message = format!(
+                "role {:?} sends no media, so it has nothing to test; use a hall's join link",
+                claims.role
+            )
+            .to_lowercase();
+            self.audit(
+                None,
+                Some(&claims.mtg),
+                "connection test",
+                &message,
+                "refused",
+            );
+            return Err(Refusal::new(ErrorCode::Forbidden, message));
+        }
+        let meeting = self.store.meeting(&claims.mtg).map_err(|_| {
+            Refusal::new(
+                ErrorCode::NotFound,
+                format!("meeting {} does not exist", claims.mtg),
+            )
+        })?;
+        if meeting.status == "ended" {
+            return Err(Refusal::new(
+                ErrorCode::MeetingEnded,
+                "the meeting has ended",
+            ));
+        }
+        if self.tests.len() >= crate::pretest::MAX_CONCURRENT_TESTS {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} connection tests are running; try again in a minute",
+                    crate::pretest::MAX_CONCURRENT_TESTS
+                ),
+            ));
+        }
+        let room_key = format!("{}{participant_id}", crate::pretest::TEST_ROOM_PREFIX);
+        let identity = Identity {
+            participant_id: participant_id.clone(),
+            room: room_key.clone(),
+            // Not in the meeting: no attendance, no meeting state, no roll call.
+            meeting: None,
+            subject: claims.sub.clone(),
+            name: claims
+                .name
+                .chars()
+                .take(self.config.limits.max_name_chars)
+                .collect(),
+            role: claims.role,
+        };
+        let policy = ForwardPolicy::OPEN;
+        let mut room = Room {
+            members: Vec::new(),
+            meeting: None,
+        };
+        send(
+            &outbox,
+            ServerMessage::Joined {
+                participant_id: participant_id.clone(),
+                room: room_key.clone(),
+                role: identity.role,
+                can_publish: true,
+                meeting: Some(MeetingInfo {
+                    id: meeting.id.clone(),
+                    title: meeting.title.clone(),
+                }),
+                participants: Vec::new(),
+                state: meeting_state(&room, Instant::now()),
+                chat: Vec::new(),
+            },
+        );
+        room.members.push(Member {
+            identity: identity.clone(),
+            info: ParticipantInfo {
+                id: participant_id.clone(),
+                name: identity.name.clone(),
+                role: identity.role,
+                mic: true,
+                camera: true,
+                tracks: Vec::new(),
+            },
+            outbox,
+            policy,
+            attendance_row: None,
+        });
+        self.tests.insert(
+            participant_id.clone(),
+            crate::pretest::TestSession::new(meeting.id.clone()),
+        );
+        self.clients.insert(
+            participant_id.clone(),
+            ClientInfo {
+                user_agent,
+                since: Instant::now(),
+            },
+        );
+        self.rooms.insert(room_key.clone(), room);
+        self.rooms_of
+            .insert(participant_id.clone(), room_key.clone());
+        let _ = self.sfu.send(Command::Join {
+            participant: participant_id.clone(),
+            room: room_key,
+            policy,
+            echo: true,
+        });
+        self.audit(
+            Some(&identity),
+            Some(&meeting.id),
+            "connection test",
+            "started",
+            "ok",
+        );
+        info!(participant = %participant_id, name = %identity.name, meeting = %meeting.id, "connection test started");
+        Ok(identity)
+    }
+
+    /// A connection test's result from the browser: checked, completed with the server's own view of the
+    /// connection, graded against `[health]`, stored; the reply is `test_verdict`.
+    pub async fn test_result(
+        &self,
+        who: &Identity,
+        report: crate::protocol::TestReport,
+    ) -> Result<ServerMessage, Refusal> {
+        use crate::pretest;
+        let meeting_id = {
+            let Some(t) = self.tests.get(&who.participant_id) else {
+                return Err(Refusal::new(
+                    ErrorCode::WrongState,
+                    "test_result belongs to a connection test (join_test), not to a meeting session",
+                ));
+            };
+            if t.results >= pretest::MAX_RESULTS_PER_TEST {
+                return Err(Refusal::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "a test connection stores at most {} results; start a new test",
+                        pretest::MAX_RESULTS_PER_TEST
+                    ),
+                ));
+            }
+            t.meeting_id.clone()
+        };
+        pretest::validate(&report).map_err(|e| Refusal::new(ErrorCode::InvalidField, e))?;
+        // Only results that will be stored count against the limit.
+        if let Some(mut t) = self.tests.get_mut(&who.participant_id) {
+            t.results += 1;
+        }
+        let server = self
+            .sfu
+            .links()
+            .await
+            .ok()
+            .and_then(|all| {
+                let now = Instant::now();
+                let start = self
+                    .tests
+                    .get(&who.participant_id)
+                    .and_then(|t| t.window_start(now));
+                all.iter()
+                    .find(|l| l.participant == who.participant_id)
+                    .map(|l| pretest::ServerView::over(l, start, now))
+            })
+            .unwrap_or_default();
+        let (verdict, findings) = pretest::grade(&report, &server, &self.config.health);
+        let level = |l: crate::protocol::QualityLevel| {
+            serde_json::to_value(l)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let device = |d: crate::protocol::DeviceCheck| {
+            serde_json::to_value(d)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let row = store::ConnectionTest {
+            meeting_id: meeting_id.clone(),
+            meeting_title: String::new(),
+            subject: who.subject.clone(),
+            name: who.name.clone(),
+            role: store::role_str(who.role).to_owned(),
+            at: store::now_rfc3339(),
+            verdict: level(verdict),
+            rtt_ms: report.rtt_ms,
+            loss_up_percent: report.loss_up_percent,
+            loss_down_percent: report.loss_down_percent,
+            jitter_ms: report.jitter_ms,
+            up_kbps: report.up_kbps,
+            down_kbps: report.down_kbps,
+            server_up_kbps: server.up_kbps,
+            server_down_kbps: server.down_kbps,
+            server_loss_up_percent: server.loss_up_percent,
+            camera: device(report.camera),
+            microphone: device(report.microphone),
+            browser: self
+                .clients
+                .get(&who.participant_id)
+                .and_then(|c| c.user_agent.clone()),
+            findings: serde_json::to_value(&findings).unwrap_or_default(),
+        };
+        if let Err(e) = self.store.add_connection_test(&row) {
+            warn!(error = %e, "connection test result not stored");
+            return Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("the result could not be stored: {e}"),
+            ));
+        }
+        self.audit(
+            Some(who),
+            Some(&meeting_id),
+            "connection test",
+            &format!("verdict {}", row.verdict),
+            "ok",
+        );
+        Ok(ServerMessage::TestVerdict { verdict, findings })
     }
 
     fn verify_join_token(&self, token: &str, room: Option<&str>) -> Result<Claims, Refusal> {
@@ -397,6 +663,7 @@ impl Hub {
                 participant: identity.participant_id.clone(),
                 room: room_key.clone(),
                 policy,
+                echo: false,
             });
         }
 
@@ -454,6 +721,8 @@ impl Hub {
     /// A member is out of its room: media plane, attendance, the others, an empty room.
     fn forget_member(&self, room_key: &str, member: Member) {
         let id = &member.identity.participant_id;
+        self.tests.remove(id);
+        self.clients.remove(id);
         let _ = self.sfu.send(Command::Leave {
             participant: id.clone(),
         });
@@ -759,6 +1028,8 @@ impl Hub {
         let mut rooms: Vec<RoomView> = self
             .rooms
             .iter()
+            // Connection tests are nobody's business but the tester's and IT's (the board).
+            .filter(|r| !crate::pretest::is_test_room(r.key()))
             .map(|r| RoomView {
                 room: r.key().clone(),
                 meeting: r.meeting.as_ref().map(|m| MeetingInfo {

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod links;
 pub mod metrics;
 pub mod moderation;
+pub mod pretest;
 pub mod protocol;
 pub mod rules;
 pub mod session;

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use giaoban_config::HealthConfig;
 use giaoban_sfu::{LinkHealth, ParticipantLinks};
 use serde_json::json;
 use std::collections::HashMap;
@@ -17,11 +18,27 @@ use std::time::Duration;
 /// How often clients hear their connection quality.
 pub const QUALITY_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Loss (fraction) and RTT (ms) beyond which a link is fair, then poor.
-const FAIR_LOSS: f64 = 0.02;
-const POOR_LOSS: f64 = 0.05;
-const FAIR_RTT_MS: f64 = 200.0;
-const POOR_RTT_MS: f64 = 400.0;
+/// The grade of a figure that is worse when higher (loss, RTT, jitter): beyond `fair` fair, beyond `poor` poor.
+pub fn grade_above(value: f64, fair: f64, poor: f64) -> QualityLevel {
+    if value > poor {
+        QualityLevel::Poor
+    } else if value > fair {
+        QualityLevel::Fair
+    } else {
+        QualityLevel::Good
+    }
+}
+
+/// The grade of a figure that is worse when lower (bitrate): below `fair` fair, below `poor` poor.
+pub fn grade_below(value: f64, fair: f64, poor: f64) -> QualityLevel {
+    if value < poor {
+        QualityLevel::Poor
+    } else if value < fair {
+        QualityLevel::Fair
+    } else {
+        QualityLevel::Good
+    }
+}
 
 fn worst_loss(l: &ParticipantLinks) -> Option<f64> {
     [&l.publish, &l.subscribe]
@@ -40,9 +57,14 @@ fn worst_rtt(l: &ParticipantLinks) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// Good / fair / poor: a connection that dropped is poor, one still being set up fair; else by the worse of loss
-/// and RTT.
-pub fn verdict(l: &ParticipantLinks) -> QualityLevel {
+/// The jitter of the audio the server receives (video jitter is inflated by paced frames; see `RtcLinkStats`).
+fn audio_jitter(l: &ParticipantLinks) -> Option<f64> {
+    l.publish.as_ref().and_then(|h| h.stats.audio_jitter_ms)
+}
+
+/// Good / fair / poor: a connection that dropped is poor, one still being set up at best fair; else the worst of
+/// loss, RTT and audio jitter against the `[health]` thresholds.
+pub fn verdict(l: &ParticipantLinks, h: &HealthConfig) -> QualityLevel {
     let states = || {
         [&l.publish, &l.subscribe]
             .into_iter()
@@ -51,14 +73,24 @@ pub fn verdict(l: &ParticipantLinks) -> QualityLevel {
     };
     let down = states().any(|s| matches!(s, "disconnected" | "failed" | "closed"));
     let setting_up = states().any(|s| matches!(s, "new" | "connecting"));
-    let loss = worst_loss(l).unwrap_or(0.0);
-    let rtt = worst_rtt(l).unwrap_or(0.0);
-    if down || loss > POOR_LOSS || rtt > POOR_RTT_MS {
+    let loss = grade_above(
+        worst_loss(l).unwrap_or(0.0) * 100.0,
+        h.fair_loss_percent,
+        h.poor_loss_percent,
+    );
+    let rtt = grade_above(worst_rtt(l).unwrap_or(0.0), h.fair_rtt_ms, h.poor_rtt_ms);
+    let jitter = grade_above(
+        audio_jitter(l).unwrap_or(0.0),
+        h.fair_jitter_ms,
+        h.poor_jitter_ms,
+    );
+    let level = loss.max(rtt).max(jitter);
+    if down {
         QualityLevel::Poor
-    } else if setting_up || loss > FAIR_LOSS || rtt > FAIR_RTT_MS {
-        QualityLevel::Fair
+    } else if setting_up {
+        level.max(QualityLevel::Fair)
     } else {
-        QualityLevel::Good
+        level
     }
 }
 
@@ -75,15 +107,19 @@ pub async fn push_quality(hub: &Hub) {
     let Ok(links) = hub.sfu.links().await else {
         return;
     };
+    let now = std::time::Instant::now();
     for l in links {
         if l.publish.is_none() && l.subscribe.is_none() {
             continue;
+        }
+        if let Some(mut t) = hub.tests.get_mut(&l.participant) {
+            t.note(&l, now);
         }
         let (bitrate_in, bitrate_out) = totals(&l);
         hub.send_to(
             &l.participant,
             ServerMessage::ConnectionQuality {
-                level: verdict(&l),
+                level: verdict(&l, &hub.config.health),
                 rtt_ms: worst_rtt(&l).map(|r| r.round() as u32),
                 loss_percent: worst_loss(&l).map(|f| (f * 100.0) as f32),
                 bitrate_in,
@@ -162,25 +198,51 @@ pub async fn api_health(
     };
     let participants: Vec<serde_json::Value> = links
         .iter()
-        // An observer sees its own meeting; an admin sees every meeting.
-        .filter(|l| claims.role == Role::Admin || l.room == claims.mtg)
+        // An observer sees its own meeting; an admin sees every meeting. Connection tests are listed under
+        // `tests` once they report.
+        .filter(|l| {
+            (claims.role == Role::Admin || l.room == claims.mtg)
+                && !crate::pretest::is_test_room(&l.room)
+        })
         .map(|l| {
             let who = hub.identity(&l.room, &l.participant);
+            let client = hub.clients.get(&l.participant).map(|c| c.clone());
             json!({
                 "participant_id": l.participant,
                 "room": l.room,
                 "name": who.as_ref().map(|w| w.name.clone()),
                 "role": who.as_ref().map(|w| w.role),
-                "verdict": verdict(l),
+                "verdict": verdict(l, &hub.config.health),
+                "browser": client.as_ref().and_then(|c| c.user_agent.clone()),
+                "joined_seconds": client.map(|c| c.since.elapsed().as_secs()),
                 "publish": health_json(&l.publish),
                 "subscribe": health_json(&l.subscribe),
             })
         })
         .collect();
+    // The latest pre-meeting connection test of each hall: an observer's meeting, or every meeting not ended.
+    let scope = (claims.role != Role::Admin).then_some(claims.mtg.as_str());
+    let tests = hub
+        .store
+        .latest_connection_tests(scope)
+        .map_err(|e| tracing::warn!(error = %e, "connection tests not read"))
+        .unwrap_or_default();
     let stats = hub.sfu.stats().await.unwrap_or_default();
     let (cpu_seconds, rss_bytes) = process_usage().unwrap_or((0.0, 0));
+    let h = &hub.config.health;
     Json(json!({
         "participants": participants,
+        "tests": tests,
+        "thresholds": {
+            "fair_loss_percent": h.fair_loss_percent,
+            "poor_loss_percent": h.poor_loss_percent,
+            "fair_rtt_ms": h.fair_rtt_ms,
+            "poor_rtt_ms": h.poor_rtt_ms,
+            "fair_jitter_ms": h.fair_jitter_ms,
+            "poor_jitter_ms": h.poor_jitter_ms,
+            "fair_bitrate_kbps": h.fair_bitrate_kbps,
+            "poor_bitrate_kbps": h.poor_bitrate_kbps,
+        },
         "server": {
             "cpu_seconds": cpu_seconds,
             "rss_bytes": rss_bytes,
@@ -214,6 +276,15 @@ mod tests {
     use super::*;
 
     fn link(state: &str, loss: Option<f64>, rtt: Option<f64>) -> ParticipantLinks {
+        link_j(state, loss, rtt, None)
+    }
+
+    fn link_j(
+        state: &str,
+        loss: Option<f64>,
+        rtt: Option<f64>,
+        jitter: Option<f64>,
+    ) -> ParticipantLinks {
         ParticipantLinks {
             participant: "p1".into(),
             room: "r".into(),
@@ -221,6 +292,7 @@ mod tests {
                 state: state.into(),
                 stats: giaoban_sfu::health::RtcLinkStats {
                     loss_in: loss,
+                    audio_jitter_ms: jitter,
                     ..Default::default()
                 },
                 ..Default::default()
@@ -229,6 +301,8 @@ mod tests {
                 state: "connected".into(),
                 stats: giaoban_sfu::health::RtcLinkStats {
                     rtt_ms: rtt,
+                    // Video jitter, inflated by pacing, does not count.
+                    jitter_ms: Some(500.0),
                     ..Default::default()
                 },
                 ..Default::default()
@@ -238,6 +312,8 @@ mod tests {
 
     #[test]
     fn verdicts() {
+        let h = &HealthConfig::default();
+        let verdict = |l: &ParticipantLinks| verdict(l, h);
         assert_eq!(
             verdict(&link("connected", Some(0.0), Some(20.0))),
             QualityLevel::Good
@@ -258,5 +334,36 @@ mod tests {
             verdict(&link("disconnected", None, None)),
             QualityLevel::Poor
         );
+        assert_eq!(
+            verdict(&link("connecting", Some(0.0), Some(10.0))),
+            QualityLevel::Fair
+        );
+        assert_eq!(
+            verdict(&link_j("connected", None, None, Some(45.0))),
+            QualityLevel::Fair
+        );
+        assert_eq!(
+            verdict(&link_j("connected", None, None, Some(150.0))),
+            QualityLevel::Poor
+        );
+    }
+
+    #[test]
+    fn thresholds_come_from_config() {
+        let strict = HealthConfig {
+            fair_rtt_ms: 10.0,
+            poor_rtt_ms: 20.0,
+            fair_loss_percent: 0.5,
+            poor_loss_percent: 1.0,
+            ..HealthConfig::default()
+        };
+        let l = link("connected", Some(0.008), Some(15.0));
+        assert_eq!(verdict(&l, &HealthConfig::default()), QualityLevel::Good);
+        assert_eq!(verdict(&l, &strict), QualityLevel::Fair);
+        let l = link("connected", Some(0.0), Some(25.0));
+        assert_eq!(verdict(&l, &strict), QualityLevel::Poor);
+        assert_eq!(grade_below(250.0, 1000.0, 300.0), QualityLevel::Poor);
+        assert_eq!(grade_below(600.0, 1000.0, 300.0), QualityLevel::Fair);
+        assert_eq!(grade_below(1500.0, 1000.0, 300.0), QualityLevel::Good);
     }
 }

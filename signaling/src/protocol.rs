@@ -178,6 +178,10 @@ pub enum ClientMessage {
         #[serde(default)]
         token: Option<String>,
     },
+    /// Instead of `join`: a pre-meeting connection test (họp thử) with the meeting's join link. The participant
+    /// is alone in a private room, receives its own tracks back (echo), and is neither in the meeting nor on its
+    /// attendance. Then publish as after `join`, and send `test_result`.
+    JoinTest { token: String },
     /// The client's offer for its publish connection; the server replies `publish_answer`.
     PublishOffer { sdp: String },
     /// The client's answer to a `subscribe_offer`.
@@ -222,6 +226,73 @@ pub enum ClientMessage {
     SetAbsenceReason { endpoint_id: String, reason: String },
     /// Trò chuyện: a chat line to the room.
     Chat { text: String },
+    /// What a connection test measured in the browser; the server adds its own view, grades it against the
+    /// `[health]` thresholds, stores it and replies `test_verdict` (connection tests only).
+    TestResult { result: TestReport },
+}
+
+/// How a camera or microphone check went in the connection test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceCheck {
+    /// Frames decode / the audio level moves.
+    Ok,
+    /// The device opened but gave no frames or no sound.
+    NoSignal,
+    /// The browser or the user refused access.
+    Denied,
+    /// No such device.
+    Missing,
+}
+
+/// The browser's side of a connection test (`test_result`): figures over the measuring window, each optional
+/// (not measured). Ranges are checked by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestReport {
+    /// Round-trip time to the server (ICE candidate pair), ms.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
+    /// Percent of the packets sent that the server reported lost (remote-inbound-rtp).
+    #[serde(default)]
+    pub loss_up_percent: Option<f64>,
+    /// Percent of the echoed packets that did not arrive (inbound-rtp).
+    #[serde(default)]
+    pub loss_down_percent: Option<f64>,
+    /// Jitter of the echoed streams, ms (inbound-rtp).
+    #[serde(default)]
+    pub jitter_ms: Option<f64>,
+    /// What the browser sent, kbit/s (outbound-rtp bytes over time).
+    #[serde(default)]
+    pub up_kbps: Option<f64>,
+    /// What the browser received back, kbit/s (inbound-rtp bytes over time).
+    #[serde(default)]
+    pub down_kbps: Option<f64>,
+    pub camera: DeviceCheck,
+    pub microphone: DeviceCheck,
+}
+
+/// One graded measure of a connection test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    Rtt,
+    LossUp,
+    LossDown,
+    Jitter,
+    Upload,
+    Download,
+    Camera,
+    Microphone,
+}
+
+/// A measure, its value (absent: not measured) and its grade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub measure: Measure,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    pub level: QualityLevel,
 }
 
 impl ClientMessage {
@@ -229,6 +300,7 @@ impl ClientMessage {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientMessage::Join { .. } => "join",
+            ClientMessage::JoinTest { .. } => "join_test",
             ClientMessage::PublishOffer { .. } => "publish_offer",
             ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
             ClientMessage::Candidate { .. } => "candidate",
@@ -249,12 +321,13 @@ impl ClientMessage {
             ClientMessage::EndMeeting {} => "end_meeting",
             ClientMessage::SetAbsenceReason { .. } => "set_absence_reason",
             ClientMessage::Chat { .. } => "chat",
+            ClientMessage::TestResult { .. } => "test_result",
         }
     }
 }
 
 /// How good a participant's link is, as the server sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QualityLevel {
     Good,
@@ -351,6 +424,12 @@ pub enum ServerMessage {
         bitrate_in: u64,
         bitrate_out: u64,
     },
+    /// The connection test's verdict: the worst grade, and every measure graded (the browser shows advice for
+    /// each one that is not good). Stored and shown to IT on the board.
+    TestVerdict {
+        verdict: QualityLevel,
+        findings: Vec<Finding>,
+    },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).
     Error {
@@ -399,6 +478,8 @@ pub enum ErrorCode {
     RateLimited,
     /// A per-participant limit (`limits.max_tracks_per_participant`) would be exceeded.
     LimitExceeded,
+    /// The server failed to do it (e.g. the database could not be written); try again.
+    Internal,
 }
 
 impl ErrorCode {
@@ -420,6 +501,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Internal => "internal",
         }
     }
 }
@@ -508,6 +590,7 @@ mod tests {
             ErrorCode::Removed,
             ErrorCode::NotFound,
             ErrorCode::RateLimited,
+            ErrorCode::Internal,
         ] {
             let wire = serde_json::to_value(code).expect("serializable");
             assert_eq!(wire.as_str(), Some(code.as_str()));

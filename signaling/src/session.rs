@@ -26,6 +26,7 @@ pub async fn run(
     socket: WebSocket,
     hub: Arc<Hub>,
     ip: std::net::IpAddr,
+    user_agent: Option<String>,
     _slot: crate::limits::ConnectionSlot,
 ) {
     let rate = f64::from(hub.config.limits.messages_per_second);
@@ -115,8 +116,10 @@ pub async fn run(
                 }
             };
             hub.metrics.message(msg.kind());
-            if matches!(msg, ClientMessage::Join { .. })
-                && matches!(state, State::AwaitingJoin)
+            if matches!(
+                msg,
+                ClientMessage::Join { .. } | ClientMessage::JoinTest { .. }
+            ) && matches!(state, State::AwaitingJoin)
                 && !hub
                     .client_limits
                     .join_attempt(ip, std::time::Instant::now())
@@ -135,7 +138,7 @@ pub async fn run(
                 );
                 continue;
             }
-            if !handle(&hub, &tx, &mut state, msg).await {
+            if !handle(&hub, &tx, &mut state, msg, &user_agent).await {
                 break;
             }
         }
@@ -246,6 +249,7 @@ async fn handle(
     tx: &mpsc::UnboundedSender<Outgoing>,
     state: &mut State,
     msg: ClientMessage,
+    user_agent: &Option<String>,
 ) -> bool {
     let who = match (&*state, msg) {
         (State::AwaitingJoin, ClientMessage::Join { room, name, token }) => {
@@ -254,8 +258,21 @@ async fn handle(
                 room,
                 name,
                 token,
+                user_agent: user_agent.clone(),
             };
             match hub.join(request, tx.clone()) {
+                Ok(identity) => {
+                    tracing::Span::current().record("room", identity.room.as_str());
+                    tracing::Span::current()
+                        .record("participant", identity.participant_id.as_str());
+                    *state = State::Joined(identity);
+                }
+                Err(refusal) => reply(tx, refusal.code, &refusal.message),
+            }
+            return true;
+        }
+        (State::AwaitingJoin, ClientMessage::JoinTest { token }) => {
+            match hub.join_test(new_participant_id(), &token, user_agent.clone(), tx.clone()) {
                 Ok(identity) => {
                     tracing::Span::current().record("room", identity.room.as_str());
                     tracing::Span::current()
@@ -274,7 +291,7 @@ async fn handle(
             reply(tx, ErrorCode::WrongState, "send `join` first");
             return true;
         }
-        (State::Joined(_), ClientMessage::Join { .. }) => {
+        (State::Joined(_), ClientMessage::Join { .. } | ClientMessage::JoinTest { .. }) => {
             reply(
                 tx,
                 ErrorCode::WrongState,
@@ -412,6 +429,10 @@ async fn handle(
             return false;
         }
         ClientMessage::Ping {} => send(tx, ServerMessage::Pong),
+        ClientMessage::TestResult { result } => match hub.test_result(&who, result).await {
+            Ok(verdict) => send(tx, verdict),
+            Err(refusal) => reply(tx, refusal.code, &refusal.message),
+        },
         // Joins and meeting actions were handled above.
         _ => {}
     }

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Schema migrations, applied in order; the index + 1 is the `user_version` after each.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE endpoints (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -62,7 +63,33 @@ CREATE TABLE audit (
     detail TEXT NOT NULL,
     outcome TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE connection_tests (
+    id INTEGER PRIMARY KEY,
+    meeting_id TEXT NOT NULL REFERENCES meetings(id),
+    subject TEXT NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    at TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    rtt_ms REAL,
+    loss_up_percent REAL,
+    loss_down_percent REAL,
+    jitter_ms REAL,
+    up_kbps REAL,
+    down_kbps REAL,
+    server_up_kbps REAL,
+    server_down_kbps REAL,
+    server_loss_up_percent REAL,
+    camera TEXT NOT NULL,
+    microphone TEXT NOT NULL,
+    browser TEXT,
+    findings TEXT NOT NULL
+);
+CREATE INDEX connection_tests_by_meeting ON connection_tests(meeting_id, subject, id);
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -140,6 +167,38 @@ pub struct ChatRow {
     pub from_name: String,
     pub text: String,
     pub at: String,
+}
+
+/// One pre-meeting connection test as stored: the browser's figures, the server's own view of the same
+/// connection, the grade and what was graded (`findings`, JSON as sent in `test_verdict`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConnectionTest {
+    pub meeting_id: String,
+    /// The meeting's title (filled in when read).
+    pub meeting_title: String,
+    pub subject: String,
+    pub name: String,
+    pub role: String,
+    /// RFC 3339 (UTC).
+    pub at: String,
+    /// `good`, `fair` or `poor`.
+    pub verdict: String,
+    pub rtt_ms: Option<f64>,
+    pub loss_up_percent: Option<f64>,
+    pub loss_down_percent: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    /// As the browser measured (sent / received).
+    pub up_kbps: Option<f64>,
+    pub down_kbps: Option<f64>,
+    /// As the server measured the same connection (received from / sent to the browser).
+    pub server_up_kbps: Option<f64>,
+    pub server_down_kbps: Option<f64>,
+    pub server_loss_up_percent: Option<f64>,
+    pub camera: String,
+    pub microphone: String,
+    /// The browser's User-Agent.
+    pub browser: Option<String>,
+    pub findings: serde_json::Value,
 }
 
 pub fn now_rfc3339() -> String {
@@ -464,6 +523,83 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Keep a connection test's result.
+    pub fn add_connection_test(&self, t: &ConnectionTest) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO connection_tests (meeting_id, subject, name, role, at, verdict, rtt_ms, loss_up_percent, \
+             loss_down_percent, jitter_ms, up_kbps, down_kbps, server_up_kbps, server_down_kbps, \
+             server_loss_up_percent, camera, microphone, browser, findings) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            params![
+                t.meeting_id,
+                t.subject,
+                t.name,
+                t.role,
+                t.at,
+                t.verdict,
+                t.rtt_ms,
+                t.loss_up_percent,
+                t.loss_down_percent,
+                t.jitter_ms,
+                t.up_kbps,
+                t.down_kbps,
+                t.server_up_kbps,
+                t.server_down_kbps,
+                t.server_loss_up_percent,
+                t.camera,
+                t.microphone,
+                t.browser,
+                t.findings.to_string(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The latest connection test of each endpoint (subject) per meeting: of one meeting, or of every meeting
+    /// that has not ended.
+    pub fn latest_connection_tests(
+        &self,
+        meeting: Option<&str>,
+    ) -> Result<Vec<ConnectionTest>, StoreError> {
+        let db = self.db();
+        let mut st = db.prepare(
+            "SELECT t.meeting_id, m.title, t.subject, t.name, t.role, t.at, t.verdict, t.rtt_ms, \
+             t.loss_up_percent, t.loss_down_percent, t.jitter_ms, t.up_kbps, t.down_kbps, t.server_up_kbps, \
+             t.server_down_kbps, t.server_loss_up_percent, t.camera, t.microphone, t.browser, t.findings \
+             FROM connection_tests t JOIN meetings m ON m.id = t.meeting_id \
+             WHERE t.id = (SELECT max(id) FROM connection_tests u \
+                           WHERE u.meeting_id = t.meeting_id AND u.subject = t.subject) \
+               AND (?1 IS NULL AND m.status != 'ended' OR t.meeting_id = ?1) \
+             ORDER BY t.meeting_id, t.name",
+        )?;
+        let rows = st.query_map(params![meeting], |r| {
+            let findings: String = r.get(19)?;
+            Ok(ConnectionTest {
+                meeting_id: r.get(0)?,
+                meeting_title: r.get(1)?,
+                subject: r.get(2)?,
+                name: r.get(3)?,
+                role: r.get(4)?,
+                at: r.get(5)?,
+                verdict: r.get(6)?,
+                rtt_ms: r.get(7)?,
+                loss_up_percent: r.get(8)?,
+                loss_down_percent: r.get(9)?,
+                jitter_ms: r.get(10)?,
+                up_kbps: r.get(11)?,
+                down_kbps: r.get(12)?,
+                server_up_kbps: r.get(13)?,
+                server_down_kbps: r.get(14)?,
+                server_loss_up_percent: r.get(15)?,
+                camera: r.get(16)?,
+                microphone: r.get(17)?,
+                browser: r.get(18)?,
+                findings: serde_json::from_str(&findings).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn add_chat(
         &self,
         meeting: &str,
@@ -588,6 +724,61 @@ pub fn attendance_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_tests_latest_per_endpoint() {
+        let s = Store::in_memory().expect("db");
+        let a = s.create_endpoint("UBND xã An Phú", "Xã").expect("ep");
+        let m = s
+            .create_meeting(&NewMeeting {
+                title: "Giao ban tuần".into(),
+                starts_at: "2026-11-27T08:00:00Z".into(),
+                mode: MeetingMode::Lecture,
+                host_endpoint_id: None,
+                invited_endpoint_ids: vec![a.id.clone()],
+            })
+            .expect("meeting");
+        let mut t = ConnectionTest {
+            meeting_id: m.id.clone(),
+            meeting_title: String::new(),
+            subject: a.id.clone(),
+            name: a.name.clone(),
+            role: "endpoint".into(),
+            at: now_rfc3339(),
+            verdict: "poor".into(),
+            rtt_ms: Some(420.0),
+            loss_up_percent: Some(0.0),
+            loss_down_percent: None,
+            jitter_ms: Some(3.0),
+            up_kbps: Some(200.0),
+            down_kbps: Some(190.0),
+            server_up_kbps: Some(180.0),
+            server_down_kbps: Some(185.0),
+            server_loss_up_percent: Some(0.0),
+            camera: "ok".into(),
+            microphone: "ok".into(),
+            browser: Some("Chrome".into()),
+            findings: serde_json::json!([{"measure": "rtt", "value": 420.0, "level": "poor"}]),
+        };
+        s.add_connection_test(&t).expect("first");
+        t.verdict = "good".into();
+        t.rtt_ms = Some(12.0);
+        s.add_connection_test(&t).expect("second");
+        let latest = s.latest_connection_tests(Some(&m.id)).expect("read");
+        assert_eq!(latest.len(), 1, "{latest:?}");
+        assert_eq!(latest[0].verdict, "good");
+        assert_eq!(latest[0].rtt_ms, Some(12.0));
+        assert_eq!(latest[0].loss_down_percent, None);
+        assert_eq!(latest[0].meeting_title, "Giao ban tuần");
+        assert_eq!(latest[0].findings[0]["measure"], "rtt");
+        assert_eq!(s.latest_connection_tests(None).expect("all").len(), 1);
+        s.set_meeting_status(&m.id, "ended").expect("end");
+        assert!(s.latest_connection_tests(None).expect("all").is_empty());
+        assert_eq!(
+            s.latest_connection_tests(Some(&m.id)).expect("one").len(),
+            1
+        );
+    }
 
     #[test]
     fn meetings_invitations_attendance_and_reasons() {

@@ -147,6 +147,8 @@ test('the board lists both halls, counts them, and alerts when one drops out', {
     assert.ok(Number(view.server.memory) > 1, 'memory in MB');
     const rowA = board.page.locator(`[data-testid="hall-row"][data-participant="${HALL_A}"]`);
     assert.equal((await rowA.getByTestId('verdict').innerText()).trim(), 'Tốt');
+    assert.match(await rowA.getByTestId('browser').innerText(), /^Chrome \d+ · Linux$/, "the hall's browser, from its User-Agent");
+    assert.match(await rowA.getByTestId('connected-time').innerText(), /^\d+:\d\d$/, 'how long it has been connected');
     assert.equal(await rowA.locator('svg[data-testid="sparkline"] polyline').count(), 2, 'a sparkline of bitrate');
     assert.deepEqual(view.alerts, [], 'no alerts while all is well');
     if (SCREENSHOT_DIR) await board.page.screenshot({ path: join(SCREENSHOT_DIR, 'board.png'), fullPage: true });
