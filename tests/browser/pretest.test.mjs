@@ -127,7 +127,7 @@ test('the connection test page produces a verdict against the real server, store
 
     // Connected and measuring: the hall is in no room anyone can list, and not among the board's participants.
     await waitFor(async () => (await testView(p.page)).steps.connect === 'done', { what: 'the media connections' });
-    const rooms = await (await fetch(`${server.baseUrl}api/rooms`)).json();
+    const rooms = await api('/api/rooms', adminToken);
     assert.ok(
       !rooms.rooms.some((r) => r.participants.some((x) => x.name === HALL)),
       `the testing hall is in no listed room: ${JSON.stringify(rooms)}`,
