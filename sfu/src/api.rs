@@ -181,6 +181,9 @@ pub struct WorkerStats {
     pub send_dropped: u64,
     pub unroutable: u64,
     pub plis_sent: u64,
+    /// NACKs subscribers sent the server, and NACKs the server sent publishers (closed connections included).
+    pub nacks_received: u64,
+    pub nacks_sent: u64,
 }
 
 /// The control plane's handle to the media plane. Commands for a participant go to the worker that holds its
@@ -292,5 +295,7 @@ impl WorkerStats {
         self.send_dropped += o.send_dropped;
         self.unroutable += o.unroutable;
         self.plis_sent += o.plis_sent;
+        self.nacks_received += o.nacks_received;
+        self.nacks_sent += o.nacks_sent;
     }
 }

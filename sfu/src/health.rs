@@ -80,6 +80,10 @@ pub struct RtcLinkStats {
     pub audio_jitter_ms: Option<f64>,
     /// From receiver reports when rtc measures it; rtc 0.21 does not yet (always `None` today).
     pub rtt_ms: Option<f64>,
+    /// NACKs this connection's peer sent us about what we send it (a subscriber asking for retransmissions).
+    pub nacks_received: u64,
+    /// NACKs we sent the peer about what it sends us (asking a publisher for packets lost on the way in).
+    pub nacks_sent: u64,
 }
 
 /// Read loss, jitter and RTT from rtc's statistics (never per packet).
@@ -98,6 +102,14 @@ pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats 
             audio_jitter = Some(audio_jitter.unwrap_or(0.0).max(jitter_ms(r)));
         }
     }
+    let nacks_sent = report
+        .inbound_rtp_streams()
+        .map(|s| u64::from(s.nack_count))
+        .sum();
+    let nacks_received = report
+        .outbound_rtp_streams()
+        .map(|s| u64::from(s.nack_count))
+        .sum();
     let mut fractions = Vec::new();
     let mut rtt: Option<f64> = None;
     for entry in report.iter() {
@@ -120,6 +132,8 @@ pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats 
         jitter_ms: jitter,
         audio_jitter_ms: audio_jitter,
         rtt_ms: rtt,
+        nacks_received,
+        nacks_sent,
     }
 }
 

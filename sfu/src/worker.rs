@@ -1086,6 +1086,11 @@ impl Worker {
                 s.connections = self.conns.len();
                 s.producers = self.producers.len();
                 s.consumers = self.producers.values().map(|p| p.consumers.len()).sum();
+                // Closed connections' NACKs are in `self.stats` already; add the live ones' last reading.
+                for c in self.conns.values() {
+                    s.nacks_received += c.rtc_stats.nacks_received;
+                    s.nacks_sent += c.rtc_stats.nacks_sent;
+                }
                 let _ = reply.send(s);
             }
             Command::Links { reply } => {
@@ -1214,6 +1219,8 @@ impl Worker {
     fn close_conn(&mut self, id: ConnId) {
         self.router.remove_conn(id);
         if let Some(mut conn) = self.conns.remove(&id) {
+            self.stats.nacks_received += conn.rtc_stats.nacks_received;
+            self.stats.nacks_sent += conn.rtc_stats.nacks_sent;
             let _ = conn.pc.close();
             while let Some(msg) = conn.pc.poll_write() {
                 self.outbox

@@ -15,6 +15,11 @@ pub struct TypeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -138,6 +143,37 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "media_keyframe_requests",
             "PLIs sent to publishers",
             s.plis_sent,
+        );
+        counter(
+            &mut registry,
+            "media_nacks_received",
+            "NACKs from subscribers (retransmissions asked of the server)",
+            s.nacks_received,
+        );
+        counter(
+            &mut registry,
+            "media_nacks_sent",
+            "NACKs sent to publishers for packets lost on the way in",
+            s.nacks_sent,
+        );
+    }
+    if let Ok(links) = hub.sfu.links().await {
+        let by_state: Family<StateLabel, Gauge> = Family::default();
+        for link in links
+            .iter()
+            .flat_map(|l| [&l.publish, &l.subscribe])
+            .flatten()
+        {
+            by_state
+                .get_or_create(&StateLabel {
+                    state: link.state.clone(),
+                })
+                .inc();
+        }
+        registry.register(
+            "media_connections_by_state",
+            "Peer connections by state (new, connecting, connected, disconnected, failed)",
+            by_state,
         );
     }
     if let Some((cpu, rss)) = crate::links::process_usage() {
