@@ -218,7 +218,18 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
     assert.equal(csv.status, 200, `attendance CSV ${csvHref.replace(/token=.*/, 'token=…')}`);
     assert.match(csv.type, /text\/csv/);
 
-    // A raises its hand: the chair's queue shows it.
+    // Recording: the chair starts it, every hall shows the ĐANG GHI badge until the chair stops it.
+    assert.equal(await a.page.getByTestId('recording').isVisible(), false);
+    await chair.page.getByTestId('record').click();
+    for (const p of people) {
+      await p.page.getByTestId('recording').waitFor({ state: 'visible', timeout: 5_000 });
+      assert.equal((await p.page.getByTestId('recording').innerText()).trim(), 'ĐANG GHI');
+    }
+    assert.equal((await chair.page.getByTestId('record').innerText()).trim(), 'Dừng ghi');
+    await chair.page.getByTestId('record').click();
+    for (const p of people) await p.page.getByTestId('recording').waitFor({ state: 'hidden', timeout: 5_000 });
+    assert.equal((await chair.page.getByTestId('record').innerText()).trim(), 'Ghi hình');
+
     await a.page.getByTestId('raise-hand').click();
     const row = chair.page.locator(`[data-testid="queue-row"][data-participant="${a.name}"]`);
     await row.waitFor({ state: 'visible', timeout: 10_000 });
