@@ -127,7 +127,10 @@ pub enum Command {
     },
     /// Start recording the room into `dir` (an existing, empty folder): every producer of the room, now and
     /// later, goes to its own file until `StopRecording`. The end is reported by `Event::RecordingEnded`.
-    StartRecording { room: RoomId, dir: std::path::PathBuf },
+    StartRecording {
+        room: RoomId,
+        dir: std::path::PathBuf,
+    },
     /// Stop recording the room; the writer finishes its files and reports `Event::RecordingEnded`.
     StopRecording { room: RoomId },
     /// Close every connection and stop the worker.

@@ -388,7 +388,11 @@ pub async fn recording_file(
     Query(p): Params,
 ) -> Result<Response, ApiError> {
     authorize(&hub, &headers, &p, "download a recording", is_admin)?;
-    for (what, s) in [("meeting", &meeting), ("recording", &started), ("file", &file)] {
+    for (what, s) in [
+        ("meeting", &meeting),
+        ("recording", &started),
+        ("file", &file),
+    ] {
         if !crate::recording::safe_segment(s) {
             return Err(ApiError(
                 StatusCode::BAD_REQUEST,
@@ -473,12 +477,19 @@ pub async fn recording_control(
     let what = format!("{action}_recording");
     match result {
         Ok(()) => {
-            let _ = hub
-                .store
-                .audit(Some(&id), &who.sub, Some(who.role), &what, "admin API", "ok");
+            let _ = hub.store.audit(
+                Some(&id),
+                &who.sub,
+                Some(who.role),
+                &what,
+                "admin API",
+                "ok",
+            );
             hub.after_change(&id);
-            Ok(Json(serde_json::json!({ "meeting_id": id, "recording": action == "start" }))
-                .into_response())
+            Ok(
+                Json(serde_json::json!({ "meeting_id": id, "recording": action == "start" }))
+                    .into_response(),
+            )
         }
         Err((code, message)) => {
             let _ = hub.store.audit(

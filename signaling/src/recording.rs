@@ -185,14 +185,21 @@ pub fn start(hub: &Hub, room_key: &str, by: &str) -> Result<(), Refused> {
         active.person(&m.identity);
         active.event(
             "present",
-            Some((&m.identity.participant_id, &m.identity.name, &m.identity.subject)),
+            Some((
+                &m.identity.participant_id,
+                &m.identity.name,
+                &m.identity.subject,
+            )),
         );
     }
     if let Err(e) = write_manifest(live, &active, "recording", None, &[], 0) {
         let _ = std::fs::remove_dir_all(&dir);
         return Err((
             ErrorCode::Media,
-            format!("cannot write the recording manifest in {}: {e}", dir.display()),
+            format!(
+                "cannot write the recording manifest in {}: {e}",
+                dir.display()
+            ),
         ));
     }
     live.recording = Some(active);
@@ -281,7 +288,11 @@ pub fn on_ended(
     {
         meeting_id = Some(live.id.clone());
         if let Some(a) = &active {
-            let status = if error.is_some() { "failed" } else { "complete" };
+            let status = if error.is_some() {
+                "failed"
+            } else {
+                "complete"
+            };
             if let Err(e) = write_manifest(live, a, status, error.as_deref(), &files, dropped) {
                 warn!(dir = %dir.display(), error = %e, "recording manifest not completed");
             }
@@ -408,7 +419,8 @@ fn write_manifest(
     });
     let text = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
     let tmp = a.dir.join(".manifest.json.tmp");
-    let result = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, a.dir.join("manifest.json")));
+    let result = std::fs::write(&tmp, &text)
+        .and_then(|_| std::fs::rename(&tmp, a.dir.join("manifest.json")));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -441,7 +453,8 @@ pub fn safe_segment(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn sorted_dirs(path: &Path) -> Vec<(String, PathBuf)> {
@@ -534,10 +547,17 @@ mod tests {
 
     #[test]
     fn segments_that_could_escape_are_refused() {
-        for bad in ["", "..", ".", "../x", "a/b", "a\\b", ".hidden", "a b", "x%2f"] {
+        for bad in [
+            "", "..", ".", "../x", "a/b", "a\\b", ".hidden", "a b", "x%2f",
+        ] {
             assert!(!safe_segment(bad), "{bad}");
         }
-        for good in ["m_1a2b", "20260101T080000Z", "p1a2b3c-0.opus", "manifest.json"] {
+        for good in [
+            "m_1a2b",
+            "20260101T080000Z",
+            "p1a2b3c-0.opus",
+            "manifest.json",
+        ] {
             assert!(safe_segment(good), "{good}");
         }
     }
@@ -558,7 +578,10 @@ mod tests {
         deleted.sort();
         assert_eq!(deleted, vec![old.clone(), other.clone()]);
         assert!(recent.exists() && !old.exists() && !other.exists());
-        assert!(!data.join(FOLDER).join("m2").exists(), "empty meeting folder removed");
+        assert!(
+            !data.join(FOLDER).join("m2").exists(),
+            "empty meeting folder removed"
+        );
         let listed = list(&data);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].started, "20260301T080000Z-2");

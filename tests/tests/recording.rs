@@ -80,7 +80,11 @@ async fn wait_manifest(dir: &Path, status: &str) -> serde_json::Value {
 }
 
 /// The manifest's file entry of `participant_id`'s track of `kind`.
-fn file_of<'a>(m: &'a serde_json::Value, participant_id: &str, kind: &str) -> &'a serde_json::Value {
+fn file_of<'a>(
+    m: &'a serde_json::Value,
+    participant_id: &str,
+    kind: &str,
+) -> &'a serde_json::Value {
     m["files"]
         .as_array()
         .and_then(|f| {
@@ -168,9 +172,24 @@ async fn recorded_meeting_matches_what_was_sent() {
     // Audio: the hall's microphone is recorded while it had the floor (what the meeting heard); the chair's all
     // along. Video: both cameras all along.
     let checks = [
-        (&chair, "audio", chair1.audio_packets - chair0.audio_packets, "opus"),
-        (&chair, "video", chair1.video_frames - video_base[0].unwrap_or_default(), "vp8"),
-        (&hall, "video", hall1.video_frames - video_base[1].unwrap_or_default(), "vp8"),
+        (
+            &chair,
+            "audio",
+            chair1.audio_packets - chair0.audio_packets,
+            "opus",
+        ),
+        (
+            &chair,
+            "video",
+            chair1.video_frames - video_base[0].unwrap_or_default(),
+            "vp8",
+        ),
+        (
+            &hall,
+            "video",
+            hall1.video_frames - video_base[1].unwrap_or_default(),
+            "vp8",
+        ),
     ];
     for (ep, kind, sent, codec) in checks {
         let entry = file_of(&m, &ep.id(), kind);
@@ -205,7 +224,15 @@ async fn recorded_meeting_matches_what_was_sent() {
                 "{who}: duration {duration:.3} s, recorded for {recorded:.3} s"
             );
         }
-        assert_eq!(entry["name"], if kind == "audio" || ep.id() == chair.id() { "Chủ trì" } else { "UBND xã An Phú" }, "{who}");
+        assert_eq!(
+            entry["name"],
+            if kind == "audio" || ep.id() == chair.id() {
+                "Chủ trì"
+            } else {
+                "UBND xã An Phú"
+            },
+            "{who}"
+        );
     }
     // The hall's microphone: heard only while it held the floor (about half the recording).
     let hall_audio = file_of(&m, &hall.id(), "audio");
@@ -229,8 +256,12 @@ async fn recorded_meeting_matches_what_was_sent() {
     assert_eq!(revoked["identity"], eps[0].id.as_str());
     let at = revoked["offset_ms"].as_u64().expect("offset");
     assert!((1300..=2500).contains(&at), "revoked at {at} ms");
-    assert!(events.iter().any(|e| e["type"] == "floor_granted" && e["identity"] == eps[0].id.as_str()),
-        "the floor held at the start is in the manifest: {events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "floor_granted" && e["identity"] == eps[0].id.as_str()),
+        "the floor held at the start is in the manifest: {events:#?}"
+    );
     assert!(events.iter().any(|e| e["type"] == "recording_stopped"));
     assert_eq!(m["meeting"]["title"], "Giao ban có ghi hình");
     assert_eq!(m["started_by"], "Chủ trì");
@@ -301,31 +332,57 @@ async fn only_chair_and_admin_may_record() {
     let (status, _, body) = post(stop, admin.clone()).await;
     assert_eq!(status, 409, "stopping twice: {body}");
 
-    let list = wait_until_async("the recording listed with a complete manifest", Duration::from_secs(10), || {
-        let admin = admin.clone();
-        let addr = server.http;
-        async move {
-            let (status, _, body) =
-                http_request(addr, "GET", &format!("/api/admin/recordings?token={admin}"), &[], None).await;
-            assert_eq!(status, 200, "{body}");
-            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-            (v["recordings"][0]["manifest"]["status"] == "complete").then_some(v)
-        }
-    })
+    let list = wait_until_async(
+        "the recording listed with a complete manifest",
+        Duration::from_secs(10),
+        || {
+            let admin = admin.clone();
+            let addr = server.http;
+            async move {
+                let (status, _, body) = http_request(
+                    addr,
+                    "GET",
+                    &format!("/api/admin/recordings?token={admin}"),
+                    &[],
+                    None,
+                )
+                .await;
+                assert_eq!(status, 200, "{body}");
+                let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                (v["recordings"][0]["manifest"]["status"] == "complete").then_some(v)
+            }
+        },
+    )
     .await;
     let rec = &list["recordings"][0];
     assert_eq!(rec["meeting_id"], meeting.id.as_str());
     let started = rec["started"].as_str().expect("started");
     let base = format!("/api/admin/recordings/{}/{started}", meeting.id);
-    let (status, head, body) =
-        http_request(server.http, "GET", &format!("{base}/manifest.json?token={admin}"), &[], None).await;
+    let (status, head, body) = http_request(
+        server.http,
+        "GET",
+        &format!("{base}/manifest.json?token={admin}"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    assert!(head.to_ascii_lowercase().contains("content-disposition: attachment"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-disposition: attachment"),
+        "{head}"
+    );
     let manifest: serde_json::Value = serde_json::from_str(&body).expect("manifest is JSON");
     assert_eq!(manifest["started_by"], "Quản trị (admin)");
     assert_eq!(manifest["stopped_by"], "Chủ trì");
-    let (status, _, _) =
-        http_request(server.http, "GET", &format!("{base}/manifest.json"), &[], None).await;
+    let (status, _, _) = http_request(
+        server.http,
+        "GET",
+        &format!("{base}/manifest.json"),
+        &[],
+        None,
+    )
+    .await;
     assert_eq!(status, 401, "downloads need the admin token");
     let (status, _, body) = http_request(
         server.http,

@@ -103,7 +103,9 @@ mod tests {
     #[test]
     fn header_and_frames() {
         let mut w = IvfWriter::new(std::io::Cursor::new(Vec::new())).expect("header");
-        let key = [0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01, 0xaa];
+        let key = [
+            0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01, 0xaa,
+        ];
         w.write_frame(&key, 1000).expect("frame");
         w.write_frame(&[0x11, 0, 0, 1, 2], 1033).expect("frame");
         w.write_frame(&[0x11, 0, 0, 1, 2], 1066).expect("frame");

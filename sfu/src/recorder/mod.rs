@@ -367,7 +367,10 @@ impl Writer {
             };
             if let Err(e) = r {
                 let file = t.file.as_deref().unwrap_or("?");
-                return Err(format!("{}: {e} (track {key})", self.dir.join(file).display()));
+                return Err(format!(
+                    "{}: {e} (track {key})",
+                    self.dir.join(file).display()
+                ));
             }
         }
         Ok(())
@@ -439,7 +442,8 @@ impl Writer {
                 packets_written: packets,
                 frames,
                 duration_ms,
-                offset_ms: first_at.map(|a| a.saturating_duration_since(self.started).as_millis() as u64),
+                offset_ms: first_at
+                    .map(|a| a.saturating_duration_since(self.started).as_millis() as u64),
                 bytes,
                 late_packets: reorder.late,
                 note,
@@ -471,7 +475,13 @@ fn write(
         let safe: String = info
             .producer_id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         *sink = if mime == "audio/opus" {
             let name = format!("{safe}.opus");

@@ -125,12 +125,9 @@ fn write_page<W: Write>(
     page.push(0);
     let mut segments = 0u8;
     for &len in lengths {
-        for _ in 0..len / 255 {
-            page.push(255);
-            segments += 1;
-        }
+        page.extend(std::iter::repeat_n(255u8, len / 255));
         page.push((len % 255) as u8);
-        segments += 1;
+        segments += (len / 255 + 1) as u8;
     }
     page[segments_at] = segments;
     page.extend_from_slice(data);
