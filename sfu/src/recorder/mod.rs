@@ -591,6 +591,107 @@ fn write(
 mod tests {
     use super::*;
 
+    /// The worker's added cost per packet while recording: `cargo test --release -p giaoban-sfu tap_cost --
+    /// --ignored --nocapture`. Prints ns per `Tap::packet` with the writer keeping up (paced in bursts that fit
+    /// the queue) and with the queue full (the drop path).
+    #[test]
+    #[ignore]
+    fn tap_cost() {
+        let dir = std::env::temp_dir().join(format!("giaoban-tap-cost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (events, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
+        let tap = rec.tap(
+            1,
+            TrackInfo {
+                producer_id: "p1-0".into(),
+                participant: "p1".into(),
+                kind: MediaKind::Audio,
+                source: MediaSource::Microphone,
+                mime_type: "audio/opus".into(),
+                clock_rate: 48_000,
+                channels: 2,
+            },
+        );
+        let mut packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                ssrc: 1,
+                ..Default::default()
+            },
+            payload: Bytes::from(vec![0xf8u8; 100]),
+        };
+        let now = Instant::now();
+        let bursts = 200;
+        let burst = QUEUE / 2;
+        let mut spent = Duration::ZERO;
+        for _ in 0..bursts {
+            let t = Instant::now();
+            for _ in 0..burst {
+                packet.header.sequence_number = packet.header.sequence_number.wrapping_add(1);
+                packet.header.timestamp = packet.header.timestamp.wrapping_add(960);
+                assert!(tap.packet(&packet, now));
+            }
+            spent += t.elapsed();
+            // Let the writer drain.
+            while rec.dropped.load(Ordering::Relaxed) == 0 && !queue_empty(&rec) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let n = (bursts * burst) as f64;
+        println!(
+            "queued: {:.1} ns per packet over {n} packets ({} dropped)",
+            spent.as_nanos() as f64 / n,
+            rec.dropped.load(Ordering::Relaxed)
+        );
+        // Fill the queue, then time the drop path.
+        while rec
+            .tx
+            .try_send(Item::Track(9, Box::new(tap_info())))
+            .is_ok()
+        {}
+        let t = Instant::now();
+        for _ in 0..1_000_000 {
+            tap.packet(&packet, now);
+        }
+        println!(
+            "queue full: {:.1} ns per packet",
+            t.elapsed().as_nanos() as f64 / 1e6
+        );
+        drop(tap);
+        drop(rec);
+        let ended = ended.blocking_recv().expect("ended");
+        if let Event::RecordingEnded { files, .. } = ended {
+            println!("{files:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tap_info() -> TrackInfo {
+        TrackInfo {
+            producer_id: "x".into(),
+            participant: "x".into(),
+            kind: MediaKind::Video,
+            source: MediaSource::Camera,
+            mime_type: "video/H264".into(),
+            clock_rate: 90_000,
+            channels: 0,
+        }
+    }
+
+    /// Whether the writer has taken everything (probe: one Track item fits and is taken).
+    fn queue_empty(rec: &Recording) -> bool {
+        // A probe item for an unknown-to-packets track; the writer just registers it.
+        rec.tx
+            .try_send(Item::Track(8, Box::new(tap_info())))
+            .is_ok()
+            && {
+                std::thread::sleep(Duration::from_millis(20));
+                true
+            }
+    }
+
     #[test]
     fn unwrap_extends_across_wrap_and_back() {
         let mut u = Unwrap::default();
