@@ -1328,6 +1328,15 @@ impl Worker {
         for conn in conns.values_mut() {
             conn.link.update_rates(now);
         }
+        // Video files of recordings that need a keyframe (throttled like any request).
+        let wanted: Vec<ProducerKey> = self
+            .recordings
+            .values()
+            .flat_map(|r| r.keyframes_wanted())
+            .collect();
+        for key in wanted {
+            self.request_keyframe(key, now);
+        }
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);
     }

@@ -34,6 +34,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Packets held back waiting for a missing one before it is given up as lost.
 const REORDER_AUDIO: usize = 10;
 const REORDER_VIDEO: usize = 64;
+/// How often a video file asks again for the keyframe it needs.
+const KEYFRAME_RETRY: Duration = Duration::from_millis(700);
 
 /// What the writer needs to know of a producer.
 #[derive(Debug, Clone)]
@@ -63,6 +65,8 @@ pub(crate) enum Item {
 pub struct Recording {
     tx: SyncSender<Item>,
     dropped: Arc<AtomicU64>,
+    /// Producers whose video file needs a keyframe (the first one was incomplete, or a frame was lost).
+    keyframes: Receiver<u64>,
 }
 
 /// One producer's handle on its room's recording (held by the Producer, used per packet).
@@ -104,12 +108,13 @@ impl Recording {
         events: UnboundedSender<Event>,
     ) -> std::io::Result<Recording> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let (kf_tx, keyframes) = std::sync::mpsc::channel();
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
         std::thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
-                let mut writer = Writer::new(dir.clone());
+                let mut writer = Writer::new(dir.clone(), kf_tx);
                 let error = writer.run(&rx).err();
                 drop(rx);
                 let files = writer.finish();
@@ -126,7 +131,16 @@ impl Recording {
                     error,
                 });
             })?;
-        Ok(Recording { tx, dropped })
+        Ok(Recording {
+            tx,
+            dropped,
+            keyframes,
+        })
+    }
+
+    /// Producers the writer wants a keyframe of (polled by the worker's tick, not per packet).
+    pub fn keyframes_wanted(&self) -> impl Iterator<Item = u64> + '_ {
+        self.keyframes.try_iter()
     }
 
     /// A producer of the room: tell the writer what it is, and give it its tap.
@@ -250,12 +264,17 @@ enum Sink {
         broken: bool,
         started: bool,
         incomplete: u64,
+        /// A keyframe would help: the first was incomplete, a frame was lost, or none came yet.
+        wants_keyframe: bool,
+        /// When the first packet came (to ask again if no keyframe follows).
+        waiting_since: Option<Instant>,
     },
     Skipped(String),
 }
 
 struct Track {
     info: TrackInfo,
+    last_keyframe_request: Option<Instant>,
     file: Option<String>,
     reorder: Reorder,
     sink: Sink,
@@ -265,6 +284,7 @@ struct Track {
 
 struct Writer {
     dir: PathBuf,
+    keyframes: std::sync::mpsc::Sender<u64>,
     started: Instant,
     tracks: HashMap<u64, Track>,
     /// Order of first appearance, for the report.
@@ -273,9 +293,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(dir: PathBuf) -> Self {
+    fn new(dir: PathBuf, keyframes: std::sync::mpsc::Sender<u64>) -> Self {
         Writer {
             dir,
+            keyframes,
             started: Instant::now(),
             tracks: HashMap::new(),
             order: Vec::new(),
@@ -298,6 +319,7 @@ impl Writer {
                         key,
                         Track {
                             info: *info,
+                            last_keyframe_request: None,
                             file: None,
                             reorder: Reorder::new(hold),
                             sink: Sink::Pending,
@@ -328,18 +350,26 @@ impl Writer {
                         first_at,
                         ..
                     } = t;
-                    reorder
-                        .push(
-                            seq,
-                            Pkt {
-                                ts,
-                                marker,
-                                payload,
-                                at,
-                            },
-                            &mut |p, gap| write(dir, info, file, sink, first_at, p, gap),
-                        )
-                        .map_err(|e| self.describe(track, e))?;
+                    let written = reorder.push(
+                        seq,
+                        Pkt {
+                            ts,
+                            marker,
+                            payload,
+                            at,
+                        },
+                        &mut |p, gap| write(dir, info, file, sink, first_at, p, gap),
+                    );
+                    if let Sink::Vp8 { wants_keyframe, .. } = &mut t.sink
+                        && *wants_keyframe
+                        && t.last_keyframe_request
+                            .is_none_or(|l| at.saturating_duration_since(l) >= KEYFRAME_RETRY)
+                    {
+                        *wants_keyframe = false;
+                        t.last_keyframe_request = Some(at);
+                        let _ = self.keyframes.send(track);
+                    }
+                    written.map_err(|e| self.describe(track, e))?;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return self.flush(),
@@ -391,6 +421,7 @@ impl Writer {
                 sink,
                 first_at,
                 packets_in,
+                ..
             } = &mut t;
             let mut note = None;
             if let Err(e) = reorder.drain(
@@ -507,6 +538,8 @@ fn write(
                 broken: false,
                 started: false,
                 incomplete: 0,
+                wants_keyframe: false,
+                waiting_since: None,
             }
         } else {
             Sink::Skipped(format!(
@@ -540,8 +573,17 @@ fn write(
             broken,
             started,
             incomplete,
+            wants_keyframe,
+            waiting_since,
         } => {
             let ext = ts.extend(p.ts, 32);
+            if !*started {
+                // No keyframe yet: the first request may have been lost; ask again now and then.
+                let since = *waiting_since.get_or_insert(p.at);
+                if p.at.saturating_duration_since(since) >= KEYFRAME_RETRY {
+                    *wants_keyframe = true;
+                }
+            }
             let Some(desc) = crate::vp8::parse(&p.payload) else {
                 *broken = true;
                 return Ok(());
@@ -553,6 +595,7 @@ fn write(
                 // The previous frame never got its last packet.
                 *incomplete += 1;
                 *in_frame = false;
+                *wants_keyframe = true;
             }
             if desc.frame_start {
                 if !*started && !desc.keyframe {
@@ -571,7 +614,9 @@ fn write(
             if p.marker {
                 *in_frame = false;
                 if *broken {
+                    // Left out; the frames after it refer to it, so the picture recovers at the next keyframe.
                     *incomplete += 1;
+                    *wants_keyframe = true;
                     return Ok(());
                 }
                 let b = *base.get_or_insert(*frame_ts);
@@ -590,6 +635,96 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vp8_packet(seq: u16, ts: u32, start: bool, key: bool, marker: bool) -> rtc::rtp::Packet {
+        let mut payload = vec![if start { 0x90 } else { 0x80 }, 0x80, 0x80, seq as u8];
+        if start {
+            payload.extend_from_slice(&[u8::from(!key), 0x02, 0x00]);
+            if key {
+                payload.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+            }
+        }
+        payload.extend_from_slice(&[0x55; 100]);
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                sequence_number: seq,
+                timestamp: ts,
+                marker,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
+        }
+    }
+
+    #[test]
+    fn a_lost_keyframe_packet_asks_for_another_and_the_file_starts_at_a_whole_one() {
+        let dir = std::env::temp_dir().join(format!("giaoban-rec-kf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (events, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
+        let tap = rec.tap(
+            7,
+            TrackInfo {
+                producer_id: "p1-1".into(),
+                participant: "p1".into(),
+                kind: MediaKind::Video,
+                source: MediaSource::Camera,
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+            },
+        );
+        let now = Instant::now();
+        // A keyframe of 3 packets whose middle one never comes (65 later packets give it up), then inter frames.
+        let mut seq = 100u16;
+        let mut ts = 9000u32;
+        assert!(tap.packet(&vp8_packet(seq, ts, true, true, false), now));
+        seq += 2;
+        assert!(tap.packet(&vp8_packet(seq, ts, false, false, true), now));
+        for _ in 0..70 {
+            seq += 1;
+            ts += 3000;
+            assert!(tap.packet(&vp8_packet(seq, ts, true, false, true), now));
+        }
+        let asked = wait_for(|| rec.keyframes_wanted().next());
+        assert_eq!(asked, Some(7), "the writer asks for a keyframe");
+        // The keyframe comes whole, then two inter frames.
+        for (start, key, marker) in [(true, true, false), (false, false, true)] {
+            seq += 1;
+            assert!(tap.packet(&vp8_packet(seq, ts + 3000, start, key, marker), now));
+        }
+        ts += 3000;
+        for _ in 0..2 {
+            seq += 1;
+            ts += 3000;
+            assert!(tap.packet(&vp8_packet(seq, ts, true, false, true), now));
+        }
+        drop(tap);
+        drop(rec);
+        let Some(Event::RecordingEnded { files, error, .. }) = ended.blocking_recv() else {
+            panic!("no report");
+        };
+        assert_eq!(error, None);
+        assert_eq!(files[0].frames, 3, "{files:?}");
+        let bytes = std::fs::read(dir.join("p1-1.ivf")).expect("file");
+        // The first frame in the file is the keyframe (P bit 0, start code).
+        assert_eq!(
+            &bytes[32 + 12..32 + 12 + 6],
+            &[0x00, 0x02, 0x00, 0x9d, 0x01, 0x2a]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        for _ in 0..200 {
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
 
     /// The worker's added cost per packet while recording: `cargo test --release -p giaoban-sfu tap_cost --
     /// --ignored --nocapture`. Prints ns per `Tap::packet` with the writer keeping up (paced in bursts that fit
