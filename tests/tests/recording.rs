@@ -481,3 +481,31 @@ async fn full_disk_stops_the_recording_not_the_meeting() {
     drop(disk);
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_recordings_are_deleted_at_start() {
+    let mut config = giaoban_config::Config::for_tests();
+    config.storage.recording_retention_days = 30;
+    let root = config.storage.data_dir.join("recordings");
+    let old = root.join("m-old").join("20200101T080000Z");
+    let kept = root.join("m-new").join("20991231T080000Z");
+    for d in [&old, &kept] {
+        std::fs::create_dir_all(d).expect("mkdir");
+        std::fs::write(d.join("manifest.json"), "{}").expect("manifest");
+    }
+    let data_dir = config.storage.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    wait_until(
+        "the 2020 recording deleted at start (retention 30 days)",
+        Duration::from_secs(5),
+        || (!old.exists()).then_some(()),
+    )
+    .await;
+    assert!(kept.exists(), "a recent recording is kept");
+    assert!(
+        !root.join("m-old").exists(),
+        "its empty meeting folder goes too"
+    );
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
