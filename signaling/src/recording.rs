@@ -62,6 +62,8 @@ pub struct Active {
     people: BTreeMap<String, Person>,
     /// Subjects holding the floor at the last look.
     floor: Vec<String>,
+    /// The meeting mode at the last look (it decides who is heard).
+    mode: Option<crate::protocol::MeetingMode>,
 }
 
 impl Active {
@@ -122,6 +124,15 @@ pub(crate) fn note_floor(live: &mut LiveMeeting, members: &[Member]) {
                 (m.identity.participant_id.clone(), m.identity.name.clone())
             })
     };
+    if r.mode != Some(live.floor.mode) {
+        let mode = match live.floor.mode {
+            crate::protocol::MeetingMode::Lecture => "mode_lecture",
+            crate::protocol::MeetingMode::Discussion => "mode_discussion",
+            crate::protocol::MeetingMode::Conference => "mode_conference",
+        };
+        r.mode = Some(live.floor.mode);
+        r.event(mode, None);
+    }
     let before = std::mem::take(&mut r.floor);
     for s in before.iter().filter(|s| !now.contains(s)) {
         let (id, name) = who(s);
@@ -179,6 +190,7 @@ pub fn start(hub: &Hub, room_key: &str, by: &str) -> Result<(), Refused> {
         events: Vec::new(),
         people: BTreeMap::new(),
         floor: Vec::new(),
+        mode: None,
     };
     active.event("recording_started", None);
     for m in &room.members {

@@ -263,6 +263,10 @@ async fn recorded_meeting_matches_what_was_sent() {
         "the floor held at the start is in the manifest: {events:#?}"
     );
     assert!(events.iter().any(|e| e["type"] == "recording_stopped"));
+    assert!(
+        events.iter().any(|e| e["type"] == "mode_lecture"),
+        "the mode at the start is in the manifest: {events:#?}"
+    );
     assert_eq!(m["meeting"]["title"], "Giao ban có ghi hình");
     assert_eq!(m["started_by"], "Chủ trì");
 
