@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and whole-system tests, then the real-browser test (headless Chromium).
-# On a fresh machine it first installs what the tests need (Debian's chromium, the npm packages of the
-# browser test); installing needs root, as on CI.
+# On a fresh machine it first installs what the tests need (Debian's chromium and ffmpeg, the npm packages of the
+# browser test); installing needs root, as on CI (the recording test also mounts a small tmpfs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium fonts-dejavu-core)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# ffprobe reads the recordings in tests/tests/recording.rs.
+command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive

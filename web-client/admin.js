@@ -6,7 +6,7 @@ import { t, applyI18n, toggleLang, onLangChange, getLang } from './i18n.js';
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get('token') || '';
 
-const data = { endpoints: [], meetings: [], selected: null, links: null, attendance: null, audit: null };
+const data = { endpoints: [], meetings: [], selected: null, links: null, attendance: null, audit: null, recordings: null };
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -241,10 +241,65 @@ function renderAudit() {
   );
 }
 
+const kb = (bytes) => `${Math.max(1, Math.round((bytes || 0) / 1024))} kB`;
+
+/** Stored recordings (newest first), each with its files as download links. */
+function renderRecordings() {
+  const box = $('recordings');
+  const list = data.recordings?.recordings;
+  if (!list) {
+    box.replaceChildren();
+    return;
+  }
+  if (list.length === 0) {
+    box.replaceChildren(el('p', { className: 'note', text: t('admin.empty') }));
+    return;
+  }
+  const now = new Set(data.recordings.recording_now || []);
+  const rows = list.map((r) => {
+    const m = r.manifest || {};
+    const title = data.meetings.find((x) => x.id === r.meeting_id)?.title ?? m.meeting?.title ?? r.meeting_id;
+    const status = now.has(r.meeting_id) && m.status === 'recording' ? 'recording' : m.status || 'unknown';
+    const names = new Map((m.files || []).map((f) => [f.file, f]));
+    const links = r.files.map((f) => {
+      const who = names.get(f.name);
+      const label = who ? `${who.name ?? who.participant_id} · ${t(`admin.rec.kind.${who.kind}`)}` : f.name;
+      return el('a', {
+        href: withToken(`/api/admin/recordings/${encodeURIComponent(r.meeting_id)}/${encodeURIComponent(r.started)}/${encodeURIComponent(f.name)}`),
+        download: f.name,
+        text: `${label} (${kb(f.bytes)})`,
+        dataset: { testid: 'recording-file' },
+      });
+    });
+    return el(
+      'tr',
+      { dataset: { testid: 'recording-row', status } },
+      el('td', { text: title }),
+      el('td', { text: when(m.started_at) || r.started }),
+      el('td', { text: when(m.stopped_at) }),
+      el('td', { text: t(`admin.rec.status.${status}`) + (m.error ? ` – ${m.error}` : '') }),
+      el('td', { className: 'files' }, ...links.flatMap((a) => [a, el('br')])),
+    );
+  });
+  box.replaceChildren(
+    el(
+      'table',
+      {},
+      el(
+        'thead',
+        {},
+        el('tr', {}, ...['admin.rec.meeting', 'admin.rec.started', 'admin.rec.stopped', 'admin.m.status', 'admin.rec.files'].map((k) => el('th', { text: t(k) }))),
+      ),
+      el('tbody', {}, ...rows),
+    ),
+  );
+}
+
 function renderAll() {
   renderEndpoints();
   renderMeetings();
   renderDetail();
+  renderRecordings();
 }
 
 // ----------------------------------------------------------------------------------------------------- actions
@@ -340,6 +395,26 @@ async function showAudit() {
   }
 }
 
+async function loadRecordings() {
+  try {
+    data.recordings = await api('/api/admin/recordings');
+    renderRecordings();
+  } catch (err) {
+    fail(err);
+  }
+}
+
+async function recordingControl(action) {
+  if (!data.selected) return;
+  try {
+    await api(`/api/admin/meetings/${encodeURIComponent(data.selected)}/recording/${action}`, { method: 'POST' });
+    showMessage(action === 'start' ? 'admin.rec.started.msg' : 'admin.rec.stopped.msg', {}, 'info');
+    setTimeout(loadRecordings, 1000);
+  } catch (err) {
+    fail(err);
+  }
+}
+
 function init() {
   document.documentElement.lang = getLang();
   applyI18n(document);
@@ -353,6 +428,9 @@ function init() {
   $('meeting-form').addEventListener('submit', onMeetingSubmit);
   $('attendance-show').addEventListener('click', showAttendance);
   $('audit-show').addEventListener('click', showAudit);
+  $('rec-start').addEventListener('click', () => recordingControl('start'));
+  $('rec-stop').addEventListener('click', () => recordingControl('stop'));
+  $('recordings-refresh').addEventListener('click', loadRecordings);
   // Default meeting time: the next full hour, local time.
   const next = new Date(Date.now() + 3600_000);
   next.setMinutes(0, 0, 0);
@@ -362,7 +440,7 @@ function init() {
     showMessage('admin.notoken', {}, 'error');
     return;
   }
-  Promise.all([loadEndpoints(), loadMeetings()]).catch(fail);
+  Promise.all([loadEndpoints(), loadMeetings()]).then(loadRecordings).catch(fail);
 }
 
 init();

@@ -41,6 +41,7 @@ const ui = {
   roleChip: $('role-chip'),
   modeChip: $('mode-chip'),
   lockChip: $('lock-chip'),
+  recChip: $('rec-chip'),
   messages: $('messages'),
   statusWs: $('status-ws'),
   statusPublish: $('status-publish'),
@@ -56,6 +57,7 @@ const ui = {
   modeSelect: $('mode-select'),
   muteAll: $('btn-mute-all'),
   lock: $('btn-lock'),
+  record: $('btn-record'),
   end: $('btn-end'),
   panelFloor: $('panel-floor'),
   queue: $('queue'),
@@ -524,6 +526,8 @@ function renderHeader() {
     ui.lockChip.textContent = t(st.locked ? 'lock.chip.on' : 'lock.chip.off');
     ui.lockChip.dataset.locked = String(!!st.locked);
   }
+  // Everyone sees that the meeting is being recorded.
+  ui.recChip.hidden = !(showState && st.recording);
 }
 
 function renderPanels() {
@@ -541,7 +545,11 @@ function renderPanels() {
     ui.lock.textContent = t(st.locked ? 'btn.unlock' : 'btn.lock');
     ui.lock.dataset.on = String(!!st.locked);
     ui.lock.setAttribute('aria-pressed', String(!!st.locked));
+    ui.record.textContent = t(st.recording ? 'btn.record.stop' : 'btn.record.start');
+    ui.record.dataset.on = String(!!st.recording);
+    ui.record.setAttribute('aria-pressed', String(!!st.recording));
   }
+  ui.record.hidden = !inMeeting;
   // The attendance report, downloadable with this page's own token (chair, secretary, admin).
   const mid = meeting.meetingInfo?.id;
   ui.attendanceCsv.hidden = !(mid && meeting.token && c.rollcall);
@@ -1601,6 +1609,10 @@ function onServerMessage(msg) {
       sendMediaState();
       showMessage('chair', 'msg.muted', { by: msg.by || '' }, 'warn');
       break;
+    case 'recording_alert':
+      // The recording stopped by itself (disk full); the meeting goes on.
+      showMessage('recording', 'msg.recording.failed', { reason: msg.reason || '' }, 'error');
+      break;
     case 'unmute_requested':
       if (meeting.local.audio && !meeting.local.audio.enabled) showUnmutePrompt();
       break;
@@ -1854,6 +1866,8 @@ function init() {
   ui.modeSelect.addEventListener('change', () => send({ type: 'set_mode', mode: ui.modeSelect.value }));
   ui.muteAll.addEventListener('click', () => send({ type: 'mute_all' }));
   ui.lock.addEventListener('click', () => send({ type: 'lock', locked: !meeting?.state?.locked }));
+  ui.record.addEventListener('click', () =>
+    send({ type: meeting?.state?.recording ? 'stop_recording' : 'start_recording' }));
   ui.end.addEventListener('click', () => {
     if (window.confirm(t('confirm.end'))) send({ type: 'end_meeting' });
   });

@@ -82,14 +82,18 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Where the SQLite database and the generated secret live (created if missing).
+    /// Where the SQLite database and the generated secret live (created if missing); recordings go to its
+    /// `recordings/` folder.
     pub data_dir: PathBuf,
+    /// Recordings older than this many days are deleted (at start and daily); 0 keeps them forever.
+    pub recording_retention_days: u32,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("data"),
+            recording_retention_days: 90,
         }
     }
 }
@@ -350,6 +354,10 @@ impl Config {
                 },
                 "AUTH_PUBLIC_URL" => self.auth.public_url = value.clone(),
                 "STORAGE_DATA_DIR" => self.storage.data_dir = PathBuf::from(value.clone()),
+                "STORAGE_RECORDING_RETENTION_DAYS" => match value.parse() {
+                    Ok(v) => self.storage.recording_retention_days = v,
+                    Err(_) => return parse("number of days"),
+                },
                 "LIMITS_MAX_CONNECTIONS_PER_IP" => match value.parse() {
                     Ok(v) => self.limits.max_connections_per_ip = v,
                     Err(_) => return parse("number"),

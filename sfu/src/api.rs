@@ -128,6 +128,14 @@ pub enum Command {
     Links {
         reply: oneshot::Sender<Vec<ParticipantLinks>>,
     },
+    /// Start recording the room into `dir` (an existing, empty folder): every producer of the room, now and
+    /// later, goes to its own file until `StopRecording`. The end is reported by `Event::RecordingEnded`.
+    StartRecording {
+        room: RoomId,
+        dir: std::path::PathBuf,
+    },
+    /// Stop recording the room; the writer finishes its files and reports `Event::RecordingEnded`.
+    StopRecording { room: RoomId },
     /// Close every connection and stop the worker.
     Shutdown,
 }
@@ -157,6 +165,42 @@ pub enum Event {
         participant: ParticipantId,
         reason: String,
     },
+    /// A recording ended: stopped (`error: None`) or stopped by a write error (disk full). `dropped` counts
+    /// packets the worker could not queue for the writer (its queue was full).
+    RecordingEnded {
+        room: RoomId,
+        dir: std::path::PathBuf,
+        files: Vec<RecordedFile>,
+        dropped: u64,
+        error: Option<String>,
+    },
+}
+
+/// One producer's file of a recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedFile {
+    pub producer_id: String,
+    pub participant: ParticipantId,
+    pub kind: MediaKind,
+    pub source: MediaSource,
+    pub mime_type: String,
+    /// File name in the recording's folder; `None` when nothing was written (see `note`).
+    pub file: Option<String>,
+    /// RTP packets the writer got for this producer.
+    pub packets_received: u64,
+    /// Audio packets or video frames in the file.
+    pub packets_written: u64,
+    /// Video frames in the file (0 for audio).
+    pub frames: u64,
+    /// Media duration in the file.
+    pub duration_ms: u64,
+    /// When the file's first packet arrived, after the recording started.
+    pub offset_ms: Option<u64>,
+    pub bytes: u64,
+    /// Packets that came after they were given up as lost (or twice).
+    pub late_packets: u64,
+    /// Why nothing or not everything was written (codec not recorded, incomplete frames, write error).
+    pub note: Option<String>,
 }
 
 /// The link health of one participant's two connections.
@@ -231,6 +275,9 @@ impl SfuHandle {
                 return Ok(());
             }
             Command::Stats { .. } | Command::Links { .. } => 0,
+            Command::StartRecording { room, .. } | Command::StopRecording { room } => {
+                self.worker_for_room(room)
+            }
             Command::Leave { participant } => self
                 .participant_worker
                 .remove(participant)

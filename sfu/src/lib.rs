@@ -11,6 +11,7 @@ pub mod feedback;
 pub mod forwarder;
 pub mod health;
 pub mod keyframe;
+pub mod recorder;
 pub mod router;
 pub mod udp;
 pub mod vp8;
@@ -18,7 +19,7 @@ mod worker;
 
 pub use api::{
     Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, ParticipantLinks,
-    RoomId, SfuError, SfuHandle, TrackDesc, WorkerStats,
+    RecordedFile, RoomId, SfuError, SfuHandle, TrackDesc, WorkerStats,
 };
 pub use health::LinkHealth;
 

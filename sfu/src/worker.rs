@@ -14,6 +14,7 @@ use crate::connection::{self, Endpoint};
 use crate::forwarder::{Drop as FwdDrop, Forwarder};
 use crate::health::{LinkCounters, RtcLinkStats, link_health, read_rtc_stats};
 use crate::keyframe::KeyframeThrottle;
+use crate::recorder::{Recording, Tap, TrackInfo};
 use crate::router::{ConnId, Router};
 use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
@@ -95,6 +96,22 @@ struct Producer {
     media_ssrc: u32,
     keyframes: KeyframeThrottle,
     consumers: Vec<Consumer>,
+    /// While its room records: where each forwarded packet goes too (off the media path).
+    record: Option<Tap>,
+}
+
+impl Producer {
+    fn track_info(&self) -> TrackInfo {
+        TrackInfo {
+            producer_id: self.id.clone(),
+            participant: self.owner.clone(),
+            kind: self.kind,
+            source: self.source,
+            mime_type: self.rtp_codec.mime_type.clone(),
+            clock_rate: self.rtp_codec.clock_rate,
+            channels: self.rtp_codec.channels,
+        }
+    }
 }
 
 struct Participant {
@@ -133,6 +150,8 @@ pub struct Worker {
     stats: WorkerStats,
     /// Next connection whose rtc statistics are read (see `refresh_rtc_stats`).
     stats_cursor: ConnId,
+    /// Rooms being recorded (kept while the room is empty, so a hall that rejoins is recorded again).
+    recordings: HashMap<RoomId, Recording>,
 }
 
 impl Worker {
@@ -156,6 +175,7 @@ impl Worker {
             reads: Vec::new(),
             stats: WorkerStats::default(),
             stats_cursor: 0,
+            recordings: HashMap::new(),
         }
     }
 
@@ -350,6 +370,13 @@ impl Worker {
         if !producer.forwarding {
             // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
             return;
+        }
+        // The recording gets what the meeting hears and sees: one non-blocking queue push per packet per
+        // producer (payload shared, nothing allocated).
+        if let Some(tap) = &producer.record
+            && !tap.packet(&packet, now)
+        {
+            producer.record = None;
         }
         let mut want_keyframe = false;
         // Parsed once per packet, not once per consumer.
@@ -621,8 +648,14 @@ impl Worker {
                 media_ssrc: ssrc,
                 keyframes: KeyframeThrottle::default(),
                 consumers: Vec::new(),
+                record: None,
             },
         );
+        if let Some(rec) = self.recordings.get(&room)
+            && let Some(p) = self.producers.get_mut(&key)
+        {
+            p.record = Some(rec.tap(key, p.track_info()));
+        }
         let subscribers: Vec<ParticipantId> = self
             .rooms
             .get(&room)
@@ -1096,9 +1129,53 @@ impl Worker {
             Command::Links { reply } => {
                 let _ = reply.send(self.links(Instant::now()));
             }
+            Command::StartRecording { room, dir } => self.start_recording(room, dir),
+            Command::StopRecording { room } => self.stop_recording(&room),
             Command::Shutdown => return false,
         }
         true
+    }
+
+    fn start_recording(&mut self, room: RoomId, dir: std::path::PathBuf) {
+        if self.recordings.contains_key(&room) {
+            warn!(%room, "already recording");
+            return;
+        }
+        let rec = match Recording::start(room.clone(), dir.clone(), self.events.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.events.send(Event::RecordingEnded {
+                    room,
+                    dir,
+                    files: Vec::new(),
+                    dropped: 0,
+                    error: Some(format!("cannot start the recorder thread: {e}")),
+                });
+                return;
+            }
+        };
+        let mut video = Vec::new();
+        for (key, p) in self.producers.iter_mut().filter(|(_, p)| p.room == room) {
+            p.record = Some(rec.tap(*key, p.track_info()));
+            if p.kind == MediaKind::Video {
+                video.push(*key);
+            }
+        }
+        info!(%room, dir = %dir.display(), video_producers = video.len(), "recording started");
+        self.recordings.insert(room, rec);
+        // Each video file starts with a keyframe.
+        let now = Instant::now();
+        for key in video {
+            self.request_keyframe(key, now);
+        }
+    }
+
+    fn stop_recording(&mut self, room: &RoomId) {
+        // Dropping every sender ends the writer: it drains the queue, finishes the files and reports.
+        self.recordings.remove(room);
+        for p in self.producers.values_mut().filter(|p| &p.room == room) {
+            p.record = None;
+        }
     }
 
     fn links(&mut self, now: Instant) -> Vec<ParticipantLinks> {
@@ -1262,6 +1339,15 @@ impl Worker {
         }
         for conn in conns.values_mut() {
             conn.link.update_rates(now);
+        }
+        // Video files of recordings that need a keyframe (throttled like any request).
+        let wanted: Vec<ProducerKey> = self
+            .recordings
+            .values()
+            .flat_map(|r| r.keyframes_wanted())
+            .collect();
+        for key in wanted {
+            self.request_keyframe(key, now);
         }
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);

@@ -365,3 +365,159 @@ pub fn create_demo(hub: &Hub) -> Result<(store::Meeting, Vec<JoinLink>), StoreEr
     let links = meeting_links(hub, &meeting)?;
     Ok((meeting, links))
 }
+
+/// `GET /api/admin/recordings`: every stored recording (newest first) with its files and manifest, and the
+/// meetings recording now.
+pub async fn recordings(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    authorize(&hub, &headers, &p, "list recordings", is_admin)?;
+    let dir = hub.config.storage.data_dir.clone();
+    let list = tokio::task::spawn_blocking(move || crate::recording::list(&dir))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let active: Vec<String> = hub
+        .rooms
+        .iter()
+        .filter_map(|r| {
+            r.meeting
+                .as_ref()
+                .filter(|m| m.recording.is_some())
+                .map(|m| m.id.clone())
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "recordings": list, "recording_now": active })).into_response())
+}
+
+/// `GET /api/admin/recordings/{meeting}/{started}/{file}`: download one file of a recording.
+pub async fn recording_file(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path((meeting, started, file)): Path<(String, String, String)>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    authorize(&hub, &headers, &p, "download a recording", is_admin)?;
+    for (what, s) in [
+        ("meeting", &meeting),
+        ("recording", &started),
+        ("file", &file),
+    ] {
+        if !crate::recording::safe_segment(s) {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("invalid {what} name `{s}`"),
+            ));
+        }
+    }
+    let path = hub
+        .config
+        .storage
+        .data_dir
+        .join(crate::recording::FOLDER)
+        .join(&meeting)
+        .join(&started)
+        .join(&file);
+    let f = tokio::fs::File::open(&path).await.map_err(|_| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no file {file} in recording {meeting}/{started}"),
+        )
+    })?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let content_type = match file.rsplit('.').next() {
+        Some("opus") => "audio/ogg",
+        Some("ivf") => "video/x-ivf",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    };
+    let stream = futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let hub2 = hub.clone();
+    hub2.audit(
+        None,
+        Some(&meeting),
+        "download_recording",
+        &format!("{started}/{file}"),
+        "ok",
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{meeting}-{started}-{file}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `POST /api/admin/meetings/{id}/recording/{start|stop}`: start or stop recording a meeting in progress.
+pub async fn recording_control(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Query(p): Params,
+) -> Result<Response, ApiError> {
+    let who = authorize(&hub, &headers, &p, "control recording", is_admin)?;
+    let by = format!("{} (admin)", who.name);
+    let result = match action.as_str() {
+        "start" => crate::recording::start(&hub, &id, &by),
+        "stop" => crate::recording::stop(&hub, &id, &by),
+        other => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("unknown recording action `{other}` (start or stop)"),
+            ));
+        }
+    };
+    let what = format!("{action}_recording");
+    match result {
+        Ok(()) => {
+            let _ = hub.store.audit(
+                Some(&id),
+                &who.sub,
+                Some(who.role),
+                &what,
+                "admin API",
+                "ok",
+            );
+            hub.after_change(&id);
+            Ok(
+                Json(serde_json::json!({ "meeting_id": id, "recording": action == "start" }))
+                    .into_response(),
+            )
+        }
+        Err((code, message)) => {
+            let _ = hub.store.audit(
+                Some(&id),
+                &who.sub,
+                Some(who.role),
+                &what,
+                &message,
+                &format!("{code:?}"),
+            );
+            let status = match code {
+                crate::protocol::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                crate::protocol::ErrorCode::WrongState => StatusCode::CONFLICT,
+                crate::protocol::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            Err(ApiError(status, message))
+        }
+    }
+}

@@ -111,6 +111,15 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/api/admin/meetings/{id}/links", get(admin::links))
         .route("/api/admin/audit", get(admin::audit))
+        .route("/api/admin/recordings", get(admin::recordings))
+        .route(
+            "/api/admin/recordings/{meeting}/{started}/{file}",
+            get(admin::recording_file),
+        )
+        .route(
+            "/api/admin/meetings/{id}/recording/{action}",
+            axum::routing::post(admin::recording_control),
+        )
         .route("/api/meetings/{id}/attendance", get(admin::attendance))
         .route(
             "/api/meetings/{id}/attendance.csv",

@@ -55,6 +55,8 @@ pub(crate) struct LiveMeeting {
     pub(crate) id: String,
     pub(crate) title: String,
     pub(crate) floor: Floor,
+    /// The recording in progress, if any.
+    pub(crate) recording: Option<crate::recording::Active>,
 }
 
 pub(crate) struct Room {
@@ -121,6 +123,9 @@ pub struct Hub {
     /// participant id → its connection test, for sessions that joined with `join_test`.
     pub(crate) tests: DashMap<String, crate::pretest::TestSession>,
     shutting_down: AtomicBool,
+    /// Stopped recordings whose files the media plane is still finishing, by folder.
+    pub(crate) finishing_recordings:
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, crate::recording::Active>>,
 }
 
 /// How many chat lines a joiner gets.
@@ -151,6 +156,7 @@ impl Hub {
             clients: DashMap::new(),
             tests: DashMap::new(),
             shutting_down: AtomicBool::new(false),
+            finishing_recordings: Default::default(),
         }
     }
 
@@ -531,6 +537,7 @@ impl Hub {
                     id: m.id.clone(),
                     title: m.title.clone(),
                     floor: Floor::new(m.mode),
+                    recording: None,
                 }),
             });
             if let Some(m) = &meeting
@@ -592,6 +599,7 @@ impl Hub {
             let room = &mut *room;
             if let Some(live) = room.meeting.as_mut() {
                 live.floor.note_role(&identity.subject, identity.role);
+                crate::recording::note_join(live, &identity);
             }
             let policy = policy_for(room.meeting.as_ref().map(|m| &m.floor), &identity);
             let info = ParticipantInfo {
@@ -712,7 +720,11 @@ impl Hub {
             else {
                 return;
             };
-            room.members.remove(pos)
+            let member = room.members.remove(pos);
+            if let Some(live) = room.meeting.as_mut() {
+                crate::recording::note_leave(live, &member.identity);
+            }
+            member
         };
         self.forget_member(&room_key, member);
         self.after_change(&room_key);
@@ -769,6 +781,9 @@ impl Hub {
             return;
         };
         let room = &mut *room;
+        if let Some(live) = room.meeting.as_mut() {
+            crate::recording::note_floor(live, &room.members);
+        }
         let Some(live) = room.meeting.as_ref() else {
             return;
         };
@@ -988,6 +1003,13 @@ impl Hub {
                 };
                 self.send_to(&participant, ServerMessage::ConnectionState { leg, state });
             }
+            Event::RecordingEnded {
+                room,
+                dir,
+                files,
+                dropped,
+                error,
+            } => crate::recording::on_ended(self, &room, &dir, files, dropped, error),
             Event::ParticipantFailed {
                 participant,
                 reason,
@@ -1059,6 +1081,16 @@ impl Hub {
     /// Tell everyone the server is stopping and close their sockets; refuse new joins.
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        // Recordings end first: the media plane finishes their files as it stops.
+        let recording: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|r| r.meeting.as_ref().is_some_and(|m| m.recording.is_some()))
+            .map(|r| r.key().clone())
+            .collect();
+        for room in recording {
+            let _ = crate::recording::stop(self, &room, "server shutdown");
+        }
         let ids: Vec<String> = self.rooms_of.iter().map(|e| e.key().clone()).collect();
         for id in ids {
             self.close(&id, "server shutting down", true);
@@ -1100,6 +1132,7 @@ pub(crate) fn meeting_state(room: &Room, now: Instant) -> MeetingState {
             floor: Vec::new(),
             queue: Vec::new(),
             main_participant_id: None,
+            recording: false,
         };
     };
     let member_of = |subject: &str| room.members.iter().find(|m| m.identity.subject == subject);
@@ -1136,5 +1169,6 @@ pub(crate) fn meeting_state(room: &Room, now: Instant) -> MeetingState {
             .main_subject()
             .and_then(member_of)
             .map(|m| m.identity.participant_id.clone()),
+        recording: live.recording.is_some(),
     }
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod moderation;
 pub mod pretest;
 pub mod protocol;
+pub mod recording;
 pub mod rules;
 pub mod session;
 pub mod store;
@@ -37,6 +38,7 @@ pub struct RunningServer {
     pub demo: Option<(store::Meeting, Vec<admin::JoinLink>)>,
     handle: axum_server::Handle<SocketAddr>,
     floor_timer: tokio::task::JoinHandle<()>,
+    retention: tokio::task::JoinHandle<()>,
     serve: tokio::task::JoinHandle<()>,
     events: tokio::task::JoinHandle<()>,
 }
@@ -62,6 +64,7 @@ impl RunningServer {
         let _ = self.serve.await;
         self.events.abort();
         self.floor_timer.abort();
+        self.retention.abort();
     }
 }
 
@@ -118,6 +121,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
+    // Old recordings go at start and then daily (storage.recording_retention_days).
+    let retention_dir = config.storage.data_dir.clone();
+    let retention_days = config.storage.recording_retention_days;
+    let retention = tokio::spawn(async move {
+        let mut day = tokio::time::interval(Duration::from_secs(24 * 3600));
+        loop {
+            day.tick().await;
+            let dir = retention_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                recording::prune(&dir, retention_days, std::time::SystemTime::now())
+            })
+            .await;
+        }
+    });
     let timer_hub = hub.clone();
     let floor_timer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -187,6 +204,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         demo,
         handle,
         floor_timer,
+        retention,
         serve,
         events,
     })

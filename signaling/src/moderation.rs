@@ -32,6 +32,8 @@ fn action_of(msg: &ClientMessage) -> Option<(Action, &'static str)> {
         ClientMessage::EndMeeting {} => (Action::EndMeeting, "end_meeting"),
         ClientMessage::SetAbsenceReason { .. } => (Action::SetAbsenceReason, "set_absence_reason"),
         ClientMessage::Chat { .. } => (Action::Chat, "chat"),
+        ClientMessage::StartRecording {} => (Action::Record, "start_recording"),
+        ClientMessage::StopRecording {} => (Action::Record, "stop_recording"),
         _ => return None,
     })
 }
@@ -59,7 +61,19 @@ pub fn handle(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<bool, Re
             format!("{name} needs a meeting; this is an open room"),
         ));
     }
-    let result = apply(hub, who, msg);
+    let result = match msg {
+        ClientMessage::StartRecording {} => {
+            crate::recording::start(hub, &who.room, &who.name).map(|()| Vec::new())
+        }
+        ClientMessage::StopRecording {} => {
+            crate::recording::stop(hub, &who.room, &who.name).map(|()| Vec::new())
+        }
+        _ => apply(hub, who, msg),
+    };
+    if matches!(msg, ClientMessage::EndMeeting {}) && result.is_ok() {
+        // The recording ends with the meeting (if there is one).
+        let _ = crate::recording::stop(hub, &who.room, &who.name);
+    }
     let detail = format!("{msg:?}");
     // Participants the action put out of the meeting leave now, whatever their clients do.
     let result = result.map(|gone| {

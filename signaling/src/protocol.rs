@@ -109,6 +109,9 @@ pub struct MeetingState {
     /// Who should be the main picture: the newest floor holder, else the chair (if present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_participant_id: Option<String>,
+    /// Đang ghi: the meeting is being recorded (every participant is shown).
+    #[serde(default)]
+    pub recording: bool,
 }
 
 /// One invited endpoint on the roll call board.
@@ -226,6 +229,10 @@ pub enum ClientMessage {
     SetAbsenceReason { endpoint_id: String, reason: String },
     /// Trò chuyện: a chat line to the room.
     Chat { text: String },
+    /// Ghi hình: start recording the meeting (chair).
+    StartRecording {},
+    /// Dừng ghi: stop recording (chair).
+    StopRecording {},
     /// What a connection test measured in the browser; the server adds its own view, grades it against the
     /// `[health]` thresholds, stores it and replies `test_verdict` (connection tests only).
     TestResult { result: TestReport },
@@ -322,6 +329,8 @@ impl ClientMessage {
             ClientMessage::SetAbsenceReason { .. } => "set_absence_reason",
             ClientMessage::Chat { .. } => "chat",
             ClientMessage::TestResult { .. } => "test_result",
+            ClientMessage::StartRecording {} => "start_recording",
+            ClientMessage::StopRecording {} => "stop_recording",
         }
     }
 }
@@ -429,6 +438,11 @@ pub enum ServerMessage {
     TestVerdict {
         verdict: QualityLevel,
         findings: Vec<Finding>,
+    },
+    /// The recording stopped by itself (a write error such as a full disk); the meeting goes on. Sent to the
+    /// chair and admins.
+    RecordingAlert {
+        reason: String,
     },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).

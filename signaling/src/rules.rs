@@ -26,6 +26,8 @@ pub enum Action {
     SetAbsenceReason,
     Chat,
     ShareScreen,
+    /// Start or stop recording the meeting.
+    Record,
 }
 
 /// Whether `role` may do `action` at all (the floor-dependent part of screen sharing is checked in `Floor`).

@@ -15,6 +15,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import {
   CLIENT_FILES,
   FROM_DISK_ARGS,
@@ -218,7 +220,53 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
     assert.equal(csv.status, 200, `attendance CSV ${csvHref.replace(/token=.*/, 'token=…')}`);
     assert.match(csv.type, /text\/csv/);
 
-    // A raises its hand: the chair's queue shows it.
+    // Recording: the chair starts it, every hall shows the ĐANG GHI badge until the chair stops it.
+    assert.equal(await a.page.getByTestId('recording').isVisible(), false);
+    await chair.page.getByTestId('record').click();
+    for (const p of people) {
+      await p.page.getByTestId('recording').waitFor({ state: 'visible', timeout: 5_000 });
+      assert.equal((await p.page.getByTestId('recording').innerText()).trim(), 'ĐANG GHI');
+    }
+    assert.equal((await chair.page.getByTestId('record').innerText()).trim(), 'Dừng ghi');
+    await sleep(2500);
+    await chair.page.getByTestId('record').click();
+    for (const p of people) await p.page.getByTestId('recording').waitFor({ state: 'hidden', timeout: 5_000 });
+    assert.equal((await chair.page.getByTestId('record').innerText()).trim(), 'Ghi hình');
+    // Chromium's real Opus and VP8, as recorded, decode without a single error (ffmpeg), and the manifest names
+    // the chair's files.
+    const recRoot = join(server.dataDir, 'recordings');
+    const manifest = await waitFor(
+      () => {
+        if (!existsSync(recRoot)) return null;
+        for (const m of readdirSync(recRoot)) {
+          for (const r of readdirSync(join(recRoot, m))) {
+            const f = join(recRoot, m, r, 'manifest.json');
+            const json = existsSync(f) && JSON.parse(readFileSync(f, 'utf8'));
+            if (json?.status === 'complete') return { dir: join(recRoot, m, r), json };
+          }
+        }
+        return null;
+      },
+      { timeout: 10_000, what: 'the recording manifest to be complete' },
+    );
+    const chairFiles = manifest.json.files.filter((f) => f.name === chair.name && f.file);
+    assert.deepEqual(chairFiles.map((f) => f.kind).sort(), ['audio', 'video'], JSON.stringify(manifest.json.files));
+    for (const f of chairFiles) {
+      const path = join(manifest.dir, f.file);
+      const decode = spawnSync('ffmpeg', ['-v', 'error', '-i', path, '-f', 'null', '-'], { encoding: 'utf8' });
+      assert.equal(decode.status, 0, `ffmpeg decoding ${f.file}: ${decode.stderr}`);
+      assert.equal(decode.stderr.trim(), '', `ffmpeg decoding ${f.file} reports errors`);
+      const probe = JSON.parse(
+        execFileSync('ffprobe', ['-v', 'error', '-count_frames', '-show_entries', 'stream=codec_name,nb_read_frames', '-of', 'json', path], {
+          encoding: 'utf8',
+        }),
+      );
+      const stream = probe.streams[0];
+      t.diagnostic(`recorded ${f.kind}: ${stream.codec_name}, ${stream.nb_read_frames} frames decoded, ${f.duration_ms} ms`);
+      assert.equal(stream.codec_name, f.kind === 'audio' ? 'opus' : 'vp8');
+      assert.ok(Number(stream.nb_read_frames) >= (f.kind === 'audio' ? 50 : 10), `${f.file}: ${stream.nb_read_frames} frames decoded`);
+    }
+
     await a.page.getByTestId('raise-hand').click();
     const row = chair.page.locator(`[data-testid="queue-row"][data-participant="${a.name}"]`);
     await row.waitFor({ state: 'visible', timeout: 10_000 });

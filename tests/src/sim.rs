@@ -10,7 +10,8 @@
 //! `counter: u64 BE | send time: u64 BE (µs since the UNIX epoch) | padding`, where padding byte `i` (counted
 //! from the start of the padding) is `(counter as u8) ^ (i as u8)`.
 //!
-//! * audio (Opus, 48 kHz clock): the 16 bytes and padding, `audio_bytes` long in all;
+//! * audio (Opus, 48 kHz clock): an Opus TOC byte saying one CELT frame of the packet's duration (so a recorder or
+//!   player computes real durations), then the 16 bytes and padding, `audio_bytes` long in all;
 //! * video (VP8, 90 kHz clock): a VP8 payload descriptor (RFC 7741 §4.2: X=1, S=1 on the first packet of a frame,
 //!   extension byte I=1, 15-bit PictureID with M=1, incremented per frame), on the S=1 packet a VP8 payload
 //!   header (3-byte frame tag, P=0 on keyframes plus the 7 bytes of the key frame start code and size), then the
@@ -576,7 +577,8 @@ struct Decoded {
 
 /// Find the counter and send time in a payload, and check the padding.
 fn decode_payload(payload: &[u8], video: bool, verify: bool) -> Option<Decoded> {
-    let mut pos = 0usize;
+    // Audio: the Opus TOC byte comes first.
+    let mut pos = usize::from(!video);
     let mut keyframe = false;
     if video {
         let b0 = *payload.first()?;
@@ -1721,7 +1723,8 @@ async fn send_audio(
     let ts_step = 48_000 / pps;
     let mut seq: u16 = rand::random();
     let mut ts: u32 = rand::random();
-    let size = media.audio_bytes.max(STAMP_BYTES);
+    let size = media.audio_bytes.max(STAMP_BYTES + 1);
+    let toc = opus_toc(ts_step);
     let mut buf = BytesMut::with_capacity(size * 64);
     let mut counter = 0u64;
     loop {
@@ -1729,6 +1732,7 @@ async fn send_audio(
         if buf.capacity() < size {
             buf.reserve(size * 64);
         }
+        buf.put_u8(toc);
         put_stamp_and_padding(&mut buf, counter, unix_micros(), size);
         let payload = buf.split().freeze();
         let len = payload.len() as u64;
@@ -1748,6 +1752,18 @@ async fn send_audio(
         seq = seq.wrapping_add(1);
         ts = ts.wrapping_add(ts_step);
     }
+}
+
+/// The Opus TOC byte (RFC 6716 §3.1) of one fullband CELT frame lasting `samples` at 48 kHz (20 ms if no CELT
+/// frame size fits), code 0 (one frame per packet), mono.
+fn opus_toc(samples: u32) -> u8 {
+    let config: u8 = match samples {
+        120 => 28,
+        240 => 29,
+        480 => 30,
+        _ => 31,
+    };
+    config << 3
 }
 
 async fn send_video(
@@ -1891,6 +1907,7 @@ mod tests {
     #[test]
     fn payloads_round_trip() {
         let mut buf = BytesMut::new();
+        buf.put_u8(opus_toc(960));
         put_stamp_and_padding(&mut buf, 42, 1234, 100);
         let d = decode_payload(&buf, false, true).expect("decodes");
         assert_eq!(
@@ -1899,6 +1916,7 @@ mod tests {
         );
         let mut bad = buf.to_vec();
         bad[50] ^= 1;
+        assert_eq!(opus_toc(960), 0xf8);
         assert!(!decode_payload(&bad, false, true).expect("decodes").intact);
 
         // VP8 keyframe start packet
