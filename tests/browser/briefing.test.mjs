@@ -482,3 +482,9 @@ test('admin page: create a hall, see it listed; the secretary records an absence
     await p.context.close().catch(() => {});
   }
 });
+
+test('no join token or secret reaches the server log', () => {
+  // After a whole briefing (joins by link, floor, recording, admin page and API calls with tokens).
+  assert.ok(server.logRecords.seen > 20, `the server logged records to check (${server.logRecords.seen})`);
+  assert.deepEqual(server.logRecords.leaks, [], 'log records carrying a token or secret');
+});

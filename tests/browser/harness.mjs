@@ -78,7 +78,8 @@ export async function waitFor(fn, { timeout = 20_000, interval = 250, what = 'co
  * `settings`. With `demo`, wait until it has printed the demo meeting's join links and the admin link (an empty data
  * directory without open rooms makes it create that meeting); otherwise only for its listening line. With
  * `fallback`, a server that refuses the settings as unknown (one from before they existed) is started again with the
- * base settings only. Resolves to { proc, baseUrl, adminUrl, links: [{name, url}], log, dataDir }.
+ * base settings only. Resolves to { proc, baseUrl, adminUrl, links: [{name, url}], log, logRecords, dataDir };
+ * `logRecords` counts the server's log records and keeps any that carry a token or secret (`leaks`).
  */
 export async function startServer({ prefix = 'giaoban-browser-', settings = {}, demo = false, fallback = false } = {}) {
   if (!existsSync(SERVER_BIN)) {
@@ -104,14 +105,23 @@ function spawnServer(settings, demo) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
   const proc = spawn(SERVER_BIN, [], { cwd: REPO_ROOT, env: { ...env, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = [];
+  // Log records (tracing lines, with a level) must never carry a join token or secret; the links the server prints
+  // at start for the operator are plain lines without a level.
+  const logRecords = { seen: 0, leaks: [] };
   const remember = (stream) => (line) => {
     log.push(`[${stream}] ${line}`);
     if (log.length > 400) log.shift();
+    // eslint-disable-next-line no-control-regex
+    const plain = line.replace(/\x1b\[[0-9;]*m/g, '');
+    if (/\b(TRACE|DEBUG|INFO|WARN|ERROR)\b/.test(plain)) {
+      logRecords.seen += 1;
+      if (/eyJ[A-Za-z0-9_-]{8,}|token=|secret=/i.test(plain)) logRecords.leaks.push(plain);
+    }
   };
   createInterface({ input: proc.stderr }).on('line', remember('stderr'));
   const stdout = createInterface({ input: proc.stdout });
   stdout.on('line', remember('stdout'));
-  const found = { proc, log, baseUrl: null, adminUrl: null, links: [] };
+  const found = { proc, log, logRecords, baseUrl: null, adminUrl: null, links: [] };
   return new Promise((resolveStart, reject) => {
     let settled = false;
     const fail = (err) => {
