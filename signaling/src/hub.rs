@@ -122,6 +122,8 @@ pub struct Hub {
     pub(crate) clients: DashMap<String, ClientInfo>,
     /// participant id → its connection test, for sessions that joined with `join_test`.
     pub(crate) tests: DashMap<String, crate::pretest::TestSession>,
+    /// Each live participant's last link verdict, so a change to poor (and back) is logged once.
+    pub(crate) link_levels: DashMap<String, crate::protocol::QualityLevel>,
     shutting_down: AtomicBool,
     /// Stopped recordings whose files the media plane is still finishing, by folder.
     pub(crate) finishing_recordings:
@@ -155,6 +157,7 @@ impl Hub {
             rooms_of: DashMap::new(),
             clients: DashMap::new(),
             tests: DashMap::new(),
+            link_levels: DashMap::new(),
             shutting_down: AtomicBool::new(false),
             finishing_recordings: Default::default(),
         }

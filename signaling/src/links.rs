@@ -108,10 +108,15 @@ pub async fn push_quality(hub: &Hub) {
         return;
     };
     let now = std::time::Instant::now();
+    hub.link_levels
+        .retain(|p, _| links.iter().any(|l| &l.participant == p));
     for l in links {
         if l.publish.is_none() && l.subscribe.is_none() {
             continue;
         }
+        let level = verdict(&l, &hub.config.health);
+        let before = hub.link_levels.insert(l.participant.clone(), level);
+        log_level_change(hub, &l, before, level);
         if let Some(mut t) = hub.tests.get_mut(&l.participant) {
             t.note(&l, now);
         }
@@ -119,13 +124,42 @@ pub async fn push_quality(hub: &Hub) {
         hub.send_to(
             &l.participant,
             ServerMessage::ConnectionQuality {
-                level: verdict(&l, &hub.config.health),
+                level,
                 rtt_ms: worst_rtt(&l).map(|r| r.round() as u32),
                 loss_percent: worst_loss(&l).map(|f| (f * 100.0) as f32),
                 bitrate_in,
                 bitrate_out,
             },
         );
+    }
+}
+
+/// The IT alert in the log: a hall's link turned poor (red), or recovered from poor.
+fn log_level_change(
+    hub: &Hub,
+    l: &ParticipantLinks,
+    before: Option<QualityLevel>,
+    now: QualityLevel,
+) {
+    let was_poor = before == Some(QualityLevel::Poor);
+    if was_poor == (now == QualityLevel::Poor) {
+        return;
+    }
+    let name = hub
+        .identity(&l.room, &l.participant)
+        .map(|w| w.name)
+        .unwrap_or_default();
+    let loss = worst_loss(l).map(|f| format!("{:.1} %", f * 100.0));
+    let jitter = audio_jitter(l).map(|j| format!("{j:.0} ms"));
+    let state = |h: &Option<LinkHealth>| h.as_ref().map(|h| h.state.clone());
+    if now == QualityLevel::Poor {
+        tracing::warn!(
+            room = %l.room, participant = %l.participant, %name, ?loss, ?jitter,
+            publish = ?state(&l.publish), subscribe = ?state(&l.subscribe),
+            "link poor (red)"
+        );
+    } else {
+        tracing::info!(room = %l.room, participant = %l.participant, %name, level = ?now, "link recovered");
     }
 }
 
