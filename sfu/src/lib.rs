@@ -12,6 +12,7 @@ pub mod forwarder;
 pub mod health;
 pub mod keyframe;
 pub mod router;
+pub mod tcp;
 pub mod udp;
 pub mod vp8;
 mod worker;
@@ -33,6 +34,9 @@ pub struct SfuConfig {
     pub udp_port: u16,
     pub announced_ips: Vec<IpAddr>,
     pub workers: usize,
+    /// ICE-TCP port of the first worker (worker `i` uses `tcp_port + i`); `None` = ICE-TCP off, `Some(0)` = any
+    /// free port (tests).
+    pub tcp_port: Option<u16>,
 }
 
 /// The addresses to announce: configured ones, else the listen address if specific, else this machine's
@@ -72,6 +76,7 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
     let ips = announced_ips(config);
     let mut workers = Vec::new();
     let mut media_addrs = Vec::new();
+    let mut tcp_addrs = Vec::new();
     for i in 0..config.workers.max(1) {
         let port = if config.udp_port == 0 {
             0
@@ -80,14 +85,29 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
         };
         let socket = udp::MediaSocket::bind(SocketAddr::new(config.listen_ip, port))?;
         let local = socket.local_addr()?;
+        let tcp_listener = match config.tcp_port {
+            None => None,
+            Some(0) => Some(tcp::TcpMedia::bind(SocketAddr::new(config.listen_ip, 0))?),
+            Some(p) => Some(tcp::TcpMedia::bind(SocketAddr::new(
+                config.listen_ip,
+                p.saturating_add(i as u16),
+            ))?),
+        };
+        let tcp_local = tcp_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let endpoint = connection::Endpoint {
             candidates: ips
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, local.port()))
                 .collect(),
+            tcp_candidates: tcp_local
+                .map(|t| ips.iter().map(|ip| SocketAddr::new(*ip, t.port())).collect())
+                .unwrap_or_default(),
             certificate: connection::worker_certificate(),
         };
-        tracing::info!(worker = i, addr = %local, candidates = ?endpoint.candidates, "media worker listening");
+        tracing::info!(worker = i, addr = %local, tcp = ?tcp_local, candidates = ?endpoint.candidates, tcp_candidates = ?endpoint.tcp_candidates, "media worker listening");
         let (tx, rx) = mpsc::unbounded_channel();
         let events = events_tx.clone();
         std::thread::Builder::new()
@@ -105,14 +125,31 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
                 };
                 runtime.block_on(async move {
                     // The socket is registered with this thread's reactor.
+                    let tcp = match tcp_listener
+                        .map(|l| tcp::TcpMedia::from_std(l, endpoint.tcp_candidates.clone()))
+                        .transpose()
+                    {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            tracing::error!(error = %e, "media TCP listener unusable");
+                            None
+                        }
+                    };
                     match udp::MediaSocket::from_std(socket) {
-                        Ok(socket) => worker::Worker::new(socket, endpoint, events).run(rx).await,
+                        Ok(socket) => {
+                            worker::Worker::new(socket, tcp, endpoint, events)
+                                .run(rx)
+                                .await
+                        }
                         Err(e) => tracing::error!(error = %e, "media socket unusable"),
                     }
                 });
             })?;
         workers.push(tx);
         media_addrs.push(local);
+        tcp_addrs.extend(tcp_local);
     }
-    Ok((SfuHandle::new(workers, media_addrs), events_rx))
+    let mut handle = SfuHandle::new(workers, media_addrs);
+    handle.tcp_addrs = tcp_addrs;
+    Ok((handle, events_rx))
 }

@@ -15,6 +15,7 @@ use crate::forwarder::{Drop as FwdDrop, Forwarder};
 use crate::health::{LinkCounters, RtcLinkStats, link_health, read_rtc_stats};
 use crate::keyframe::KeyframeThrottle;
 use crate::router::{ConnId, Router};
+use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
 use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
@@ -55,6 +56,8 @@ struct Conn {
     local_addr: SocketAddr,
     /// The real destination IP of the peer's packets, used as source IP when the socket is bound to 0.0.0.0.
     src_ip: Option<IpAddr>,
+    /// The ICE-TCP stream this connection is bound to, if its client came over TCP.
+    tcp_stream: Option<crate::tcp::StreamId>,
     next_timeout: Option<Instant>,
     dirty: bool,
     state: RTCPeerConnectionState,
@@ -117,6 +120,9 @@ struct Room {
 
 pub struct Worker {
     socket: MediaSocket,
+    /// ICE-TCP listener and streams (`None`: ICE-TCP off).
+    tcp: Option<TcpMedia>,
+    tcp_frames: Vec<Frame>,
     endpoint: Endpoint,
     outbox: Outbox,
     router: Router,
@@ -136,11 +142,14 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         socket: MediaSocket,
+        tcp: Option<TcpMedia>,
         endpoint: Endpoint,
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
         Worker {
             socket,
+            tcp,
+            tcp_frames: Vec::new(),
             endpoint,
             outbox: Outbox::default(),
             router: Router::default(),
@@ -180,6 +189,7 @@ impl Worker {
                     }
                     self.receive();
                 }
+                Some(ev) = next_tcp_event(&mut self.tcp) => self.on_tcp_event(ev),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
@@ -204,6 +214,82 @@ impl Worker {
             self.stats.bytes_out += sent.bytes;
             self.stats.send_dropped += sent.dropped;
         }
+        if let Some(tcp) = &mut self.tcp {
+            tcp.flush(Instant::now());
+        }
+    }
+
+    // ---------------------------------------------------------------- ICE-TCP
+
+    fn on_tcp_event(&mut self, ev: TcpEvent) {
+        let now = Instant::now();
+        let Some(tcp) = &mut self.tcp else { return };
+        match ev {
+            TcpEvent::Accepted(Ok((stream, peer))) => {
+                if tcp.add(stream, peer, now).is_none() {
+                    debug!(%peer, "ICE-TCP stream refused: too many waiting for their first request");
+                }
+            }
+            TcpEvent::Accepted(Err(e)) => debug!(error = %e, "ICE-TCP accept failed"),
+            TcpEvent::Wake(id, Wake::Readable) => {
+                let mut frames = std::mem::take(&mut self.tcp_frames);
+                tcp.read(id, &mut frames);
+                for frame in frames.drain(..) {
+                    self.on_tcp_frame(now, frame);
+                }
+                self.tcp_frames = frames;
+            }
+            TcpEvent::Wake(id, Wake::Writable) => tcp.on_writable(id, now),
+            TcpEvent::Wake(_, Wake::Cancelled) => {}
+        }
+    }
+
+    /// One RFC 4571 frame from a stream: the first routes the stream (a binding request for a known ufrag, else
+    /// the stream is closed); every frame then goes to the connection, tagged as TCP.
+    fn on_tcp_frame(&mut self, now: Instant, frame: Frame) {
+        let Some(tcp) = &mut self.tcp else { return };
+        let Some((peer, local, conn)) = tcp.info(frame.stream) else {
+            return;
+        };
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += frame.bytes.len() as u64;
+        let conn_id = match conn {
+            Some(c) => c,
+            None => match self.router.route_tcp(peer, &frame.bytes) {
+                Some(c) if self.conns.contains_key(&c) => {
+                    tcp.bind_conn(frame.stream, c);
+                    if let Some(conn) = self.conns.get_mut(&c) {
+                        conn.tcp_stream = Some(frame.stream);
+                    }
+                    debug!(%peer, conn = c, "ICE-TCP stream routed");
+                    c
+                }
+                _ => {
+                    self.stats.unroutable += 1;
+                    tcp.close(frame.stream, CloseReason::Garbage);
+                    return;
+                }
+            },
+        };
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            tcp.close(frame.stream, CloseReason::ConnectionGone);
+            return;
+        };
+        conn.link.received(frame.bytes.len());
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: peer,
+                ecn: None,
+                transport_protocol: TransportProtocol::TCP,
+            },
+            message: frame.bytes,
+        };
+        if let Err(e) = conn.pc.handle_read(msg) {
+            debug!(participant = %conn.participant, leg = ?conn.leg, error = %e, "dropped TCP frame");
+        }
+        self.drain(conn_id, now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -761,6 +847,7 @@ impl Worker {
                 leg,
                 local_addr,
                 src_ip: None,
+                tcp_stream: None,
                 next_timeout: None,
                 dirty: false,
                 state: RTCPeerConnectionState::New,
@@ -1081,6 +1168,10 @@ impl Worker {
                 s.connections = self.conns.len();
                 s.producers = self.producers.len();
                 s.consumers = self.producers.values().map(|p| p.consumers.len()).sum();
+                if let Some(tcp) = &self.tcp {
+                    s.tcp_streams = tcp.len();
+                    s.tcp = tcp.stats;
+                }
                 let _ = reply.send(s);
             }
             Command::Links { reply } => {
@@ -1211,8 +1302,14 @@ impl Worker {
         if let Some(mut conn) = self.conns.remove(&id) {
             let _ = conn.pc.close();
             while let Some(msg) = conn.pc.poll_write() {
-                self.outbox
-                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                if msg.transport.transport_protocol == TransportProtocol::TCP {
+                    if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
+                        tcp.queue(stream, &msg.message);
+                    }
+                } else {
+                    self.outbox
+                        .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                }
             }
         }
     }
@@ -1250,6 +1347,10 @@ impl Worker {
         }
         for conn in conns.values_mut() {
             conn.link.update_rates(now);
+        }
+        if let Some(tcp) = &mut self.tcp {
+            let conns = &self.conns;
+            tcp.sweep(now, |c| conns.contains_key(&c));
         }
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);
@@ -1310,8 +1411,15 @@ impl Worker {
             conn.dirty = false;
             while let Some(msg) = conn.pc.poll_write() {
                 conn.link.sent(msg.message.len());
-                self.outbox
-                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                if msg.transport.transport_protocol == TransportProtocol::TCP {
+                    // Framed into the stream's bounded buffer (full: dropped, as on a full UDP socket).
+                    if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
+                        tcp.queue(stream, &msg.message);
+                    }
+                } else {
+                    self.outbox
+                        .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                }
             }
             conn.next_timeout = conn.pc.poll_timeout();
         }
@@ -1325,7 +1433,18 @@ impl Worker {
             self.close_conn(id);
         }
         let _ = self.outbox.flush(&self.socket);
+        if let Some(tcp) = &mut self.tcp {
+            tcp.flush(Instant::now());
+        }
         info!("media worker stopped");
+    }
+}
+
+/// The next ICE-TCP event, or never when ICE-TCP is off.
+async fn next_tcp_event(tcp: &mut Option<TcpMedia>) -> Option<TcpEvent> {
+    match tcp {
+        Some(tcp) => Some(tcp.next_event().await),
+        None => std::future::pending().await,
     }
 }
 
