@@ -382,6 +382,11 @@ impl Hub {
                     participants: others,
                     state: meeting_state(room, Instant::now()),
                     chat,
+                    ice_servers: crate::turn::ice_servers(
+                        &self.config.turn,
+                        &identity.participant_id,
+                        crate::turn::unix_now(),
+                    ),
                 },
             );
             self.rooms_of

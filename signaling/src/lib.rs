@@ -14,6 +14,7 @@ pub mod rules;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod turn;
 
 use giaoban_config::Config;
 use giaoban_sfu::SfuConfig;
