@@ -107,6 +107,9 @@ pub struct TcpMedia {
     /// Streams with bytes to write (each at most once).
     pending_writes: Vec<StreamId>,
     scratch: Vec<u8>,
+    /// After a failed accept (e.g. out of file descriptors), accepting pauses until this time instead of
+    /// spinning the loop.
+    accept_paused_until: Option<Instant>,
     pub stats: TcpStats,
 }
 
@@ -136,6 +139,7 @@ impl TcpMedia {
             wakes: FuturesUnordered::new(),
             pending_writes: Vec::new(),
             scratch: vec![0; READ_CHUNK],
+            accept_paused_until: None,
             stats: TcpStats::default(),
         })
     }
@@ -150,8 +154,16 @@ impl TcpMedia {
 
     /// The next accepted stream or stream wake-up (cancel-safe).
     pub async fn next_event(&mut self) -> TcpEvent {
+        let accepting = self
+            .accept_paused_until
+            .is_none_or(|t| Instant::now() >= t);
         tokio::select! {
-            r = self.listener.accept() => TcpEvent::Accepted(r),
+            r = self.listener.accept(), if accepting => {
+                self.accept_paused_until = r
+                    .is_err()
+                    .then(|| Instant::now() + Duration::from_millis(100));
+                TcpEvent::Accepted(r)
+            }
             Some((id, wake)) = self.wakes.next() => TcpEvent::Wake(id, wake),
         }
     }

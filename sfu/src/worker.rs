@@ -192,6 +192,9 @@ impl Worker {
                 Some(ev) = next_tcp_event(&mut self.tcp) => self.on_tcp_event(ev),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
+            // The socket branch comes first in the biased select: under a steady UDP load, serve the TCP
+            // streams that are ready as well, every turn.
+            self.serve_ready_tcp();
             let now = Instant::now();
             self.handle_timeouts(now);
             if now >= next_tick {
@@ -220,6 +223,17 @@ impl Worker {
     }
 
     // ---------------------------------------------------------------- ICE-TCP
+
+    fn serve_ready_tcp(&mut self) {
+        use futures_util::FutureExt;
+        const MAX_TCP_EVENTS_PER_TURN: usize = 64;
+        for _ in 0..MAX_TCP_EVENTS_PER_TURN {
+            match next_tcp_event(&mut self.tcp).now_or_never() {
+                Some(Some(ev)) => self.on_tcp_event(ev),
+                _ => break,
+            }
+        }
+    }
 
     fn on_tcp_event(&mut self, ev: TcpEvent) {
         let now = Instant::now();
