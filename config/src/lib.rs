@@ -561,7 +561,8 @@ mod tests {
         c.apply_env([
             (
                 "GIAOBAN_TURN_URLS".to_string(),
-                "turn:127.0.0.1:3478?transport=udp, turns:turn.example.vn:443?transport=tcp".to_string(),
+                "turn:127.0.0.1:3478?transport=udp, turns:turn.example.vn:443?transport=tcp"
+                    .to_string(),
             ),
             ("GIAOBAN_MEDIA_TCP_PORT".to_string(), "443".to_string()),
         ])
@@ -573,7 +574,12 @@ mod tests {
         c.turn.secret = "s3cret".into();
         c.validate().expect("valid with a secret");
         c.turn.urls = vec!["http://x".into()];
-        assert!(c.validate().expect_err("bad url").to_string().contains("turn.urls"));
+        assert!(
+            c.validate()
+                .expect_err("bad url")
+                .to_string()
+                .contains("turn.urls")
+        );
         c.turn.urls.clear();
         c.turn.credential_lifetime_secs = 1;
         assert!(

@@ -93,17 +93,18 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
                 p.saturating_add(i as u16),
             ))?),
         };
-        let tcp_local = tcp_listener
-            .as_ref()
-            .map(|l| l.local_addr())
-            .transpose()?;
+        let tcp_local = tcp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let endpoint = connection::Endpoint {
             candidates: ips
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, local.port()))
                 .collect(),
             tcp_candidates: tcp_local
-                .map(|t| ips.iter().map(|ip| SocketAddr::new(*ip, t.port())).collect())
+                .map(|t| {
+                    ips.iter()
+                        .map(|ip| SocketAddr::new(*ip, t.port()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             certificate: connection::worker_certificate(),
         };

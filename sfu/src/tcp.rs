@@ -128,7 +128,10 @@ impl TcpMedia {
     }
 
     /// Take a bound listener into the current thread's tokio reactor.
-    pub fn from_std(listener: std::net::TcpListener, candidates: Vec<SocketAddr>) -> io::Result<Self> {
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        candidates: Vec<SocketAddr>,
+    ) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         Ok(TcpMedia {
             listener: TcpListener::from_std(listener)?,
@@ -154,9 +157,7 @@ impl TcpMedia {
 
     /// The next accepted stream or stream wake-up (cancel-safe).
     pub async fn next_event(&mut self) -> TcpEvent {
-        let accepting = self
-            .accept_paused_until
-            .is_none_or(|t| Instant::now() >= t);
+        let accepting = self.accept_paused_until.is_none_or(|t| Instant::now() >= t);
         tokio::select! {
             r = self.listener.accept(), if accepting => {
                 self.accept_paused_until = r
@@ -261,7 +262,10 @@ impl TcpMedia {
         }
         let mut pos = 0;
         while stream.inbuf.len() - pos >= 2 {
-            let len = usize::from(u16::from_be_bytes([stream.inbuf[pos], stream.inbuf[pos + 1]]));
+            let len = usize::from(u16::from_be_bytes([
+                stream.inbuf[pos],
+                stream.inbuf[pos + 1],
+            ]));
             if len == 0 {
                 end = Some(CloseReason::Garbage);
                 break;

@@ -87,7 +87,10 @@ mod tests {
             Some(credential("north-secret", username).as_str())
         );
         // Another secret gives another password; another participant another username.
-        assert_ne!(credential("other", username), credential("north-secret", username));
+        assert_ne!(
+            credential("other", username),
+            credential("north-secret", username)
+        );
         let other = ice_servers(&config, "p-8", 1_800_000_000);
         assert_ne!(other[0].username, s.username);
         assert!(ice_servers(&TurnConfig::default(), "p-7", 0).is_empty());

@@ -26,8 +26,15 @@ fn free_tcp_port(ip: IpAddr) -> u16 {
 
 /// A 1:1 NAT for UDP: datagrams to `public` go on to `private` from one inside socket per outside client, and
 /// the replies go back out from `public`. Returns the task and how many datagrams went through.
-async fn udp_nat(public: SocketAddr, private: SocketAddr) -> (JoinHandle<()>, Arc<std::sync::atomic::AtomicU64>) {
-    let outside = Arc::new(UdpSocket::bind(public).await.expect("NAT binds the public UDP address"));
+async fn udp_nat(
+    public: SocketAddr,
+    private: SocketAddr,
+) -> (JoinHandle<()>, Arc<std::sync::atomic::AtomicU64>) {
+    let outside = Arc::new(
+        UdpSocket::bind(public)
+            .await
+            .expect("NAT binds the public UDP address"),
+    );
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = count.clone();
     let task = tokio::spawn(async move {
@@ -65,7 +72,9 @@ async fn udp_nat(public: SocketAddr, private: SocketAddr) -> (JoinHandle<()>, Ar
 
 /// The same NAT for TCP: each connection to `public` is joined to a new one to `private`.
 async fn tcp_nat(public: SocketAddr, private: SocketAddr) -> JoinHandle<()> {
-    let listener = TcpListener::bind(public).await.expect("NAT binds the public TCP address");
+    let listener = TcpListener::bind(public)
+        .await
+        .expect("NAT binds the public TCP address");
     tokio::spawn(async move {
         while let Ok((mut outside, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -86,7 +95,11 @@ async fn behind_one_to_one_nat_the_announced_address_is_offered_and_works() {
     let server = TestServer::start_with(config).await;
     let hub = server.hub();
     let (udp_private, tcp_private) = (server.media, hub.sfu.tcp_addrs[0]);
-    assert_eq!(udp_private.ip(), IpAddr::from([127, 0, 0, 1]), "binds the listen address");
+    assert_eq!(
+        udp_private.ip(),
+        IpAddr::from([127, 0, 0, 1]),
+        "binds the listen address"
+    );
     let (udp_task, through_nat) =
         udp_nat(SocketAddr::new(public_ip, udp_private.port()), udp_private).await;
     let tcp_task = tcp_nat(SocketAddr::new(public_ip, tcp_private.port()), tcp_private).await;
@@ -102,7 +115,10 @@ async fn behind_one_to_one_nat_the_announced_address_is_offered_and_works() {
         ws.send(&giaoban_signaling::protocol::ClientMessage::PublishOffer { sdp })?;
         match ws
             .wait_message_since(from, Duration::from_secs(10), |m| {
-                matches!(m, giaoban_signaling::protocol::ServerMessage::PublishAnswer { .. })
+                matches!(
+                    m,
+                    giaoban_signaling::protocol::ServerMessage::PublishAnswer { .. }
+                )
             })
             .await?
         {
@@ -127,7 +143,10 @@ async fn behind_one_to_one_nat_the_announced_address_is_offered_and_works() {
     );
     assert!(
         candidates.iter().any(|c| c.contains(" tcp ")
-            && c.contains(&format!("127.0.0.2 {} typ host tcptype passive", tcp_private.port()))),
+            && c.contains(&format!(
+                "127.0.0.2 {} typ host tcptype passive",
+                tcp_private.port()
+            ))),
         "a passive TCP candidate on the announced address: {candidates:#?}"
     );
     assert!(
@@ -138,10 +157,15 @@ async fn behind_one_to_one_nat_the_announced_address_is_offered_and_works() {
     let mut opts = server.opts(room, "Xã qua NAT (TCP)");
     opts.ice_tcp = true;
     let tcp = SimEndpoint::connect(opts).await.expect("TCP hall joins");
-    tcp.publish().await.expect("publishes over TCP through the NAT");
+    tcp.publish()
+        .await
+        .expect("publishes over TCP through the NAT");
     wait_all_flowing(&[&udp, &tcp], &[&udp, &tcp], Duration::from_secs(15)).await;
     let stats = hub.sfu.stats().await.expect("stats");
-    assert_eq!(stats.tcp_streams, 2, "the TCP hall's two connections came through the TCP NAT");
+    assert_eq!(
+        stats.tcp_streams, 2,
+        "the TCP hall's two connections came through the TCP NAT"
+    );
     assert!(
         through_nat.load(std::sync::atomic::Ordering::Relaxed) > 100,
         "the UDP hall's media went through the NAT"

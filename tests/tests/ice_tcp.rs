@@ -37,7 +37,9 @@ async fn endpoint_without_udp_exchanges_media_over_ice_tcp() {
     let mut opts = server.opts(room, "Xã chặn UDP");
     opts.ice_tcp = true;
     let tcp = SimEndpoint::connect(opts).await.expect("TCP hall joins");
-    tcp.publish().await.expect("TCP hall publishes over ICE-TCP");
+    tcp.publish()
+        .await
+        .expect("TCP hall publishes over ICE-TCP");
     let all = [&udp, &tcp];
     wait_all_flowing(&all, &all, Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -50,7 +52,9 @@ async fn endpoint_without_udp_exchanges_media_over_ice_tcp() {
         for kind in [TrackKind::Audio, TrackKind::Video] {
             let stats = received[si]
                 .track_from(&publisher.id(), kind)
-                .unwrap_or_else(|| panic!("{} has no {kind:?} from {}", sub.name(), publisher.name()));
+                .unwrap_or_else(|| {
+                    panic!("{} has no {kind:?} from {}", sub.name(), publisher.name())
+                });
             let (total, slack) = match kind {
                 TrackKind::Audio => (sent[pi].audio_packets, 15),
                 TrackKind::Video => (sent[pi].video_packets, 9 * 8 + 8),
@@ -68,11 +72,21 @@ async fn endpoint_without_udp_exchanges_media_over_ice_tcp() {
     }
     // The TCP hall's two connections (publish, subscribe) are two routed streams on the TCP port.
     let stats = hub.sfu.stats().await.expect("stats");
-    println!("server ICE-TCP: {:?}, {} streams open", stats.tcp, stats.tcp_streams);
-    assert_eq!(stats.tcp_streams, 2, "one TCP stream per connection of the TCP hall");
+    println!(
+        "server ICE-TCP: {:?}, {} streams open",
+        stats.tcp, stats.tcp_streams
+    );
+    assert_eq!(
+        stats.tcp_streams, 2,
+        "one TCP stream per connection of the TCP hall"
+    );
     assert!(stats.tcp.accepted >= 2);
     assert_eq!(stats.tcp.send_dropped, 0);
-    assert_ne!(tcp_addr.port(), server.media.port(), "TCP port is its own setting");
+    assert_ne!(
+        tcp_addr.port(),
+        server.media.port(),
+        "TCP port is its own setting"
+    );
 
     for ep in all {
         ep.close().await;
@@ -87,7 +101,9 @@ async fn garbage_and_silent_tcp_streams_are_dropped_and_the_room_carries_on() {
     let tcp_addr = hub.sfu.tcp_addrs[0];
 
     // Garbage: a frame that is not a STUN binding request for a known connection. Closed at once.
-    let mut garbage = tokio::net::TcpStream::connect(tcp_addr).await.expect("connect");
+    let mut garbage = tokio::net::TcpStream::connect(tcp_addr)
+        .await
+        .expect("connect");
     garbage
         .write_all(&[0, 8, 0x80, 0x60, 0, 1, 0, 0, 0, 0])
         .await
@@ -101,7 +117,9 @@ async fn garbage_and_silent_tcp_streams_are_dropped_and_the_room_carries_on() {
 
     // Silence: closed after the unrouted timeout (5 s), not before.
     let started = Instant::now();
-    let mut silent = tokio::net::TcpStream::connect(tcp_addr).await.expect("connect");
+    let mut silent = tokio::net::TcpStream::connect(tcp_addr)
+        .await
+        .expect("connect");
     let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
         .await
         .expect("silent stream closed within 10 s")
@@ -116,10 +134,16 @@ async fn garbage_and_silent_tcp_streams_are_dropped_and_the_room_carries_on() {
     // Too many streams waiting for their first request: the excess is refused at once.
     let mut waiting = Vec::new();
     for _ in 0..giaoban_sfu::tcp::MAX_UNROUTED {
-        waiting.push(tokio::net::TcpStream::connect(tcp_addr).await.expect("connect"));
+        waiting.push(
+            tokio::net::TcpStream::connect(tcp_addr)
+                .await
+                .expect("connect"),
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut excess = tokio::net::TcpStream::connect(tcp_addr).await.expect("connect");
+    let mut excess = tokio::net::TcpStream::connect(tcp_addr)
+        .await
+        .expect("connect");
     let n = tokio::time::timeout(Duration::from_secs(2), excess.read(&mut buf))
         .await
         .expect("excess stream refused within 2 s")
