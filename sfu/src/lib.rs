@@ -40,7 +40,8 @@ pub struct SfuConfig {
 }
 
 /// The addresses to announce: configured ones, else the listen address if specific, else this machine's
-/// non-loopback addresses (loopback if there are none).
+/// non-loopback addresses (loopback if there are none). Listening on `::` (dual-stack) announces both the IPv4
+/// and the IPv6 addresses; on `0.0.0.0` only the IPv4 ones.
 pub fn announced_ips(config: &SfuConfig) -> Vec<IpAddr> {
     if !config.announced_ips.is_empty() {
         return config.announced_ips.clone();
@@ -49,16 +50,19 @@ pub fn announced_ips(config: &SfuConfig) -> Vec<IpAddr> {
         return vec![config.listen_ip];
     }
     let want_v4 = config.listen_ip.is_ipv4();
+    let dual_stack = !want_v4;
     let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
         .map(|i| i.ip())
-        .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == want_v4)
+        .filter(|ip| !ip.is_loopback() && (dual_stack || ip.is_ipv4() == want_v4))
         .filter(|ip| match ip {
             IpAddr::V6(v6) => !v6.is_unicast_link_local(),
             IpAddr::V4(v4) => !v4.is_link_local(),
         })
         .collect();
+    // IPv4 first: browsers try the higher-priority candidates first, and the first is the default address.
+    ips.sort_by_key(|ip| ip.is_ipv6());
     ips.dedup();
     if ips.is_empty() {
         ips.push(if want_v4 {
@@ -68,6 +72,12 @@ pub fn announced_ips(config: &SfuConfig) -> Vec<IpAddr> {
         });
     }
     ips
+}
+
+/// An address as the rest of the media plane sees it: an IPv4-mapped IPv6 address (an IPv4 peer of a
+/// dual-stack `::` socket) becomes the plain IPv4 one, which is what the candidates carry.
+pub fn canonical(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Bind the media sockets and start the workers (one thread each).

@@ -177,7 +177,9 @@ impl TcpMedia {
             return None;
         }
         let _ = io.set_nodelay(true);
-        let arrived_at = io.local_addr().map(|a| a.ip()).ok();
+        // IPv4 peers of a dual-stack (`::`) listener come as IPv4-mapped IPv6: use the plain IPv4 form.
+        let peer = crate::canonical(peer);
+        let arrived_at = io.local_addr().map(|a| a.ip().to_canonical()).ok();
         let local = self
             .candidates
             .iter()

@@ -50,8 +50,8 @@ async fn main() -> anyhow::Result<()> {
         for ip in giaoban_sfu::announced_ips(&media) {
             if !ip.is_loopback() {
                 println!(
-                    "  from the LAN: {scheme}://{ip}:{}/",
-                    server.http_addr.port()
+                    "  from the LAN: {scheme}://{}/",
+                    std::net::SocketAddr::new(ip, server.http_addr.port())
                 );
             }
         }

@@ -5,6 +5,9 @@
 //     other's video, and the selected candidate pair of both their connections must be a relay one.
 // (b) ICE-TCP: the server and Chromium run in a network namespace whose firewall drops every UDP packet; the
 //     server offers its TCP port. Two pages must decode each other's video over TCP pairs.
+// (c) Dual stack: the server's media port on `::` in a namespace with an IPv4 and an IPv6 address. With IPv4 UDP
+//     dropped the pages connect over the IPv6 host candidate; with IPv6 UDP dropped over the IPv4 one (IPv4
+//     peers of the `::` socket, seen as IPv4-mapped addresses by the kernel).
 //
 // Needs root (network namespaces, iptables) and coturn; a test whose tool is missing fails and says which.
 
@@ -254,3 +257,69 @@ test('UDP blocked: Chromium reaches the server over ICE-TCP', { timeout: 120_000
     }
   }
 });
+
+/**
+ * A namespace with a veth pair carrying 10.77.0.1/24 and fd77::1/64 (both ends inside), the server listening on
+ * `::` (dual-stack), and Chromium there too; `blocked` ('ipv4' or 'ipv6') is the UDP family its firewall drops.
+ * Both pages must decode each other, over a pair whose remote (server) address is of the other family.
+ */
+async function dualStackCase(blocked) {
+  const ns = `net-ds${blocked === 'ipv4' ? 4 : 6}-${process.pid}`;
+  const run = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
+  let server;
+  let browser;
+  const people = [];
+  try {
+    run('ip', ['netns', 'add', ns]);
+    run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    run('ip', ['-n', ns, 'link', 'add', 'gb0', 'type', 'veth', 'peer', 'name', 'gb1']);
+    run('ip', ['-n', ns, 'addr', 'add', '10.77.0.1/24', 'dev', 'gb0']);
+    run('ip', ['-n', ns, 'addr', 'add', 'fd77::1/64', 'dev', 'gb0', 'nodad']);
+    run('ip', ['-n', ns, 'link', 'set', 'gb0', 'up']);
+    run('ip', ['-n', ns, 'link', 'set', 'gb1', 'up']);
+    const tables = blocked === 'ipv4' ? 'iptables' : 'ip6tables';
+    run('ip', ['netns', 'exec', ns, tables, '-A', 'INPUT', '-p', 'udp', '-j', 'DROP']);
+
+    server = await startServer({
+      prefix: 'giaoban-ds-',
+      // Media on `::` inside the namespace: its announced addresses are 10.77.0.1 and fd77::1.
+      settings: { GIAOBAN_AUTH_OPEN_ROOMS: 'true', GIAOBAN_MEDIA_LISTEN_IP: '::' },
+      wrap: ['ip', 'netns', 'exec', ns],
+    });
+    const wrapper = join(tmp, `chromium-in-${ns}.sh`);
+    writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    browser = await launchBrowser([], wrapper);
+    const room = `giao-ban-ds-${Date.now()}`;
+    for (const [i, p] of PEOPLE.entries()) people.push(await openPage(browser, server, p, room, i));
+    await bothDecode(people);
+    const want = blocked === 'ipv4' ? 'fd77::1' : '10.77.0.1';
+    for (const p of people) {
+      for (const leg of ['publish', 'subscribe']) {
+        const pair = await waitFor(() => selectedPair(p.page, leg), { what: `"${p.name}" ${leg} selected pair` });
+        assert.equal(pair.remote.address, want, `"${p.name}" ${leg}: ${JSON.stringify(pair)}`);
+        assert.equal(pair.remote.protocol, 'udp');
+      }
+    }
+  } catch (err) {
+    err.message += `\n${harnessDiagnostics(server, people)}`;
+    throw err;
+  } finally {
+    for (const p of people) await p.context.close().catch(() => {});
+    await browser?.close().catch(() => {});
+    await stopServer(server);
+    try {
+      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+    } catch {
+      // never created
+    }
+  }
+}
+
+test('dual-stack media port: IPv6 host candidates carry media when IPv4 UDP is blocked', { timeout: 120_000 }, () =>
+  dualStackCase('ipv4'),
+);
+
+test('dual-stack media port: IPv4 peers of the :: socket carry media when IPv6 UDP is blocked', { timeout: 120_000 }, () =>
+  dualStackCase('ipv6'),
+);
