@@ -48,7 +48,8 @@ async fn main() -> anyhow::Result<()> {
             tcp_port: None,
         };
         for ip in giaoban_sfu::announced_ips(&media) {
-            if !ip.is_loopback() {
+            // HTTP on 0.0.0.0 is not reachable at the IPv6 addresses a dual-stack media port announces.
+            if !ip.is_loopback() && (ip.is_ipv4() || listen.is_ipv6()) {
                 println!(
                     "  from the LAN: {scheme}://{}/",
                     std::net::SocketAddr::new(ip, server.http_addr.port())
