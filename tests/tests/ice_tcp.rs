@@ -87,6 +87,20 @@ async fn endpoint_without_udp_exchanges_media_over_ice_tcp() {
         server.media.port(),
         "TCP port is its own setting"
     );
+    // IT staff see it in /metrics.
+    let (status, metrics) = giaoban_tests::sim::http_get(server.http, "/metrics")
+        .await
+        .expect("GET /metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.lines().any(|l| l == "giaoban_media_tcp_streams 2"),
+        "/metrics has the open ICE-TCP streams: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("tcp"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     for ep in all {
         ep.close().await;
