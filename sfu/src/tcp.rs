@@ -57,6 +57,9 @@ pub enum CloseReason {
     Ended,
     /// A frame that is not a binding request for a known connection came first, or an empty frame.
     Garbage,
+    /// A binding request for a connection already bound to another client address (its UDP pair was checked
+    /// first): the normal end of the TCP pair of a browser whose UDP works.
+    OtherPair,
     /// Not routed within [`UNROUTED_TIMEOUT`].
     Idle,
     /// No write progress for [`STUCK_AFTER`].
@@ -306,6 +309,8 @@ impl TcpMedia {
         }
         if stream.outbuf.len() == stream.out_pos {
             self.pending_writes.push(id);
+            // The stuck clock starts when bytes start waiting, not at the last write of an idle stream.
+            stream.last_write_progress = Instant::now();
         }
         stream.outbuf.extend_from_slice(&len.to_be_bytes());
         stream.outbuf.extend_from_slice(packet);
@@ -378,7 +383,7 @@ impl TcpMedia {
             CloseReason::Garbage => self.stats.closed_garbage += 1,
             CloseReason::Idle => self.stats.closed_idle += 1,
             CloseReason::Stuck => self.stats.closed_stuck += 1,
-            CloseReason::Ended | CloseReason::ConnectionGone => {}
+            CloseReason::Ended | CloseReason::ConnectionGone | CloseReason::OtherPair => {}
         }
         tracing::debug!(peer = %stream.peer, ?reason, "ICE-TCP stream closed");
         // The pending wake-ups hold the socket; cancelling them lets it close.
@@ -408,5 +413,108 @@ impl TcpMedia {
         for (id, r) in doomed {
             self.close(id, r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Accept one stream and collect frames until `want` arrived or the stream closed.
+    async fn frames_of(tcp: &mut TcpMedia, want: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut frames = Vec::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while frames.len() < want && Instant::now() < deadline {
+            let ev = tokio::time::timeout(Duration::from_secs(5), tcp.next_event())
+                .await
+                .expect("an event");
+            match ev {
+                TcpEvent::Accepted(r) => {
+                    let (io, peer) = r.expect("accepted");
+                    tcp.add(io, peer, Instant::now()).expect("taken");
+                }
+                TcpEvent::Wake(id, Wake::Readable) => {
+                    tcp.read(id, &mut out);
+                    frames.extend(out.drain(..).map(|f| f.bytes.to_vec()));
+                    if tcp.info(id).is_none() {
+                        return (frames, true);
+                    }
+                }
+                TcpEvent::Wake(..) => {}
+            }
+        }
+        (frames, false)
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_are_reassembled_and_writes_are_framed() {
+        let candidate: SocketAddr = "198.51.100.7:443".parse().expect("addr");
+        let listener = TcpMedia::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let mut tcp = TcpMedia::from_std(listener, vec![candidate]).expect("listener");
+        let mut client = TcpStream::connect(tcp.local_addr).await.expect("connect");
+        // Two frames (5 and 3 bytes), sent in pieces that cut through both the header and the payload.
+        let bytes = [0u8, 5, 1, 2, 3, 4, 5, 0, 3, 6, 7, 8];
+        let writer = tokio::spawn(async move {
+            for piece in [&bytes[..1], &bytes[1..4], &bytes[4..8], &bytes[8..]] {
+                client.write_all(piece).await.expect("write");
+                client.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client
+        });
+        let (frames, closed) = frames_of(&mut tcp, 2).await;
+        assert_eq!(frames, vec![vec![1, 2, 3, 4, 5], vec![6, 7, 8]]);
+        assert!(!closed);
+        let mut client = writer.await.expect("writer");
+        // The stream counts as arriving at the announced candidate; it is not routed yet.
+        let id = tcp.streams.keys().copied().next().expect("one stream");
+        let (_, local, conn) = tcp.info(id).expect("info");
+        assert_eq!((local, conn), (candidate, None));
+        // Outgoing packets get the 2-byte length.
+        tcp.queue(id, &[9, 9, 9]);
+        tcp.queue(id, &[]);
+        tcp.flush(Instant::now());
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, [0, 3, 9, 9, 9, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_frame_closes_the_stream_and_a_full_buffer_drops() {
+        let listener = TcpMedia::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let mut tcp = TcpMedia::from_std(listener, vec![]).expect("listener");
+        let mut client = TcpStream::connect(tcp.local_addr).await.expect("connect");
+        client.write_all(&[0, 0, 1]).await.expect("write");
+        let (frames, closed) = frames_of(&mut tcp, 1).await;
+        assert!(frames.is_empty() && closed);
+        assert!(tcp.is_empty());
+        assert_eq!(tcp.stats.closed_garbage, 1);
+
+        // A peer that reads nothing: queueing beyond the buffer drops, never blocks.
+        let _silent = TcpStream::connect(tcp.local_addr).await.expect("connect");
+        let ev = tcp.next_event().await;
+        let TcpEvent::Accepted(Ok((io, peer))) = ev else {
+            panic!("accept expected");
+        };
+        let id = tcp.add(io, peer, Instant::now()).expect("taken");
+        let packet = vec![7u8; 1200];
+        // More than the kernel's loopback buffers (a few MB) and ours together.
+        for _ in 0..(32 * MAX_WRITE_BUFFER / packet.len()) {
+            tcp.queue(id, &packet);
+            tcp.flush(Instant::now());
+        }
+        assert!(tcp.stats.send_dropped > 0, "{:?}", tcp.stats);
+        // Routed, its connection alive, but no write progress for STUCK_AFTER: the sweep closes it.
+        tcp.bind_conn(id, 1);
+        tcp.sweep(Instant::now(), |_| true);
+        assert_eq!(tcp.len(), 1, "not stuck yet");
+        tcp.sweep(
+            Instant::now() + STUCK_AFTER + Duration::from_secs(1),
+            |_| true,
+        );
+        assert!(tcp.is_empty());
+        assert_eq!(tcp.stats.closed_stuck, 1);
     }
 }

@@ -269,21 +269,30 @@ impl Worker {
         self.stats.bytes_in += frame.bytes.len() as u64;
         let conn_id = match conn {
             Some(c) => c,
-            None => match self.router.route_tcp(peer, &frame.bytes) {
-                Some(c) if self.conns.contains_key(&c) => {
-                    tcp.bind_conn(frame.stream, c);
-                    if let Some(conn) = self.conns.get_mut(&c) {
-                        conn.tcp_stream = Some(frame.stream);
+            None => {
+                let refused_before = self.router.other_pair_refused;
+                let routed = self.router.route_tcp(peer, &frame.bytes);
+                let other_pair = self.router.other_pair_refused != refused_before;
+                match routed {
+                    Some(c) if self.conns.contains_key(&c) => {
+                        tcp.bind_conn(frame.stream, c);
+                        if let Some(conn) = self.conns.get_mut(&c) {
+                            conn.tcp_stream = Some(frame.stream);
+                        }
+                        debug!(%peer, conn = c, "ICE-TCP stream routed");
+                        c
                     }
-                    debug!(%peer, conn = c, "ICE-TCP stream routed");
-                    c
+                    _ if other_pair => {
+                        tcp.close(frame.stream, CloseReason::OtherPair);
+                        return;
+                    }
+                    _ => {
+                        self.stats.unroutable += 1;
+                        tcp.close(frame.stream, CloseReason::Garbage);
+                        return;
+                    }
                 }
-                _ => {
-                    self.stats.unroutable += 1;
-                    tcp.close(frame.stream, CloseReason::Garbage);
-                    return;
-                }
-            },
+            }
         };
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             tcp.close(frame.stream, CloseReason::ConnectionGone);
