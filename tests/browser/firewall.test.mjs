@@ -258,6 +258,36 @@ test('UDP blocked: Chromium reaches the server over ICE-TCP', { timeout: 120_000
   }
 });
 
+test('UDP open: with the TCP port offered too, Chromium still uses UDP', { timeout: 90_000 }, async () => {
+  let server;
+  let browser;
+  const people = [];
+  try {
+    const tcpPort = await freeTcpPort();
+    server = await startServer({
+      prefix: 'giaoban-udp-first-',
+      settings: { GIAOBAN_AUTH_OPEN_ROOMS: 'true', GIAOBAN_MEDIA_TCP_PORT: String(tcpPort) },
+    });
+    browser = await launchBrowser();
+    const room = `giao-ban-udp-${Date.now()}`;
+    for (const [i, p] of PEOPLE.entries()) people.push(await openPage(browser, server, p, room, i));
+    await bothDecode(people);
+    for (const p of people) {
+      for (const leg of ['publish', 'subscribe']) {
+        const pair = await waitFor(() => selectedPair(p.page, leg), { what: `"${p.name}" ${leg} selected pair` });
+        assert.equal(pair.remote.protocol, 'udp', `"${p.name}" ${leg}: ${JSON.stringify(pair)}`);
+      }
+    }
+  } catch (err) {
+    err.message += `\n${harnessDiagnostics(server, people)}`;
+    throw err;
+  } finally {
+    for (const p of people) await p.context.close().catch(() => {});
+    await browser?.close().catch(() => {});
+    await stopServer(server);
+  }
+});
+
 /**
  * A namespace with a veth pair carrying 10.77.0.1/24 and fd77::1/64 (both ends inside), the server listening on
  * `::` (dual-stack), and Chromium there too; `blocked` ('ipv4' or 'ipv6') is the UDP family its firewall drops.
