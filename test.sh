@@ -10,6 +10,9 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium fonts-dejavu-core)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # ffprobe reads the recordings in tests/tests/recording.rs.
 command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
+# The firewall browser tests: a local TURN server (coturn) and a namespace whose iptables drops UDP.
+command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt)"
   export DEBIAN_FRONTEND=noninteractive

@@ -107,6 +107,8 @@ function newMeeting(room, name, token) {
     mediaReady: null,
     mediaSettled: false,
     canPublish: true,
+    /** TURN servers with this participant's credentials (`joined`'s `ice_servers`). */
+    iceServers: [],
     publishPc: null,
     publishChain: Promise.resolve(),
     publishWaiter: null,
@@ -1097,6 +1099,17 @@ function watchPc(pc, leg) {
   };
 }
 
+/** `?relay=1`: media only through the TURN server (tests, and checking a deployment's TURN from a hall). */
+const FORCE_RELAY = new URLSearchParams(location.search).get('relay') === '1';
+
+/** RTCPeerConnection settings: the TURN servers (with this participant's credentials) from `joined`. */
+function pcConfig() {
+  const config = {};
+  if (meeting?.iceServers?.length) config.iceServers = meeting.iceServers;
+  if (FORCE_RELAY) config.iceTransportPolicy = 'relay';
+  return config;
+}
+
 async function publish(gen) {
   const local = await ensureMedia();
   if (!meeting || meeting.generation !== gen) return;
@@ -1106,7 +1119,7 @@ async function publish(gen) {
     renderStatus();
     return; // receive-only
   }
-  const pc = new RTCPeerConnection();
+  const pc = new RTCPeerConnection(pcConfig());
   meeting.publishPc = pc;
   watchPc(pc, 'publish');
   for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [local.stream] });
@@ -1172,7 +1185,7 @@ function onPublishAnswer(sdp) {
 
 function ensureSubscribePc() {
   if (meeting.subscribePc) return meeting.subscribePc;
-  const pc = new RTCPeerConnection();
+  const pc = new RTCPeerConnection(pcConfig());
   meeting.subscribePc = pc;
   watchPc(pc, 'subscribe');
   const gen = meeting.generation;
@@ -1531,6 +1544,8 @@ function onServerMessage(msg) {
       meeting.meetingInfo = msg.meeting || null;
       if (msg.room && !meeting.room) meeting.room = msg.meeting?.title || msg.room;
       meeting.canPublish = msg.can_publish !== false;
+      meeting.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+      if (FORCE_RELAY && meeting.iceServers.length === 0) showMessage('relay', 'msg.relay.none', {}, 'warn');
       clearMessage('conn');
       clearMessage('server');
       for (const info of msg.participants || []) {

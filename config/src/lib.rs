@@ -32,6 +32,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub health: HealthConfig,
+    pub turn: TurnConfig,
 }
 
 /// Where a link turns from good to fair (amber) and from fair to poor (red): shared by the live verdict
@@ -62,6 +63,31 @@ impl Default for HealthConfig {
             poor_jitter_ms: 100.0,
             fair_bitrate_kbps: 1000.0,
             poor_bitrate_kbps: 300.0,
+        }
+    }
+}
+
+/// A TURN server (e.g. coturn) for halls whose firewall lets no media through directly. Each participant gets
+/// time-limited credentials of the TURN REST API scheme: `username = "<expiry unix time>:<participant>"`,
+/// `credential = base64(HMAC-SHA1(secret, username))` (coturn's `use-auth-secret` / `static-auth-secret`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// TURN (and STUN) URLs given to browsers, e.g. `turn:turn.example.vn:3478?transport=udp`,
+    /// `turns:turn.example.vn:443?transport=tcp`. Empty: no TURN.
+    pub urls: Vec<String>,
+    /// The secret shared with the TURN server (`static-auth-secret` in coturn).
+    pub secret: String,
+    /// How long handed-out credentials stay valid, in seconds.
+    pub credential_lifetime_secs: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            urls: Vec::new(),
+            secret: String::new(),
+            credential_lifetime_secs: 12 * 3600,
         }
     }
 }
@@ -120,6 +146,9 @@ pub struct MediaConfig {
     pub announced_ips: Vec<IpAddr>,
     /// How many media workers (threads) to run; rooms are spread over them.
     pub workers: usize,
+    /// ICE-TCP: the TCP port (passive candidates, RFC 4571 framing) offered beside UDP for halls whose firewall
+    /// blocks UDP; worker `i` uses `tcp_port + i`. 0 = off.
+    pub tcp_port: u16,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -187,6 +216,7 @@ impl Default for MediaConfig {
             udp_port: 40000,
             announced_ips: Vec::new(),
             workers: 1,
+            tcp_port: 0,
         }
     }
 }
@@ -229,6 +259,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             health: HealthConfig::default(),
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -323,6 +354,23 @@ impl Config {
                     }
                     self.media.announced_ips = ips;
                 }
+                "MEDIA_TCP_PORT" => match value.parse() {
+                    Ok(v) => self.media.tcp_port = v,
+                    Err(_) => return parse("port"),
+                },
+                "TURN_URLS" => {
+                    self.turn.urls = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                "TURN_SECRET" => self.turn.secret = value.clone(),
+                "TURN_CREDENTIAL_LIFETIME_SECS" => match value.parse() {
+                    Ok(v) => self.turn.credential_lifetime_secs = v,
+                    Err(_) => return parse("number of seconds"),
+                },
                 "MEDIA_WORKERS" => match value.parse() {
                     Ok(v) => self.media.workers = v,
                     Err(_) => return parse("number"),
@@ -423,6 +471,34 @@ impl Config {
                 "media.announced_ips",
                 "0.0.0.0 / :: cannot be announced; give addresses peers can reach",
             );
+        }
+        if self.media.tcp_port != 0
+            && usize::from(self.media.tcp_port) + self.media.workers > usize::from(u16::MAX) + 1
+        {
+            return invalid(
+                "media.tcp_port",
+                "too high for the number of workers (worker i uses tcp_port + i)",
+            );
+        }
+        for url in &self.turn.urls {
+            let scheme_ok = ["turn:", "turns:", "stun:", "stuns:"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok || url.contains(char::is_whitespace) {
+                return invalid(
+                    "turn.urls",
+                    &format!("`{url}` is not a turn:, turns: or stun: URL"),
+                );
+            }
+        }
+        if self.turn.urls.iter().any(|u| u.starts_with("turn")) && self.turn.secret.is_empty() {
+            return invalid(
+                "turn.secret",
+                "must be set when turn.urls lists a TURN server (coturn's static-auth-secret)",
+            );
+        }
+        if self.turn.credential_lifetime_secs < 60 {
+            return invalid("turn.credential_lifetime_secs", "must be at least 60");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls.cert", "tls.cert and tls.key must be given together");
@@ -662,6 +738,41 @@ mod tests {
         assert!(err.to_string().contains("health.fair_jitter_ms"), "{err}");
         let err = Config::from_toml_str("[health]\nfair_rtt = 1\n").expect_err("typo refused");
         assert!(err.contains("fair_rtt"), "{err}");
+    }
+
+    #[test]
+    fn turn_and_tcp_settings_are_checked() {
+        let mut c = Config::default();
+        c.apply_env([
+            (
+                "GIAOBAN_TURN_URLS".to_string(),
+                "turn:127.0.0.1:3478?transport=udp, turns:turn.example.vn:443?transport=tcp"
+                    .to_string(),
+            ),
+            ("GIAOBAN_MEDIA_TCP_PORT".to_string(), "443".to_string()),
+        ])
+        .expect("valid");
+        assert_eq!(c.turn.urls.len(), 2);
+        assert_eq!(c.media.tcp_port, 443);
+        let err = c.validate().expect_err("TURN without a secret");
+        assert!(err.to_string().contains("turn.secret"), "{err}");
+        c.turn.secret = "s3cret".into();
+        c.validate().expect("valid with a secret");
+        c.turn.urls = vec!["http://x".into()];
+        assert!(
+            c.validate()
+                .expect_err("bad url")
+                .to_string()
+                .contains("turn.urls")
+        );
+        c.turn.urls.clear();
+        c.turn.credential_lifetime_secs = 1;
+        assert!(
+            c.validate()
+                .expect_err("short lifetime")
+                .to_string()
+                .contains("turn.credential_lifetime_secs")
+        );
     }
 
     #[test]

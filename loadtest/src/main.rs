@@ -128,6 +128,9 @@ struct Args {
     /// Subscribers joining at the same time.
     #[arg(long, default_value_t = 10)]
     join_concurrency: usize,
+    /// Subscribers reach the server over ICE-TCP only (with --spawn-server, the server gets a TCP port).
+    #[arg(long)]
+    ice_tcp: bool,
     /// Run webrtc-rs's default interceptors on the subscribers too (costs client CPU); by default they run only
     /// on the publisher.
     #[arg(long)]
@@ -296,6 +299,7 @@ async fn spawn_server(bin: &PathBuf, subscribers: usize) -> anyhow::Result<Spawn
         .env_remove(janus::NETNS_ENV)
         .env("GIAOBAN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("GIAOBAN_MEDIA_UDP_PORT", udp_port.to_string())
+        .env("GIAOBAN_MEDIA_TCP_PORT", free_tcp_port()?.to_string())
         .env("GIAOBAN_MEDIA_LISTEN_IP", "127.0.0.1")
         .env("GIAOBAN_TLS_SELF_SIGNED", "false")
         // The load joins an open room; its database goes to a fresh temp dir.
@@ -841,6 +845,7 @@ fn sim_opts(args: &Args, url: &str, name: String, publisher: bool) -> SimOptions
         o.media.video_bitrate_bps = args.video_bitrate;
         o.media.video_fps = args.fps;
     } else {
+        o.ice_tcp = args.ice_tcp;
         o.media.audio = false;
         o.media.video = false;
         o.interceptors = if args.full_interceptors {

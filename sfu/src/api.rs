@@ -228,6 +228,11 @@ pub struct WorkerStats {
     /// NACKs subscribers sent the server, and NACKs the server sent publishers (closed connections included).
     pub nacks_received: u64,
     pub nacks_sent: u64,
+    /// ICE-TCP streams open now.
+    pub tcp_streams: usize,
+    /// ICE-TCP streams accepted, refused (too many unrouted), closed for garbage / no routing STUN in time /
+    /// no write progress; packets dropped on a full stream buffer.
+    pub tcp: crate::tcp::TcpStats,
 }
 
 /// The control plane's handle to the media plane. Commands for a participant go to the worker that holds its
@@ -238,6 +243,8 @@ pub struct SfuHandle {
     participant_worker: std::sync::Arc<dashmap::DashMap<ParticipantId, usize>>,
     /// Each worker's media socket address.
     pub media_addrs: Vec<SocketAddr>,
+    /// Each worker's ICE-TCP listening address (empty: ICE-TCP off).
+    pub tcp_addrs: Vec<SocketAddr>,
 }
 
 impl SfuHandle {
@@ -249,6 +256,7 @@ impl SfuHandle {
             workers,
             participant_worker: Default::default(),
             media_addrs,
+            tcp_addrs: Vec::new(),
         }
     }
 
@@ -344,5 +352,12 @@ impl WorkerStats {
         self.plis_sent += o.plis_sent;
         self.nacks_received += o.nacks_received;
         self.nacks_sent += o.nacks_sent;
+        self.tcp_streams += o.tcp_streams;
+        self.tcp.accepted += o.tcp.accepted;
+        self.tcp.refused += o.tcp.refused;
+        self.tcp.closed_garbage += o.tcp.closed_garbage;
+        self.tcp.closed_idle += o.tcp.closed_idle;
+        self.tcp.closed_stuck += o.tcp.closed_stuck;
+        self.tcp.send_dropped += o.tcp.send_dropped;
     }
 }

@@ -93,6 +93,8 @@ fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
 pub struct Endpoint {
     /// Host candidates: each announced IP with the shared media port.
     pub candidates: Vec<SocketAddr>,
+    /// ICE-TCP passive host candidates: each announced IP with the worker's TCP port (empty: ICE-TCP off).
+    pub tcp_candidates: Vec<SocketAddr>,
     /// The worker's DTLS certificate, shared by its connections (as mediasoup does per worker): generating a key
     /// pair per connection costs every join. `None`: each connection makes its own.
     pub certificate: Option<RTCCertificate>,
@@ -152,6 +154,22 @@ pub fn build(
                 ..Default::default()
             },
             ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    }
+    // ICE-TCP beside UDP: passive (the browser connects), with the lower priority RFC 6544 gives TCP, so a
+    // browser uses it only when UDP does not get through.
+    for addr in &endpoint.tcp_candidates {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "tcp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type: rtc::ice::tcp_type::TcpType::Passive,
         }
         .new_candidate_host()?;
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;

@@ -85,6 +85,24 @@ impl Router {
             }
         }
     }
+
+    /// The connection for the first frame of an ICE-TCP stream from `from`: a STUN binding request naming a
+    /// known ufrag, for a connection not bound to another client address (UDP or TCP). Later frames of the
+    /// stream follow the stream, not the address, so nothing is added to the address table.
+    pub fn route_tcp(&mut self, from: SocketAddr, frame: &[u8]) -> Option<ConnId> {
+        let ufrag = stun_local_ufrag(frame)?;
+        let conn = *self.by_ufrag.get(ufrag)?;
+        match self.bound.get(&conn) {
+            Some(addr) if *addr != from => {
+                self.other_pair_refused += 1;
+                None
+            }
+            _ => {
+                self.bound.insert(conn, from);
+                Some(conn)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -140,6 +158,23 @@ mod tests {
         r.remove_conn(2);
         assert_eq!(r.route(a, &[0x80, 0, 0, 0]), None);
         assert_eq!(r.route(a, &binding_request("nobody:x")), None);
+    }
+
+    #[test]
+    fn tcp_streams_route_by_ufrag_and_respect_the_bound_address() {
+        let mut r = Router::default();
+        r.add_ufrag("srvA".into(), 1);
+        r.add_ufrag("srvB".into(), 2);
+        let tcp_peer: SocketAddr = "127.0.0.1:40123".parse().expect("addr");
+        assert_eq!(r.route_tcp(tcp_peer, &[0x80, 0, 0, 0]), None);
+        assert_eq!(r.route_tcp(tcp_peer, &binding_request("nobody:x")), None);
+        assert_eq!(r.route_tcp(tcp_peer, &binding_request("srvA:x")), Some(1));
+        // Not in the UDP address table: a datagram from that address is not routed by it.
+        assert_eq!(r.route(tcp_peer, &[0x80, 0, 0, 0]), None);
+        // A connection already bound over UDP refuses a TCP stream from elsewhere.
+        let udp_peer: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        assert_eq!(r.route(udp_peer, &binding_request("srvB:c")), Some(2));
+        assert_eq!(r.route_tcp(tcp_peer, &binding_request("srvB:c")), None);
     }
 
     #[test]

@@ -68,12 +68,26 @@ impl MediaSocket {
         let mut delivered = 0;
         for (meta, buf) in recv_meta.iter().zip(recv_bufs.iter()).take(n) {
             let stride = meta.stride.max(1);
+            // A dual-stack socket reports IPv4 peers as IPv4-mapped IPv6: the media plane uses plain IPv4.
+            let from = crate::canonical(meta.addr);
+            let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
             for chunk in buf[..meta.len].chunks(stride) {
-                on_datagram(meta.addr, meta.dst_ip, chunk);
+                on_datagram(from, dst_ip, chunk);
                 delivered += 1;
             }
         }
         Ok(delivered)
+    }
+
+    /// Where to send a datagram for `to`: an IPv4 peer of an IPv6 (dual-stack) socket is addressed as
+    /// IPv4-mapped IPv6.
+    pub fn destination(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.local_addr.is_ipv6() => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            other => other,
+        }
     }
 
     pub fn max_gso_segments(&self) -> usize {
@@ -151,7 +165,7 @@ impl Outbox {
             }
             let segments = j - i;
             let transmit = Transmit {
-                destination: first.to,
+                destination: socket.destination(first.to),
                 ecn: None,
                 contents: &self.data[first.start..end],
                 segment_size: (segments > 1).then_some(first.len),

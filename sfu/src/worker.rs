@@ -16,6 +16,7 @@ use crate::health::{LinkCounters, RtcLinkStats, link_health, read_rtc_stats};
 use crate::keyframe::KeyframeThrottle;
 use crate::recorder::{Recording, Tap, TrackInfo};
 use crate::router::{ConnId, Router};
+use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
 use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
@@ -56,6 +57,8 @@ struct Conn {
     local_addr: SocketAddr,
     /// The real destination IP of the peer's packets, used as source IP when the socket is bound to 0.0.0.0.
     src_ip: Option<IpAddr>,
+    /// The ICE-TCP stream this connection is bound to, if its client came over TCP.
+    tcp_stream: Option<crate::tcp::StreamId>,
     next_timeout: Option<Instant>,
     dirty: bool,
     state: RTCPeerConnectionState,
@@ -136,6 +139,9 @@ struct Room {
 
 pub struct Worker {
     socket: MediaSocket,
+    /// ICE-TCP listener and streams (`None`: ICE-TCP off).
+    tcp: Option<TcpMedia>,
+    tcp_frames: Vec<Frame>,
     endpoint: Endpoint,
     outbox: Outbox,
     router: Router,
@@ -157,11 +163,14 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         socket: MediaSocket,
+        tcp: Option<TcpMedia>,
         endpoint: Endpoint,
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
         Worker {
             socket,
+            tcp,
+            tcp_frames: Vec::new(),
             endpoint,
             outbox: Outbox::default(),
             router: Router::default(),
@@ -202,8 +211,12 @@ impl Worker {
                     }
                     self.receive();
                 }
+                Some(ev) = next_tcp_event(&mut self.tcp) => self.on_tcp_event(ev),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
+            // The socket branch comes first in the biased select: under a steady UDP load, serve the TCP
+            // streams that are ready as well, every turn.
+            self.serve_ready_tcp();
             let now = Instant::now();
             self.handle_timeouts(now);
             if now >= next_tick {
@@ -226,6 +239,102 @@ impl Worker {
             self.stats.bytes_out += sent.bytes;
             self.stats.send_dropped += sent.dropped;
         }
+        if let Some(tcp) = &mut self.tcp {
+            tcp.flush(Instant::now());
+        }
+    }
+
+    // ---------------------------------------------------------------- ICE-TCP
+
+    fn serve_ready_tcp(&mut self) {
+        use futures_util::FutureExt;
+        const MAX_TCP_EVENTS_PER_TURN: usize = 64;
+        for _ in 0..MAX_TCP_EVENTS_PER_TURN {
+            match next_tcp_event(&mut self.tcp).now_or_never() {
+                Some(Some(ev)) => self.on_tcp_event(ev),
+                _ => break,
+            }
+        }
+    }
+
+    fn on_tcp_event(&mut self, ev: TcpEvent) {
+        let now = Instant::now();
+        let Some(tcp) = &mut self.tcp else { return };
+        match ev {
+            TcpEvent::Accepted(Ok((stream, peer))) => {
+                if tcp.add(stream, peer, now).is_none() {
+                    debug!(%peer, "ICE-TCP stream refused: too many waiting for their first request");
+                }
+            }
+            TcpEvent::Accepted(Err(e)) => debug!(error = %e, "ICE-TCP accept failed"),
+            TcpEvent::Wake(id, Wake::Readable) => {
+                let mut frames = std::mem::take(&mut self.tcp_frames);
+                tcp.read(id, &mut frames);
+                for frame in frames.drain(..) {
+                    self.on_tcp_frame(now, frame);
+                }
+                self.tcp_frames = frames;
+            }
+            TcpEvent::Wake(id, Wake::Writable) => tcp.on_writable(id, now),
+            TcpEvent::Wake(_, Wake::Cancelled) => {}
+        }
+    }
+
+    /// One RFC 4571 frame from a stream: the first routes the stream (a binding request for a known ufrag, else
+    /// the stream is closed); every frame then goes to the connection, tagged as TCP.
+    fn on_tcp_frame(&mut self, now: Instant, frame: Frame) {
+        let Some(tcp) = &mut self.tcp else { return };
+        let Some((peer, local, conn)) = tcp.info(frame.stream) else {
+            return;
+        };
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += frame.bytes.len() as u64;
+        let conn_id = match conn {
+            Some(c) => c,
+            None => {
+                let refused_before = self.router.other_pair_refused;
+                let routed = self.router.route_tcp(peer, &frame.bytes);
+                let other_pair = self.router.other_pair_refused != refused_before;
+                match routed {
+                    Some(c) if self.conns.contains_key(&c) => {
+                        tcp.bind_conn(frame.stream, c);
+                        if let Some(conn) = self.conns.get_mut(&c) {
+                            conn.tcp_stream = Some(frame.stream);
+                        }
+                        debug!(%peer, conn = c, "ICE-TCP stream routed");
+                        c
+                    }
+                    _ if other_pair => {
+                        tcp.close(frame.stream, CloseReason::OtherPair);
+                        return;
+                    }
+                    _ => {
+                        self.stats.unroutable += 1;
+                        tcp.close(frame.stream, CloseReason::Garbage);
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            tcp.close(frame.stream, CloseReason::ConnectionGone);
+            return;
+        };
+        conn.link.received(frame.bytes.len());
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: peer,
+                ecn: None,
+                transport_protocol: TransportProtocol::TCP,
+            },
+            message: frame.bytes,
+        };
+        if let Err(e) = conn.pc.handle_read(msg) {
+            debug!(participant = %conn.participant, leg = ?conn.leg, error = %e, "dropped TCP frame");
+        }
+        self.drain(conn_id, now);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -797,6 +906,7 @@ impl Worker {
                 leg,
                 local_addr,
                 src_ip: None,
+                tcp_stream: None,
                 next_timeout: None,
                 dirty: false,
                 state: RTCPeerConnectionState::New,
@@ -1124,6 +1234,10 @@ impl Worker {
                     s.nacks_received += c.rtc_stats.nacks_received;
                     s.nacks_sent += c.rtc_stats.nacks_sent;
                 }
+                if let Some(tcp) = &self.tcp {
+                    s.tcp_streams = tcp.len();
+                    s.tcp = tcp.stats;
+                }
                 let _ = reply.send(s);
             }
             Command::Links { reply } => {
@@ -1300,8 +1414,14 @@ impl Worker {
             self.stats.nacks_sent += conn.rtc_stats.nacks_sent;
             let _ = conn.pc.close();
             while let Some(msg) = conn.pc.poll_write() {
-                self.outbox
-                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                if msg.transport.transport_protocol == TransportProtocol::TCP {
+                    if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
+                        tcp.queue(stream, &msg.message);
+                    }
+                } else {
+                    self.outbox
+                        .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                }
             }
         }
     }
@@ -1348,6 +1468,10 @@ impl Worker {
             .collect();
         for key in wanted {
             self.request_keyframe(key, now);
+        }
+        if let Some(tcp) = &mut self.tcp {
+            let conns = &self.conns;
+            tcp.sweep(now, |c| conns.contains_key(&c));
         }
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);
@@ -1408,8 +1532,15 @@ impl Worker {
             conn.dirty = false;
             while let Some(msg) = conn.pc.poll_write() {
                 conn.link.sent(msg.message.len());
-                self.outbox
-                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                if msg.transport.transport_protocol == TransportProtocol::TCP {
+                    // Framed into the stream's bounded buffer (full: dropped, as on a full UDP socket).
+                    if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
+                        tcp.queue(stream, &msg.message);
+                    }
+                } else {
+                    self.outbox
+                        .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+                }
             }
             conn.next_timeout = conn.pc.poll_timeout();
         }
@@ -1423,7 +1554,18 @@ impl Worker {
             self.close_conn(id);
         }
         let _ = self.outbox.flush(&self.socket);
+        if let Some(tcp) = &mut self.tcp {
+            tcp.flush(Instant::now());
+        }
         info!("media worker stopped");
+    }
+}
+
+/// The next ICE-TCP event, or never when ICE-TCP is off.
+async fn next_tcp_event(tcp: &mut Option<TcpMedia>) -> Option<TcpEvent> {
+    match tcp {
+        Some(tcp) => Some(tcp.next_event().await),
+        None => std::future::pending().await,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod rules;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod turn;
 
 use giaoban_config::Config;
 use giaoban_sfu::SfuConfig;
@@ -77,13 +78,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         udp_port: config.media.udp_port,
         announced_ips: config.media.announced_ips.clone(),
         workers: config.media.workers,
+        tcp_port: (config.media.tcp_port != 0).then_some(config.media.tcp_port),
     };
     let announced = giaoban_sfu::announced_ips(&sfu_config);
     let (sfu, mut media_events) = giaoban_sfu::start(&sfu_config).map_err(|e| {
         anyhow::anyhow!(
-            "cannot bind media UDP port {}:{}: {e}",
+            "cannot bind media UDP port {}:{} (media.udp_port) or ICE-TCP port {} (media.tcp_port): {e}",
             config.media.listen_ip,
-            config.media.udp_port
+            config.media.udp_port,
+            config.media.tcp_port
         )
     })?;
     let media_addr = sfu.media_addrs[0];

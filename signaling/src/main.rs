@@ -45,12 +45,14 @@ async fn main() -> anyhow::Result<()> {
             udp_port: server.media_addr.port(),
             announced_ips: server.hub.config.media.announced_ips.clone(),
             workers: 1,
+            tcp_port: None,
         };
         for ip in giaoban_sfu::announced_ips(&media) {
-            if !ip.is_loopback() {
+            // HTTP on 0.0.0.0 is not reachable at the IPv6 addresses a dual-stack media port announces.
+            if !ip.is_loopback() && (ip.is_ipv4() || listen.is_ipv6()) {
                 println!(
-                    "  from the LAN: {scheme}://{ip}:{}/",
-                    server.http_addr.port()
+                    "  from the LAN: {scheme}://{}/",
+                    std::net::SocketAddr::new(ip, server.http_addr.port())
                 );
             }
         }
@@ -62,6 +64,12 @@ async fn main() -> anyhow::Result<()> {
         "  media: UDP port {} (open it in the firewall for halls on other machines)",
         server.media_addr.port()
     );
+    if let Some(tcp) = server.hub.sfu.tcp_addrs.first() {
+        println!(
+            "  media over TCP (ICE-TCP, for halls whose firewall blocks UDP): TCP port {}",
+            tcp.port()
+        );
+    }
     if server.tls == Some(true) {
         println!(
             "  HTTPS uses a generated self-signed certificate: browsers will ask once to accept it \

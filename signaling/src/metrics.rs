@@ -144,6 +144,46 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "PLIs sent to publishers",
             s.plis_sent,
         );
+        gauge(
+            &mut registry,
+            "media_tcp_streams",
+            "ICE-TCP streams open",
+            s.tcp_streams as i64,
+        );
+        for (name, help, value) in [
+            (
+                "media_tcp_accepted",
+                "ICE-TCP streams accepted",
+                s.tcp.accepted,
+            ),
+            (
+                "media_tcp_refused",
+                "ICE-TCP streams refused: too many waiting for their first STUN request",
+                s.tcp.refused,
+            ),
+            (
+                "media_tcp_closed_garbage",
+                "ICE-TCP streams closed: first frame not a binding request for a known connection",
+                s.tcp.closed_garbage,
+            ),
+            (
+                "media_tcp_closed_idle",
+                "ICE-TCP streams closed: no STUN request within 5 s",
+                s.tcp.closed_idle,
+            ),
+            (
+                "media_tcp_closed_stuck",
+                "ICE-TCP streams closed: no write progress for 5 s",
+                s.tcp.closed_stuck,
+            ),
+            (
+                "media_tcp_send_dropped",
+                "Packets dropped because an ICE-TCP stream's buffer was full",
+                s.tcp.send_dropped,
+            ),
+        ] {
+            counter(&mut registry, name, help, value);
+        }
         counter(
             &mut registry,
             "media_nacks_received",

@@ -150,6 +150,18 @@ pub struct ChatMessage {
     pub at: String,
 }
 
+/// A STUN/TURN server for the client's RTCPeerConnections, shaped like the browser's `RTCIceServer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    /// TURN REST API username: `<expiry unix time>:<participant id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// `base64(HMAC-SHA1(turn.secret, username))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// The meeting a participant joined, as told in `joined`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeetingInfo {
@@ -362,6 +374,10 @@ pub enum ServerMessage {
         state: MeetingState,
         #[serde(default)]
         chat: Vec<ChatMessage>,
+        /// TURN servers with this participant's time-limited credentials (absent when none is configured):
+        /// the client gives them to its RTCPeerConnections.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     /// The server's answer to `publish_offer`.
     PublishAnswer {

@@ -81,14 +81,14 @@ export async function waitFor(fn, { timeout = 20_000, interval = 250, what = 'co
  * base settings only. Resolves to { proc, baseUrl, adminUrl, links: [{name, url}], log, logRecords, dataDir };
  * `logRecords` counts the server's log records and keeps any that carry a token or secret (`leaks`).
  */
-export async function startServer({ prefix = 'giaoban-browser-', settings = {}, demo = false, fallback = false } = {}) {
+export async function startServer({ prefix = 'giaoban-browser-', settings = {}, demo = false, fallback = false, wrap = [] } = {}) {
   if (!existsSync(SERVER_BIN)) {
     throw new Error(`server binary ${SERVER_BIN} not found: run \`cargo build -p giaoban-signaling\` or set GIAOBAN_BIN`);
   }
   const dataDir = mkdtempSync(join(tmpdir(), prefix));
   try {
     try {
-      return { ...(await spawnServer({ ...BASE_SETTINGS, GIAOBAN_STORAGE_DATA_DIR: dataDir, ...settings }, demo)), dataDir };
+      return { ...(await spawnServer({ ...BASE_SETTINGS, GIAOBAN_STORAGE_DATA_DIR: dataDir, ...settings }, demo, wrap)), dataDir };
     } catch (err) {
       if (!fallback || !/unknown setting/.test(err.message)) throw err;
       return { ...(await spawnServer(BASE_SETTINGS, demo)), dataDir };
@@ -99,11 +99,13 @@ export async function startServer({ prefix = 'giaoban-browser-', settings = {}, 
   }
 }
 
-function spawnServer(settings, demo) {
+function spawnServer(settings, demo, wrap = []) {
   // The server refuses unknown GIAOBAN_* variables (typos in settings), so none from this environment (such as
   // GIAOBAN_BIN or open rooms) is passed on: only the settings given here.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
-  const proc = spawn(SERVER_BIN, [], { cwd: REPO_ROOT, env: { ...env, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // `wrap` runs the server through a command that execs it (e.g. `ip netns exec NS`), so the pid stays the server's.
+  const [cmd, ...args] = [...wrap, SERVER_BIN];
+  const proc = spawn(cmd, args, { cwd: REPO_ROOT, env: { ...env, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = [];
   // Log records (tracing lines, with a level) must never carry a join token or secret; the links the server prints
   // at start for the operator are plain lines without a level.
@@ -179,8 +181,29 @@ export function findLink(server, pred, what) {
 }
 
 /** Headless Chromium with the flags of BROWSER-TESTING.md and `extraArgs`. */
-export function launchBrowser(extraArgs = []) {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
+export function launchBrowser(extraArgs = [], executablePath = CHROMIUM) {
+  return chromium.launch({ executablePath, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
+}
+
+/**
+ * The selected ICE candidate pair of a page's publish or subscribe connection, from getStats:
+ * { local: {candidateType, protocol, address, port, relayProtocol}, remote: {...} }, or null before one is chosen.
+ */
+export async function selectedPair(page, leg) {
+  return page.evaluate(async (leg) => {
+    const pc = leg === 'publish' ? window.giaoban?.publishPc?.() : window.giaoban?.subscribePc?.();
+    if (!pc) return null;
+    const report = await pc.getStats();
+    let pairId = null;
+    report.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+    });
+    const pair = pairId && report.get(pairId);
+    if (!pair || pair.state !== 'succeeded') return null;
+    const pick = (c) =>
+      c && { candidateType: c.candidateType, protocol: c.protocol, address: c.address, port: c.port, relayProtocol: c.relayProtocol, tcpType: c.tcpType };
+    return { local: pick(report.get(pair.localCandidateId)), remote: pick(report.get(pair.remoteCandidateId)) };
+  }, leg);
 }
 
 /** With WEB_CLIENT_FROM_DISK, answer the server's URLs listed in `files` from web-client/ on disk. */

@@ -141,6 +141,9 @@ pub struct SimOptions {
     /// SRTP protection profiles offered in DTLS, in order of preference; empty = webrtc-rs's default list
     /// (AES-128-GCM, AES-256-GCM, AES-CM-HMAC-SHA1-80, -32).
     pub srtp_profiles: Vec<webrtc::peer_connection::SrtpProtectionProfile>,
+    /// Reach the server over ICE-TCP only (an active TCP candidate, no UDP socket at all), as a hall whose
+    /// firewall blocks UDP: the server's passive TCP candidates are dialled.
+    pub ice_tcp: bool,
 }
 
 impl SimOptions {
@@ -157,6 +160,7 @@ impl SimOptions {
             dedicated_reactor: false,
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             srtp_profiles: Vec::new(),
+            ice_tcp: false,
         }
     }
 
@@ -847,6 +851,12 @@ async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
     if !inner.opts.srtp_profiles.is_empty() {
         settings = settings.with_srtp_protection_profiles(inner.opts.srtp_profiles.clone());
     }
+    if inner.opts.ice_tcp {
+        settings = settings.with_network_types(vec![
+            rtc::ice::network_type::NetworkType::Tcp4,
+            rtc::ice::network_type::NetworkType::Tcp6,
+        ]);
+    }
     let settings = settings.build();
     let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (gathered_tx, gathered_rx) = watch::channel(false);
@@ -860,13 +870,18 @@ async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
     if inner.opts.dedicated_reactor {
         builder = builder.with_dedicated_reactor_pool_size(1);
     }
+    let local = vec![SocketAddr::new(inner.opts.bind_ip, 0)];
+    let builder = if inner.opts.ice_tcp {
+        builder.with_tcp_addrs(local).with_udp_addrs(Vec::new())
+    } else {
+        builder.with_udp_addrs(local)
+    };
     let pc = builder
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
         .with_setting_engine(settings)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec![SocketAddr::new(inner.opts.bind_ip, 0)])
         .build()
         .await
         .context("building a peer connection")?;
@@ -875,6 +890,37 @@ async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
         state: state_rx,
         gathered: gathered_rx,
     })
+}
+
+/// With ICE-TCP: hand the server's passive TCP candidates of `remote_sdp` to the connection, which dials them
+/// (webrtc-rs connects only to passive candidates given through `add_ice_candidate`).
+async fn dial_tcp_candidates(slot: &PcSlot, remote_sdp: &str) -> anyhow::Result<()> {
+    // Each media section repeats the candidates: dial each once.
+    let mut seen = std::collections::HashSet::new();
+    for line in remote_sdp.lines() {
+        let Some(candidate) = line.trim().strip_prefix("a=") else {
+            continue;
+        };
+        // Component 1 only (the SDP also lists component 2, unused with rtcp-mux).
+        let component = candidate.split_whitespace().nth(1);
+        if candidate.starts_with("candidate:")
+            && component == Some("1")
+            && candidate.to_ascii_lowercase().contains(" tcp ")
+            && candidate.contains("tcptype passive")
+            && seen.insert(candidate.to_string())
+        {
+            slot.pc
+                .add_ice_candidate(webrtc::peer_connection::RTCIceCandidateInit {
+                    candidate: candidate.to_string(),
+                    sdp_mid: Some("0".into()),
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                })
+                .await
+                .context("adding the server's TCP candidate")?;
+        }
+    }
+    Ok(())
 }
 
 /// Wait (bounded) until ICE gathering is complete, then read the local description's SDP.
@@ -1007,14 +1053,18 @@ impl Inner {
     async fn answer_subscribe_offer(self: &Arc<Self>, sdp: String) -> anyhow::Result<String> {
         dump_sdp(&self.opts.name, "subscribe offer", &sdp);
         let mut guard = self.subscribe.lock().await;
+        let first_offer = guard.is_none();
         if guard.is_none() {
             *guard = Some(build_pc(self, Leg::Subscribe).await?);
         }
         let slot = guard.as_ref().ok_or_else(|| anyhow!("no subscribe pc"))?;
         slot.pc
-            .set_remote_description(RTCSessionDescription::offer(sdp)?)
+            .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
             .await
             .context("subscribe: set_remote_description(offer)")?;
+        if self.opts.ice_tcp && first_offer {
+            dial_tcp_candidates(slot, &sdp).await?;
+        }
         let answer = slot.pc.create_answer(None).await.context("create_answer")?;
         slot.pc
             .set_local_description(answer)
@@ -1326,9 +1376,12 @@ impl SimEndpoint {
         let answer = exchange(sdp).await?;
         dump_sdp(&inner.opts.name, "publish answer", &answer);
         slot.pc
-            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .set_remote_description(RTCSessionDescription::answer(answer.clone())?)
             .await
             .context("publish: set_remote_description(answer)")?;
+        if inner.opts.ice_tcp {
+            dial_tcp_candidates(&slot, &answer).await?;
+        }
 
         let state = slot.state.clone();
         *inner.publish.lock().await = Some(slot);
