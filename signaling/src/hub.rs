@@ -719,6 +719,33 @@ impl Hub {
                 };
                 self.send_to(&participant, ServerMessage::ConnectionState { leg, state });
             }
+            Event::LayersWanted {
+                participant,
+                track_id,
+                source,
+                active,
+            } => {
+                let source = match source {
+                    MediaSource::Microphone => TrackSource::Microphone,
+                    MediaSource::Camera => TrackSource::Camera,
+                    MediaSource::Screen => TrackSource::Screen,
+                };
+                self.send_to(
+                    &participant,
+                    ServerMessage::Layers {
+                        track_id,
+                        source,
+                        active,
+                    },
+                );
+            }
+            Event::VideoPaused {
+                participant,
+                track_id,
+                paused,
+            } => {
+                self.send_to(&participant, ServerMessage::VideoPaused { track_id, paused });
+            }
             Event::ParticipantFailed {
                 participant,
                 reason,

@@ -164,6 +164,29 @@ pub struct ParticipantInfo {
     pub tracks: Vec<TrackInfo>,
 }
 
+/// The highest simulcast layer a participant receives (`set_layer_cap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerCap {
+    /// The smallest layer (q, a quarter of the camera's width).
+    Low,
+    /// Up to the middle layer (h).
+    Medium,
+    /// Up to the full layer (f): no cap.
+    High,
+}
+
+impl LayerCap {
+    /// The layer index the media plane uses (0 = the lowest).
+    pub fn index(self) -> u8 {
+        match self {
+            LayerCap::Low => 0,
+            LayerCap::Medium => 1,
+            LayerCap::High => 2,
+        }
+    }
+}
+
 /// Messages from the browser (or a simulated endpoint) to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -188,6 +211,19 @@ pub enum ClientMessage {
     MediaState { mic: bool, camera: bool },
     /// Ask for a keyframe of a track this client receives (the server throttles).
     RequestKeyframe { track_id: String },
+    /// How large this client shows a received video, in device pixels (0 × 0: not shown); the server sends the
+    /// simulcast layer that fits.
+    VideoSize {
+        track_id: String,
+        width: u32,
+        height: u32,
+    },
+    /// Cap the simulcast layer a participant receives (chair, admin); `max_layer` absent or null lifts the cap.
+    SetLayerCap {
+        participant_id: String,
+        #[serde(default)]
+        max_layer: Option<LayerCap>,
+    },
     /// Leave the room; the server closes both connections.
     Leave {},
     /// Keep-alive; the server answers `pong`.
@@ -234,6 +270,8 @@ impl ClientMessage {
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::MediaState { .. } => "media_state",
             ClientMessage::RequestKeyframe { .. } => "request_keyframe",
+            ClientMessage::VideoSize { .. } => "video_size",
+            ClientMessage::SetLayerCap { .. } => "set_layer_cap",
             ClientMessage::Leave {} => "leave",
             ClientMessage::Ping {} => "ping",
             ClientMessage::RaiseHand {} => "raise_hand",
@@ -350,6 +388,18 @@ pub enum ServerMessage {
         loss_percent: Option<f32>,
         bitrate_in: u64,
         bitrate_out: u64,
+    },
+    /// Send only these simulcast layers (rids) of your track: nobody receives the others
+    /// (`RTCRtpSender.setParameters` with `encodings[i].active`).
+    Layers {
+        track_id: String,
+        source: TrackSource,
+        active: Vec<String>,
+    },
+    /// Your link cannot carry this video now: the server paused it (audio goes on) — or resumed it.
+    VideoPaused {
+        track_id: String,
+        paused: bool,
     },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).
