@@ -428,13 +428,24 @@ mod tests {
             order.sort_by_key(|&li| li != wanted);
             for li in order {
                 let (ssrc, seq, ts, pid, tl0) = layers[li];
-                let key = (frame + li as u16) % 4 == 0 || frame == 0;
-                let p = vp8_packet(key, true, (pid + frame) % (1 << 15), tl0.wrapping_add(frame as u8));
+                let key = (frame + li as u16).is_multiple_of(4) || frame == 0;
+                let p = vp8_packet(
+                    key,
+                    true,
+                    (pid + frame) % (1 << 15),
+                    tl0.wrapping_add(frame as u8),
+                );
                 let current = f.current_ssrc();
                 if li != wanted && current != Some(ssrc) {
                     continue; // the worker's layer gate
                 }
-                if let Ok(r) = f.forward(now, ssrc, seq.wrapping_add(frame), ts.wrapping_add(4500 * u32::from(frame)), &p) {
+                if let Ok(r) = f.forward(
+                    now,
+                    ssrc,
+                    seq.wrapping_add(frame),
+                    ts.wrapping_add(4500 * u32::from(frame)),
+                    &p,
+                ) {
                     pids.push(pid_of(&p, &r));
                     out.push(r);
                 }
@@ -444,7 +455,11 @@ mod tests {
         assert_eq!(out.len(), 40, "one packet per frame");
         for w in out.windows(2) {
             assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "sequence continues");
-            assert_eq!(w[1].timestamp.wrapping_sub(w[0].timestamp), 4500, "timestamp by the frame time");
+            assert_eq!(
+                w[1].timestamp.wrapping_sub(w[0].timestamp),
+                4500,
+                "timestamp by the frame time"
+            );
         }
         for w in pids.windows(2) {
             assert_eq!(w[1], (w[0] + 1) % (1 << 15), "PictureID continues");

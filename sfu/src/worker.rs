@@ -16,14 +16,14 @@ use crate::health::{
     ConsumerHealth, LayerHealth, LinkCounters, ProducerHealth, RtcLinkStats, link_health,
     read_rtc_stats,
 };
-use crate::layers::{self, Estimator, Want};
 use crate::keyframe::KeyframeThrottle;
+use crate::layers::{self, Estimator, Want};
 use crate::router::{ConnId, Router};
 use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
@@ -176,7 +176,11 @@ impl Producer {
         let targets: Vec<Option<u32>> = self
             .consumers
             .iter()
-            .map(|c| c.target.and_then(|t| self.layers.get(usize::from(t))).map(|l| l.ssrc))
+            .map(|c| {
+                c.target
+                    .and_then(|t| self.layers.get(usize::from(t)))
+                    .map(|l| l.ssrc)
+            })
             .collect();
         self.layers.push(Layer::new(rid, ssrc));
         // Stable: rids of one rank keep the order they arrived in.
@@ -635,19 +639,7 @@ impl Worker {
     fn on_event(&mut self, conn_id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
         match ev {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                let screen = init
-                    .stream_ids
-                    .first()
-                    .is_some_and(|s| s.to_ascii_lowercase().starts_with("screen"));
-                self.on_track_open(
-                    conn_id,
-                    init.track_id,
-                    init.receiver_id,
-                    init.ssrc,
-                    init.rid.filter(|r| !r.is_empty()),
-                    screen,
-                    now,
-                );
+                self.on_track_open(conn_id, init, now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                 let key = self
@@ -703,16 +695,21 @@ impl Worker {
         }
     }
 
-    fn on_track_open(
-        &mut self,
-        conn_id: ConnId,
-        track_id: String,
-        receiver_id: RTCRtpReceiverId,
-        ssrc: u32,
-        rid: Option<String>,
-        screen: bool,
-        now: Instant,
-    ) {
+    /// The first packet of a publisher's stream arrived: a new Producer, or another simulcast layer of one (the
+    /// same track id with a rid), or a renegotiated track's new SSRC.
+    fn on_track_open(&mut self, conn_id: ConnId, init: RTCTrackEventInit, now: Instant) {
+        let screen = init
+            .stream_ids
+            .first()
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with("screen"));
+        let RTCTrackEventInit {
+            track_id,
+            receiver_id,
+            ssrc,
+            rid,
+            ..
+        } = init;
+        let rid = rid.filter(|r| !r.is_empty());
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -1727,11 +1724,8 @@ impl Worker {
                     && conn.state == RTCPeerConnectionState::Connected
                     && let Some(p) = self.participants.get_mut(&conn.participant)
                 {
-                    p.estimator.update(
-                        now,
-                        conn.rtc_stats.loss_out,
-                        conn.link.traffic.bitrate_out,
-                    );
+                    p.estimator
+                        .update(now, conn.rtc_stats.loss_out, conn.link.traffic.bitrate_out);
                 }
             }
             self.stats_cursor = id + 1;

@@ -744,7 +744,10 @@ impl Hub {
                 track_id,
                 paused,
             } => {
-                self.send_to(&participant, ServerMessage::VideoPaused { track_id, paused });
+                self.send_to(
+                    &participant,
+                    ServerMessage::VideoPaused { track_id, paused },
+                );
             }
             Event::ParticipantFailed {
                 participant,

@@ -364,11 +364,7 @@ async fn handle(
                 })
                 .await
             {
-                reply(
-                    tx,
-                    sfu_error_code(&e),
-                    &format!("video_size refused: {e}"),
-                );
+                reply(tx, sfu_error_code(&e), &format!("video_size refused: {e}"));
             }
         }
         ClientMessage::Leave {} => {
