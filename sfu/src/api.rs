@@ -192,7 +192,8 @@ pub struct ParticipantLinks {
     pub room: RoomId,
     pub publish: Option<crate::health::LinkHealth>,
     pub subscribe: Option<crate::health::LinkHealth>,
-    /// The downlink estimate of the subscribe leg (bit/s) that layer choice uses.
+    /// The downlink estimate of the subscribe leg (bit/s) that layer choice uses; `None` while unconstrained (no
+    /// loss seen yet).
     pub estimate: Option<u64>,
     /// What arrives of each of the participant's producers, layer by layer.
     pub producers: Vec<crate::health::ProducerHealth>,

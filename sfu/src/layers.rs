@@ -66,30 +66,37 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 
 /// A subscriber's downlink estimate from what the server sees: the rate it delivered and the loss the
 /// subscriber reports in its receiver reports (the loss-based half of GCC; rtc 0.21's delay-based GCC is opt-in,
-/// runs on the sending side and does not probe). Loss above 10 % cuts the estimate below the delivered rate;
-/// loss under 2 % lets it grow by 8 % a second (the next layer up is then tried, and its loss tells).
+/// runs on the sending side and does not probe). A link is taken as unconstrained until it loses packets: once
+/// loss stays above 10 % for a second (a single bad report, e.g. a CPU stall, does not count) the estimate becomes
+/// what got through (delivered × (1 − loss)) less 10 %, is held for 2 s, and grows by 8 % a second while loss
+/// stays under 2 % (the next layer up is then tried, and its loss tells).
 #[derive(Debug, Clone)]
 pub struct Estimator {
     estimate: u64,
     last: Option<Instant>,
     /// No growth until then (after a cut).
     hold_until: Option<Instant>,
+    /// Since when loss has been above `HIGH_LOSS` without a cut.
+    high_since: Option<Instant>,
 }
 
-pub const INITIAL_ESTIMATE: u64 = 1_500_000;
 pub const MIN_ESTIMATE: u64 = 30_000;
+/// Unconstrained: every consumer gets what its tile and cap allow.
 pub const MAX_ESTIMATE: u64 = 20_000_000;
 const HIGH_LOSS: f64 = 0.10;
 const LOW_LOSS: f64 = 0.02;
 const GROWTH_PER_SECOND: f64 = 0.08;
 const HOLD_AFTER_CUT: Duration = Duration::from_secs(2);
+/// Loss must stay high this long before the estimate is cut.
+const SUSTAINED_LOSS: Duration = Duration::from_secs(1);
 
 impl Default for Estimator {
     fn default() -> Self {
         Estimator {
-            estimate: INITIAL_ESTIMATE,
+            estimate: MAX_ESTIMATE,
             last: None,
             hold_until: None,
+            high_since: None,
         }
     }
 }
@@ -111,16 +118,24 @@ impl Estimator {
             return;
         };
         if loss > HIGH_LOSS {
-            let base = if delivered > 0 {
-                delivered.min(self.estimate)
-            } else {
-                self.estimate
-            };
-            self.estimate = ((base as f64) * (1.0 - 0.5 * loss)) as u64;
-            self.hold_until = Some(now + HOLD_AFTER_CUT);
-        } else if loss < LOW_LOSS && self.hold_until.is_none_or(|t| now >= t) {
-            let grow = 1.0 + GROWTH_PER_SECOND * elapsed.as_secs_f64();
-            self.estimate = (self.estimate as f64 * grow) as u64;
+            let since = *self.high_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= SUSTAINED_LOSS {
+                // Loss persisted: what got through, less 10 %; a further cut needs another second of it.
+                self.high_since = Some(now);
+                let through = if delivered > 0 {
+                    (delivered.min(self.estimate) as f64 * (1.0 - loss.min(1.0)) * 0.9) as u64
+                } else {
+                    (self.estimate as f64 * (1.0 - 0.5 * loss.min(1.0))) as u64
+                };
+                self.estimate = through.min(self.estimate);
+                self.hold_until = Some(now + HOLD_AFTER_CUT);
+            }
+        } else {
+            self.high_since = None;
+            if loss < LOW_LOSS && self.hold_until.is_none_or(|t| now >= t) {
+                let grow = 1.0 + GROWTH_PER_SECOND * elapsed.as_secs_f64();
+                self.estimate = (self.estimate as f64 * grow) as u64;
+            }
         }
         self.estimate = self.estimate.clamp(MIN_ESTIMATE, MAX_ESTIMATE);
     }
@@ -213,23 +228,32 @@ mod tests {
     fn estimate_falls_on_loss_holds_then_grows_on_a_virtual_clock() {
         let t0 = Instant::now();
         let mut e = Estimator::default();
+        // Unconstrained until the link loses packets.
         e.update(t0, Some(0.0), 1_000_000);
-        assert_eq!(e.estimate(), INITIAL_ESTIMATE);
-        // 30 % loss at 1 Mbit/s delivered: cut below what got through.
-        e.update(t0 + Duration::from_secs(1), Some(0.30), 1_000_000);
-        assert_eq!(e.estimate(), 850_000);
+        assert_eq!(e.estimate(), MAX_ESTIMATE);
+        // One bad report is not enough (a CPU stall); a good one in between starts the count again.
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        e.update(at(500), Some(0.30), 1_000_000);
+        assert_eq!(e.estimate(), MAX_ESTIMATE);
+        e.update(at(700), Some(0.0), 1_000_000);
+        e.update(at(900), Some(0.30), 1_000_000);
+        e.update(at(1800), Some(0.30), 1_000_000);
+        assert_eq!(e.estimate(), MAX_ESTIMATE);
+        // 30 % loss for a second at 1 Mbit/s delivered: 700k got through, less 10 %.
+        e.update(at(1900), Some(0.30), 1_000_000);
+        assert_eq!(e.estimate(), 630_000);
         // No growth while holding after a cut, even with no loss.
-        e.update(t0 + Duration::from_secs(2), Some(0.0), 800_000);
-        assert_eq!(e.estimate(), 850_000);
+        e.update(at(2900), Some(0.0), 600_000);
+        assert_eq!(e.estimate(), 630_000);
         // Then 8 % a second.
-        e.update(t0 + Duration::from_secs(3), Some(0.0), 800_000);
-        assert_eq!(e.estimate(), 918_000);
+        e.update(at(3900), Some(0.0), 600_000);
+        assert_eq!(e.estimate(), 680_400);
         // Moderate loss (between 2 and 10 %) holds it.
-        e.update(t0 + Duration::from_secs(4), Some(0.05), 800_000);
-        assert_eq!(e.estimate(), 918_000);
+        e.update(at(4900), Some(0.05), 600_000);
+        assert_eq!(e.estimate(), 680_400);
         // No report: no change. Never below the floor.
-        e.update(t0 + Duration::from_secs(5), None, 0);
-        assert_eq!(e.estimate(), 918_000);
+        e.update(at(5900), None, 0);
+        assert_eq!(e.estimate(), 680_400);
         for i in 0..40 {
             e.update(t0 + Duration::from_secs(6 + i), Some(0.9), 10_000);
         }

@@ -1383,7 +1383,10 @@ impl Worker {
                 room: p.room.clone(),
                 publish: health(p.publish),
                 subscribe: health(p.subscribe),
-                estimate: p.subscribe.map(|_| p.estimator.estimate()),
+                estimate: p
+                    .subscribe
+                    .map(|_| p.estimator.estimate())
+                    .filter(|e| *e < layers::MAX_ESTIMATE),
                 producers: produced.remove(pid.as_str()).unwrap_or_default(),
                 consumers: consumed.remove(pid.as_str()).unwrap_or_default(),
             });

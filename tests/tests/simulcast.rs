@@ -86,7 +86,7 @@ async fn a_hall_is_moved_between_simulcast_layers_and_its_stream_stays_continuou
         "Chủ trì",
     );
     chair_opts.media.simulcast = true;
-    // f 1 Mbit/s, h 250k, q 62k: all fit the server's initial downlink estimate.
+    // f 1 Mbit/s, h 250k, q 62k (the loopback link loses nothing: the downlink is not what limits).
     chair_opts.media.video_bitrate_bps = 1_000_000;
     chair_opts.media.video_fps = 20;
     let chair = SimEndpoint::connect(chair_opts).await.expect("chair joins");
