@@ -100,10 +100,13 @@ pub struct ProducerHealth {
     pub layers: Vec<LayerHealth>,
 }
 
-/// One video a participant receives and the layer the server chose for it.
+/// One track a participant receives and, for video, the layer the server chose for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerHealth {
     pub track_id: String,
+    pub kind: crate::api::MediaKind,
+    /// RTP packets forwarded to it (retransmissions not counted).
+    pub packets: u64,
     /// The rid being forwarded now (`None`: nothing yet, or paused).
     pub layer: Option<String>,
     /// The rid the server is switching to (equal to `layer` once switched).

@@ -66,10 +66,11 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 
 /// A subscriber's downlink estimate from what the server sees: the rate it delivered and the loss the
 /// subscriber reports in its receiver reports (the loss-based half of GCC; rtc 0.21's delay-based GCC is opt-in,
-/// runs on the sending side and does not probe). A link is taken as unconstrained until it loses packets: once
+/// runs on the sending side and does not probe). Loss reports come in bursts, so they are smoothed (each new
+/// sample weighs 40 %). A link is taken as unconstrained until it loses packets: once
 /// loss stays above 10 % for a second (a single bad report, e.g. a CPU stall, does not count) the estimate becomes
-/// what got through (delivered × (1 − loss)) less 10 %, is held for 2 s, and grows by 8 % a second while loss
-/// stays under 2 % (the next layer up is then tried, and its loss tells).
+/// what got through (delivered × (1 − loss)) less 10 %, is held for 2 s, and grows by 8 % a second (at least
+/// 50 kbit/s a second) while loss stays under 2 % (the next layer up is then tried, and its loss tells).
 #[derive(Debug, Clone)]
 pub struct Estimator {
     estimate: u64,
@@ -78,6 +79,8 @@ pub struct Estimator {
     hold_until: Option<Instant>,
     /// Since when loss has been above `HIGH_LOSS` without a cut.
     high_since: Option<Instant>,
+    /// Smoothed loss fraction.
+    loss: Option<f64>,
 }
 
 pub const MIN_ESTIMATE: u64 = 30_000;
@@ -86,6 +89,7 @@ pub const MAX_ESTIMATE: u64 = 20_000_000;
 const HIGH_LOSS: f64 = 0.10;
 const LOW_LOSS: f64 = 0.02;
 const GROWTH_PER_SECOND: f64 = 0.08;
+const ADDITIVE_GROWTH_PER_SECOND: f64 = 50_000.0;
 const HOLD_AFTER_CUT: Duration = Duration::from_secs(2);
 /// Loss must stay high this long before the estimate is cut.
 const SUSTAINED_LOSS: Duration = Duration::from_secs(1);
@@ -97,6 +101,7 @@ impl Default for Estimator {
             last: None,
             hold_until: None,
             high_since: None,
+            loss: None,
         }
     }
 }
@@ -104,6 +109,11 @@ impl Default for Estimator {
 impl Estimator {
     pub fn estimate(&self) -> u64 {
         self.estimate
+    }
+
+    /// The smoothed loss fraction it works from.
+    pub fn loss(&self) -> Option<f64> {
+        self.loss
     }
 
     /// New figures for the subscriber's leg: `loss` (fraction, from its latest receiver reports) and the bit rate
@@ -114,9 +124,13 @@ impl Estimator {
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
             .min(Duration::from_secs(2));
         self.last = Some(now);
-        let Some(loss) = loss else {
+        let Some(sample) = loss else {
             return;
         };
+        let loss = self
+            .loss
+            .map_or(sample, |s| 0.6 * s + 0.4 * sample.clamp(0.0, 1.0));
+        self.loss = Some(loss);
         if loss > HIGH_LOSS {
             let since = *self.high_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= SUSTAINED_LOSS {
@@ -133,8 +147,11 @@ impl Estimator {
         } else {
             self.high_since = None;
             if loss < LOW_LOSS && self.hold_until.is_none_or(|t| now >= t) {
-                let grow = 1.0 + GROWTH_PER_SECOND * elapsed.as_secs_f64();
-                self.estimate = (self.estimate as f64 * grow) as u64;
+                // 8 % a second, at least 50 kbit/s a second (a paused link comes back in seconds, not minutes).
+                let secs = elapsed.as_secs_f64();
+                let grow = (self.estimate as f64 * GROWTH_PER_SECOND * secs)
+                    .max(ADDITIVE_GROWTH_PER_SECOND * secs);
+                self.estimate = self.estimate.saturating_add(grow as u64);
             }
         }
         self.estimate = self.estimate.clamp(MIN_ESTIMATE, MAX_ESTIMATE);
@@ -227,37 +244,70 @@ mod tests {
     #[test]
     fn estimate_falls_on_loss_holds_then_grows_on_a_virtual_clock() {
         let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut e = Estimator::default();
         // Unconstrained until the link loses packets.
         e.update(t0, Some(0.0), 1_000_000);
         assert_eq!(e.estimate(), MAX_ESTIMATE);
-        // One bad report is not enough (a CPU stall); a good one in between starts the count again.
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        e.update(at(500), Some(0.30), 1_000_000);
+        // One bad report is not enough (a CPU stall): smoothed, it fades before a second has passed.
+        e.update(at(500), Some(0.50), 1_000_000);
         assert_eq!(e.estimate(), MAX_ESTIMATE);
-        e.update(at(700), Some(0.0), 1_000_000);
-        e.update(at(900), Some(0.30), 1_000_000);
-        e.update(at(1800), Some(0.30), 1_000_000);
+        e.update(at(1000), Some(0.0), 1_000_000);
+        e.update(at(1500), Some(0.0), 1_000_000);
+        e.update(at(2000), Some(0.0), 1_000_000);
+        assert!(e.loss().expect("loss") < 0.10);
         assert_eq!(e.estimate(), MAX_ESTIMATE);
-        // 30 % loss for a second at 1 Mbit/s delivered: 700k got through, less 10 %.
-        e.update(at(1900), Some(0.30), 1_000_000);
-        assert_eq!(e.estimate(), 630_000);
-        // No growth while holding after a cut, even with no loss.
-        e.update(at(2900), Some(0.0), 600_000);
-        assert_eq!(e.estimate(), 630_000);
-        // Then 8 % a second.
-        e.update(at(3900), Some(0.0), 600_000);
-        assert_eq!(e.estimate(), 680_400);
-        // Moderate loss (between 2 and 10 %) holds it.
-        e.update(at(4900), Some(0.05), 600_000);
-        assert_eq!(e.estimate(), 680_400);
+        // Bursty loss (NACKs come in bursts) that lasts: cut after a second, to what got through less 10 %.
+        for (i, sample) in [0.6, 0.0, 0.6, 0.0].into_iter().enumerate() {
+            e.update(at(2500 + 500 * i as u64), Some(sample), 1_000_000);
+        }
+        let loss = e.loss().expect("loss");
+        assert!(loss > 0.10, "smoothed {loss}");
+        // Cut at 3.5 s, when the smoothed loss was about a third: 1M × 2/3 × 0.9 ≈ 600k; and again while it lasts.
+        let first_cut = e.estimate();
+        assert!(
+            (550_000..650_000).contains(&first_cut),
+            "cut to {first_cut}"
+        );
+        // The loss ends; while its smoothed value fades there is no growth.
+        let mut t = 4000;
+        let cut = loop {
+            t += 500;
+            let before = e.estimate();
+            e.update(at(t), Some(0.0), 600_000);
+            if e.loss().expect("loss") >= 0.02 {
+                assert!(e.estimate() <= before, "no growth while loss fades");
+            } else {
+                break before;
+            }
+        };
+        assert!(cut < first_cut);
+        // Then 8 % a second (at least 50k) once the smoothed loss is under 2 %.
+        assert!(e.estimate() > cut);
+        let before = e.estimate();
+        e.update(at(t + 1000), Some(0.0), 600_000);
+        assert_eq!(
+            e.estimate(),
+            before + ((before as f64 * 0.08) as u64).max(50_000)
+        );
         // No report: no change. Never below the floor.
-        e.update(at(5900), None, 0);
-        assert_eq!(e.estimate(), 680_400);
+        let before = e.estimate();
+        e.update(at(t + 2000), None, 0);
+        assert_eq!(e.estimate(), before);
         for i in 0..40 {
-            e.update(t0 + Duration::from_secs(6 + i), Some(0.9), 10_000);
+            e.update(at(t + 3000 + 1000 * i), Some(0.9), 10_000);
         }
         assert_eq!(e.estimate(), MIN_ESTIMATE);
+        // Recovery: at least 50 kbit/s a second once the loss is gone and has faded.
+        let mut t = t + 43_000;
+        while e.loss().expect("loss") >= 0.02 || e.estimate() == MIN_ESTIMATE {
+            t += 1000;
+            e.update(at(t), Some(0.0), 40_000);
+            assert!(t < 200_000, "never recovers");
+        }
+        let before = e.estimate();
+        e.update(at(t + 1000), Some(0.0), 40_000);
+        assert_eq!(e.estimate(), before + 50_000);
     }
 
     fn bitrates(_: usize, layer: usize) -> u64 {

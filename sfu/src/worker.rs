@@ -30,6 +30,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -69,6 +70,14 @@ struct Conn {
     producer_by_track: HashMap<String, ProducerKey>,
     /// Subscribe leg: the SSRC the subscriber sees → producer (for PLI/FIR from the subscriber).
     producer_by_ssrc: HashMap<u32, ProducerKey>,
+    /// Subscribe leg: RTP packets forwarded to it, and packets its NACKs reported lost (before repair); with the
+    /// values at the last estimate update.
+    forwarded: u64,
+    nacked: u64,
+    loss_mark: (u64, u64, Instant),
+    /// Subscribe leg: the newest sequence number NACKed per stream (a receiver NACKs a missing packet again and
+    /// again; each is counted once).
+    nack_newest: HashMap<u32, u16>,
     /// Subscribe leg: transceivers whose sender was removed, which the next `add_track` of that kind reuses.
     free_audio_transceivers: usize,
     free_video_transceivers: usize,
@@ -91,6 +100,8 @@ struct Consumer {
     tile: Option<(u32, u32)>,
     /// The layer chosen before availability (it may not flow yet: the publisher is asked to send it).
     target_desired: Option<u8>,
+    /// RTP packets forwarded to it.
+    packets: u64,
 }
 
 /// One simulcast layer of a producer (or its only stream): its SSRC, what arrives of it, its keyframe requests.
@@ -161,6 +172,25 @@ impl Layer {
     }
 }
 
+impl Conn {
+    /// Count the packets a subscriber's NACK reports missing that no earlier NACK reported.
+    fn count_nacked(&mut self, nack: &TransportLayerNack) {
+        let newest = self.nack_newest.entry(nack.media_ssrc).or_insert_with(|| {
+            nack.nacks
+                .first()
+                .map_or(0, |n| n.packet_id.wrapping_sub(1))
+        });
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                if (seq.wrapping_sub(*newest) as i16) > 0 {
+                    *newest = seq;
+                    self.nacked += 1;
+                }
+            }
+        }
+    }
+}
+
 impl Producer {
     /// A simulcast layer opened (its first packet arrived): keep the layers ordered smallest first, and the
     /// consumers' targets pointing at the same layers as before.
@@ -197,6 +227,8 @@ impl Producer {
     }
 }
 
+/// A subscriber's loss is measured over at least this long.
+const LOSS_WINDOW: Duration = Duration::from_millis(500);
 /// A layer with no packet for this long is not switched to.
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
 /// Layer choice runs every this many ticks (and after anything that changes it).
@@ -443,6 +475,12 @@ impl Worker {
                 // Feedback from a subscriber about one of our forwarded streams: keyframe requests go upstream.
                 for p in &packets {
                     let any = p.as_any();
+                    if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        if let Some(conn) = self.conns.get_mut(&conn_id) {
+                            conn.count_nacked(nack);
+                        }
+                        continue;
+                    }
                     let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>()
                     {
                         Some(pli.media_ssrc)
@@ -569,6 +607,8 @@ impl Worker {
             };
             if sender.write_rtp(now, out).is_ok() {
                 self.stats.rtp_forwarded += 1;
+                conn.forwarded += 1;
+                consumer.packets += 1;
             }
             if !conn.dirty {
                 conn.dirty = true;
@@ -896,6 +936,7 @@ impl Worker {
             paused: false,
             tile: None,
             target_desired: None,
+            packets: 0,
         });
         self.layers_dirty = true;
         if let Some(p) = self.participants.get_mut(subscriber) {
@@ -956,6 +997,10 @@ impl Worker {
                 producer_by_ssrc: HashMap::new(),
                 free_audio_transceivers: 0,
                 free_video_transceivers: 0,
+                forwarded: 0,
+                nacked: 0,
+                loss_mark: (0, 0, now),
+                nack_newest: HashMap::new(),
             },
         );
         self.mark_dirty(id);
@@ -1335,9 +1380,6 @@ impl Worker {
                         })
                         .collect(),
                 });
-            if p.kind != MediaKind::Video {
-                continue;
-            }
             for c in &p.consumers {
                 let rid_of = |ssrc: Option<u32>| {
                     p.layers
@@ -1351,13 +1393,16 @@ impl Worker {
                     .or_default()
                     .push(ConsumerHealth {
                         track_id: p.id.clone(),
-                        layer: if c.paused {
+                        kind: p.kind,
+                        packets: c.packets,
+                        layer: if c.paused || p.kind == MediaKind::Audio {
                             None
                         } else {
                             rid_of(c.forwarder.current_ssrc())
                         },
                         target: c
                             .target
+                            .filter(|_| p.kind == MediaKind::Video)
                             .and_then(|t| p.layers.get(usize::from(t)))
                             .map(|l| l.rid.clone()),
                         paused: c.paused,
@@ -1727,8 +1772,20 @@ impl Worker {
                     && conn.state == RTCPeerConnectionState::Connected
                     && let Some(p) = self.participants.get_mut(&conn.participant)
                 {
-                    p.estimator
-                        .update(now, conn.rtc_stats.loss_out, conn.link.traffic.bitrate_out);
+                    // Loss over at least half a second: the worse of what its receiver reports say stayed lost
+                    // and what its NACKs said was lost (NACK retransmission hides random loss from the reports).
+                    let (forwarded, nacked, at) = conn.loss_mark;
+                    if now.saturating_duration_since(at) >= LOSS_WINDOW {
+                        conn.loss_mark = (conn.forwarded, conn.nacked, now);
+                        let sent = conn.forwarded - forwarded;
+                        let nack_loss = (sent > 0)
+                            .then(|| ((conn.nacked - nacked) as f64 / sent as f64).min(1.0));
+                        let loss = match (conn.rtc_stats.loss_out, nack_loss) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        p.estimator.update(now, loss, conn.link.traffic.bitrate_out);
+                    }
                 }
             }
             self.stats_cursor = id + 1;

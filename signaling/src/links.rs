@@ -143,6 +143,11 @@ fn media_json(l: &ParticipantLinks) -> (serde_json::Value, serde_json::Value) {
         .map(|c| {
             json!({
                 "track_id": c.track_id,
+                "kind": match c.kind {
+                    giaoban_sfu::MediaKind::Audio => "audio",
+                    giaoban_sfu::MediaKind::Video => "video",
+                },
+                "packets": c.packets,
                 "layer": c.layer,
                 "target": c.target,
                 "paused": c.paused,

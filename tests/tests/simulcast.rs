@@ -39,7 +39,10 @@ async fn layers_at_sfu(server: &TestServer, chair: &str) -> Vec<(String, u64, bo
 async fn chosen(server: &TestServer, hall: &str) -> Option<(Option<String>, Option<String>)> {
     let links = server.hub().sfu.links().await.expect("links");
     let l = links.iter().find(|l| l.participant == hall)?;
-    let c = l.consumers.first()?;
+    let c = l
+        .consumers
+        .iter()
+        .find(|c| c.kind == giaoban_sfu::MediaKind::Video)?;
     Some((c.layer.clone(), c.target.clone()))
 }
 
@@ -263,4 +266,281 @@ async fn wait_until_layers(server: &TestServer, chair: &str) -> Vec<(String, u64
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Audio first on a lossy downlink, in a network namespace of its own
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Set when this test binary runs inside the namespace the parent made.
+const NETNS_CHILD: &str = "SIMUL_AUDIO_FIRST_NETNS";
+
+/// Runs `cmd args` (inside the current namespace); panics with its output if it fails.
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Drop this fraction of what the server's media port sends to the hall (127.0.0.2); 0 removes the rule.
+fn downlink_loss(media_port: u16, probability: f64) {
+    run("iptables", &["-F", "OUTPUT"]);
+    if probability > 0.0 {
+        let port = media_port.to_string();
+        let p = format!("{probability}");
+        run(
+            "iptables",
+            &[
+                "-A",
+                "OUTPUT",
+                "-p",
+                "udp",
+                "-s",
+                "127.0.0.1",
+                "--sport",
+                &port,
+                "-d",
+                "127.0.0.2",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        );
+    }
+}
+
+/// Removes the namespace when the parent test ends, whatever happens.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The hall's downlink loses more and more: the SFU moves it to a lower layer, then pauses its video (told with
+/// `video_paused`) while audio is still forwarded, and resumes the video when the loss is gone. The loss is an
+/// iptables rule in a network namespace made for this test (the test binary runs itself again inside it), so
+/// nothing outside the test is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_downlink_drops_layers_then_pauses_video_keeping_audio_and_resumes() {
+    if std::env::var_os(NETNS_CHILD).is_some() {
+        audio_first_in_namespace().await;
+        return;
+    }
+    let ns = Netns(format!("simul-loss-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    run(
+        "ip",
+        &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"],
+    );
+    let exe = std::env::current_exe().expect("test binary");
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(exe)
+        .args([
+            "--exact",
+            "a_lossy_downlink_drops_layers_then_pauses_video_keeping_audio_and_resumes",
+            "--nocapture",
+        ])
+        .env(NETNS_CHILD, "1")
+        .output()
+        .await
+        .expect("run the test in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the test inside namespace {} failed:\n{stdout}\n{stderr}",
+        ns.0
+    );
+}
+
+async fn audio_first_in_namespace() {
+    let server = TestServer::start().await;
+    let media_port = server.media.port();
+    let hub = server.hub();
+    let (meeting, eps) = create_meeting(
+        &hub,
+        "Giao ban mạng yếu",
+        MeetingMode::Lecture,
+        &["UBND xã Vùng Cao"],
+    );
+    let mid = meeting.id.clone();
+    let mut chair_opts = server.token_opts(
+        &token(&hub, &mid, "chair", "Chủ trì", Role::Chair),
+        "Chủ trì",
+    );
+    chair_opts.media.simulcast = true;
+    chair_opts.media.video_bitrate_bps = 1_000_000;
+    chair_opts.media.video_fps = 20;
+    let chair = SimEndpoint::connect(chair_opts).await.expect("chair joins");
+    chair.publish().await.expect("chair publishes simulcast");
+    let mut hall_opts = server.token_opts(
+        &token(&hub, &mid, &eps[0].id, &eps[0].name, Role::Endpoint),
+        "Xã Vùng Cao",
+    );
+    // The hall's own loopback address: the loss rule matches only what goes to it.
+    hall_opts.bind_ip = std::net::IpAddr::from([127, 0, 0, 2]);
+    let hall = SimEndpoint::connect(hall_opts).await.expect("hall joins");
+    let chair_id = chair.id();
+    let hall_id = hall.id();
+    let video =
+        common::wait_receiving(&hall, &chair, TrackKind::Video, 30, Duration::from_secs(15)).await;
+    let track_id = video.track_id.clone();
+    wait_layer(&server, &hall, &chair_id, &track_id, "f", 960).await;
+
+    // Half of the downlink lost: the estimate falls to what gets through, the hall moves below f.
+    downlink_loss(media_port, 0.5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let lower = loop {
+        if let Some((_, Some(target))) = chosen(&server, &hall_id).await
+            && target != "f"
+        {
+            break target;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let links = server.hub().sfu.links().await.expect("links");
+            let l = links
+                .iter()
+                .find(|l| l.participant == hall_id)
+                .expect("hall");
+            panic!(
+                "with 50 % loss the hall should leave layer f: {:?}; estimate {:?}, subscribe leg {:?}",
+                chosen(&server, &hall_id).await,
+                l.estimate,
+                l.subscribe
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("50 % downlink loss: the hall moves to layer {lower}");
+
+    // Nearly everything lost: not even q fits; the video is paused and the hall told so; audio still goes out.
+    let from = hall.log_len();
+    downlink_loss(media_port, 0.95);
+    hall.wait_message_since(
+        from,
+        Duration::from_secs(20),
+        |m| matches!(m, ServerMessage::VideoPaused { track_id: t, paused: true } if *t == track_id),
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let links = futures_now(&server);
+        panic!("video_paused for the chair's video: {e:#}; links {links}")
+    });
+    let links = server.hub().sfu.links().await.expect("links");
+    let hall_links = links
+        .iter()
+        .find(|l| l.participant == hall_id)
+        .expect("hall");
+    assert!(
+        hall_links
+            .consumers
+            .iter()
+            .any(|c| c.kind == giaoban_sfu::MediaKind::Video && c.paused),
+        "the SFU shows the pause"
+    );
+    println!("estimate while paused: {:?}", hall_links.estimate);
+    assert!(
+        hall_links.estimate.is_some_and(|e| e < 200_000),
+        "estimate {:?}",
+        hall_links.estimate
+    );
+    // The server keeps forwarding the chair's audio to the hall, and no longer its video (its own counts).
+    let before = forwarded_to(&server, &hall_id).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = forwarded_to(&server, &hall_id).await;
+    println!(
+        "forwarded to the hall in 2 s with its video paused: audio {}, video {}",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    assert!(
+        after.0 - before.0 >= 80,
+        "audio goes on (50 packets a second): {before:?} -> {after:?}"
+    );
+    assert_eq!(after.1, before.1, "no video while paused");
+
+    // The loss goes away: the video resumes (told with video_paused false) and video arrives again.
+    let from = hall.log_len();
+    downlink_loss(media_port, 0.0);
+    hall.wait_message_since(from, Duration::from_secs(20), |m| {
+        matches!(m, ServerMessage::VideoPaused { track_id: t, paused: false } if *t == track_id)
+    })
+    .await
+    .expect("video_paused false once the link recovers");
+    let before = hall.track(&chair_id, &track_id).map_or(0, |t| t.keyframes);
+    wait_until_async_keyframe(&hall, &chair_id, &track_id, before).await;
+    let t = hall.track(&chair_id, &track_id).expect("video");
+    println!(
+        "after the loss: keyframe widths {:?}, SSRC changes {}",
+        t.keyframe_widths, t.ssrc_changes
+    );
+    assert_eq!(t.ssrc_changes, 0, "one SSRC through pause and resume");
+
+    chair.close().await;
+    hall.close().await;
+    server.shutdown().await;
+}
+
+/// RTP packets the server has forwarded to the hall: (audio, video).
+async fn forwarded_to(server: &TestServer, hall: &str) -> (u64, u64) {
+    let links = server.hub().sfu.links().await.expect("links");
+    let Some(l) = links.iter().find(|l| l.participant == hall) else {
+        return (0, 0);
+    };
+    let sum = |kind| {
+        l.consumers
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| c.packets)
+            .sum()
+    };
+    (
+        sum(giaoban_sfu::MediaKind::Audio),
+        sum(giaoban_sfu::MediaKind::Video),
+    )
+}
+
+async fn wait_until_async_keyframe(hall: &SimEndpoint, chair: &str, track: &str, before: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hall.track(chair, track).map_or(0, |t| t.keyframes) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no keyframe after the video resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The SFU's link health, printed (for failure messages).
+fn futures_now(server: &TestServer) -> String {
+    let hub = server.hub();
+    let links = std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(hub.sfu.links())
+        })
+        .join()
+    });
+    format!("{links:?}")
 }
