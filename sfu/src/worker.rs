@@ -1594,37 +1594,44 @@ impl Worker {
     /// even the lowest layer is paused. Then each simulcast producer's publisher is told which layers anyone
     /// still receives. Runs on the tick, never per packet.
     fn choose_layers(&mut self, now: Instant) {
-        // Each subscriber's consumers, in one pass.
-        let mut by_subscriber: HashMap<ParticipantId, (usize, Vec<(ProducerKey, usize)>)> =
-            HashMap::new();
+        // Each subscriber's consumers, in one pass (borrowed: no copies of ids).
+        // Per subscriber: its audio consumers (counted) and its video consumers (producer, index).
+        type Received = (usize, Vec<(ProducerKey, usize)>);
+        let mut by_subscriber: HashMap<&str, Received> = HashMap::new();
         for (key, p) in &self.producers {
             for (i, c) in p.consumers.iter().enumerate() {
-                let entry = by_subscriber.entry(c.subscriber.clone()).or_default();
+                let entry = by_subscriber.entry(c.subscriber.as_str()).or_default();
                 match p.kind {
                     MediaKind::Audio => entry.0 += 1,
                     MediaKind::Video => entry.1.push((*key, i)),
                 }
             }
         }
-        let mut events = Vec::new();
-        let mut keyframes = Vec::new();
-        for (sub, (audio, videos)) in by_subscriber {
-            let Some(participant) = self.participants.get(&sub) else {
+        // Decide with shared borrows, then apply.
+        let mut decisions: Vec<(ProducerKey, usize, Option<usize>)> = Vec::new();
+        for (sub, (audio, videos)) in &by_subscriber {
+            if videos.is_empty() {
+                continue;
+            }
+            let Some(participant) = self.participants.get(*sub) else {
                 continue;
             };
             let cap = participant.cap.map(usize::from);
             let budget = participant
                 .estimator
                 .estimate()
-                .saturating_sub(audio as u64 * layers::AUDIO_BITRATE);
+                .saturating_sub(*audio as u64 * layers::AUDIO_BITRATE);
             let wants: Vec<Want> = videos
                 .iter()
                 .map(|&(key, i)| {
                     let p = &self.producers[&key];
                     let c = &p.consumers[i];
-                    let n = p.layers.len();
-                    let measured: Vec<u32> = p.layers.iter().map(|l| l.width).collect();
-                    let widths = layers::layer_widths(&measured);
+                    let n = p.layers.len().min(layers::MAX_LAYERS);
+                    let mut measured = [0u32; layers::MAX_LAYERS];
+                    for (m, l) in measured.iter_mut().zip(&p.layers) {
+                        *m = l.width;
+                    }
+                    let widths = layers::layer_widths(&measured[..n]);
                     let by_tile = layers::layer_for_tile(c.tile.map(|t| t.0), &widths[..n]);
                     Want {
                         layers: n,
@@ -1638,6 +1645,14 @@ impl Worker {
                 self.producers[&key].layers[layer].cost(layer)
             });
             for (&(key, i), desired) in videos.iter().zip(chosen) {
+                decisions.push((key, i, desired));
+            }
+        }
+        drop(by_subscriber);
+        let mut events = Vec::new();
+        let mut keyframes = Vec::new();
+        {
+            for (key, i, desired) in decisions {
                 let Some(p) = self.producers.get_mut(&key) else {
                     continue;
                 };
@@ -1650,6 +1665,7 @@ impl Worker {
                         .unwrap_or(d) as u8
                 });
                 let c = &mut p.consumers[i];
+                let sub = &c.subscriber;
                 c.target_desired = desired.map(|d| d as u8);
                 if target.is_none() && !c.paused {
                     c.paused = true;
