@@ -762,6 +762,9 @@ impl Worker {
                 match rid {
                     // Another simulcast layer of the track (or a known rid's new SSRC).
                     Some(rid) => p.add_layer(rid, ssrc),
+                    // A stream already known, announced again after a renegotiation (the offer now declares its
+                    // SSRC): nothing changes. Without a rid, a simulcast track's layer cannot be told: ignored.
+                    None if p.simulcast || p.layers.iter().any(|l| l.ssrc == ssrc) => {}
                     // Same track, new SSRC (renegotiation): keep the producer, follow the new stream.
                     None => {
                         if let Some(l) = p.layers.first_mut() {
