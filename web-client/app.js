@@ -86,6 +86,16 @@ const NO_ROLE = { moderate: false, floor: false, rollcall: false, raise: false, 
 
 const GRANT_CHOICES = [0, 60, 180, 300];
 
+// The camera goes out in three simulcast layers (the server forwards each subscriber the one that fits its tile,
+// its cap and its link); three layers need a capture of at least 960x540. A screen share is one layer.
+const CAMERA_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_200_000 },
+];
+/** How often the shown size of each received video is checked (sent to the server only when it changed). */
+const VIDEO_SIZE_EVERY_MS = 1000;
+
 // ---------------------------------------------------------------------------------------------------------
 // State
 
@@ -326,7 +336,8 @@ function makeTile({ name, self }) {
   const floorFlag = el('span', { className: 'flag floor', dataset: { testid: 'tile-floor' }, hidden: true });
   const handFlag = el('span', { className: 'flag hand', dataset: { testid: 'tile-hand' }, hidden: true });
   const screenFlag = el('span', { className: 'flag screen', dataset: { testid: 'tile-screen' }, hidden: true });
-  flags.append(floorFlag, handFlag, screenFlag);
+  const pausedFlag = el('span', { className: 'flag paused', dataset: { testid: 'tile-video-paused' }, hidden: true });
+  flags.append(floorFlag, handFlag, screenFlag, pausedFlag);
   const label = document.createElement('div');
   label.className = 'label';
   const nameEl = document.createElement('span');
@@ -341,7 +352,7 @@ function makeTile({ name, self }) {
   label.append(nameEl, mic, cam);
   const actions = el('div', { className: 'tile-actions', hidden: true });
   tile.append(video, novideo, flags, actions, label);
-  return { tile, video, novideo, novideoText, nameEl, mic, cam, floorFlag, handFlag, screenFlag, actions };
+  return { tile, video, novideo, novideoText, nameEl, mic, cam, floorFlag, handFlag, screenFlag, pausedFlag, actions };
 }
 
 function renderTile(view, { name, self, mic, camera, hasVideo, hasAudio }) {
@@ -368,6 +379,7 @@ function renderTileFlags(view, id, sharing) {
   view.handFlag.textContent = t('tile.hand', { n: queuePos + 1 });
   view.screenFlag.hidden = !sharing;
   view.screenFlag.textContent = t('tile.screen');
+  view.pausedFlag.textContent = t('tile.videoPaused');
   view.tile.classList.toggle('speaking', onFloor);
   view.tile.classList.toggle('main', !!st?.main_participant_id && st.main_participant_id === id);
 }
@@ -456,6 +468,20 @@ function renderTileActions(p) {
         },
       }),
     );
+    // The highest video quality this hall receives (a weak commune link): the server's simulcast layer cap.
+    const cap = el('select', {
+      title: t('tile.layerCap'),
+      dataset: { testid: 'tile-layer-cap' },
+      onchange: (ev) => {
+        const v = ev.target.value;
+        p.layerCap = v;
+        send({ type: 'set_layer_cap', participant_id: p.id, max_layer: v === 'auto' ? null : v });
+      },
+    });
+    for (const v of ['auto', 'low', 'medium', 'high']) {
+      cap.append(el('option', { value: v, text: t(`tile.layerCap.${v}`), selected: (p.layerCap || 'auto') === v }));
+    }
+    buttons.push(cap);
   }
   p.view.actions.replaceChildren(...buttons);
 }
@@ -879,7 +905,7 @@ async function acquireMedia() {
     return local;
   }
   const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
-  const video = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 20, max: 30 } };
+  const video = { width: { ideal: 960 }, height: { ideal: 540 }, frameRate: { ideal: 20, max: 30 } };
   const adopt = (stream) => {
     for (const track of stream.getTracks()) {
       if (track.kind === 'audio' && !local.audio) local.audio = track;
@@ -1122,7 +1148,12 @@ async function publish(gen) {
   const pc = new RTCPeerConnection(pcConfig());
   meeting.publishPc = pc;
   watchPc(pc, 'publish');
-  for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [local.stream] });
+  for (const track of tracks) {
+    const init = { direction: 'sendonly', streams: [local.stream] };
+    if (track.kind === 'video' && meeting.simulcast) init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({ ...e }));
+    const transceiver = pc.addTransceiver(track, init);
+    if (track.kind === 'video') meeting.cameraSender = transceiver.sender;
+  }
   if (meeting.screen) {
     meeting.screen.transceivers = [];
     addScreenToPublish(); // negotiates
@@ -1407,6 +1438,68 @@ function syncChildren(parent, wanted) {
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Simulcast: which camera layers to send, how large each received video is shown, videos paused by the server.
+
+/** Send only the camera layers someone receives (the server's `layers`). */
+function setCameraLayers(active) {
+  const sender = meeting?.cameraSender;
+  if (!sender) return;
+  meeting.cameraLayers = active;
+  const params = sender.getParameters();
+  if (!params.encodings?.length) return;
+  let changed = false;
+  for (const enc of params.encodings) {
+    const on = !enc.rid || active.includes(enc.rid);
+    if (enc.active !== on) {
+      enc.active = on;
+      changed = true;
+    }
+  }
+  if (changed) sender.setParameters(params).catch((err) => console.warn('giaoban: setParameters failed', err));
+}
+
+function onVideoPaused(trackId, paused) {
+  for (const p of meeting.participants.values()) {
+    if (!p.tracks.has(trackId)) continue;
+    p.videoPaused = paused;
+    p.view.pausedFlag.hidden = !paused;
+    p.view.pausedFlag.textContent = t('tile.videoPaused');
+    p.view.tile.dataset.videoPaused = String(paused);
+  }
+  if (paused) showMessage('net', 'tile.videoPaused', {}, 'warn');
+  else if (![...meeting.participants.values()].some((p) => p.videoPaused)) clearMessage('net');
+}
+
+/** Tell the server how large each received video is shown (device pixels), when that changed. */
+function reportVideoSizes() {
+  if (!meeting?.session) return;
+  const dpr = window.devicePixelRatio || 1;
+  const shown = new Map(); // track → {width, height}, the largest element showing it
+  for (const video of [ui.mainVideo, ui.mainPip, ...[...meeting.participants.values()].map((p) => p.view.video)]) {
+    const track = video.srcObject?.getVideoTracks?.()[0];
+    if (!track) continue;
+    const r = video.getBoundingClientRect();
+    const visible = video.offsetParent !== null && !video.closest('[hidden]');
+    const width = visible ? Math.round(r.width * dpr) : 0;
+    const height = visible ? Math.round(r.height * dpr) : 0;
+    const prev = shown.get(track);
+    if (!prev || width > prev.width) shown.set(track, { width, height });
+  }
+  meeting.sentSizes = meeting.sentSizes || new Map();
+  for (const p of meeting.participants.values()) {
+    for (const [trackId, track] of p.received) {
+      if (track.kind !== 'video' || !p.tracks.has(trackId)) continue;
+      const size = shown.get(track) || { width: 0, height: 0 };
+      const last = meeting.sentSizes.get(trackId);
+      // Small changes do not matter to the layer choice; a tile appearing or hiding does.
+      if (last && Math.abs(last.width - size.width) <= last.width * 0.1 && (last.width === 0) === (size.width === 0)) continue;
+      meeting.sentSizes.set(trackId, size);
+      meeting.session.send({ type: 'video_size', track_id: trackId, width: size.width, height: size.height });
+    }
+  }
+}
+
 /** The running clocks: queue waiting times, floor time left. */
 function tick() {
   if (!meeting || !meeting.state) return;
@@ -1545,7 +1638,11 @@ function onServerMessage(msg) {
       if (msg.room && !meeting.room) meeting.room = msg.meeting?.title || msg.room;
       meeting.canPublish = msg.can_publish !== false;
       meeting.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
+      // The server's `media.simulcast`: three camera layers, or one.
+      meeting.simulcast = msg.simulcast === true;
       if (FORCE_RELAY && meeting.iceServers.length === 0) showMessage('relay', 'msg.relay.none', {}, 'warn');
+      // A new server session: its consumers know no tile sizes yet.
+      meeting.sentSizes = new Map();
       clearMessage('conn');
       clearMessage('server');
       for (const info of msg.participants || []) {
@@ -1634,6 +1731,12 @@ function onServerMessage(msg) {
     case 'connection_quality':
       meeting.quality = msg;
       renderQuality();
+      break;
+    case 'layers':
+      if (msg.source === 'camera') setCameraLayers(msg.active || []);
+      break;
+    case 'video_paused':
+      onVideoPaused(msg.track_id, !!msg.paused);
       break;
     case 'pong':
       break;
@@ -1789,6 +1892,7 @@ function startMeeting(room, name, token = null) {
   session.addEventListener('status', (ev) => onSessionStatus(ev.detail));
   session.start();
   meeting.tick = setInterval(tick, 1000);
+  meeting.sizeTimer = setInterval(reportVideoSizes, VIDEO_SIZE_EVERY_MS);
   renderAll();
 }
 
@@ -1797,6 +1901,7 @@ function endMeeting({ leave = true } = {}) {
   const m = meeting;
   m.generation += 1;
   clearInterval(m.tick);
+  clearInterval(m.sizeTimer);
   m.session?.close({ leave });
   if (m.screen) {
     for (const track of m.screen.stream.getTracks()) track.stop();

@@ -149,6 +149,10 @@ pub struct MediaConfig {
     /// ICE-TCP: the TCP port (passive candidates, RFC 4571 framing) offered beside UDP for halls whose firewall
     /// blocks UDP; worker `i` uses `tcp_port + i`. 0 = off.
     pub tcp_port: u16,
+    /// Ask browsers to publish their camera in three simulcast layers. Off by default: rtc 0.21.1 stops
+    /// delivering a simulcast camera after its publish connection is renegotiated (a screen share starting or
+    /// stopping), see ARCHITECTURE.md.
+    pub simulcast: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -217,6 +221,7 @@ impl Default for MediaConfig {
             announced_ips: Vec::new(),
             workers: 1,
             tcp_port: 0,
+            simulcast: false,
         }
     }
 }
@@ -358,6 +363,10 @@ impl Config {
                     Ok(v) => self.media.tcp_port = v,
                     Err(_) => return parse("port"),
                 },
+                "MEDIA_SIMULCAST" => match value.parse() {
+                    Ok(v) => self.media.simulcast = v,
+                    Err(_) => return parse("boolean (true/false)"),
+                },
                 "TURN_URLS" => {
                     self.turn.urls = value
                         .split(',')
@@ -420,6 +429,14 @@ impl Config {
                 },
                 "LIMITS_MAX_NAME_CHARS" => match value.parse() {
                     Ok(v) => self.limits.max_name_chars = v,
+                    Err(_) => return parse("number"),
+                },
+                "LIMITS_MAX_TRACKS_PER_PARTICIPANT" => match value.parse() {
+                    Ok(v) => self.limits.max_tracks_per_participant = v,
+                    Err(_) => return parse("number"),
+                },
+                "LIMITS_MAX_PUBLISH_KBPS" => match value.parse() {
+                    Ok(v) => self.limits.max_publish_kbps = v,
                     Err(_) => return parse("number"),
                 },
                 "HEALTH_FAIR_LOSS_PERCENT"

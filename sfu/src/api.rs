@@ -120,6 +120,20 @@ pub enum Command {
         track_id: String,
         reply: Reply<()>,
     },
+    /// A subscriber shows a received video `width` × `height` CSS pixels large (0 × 0: not shown); its layer
+    /// follows (simulcast).
+    SetVideoSize {
+        participant: ParticipantId,
+        track_id: String,
+        width: u32,
+        height: u32,
+        reply: Reply<()>,
+    },
+    /// The highest simulcast layer a subscriber receives (0 = the lowest; `None` = no cap), set by the chair or IT.
+    SetLayerCap {
+        participant: ParticipantId,
+        max_layer: Option<u8>,
+    },
     /// The participant left: close its connections, remove its producers and consumers.
     Leave { participant: ParticipantId },
     /// Counters for `/api` and the logs.
@@ -159,6 +173,21 @@ pub enum Event {
         participant: ParticipantId,
         leg: Leg,
         state: String,
+    },
+    /// Which simulcast layers (by rid) of a publisher's producer someone receives: the publisher should send
+    /// only these (the others are paused at the source).
+    LayersWanted {
+        participant: ParticipantId,
+        track_id: String,
+        source: MediaSource,
+        active: Vec<String>,
+    },
+    /// A subscriber's video of `track_id` was paused because its link cannot carry it (audio goes on), or
+    /// resumed.
+    VideoPaused {
+        participant: ParticipantId,
+        track_id: String,
+        paused: bool,
     },
     /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is gone.
     ParticipantFailed {
@@ -210,6 +239,13 @@ pub struct ParticipantLinks {
     pub room: RoomId,
     pub publish: Option<crate::health::LinkHealth>,
     pub subscribe: Option<crate::health::LinkHealth>,
+    /// The downlink estimate of the subscribe leg (bit/s) that layer choice uses; `None` while unconstrained (no
+    /// loss seen yet).
+    pub estimate: Option<u64>,
+    /// What arrives of each of the participant's producers, layer by layer.
+    pub producers: Vec<crate::health::ProducerHealth>,
+    /// What the participant receives: per consumer the layer chosen, and why.
+    pub consumers: Vec<crate::health::ConsumerHealth>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -295,6 +331,8 @@ impl SfuHandle {
             | Command::SubscribeAnswer { participant, .. }
             | Command::RemoteCandidate { participant, .. }
             | Command::SetPolicy { participant, .. }
+            | Command::SetVideoSize { participant, .. }
+            | Command::SetLayerCap { participant, .. }
             | Command::RequestKeyframe { participant, .. } => *self
                 .participant_worker
                 .get(participant)

@@ -1,10 +1,12 @@
-//! An interceptor at the application end of each connection's chain that lets keyframe requests (PLI, FIR)
-//! through to the worker. rtc's interceptors consume inbound RTCP unless one marks a packet for the
-//! application; the worker needs exactly these to ask the publisher for a keyframe.
+//! An interceptor at the application end of each connection's chain that lets keyframe requests (PLI, FIR) and
+//! NACKs through to the worker. rtc's interceptors consume inbound RTCP unless one marks a packet for the
+//! application; the worker needs keyframe requests to ask the publisher for a keyframe, and NACKs to count what a
+//! subscriber lost before retransmission repaired it (its receiver reports show only what stayed lost).
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
@@ -19,9 +21,11 @@ pub struct KeyframeRequestTap {
     writes: VecDeque<TaggedPacket>,
 }
 
-fn asks_for_keyframe(p: &dyn rtc::rtcp::Packet) -> bool {
+fn for_the_worker(p: &dyn rtc::rtcp::Packet) -> bool {
     let any = p.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+    any.is::<PictureLossIndication>()
+        || any.is::<FullIntraRequest>()
+        || any.is::<TransportLayerNack>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
@@ -33,9 +37,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &mut msg.message.packet {
-            packets.retain(|p| asks_for_keyframe(p.as_ref()));
+            packets.retain(|p| for_the_worker(p.as_ref()));
             if packets.is_empty() {
-                // Reports, NACKs, transport feedback: the interceptors have handled them.
+                // Reports, transport feedback: the interceptors have handled them.
                 return Ok(());
             }
             msg.message.add(Attribute::DeliverToApplication);

@@ -75,6 +75,20 @@ impl Forwarder {
         self.waiting_for_keyframe
     }
 
+    /// The SSRC being forwarded now (a simulcast layer's), if any.
+    pub fn current_ssrc(&self) -> Option<u32> {
+        self.source.map(|s| s.ssrc)
+    }
+
+    /// A switch to `ssrc` is wanted (a simulcast layer chosen again after it was switched away from): its
+    /// packets are no longer treated as late packets of an old source. The switch itself still waits for a
+    /// keyframe of that layer; until then the current layer keeps flowing.
+    pub fn allow_source(&mut self, ssrc: u32) {
+        if self.previous_ssrc == Some(ssrc) {
+            self.previous_ssrc = None;
+        }
+    }
+
     /// Decide about one incoming packet of the producer this consumer follows.
     pub fn forward(
         &mut self,
@@ -377,6 +391,81 @@ mod tests {
             .expect("ok");
         assert_eq!(c.seq, b.seq.wrapping_add(1));
         assert_eq!(c.timestamp, b.timestamp.wrapping_add(960));
+    }
+
+    /// Simulcast: three layers (SSRCs 1, 2, 3) of one producer, each with its own sequence, timestamp and
+    /// PictureID space. The consumer moves q → f → q → h; each switch happens on the target layer's keyframe,
+    /// the current layer flows until then, and what the subscriber sees continues by one every time.
+    #[test]
+    fn layer_switches_up_and_down_keep_the_stream_continuous() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Codec::Vp8, 90_000);
+        // Per layer: (ssrc, seq base, ts base, pid base, tl0 base).
+        let layers = [
+            (1u32, 100u16, 10_000u32, 5u16, 1u8),
+            (2, 30_000, 2_000_000, 7_000, 50),
+            (3, 65_000, 4_000_000_000, 32_700, 250),
+        ];
+        let mut out: Vec<Rewrite> = Vec::new();
+        let mut pids: Vec<u16> = Vec::new();
+        // 40 frames; layer schedule by frame: q until 10, f wanted from 10, q from 20, h from 30.
+        let mut wanted = 0usize;
+        for frame in 0..40u16 {
+            let target = match frame {
+                0..10 => 0,
+                10..20 => 2,
+                20..30 => 0,
+                _ => 1,
+            };
+            if target != wanted {
+                wanted = target;
+                f.allow_source(layers[wanted].0);
+            }
+            let now = t0 + Duration::from_millis(50 * u64::from(frame));
+            // Keyframes on every layer every 4th frame, offset per layer, so each switch has to wait. The wanted
+            // layer's packet of a frame comes first here; the current layer's copy of the frame is then late.
+            let mut order = [0usize, 1, 2];
+            order.sort_by_key(|&li| li != wanted);
+            for li in order {
+                let (ssrc, seq, ts, pid, tl0) = layers[li];
+                let key = (frame + li as u16).is_multiple_of(4) || frame == 0;
+                let p = vp8_packet(
+                    key,
+                    true,
+                    (pid + frame) % (1 << 15),
+                    tl0.wrapping_add(frame as u8),
+                );
+                let current = f.current_ssrc();
+                if li != wanted && current != Some(ssrc) {
+                    continue; // the worker's layer gate
+                }
+                if let Ok(r) = f.forward(
+                    now,
+                    ssrc,
+                    seq.wrapping_add(frame),
+                    ts.wrapping_add(4500 * u32::from(frame)),
+                    &p,
+                ) {
+                    pids.push(pid_of(&p, &r));
+                    out.push(r);
+                }
+            }
+        }
+        // One packet per frame went out (never two layers of one frame, never a frame missing in between).
+        assert_eq!(out.len(), 40, "one packet per frame");
+        for w in out.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "sequence continues");
+            assert_eq!(
+                w[1].timestamp.wrapping_sub(w[0].timestamp),
+                4500,
+                "timestamp by the frame time"
+            );
+        }
+        for w in pids.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % (1 << 15), "PictureID continues");
+        }
+        // It ends on h.
+        assert_eq!(f.current_ssrc(), Some(2));
     }
 
     #[test]

@@ -86,6 +86,47 @@ pub struct RtcLinkStats {
     pub nacks_sent: u64,
 }
 
+/// One simulcast layer (or the one stream of a producer without simulcast) as it arrives at the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerHealth {
+    /// The rid (`q`, `h`, `f`), empty without simulcast.
+    pub rid: String,
+    pub ssrc: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Bit/s over the last rate window.
+    pub bitrate: u64,
+    /// Whether the publisher was told to stop sending it (nobody receives it).
+    pub paused: bool,
+}
+
+/// One producer of a participant with its layers, smallest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerHealth {
+    pub track_id: String,
+    pub kind: crate::api::MediaKind,
+    pub layers: Vec<LayerHealth>,
+}
+
+/// One track a participant receives and, for video, the layer the server chose for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerHealth {
+    pub track_id: String,
+    pub kind: crate::api::MediaKind,
+    /// RTP packets forwarded to it (retransmissions not counted).
+    pub packets: u64,
+    /// The rid being forwarded now (`None`: nothing yet, or paused).
+    pub layer: Option<String>,
+    /// The rid the server is switching to (equal to `layer` once switched).
+    pub target: Option<String>,
+    /// Paused because the link cannot carry even the lowest layer.
+    pub paused: bool,
+    /// The tile size the client reported (CSS pixels).
+    pub tile: Option<(u32, u32)>,
+    /// The cap set by the chair or IT (layer index).
+    pub cap: Option<u8>,
+}
+
 /// Read loss, jitter and RTT from rtc's statistics (never per packet).
 pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats {
     let report = pc.get_stats(now, StatsSelector::None);

@@ -11,6 +11,7 @@ pub mod feedback;
 pub mod forwarder;
 pub mod health;
 pub mod keyframe;
+pub mod layers;
 pub mod recorder;
 pub mod router;
 pub mod tcp;

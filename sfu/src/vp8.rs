@@ -30,6 +30,21 @@ impl PictureId {
     }
 }
 
+/// The frame size a VP8 keyframe announces (RFC 6386 §9.1: 3-byte frame tag, start code 9d 01 2a, then 14-bit
+/// width and height, little-endian). Only the first packet of a keyframe carries it.
+pub fn keyframe_size(payload: &[u8], desc: &Vp8Descriptor) -> Option<(u16, u16)> {
+    if !desc.keyframe {
+        return None;
+    }
+    let b = payload.get(desc.header_len..desc.header_len + 10)?;
+    if b[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([b[6], b[7]]) & 0x3fff;
+    let h = u16::from_le_bytes([b[8], b[9]]) & 0x3fff;
+    Some((w, h))
+}
+
 /// Parse a VP8 payload descriptor. `None` if the payload is too short to hold what its flags announce.
 pub fn parse(payload: &[u8]) -> Option<Vp8Descriptor> {
     let first = *payload.first()?;
@@ -104,6 +119,20 @@ pub fn rewrite(payload: &mut [u8], desc: &Vp8Descriptor, picture_id: Option<u16>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyframe_size_is_read_from_the_frame_header() {
+        // Descriptor: X, S, PID (15 bit); then a keyframe tag, start code, 960 x 540.
+        let mut p = vec![0x90, 0x80, 0x80, 0x01, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a];
+        p.extend_from_slice(&960u16.to_le_bytes());
+        p.extend_from_slice(&540u16.to_le_bytes());
+        let d = parse(&p).expect("descriptor");
+        assert!(d.keyframe);
+        assert_eq!(keyframe_size(&p, &d), Some((960, 540)));
+        p[4] = 0x01; // a delta frame carries no size
+        let d = parse(&p).expect("descriptor");
+        assert_eq!(keyframe_size(&p, &d), None);
+    }
 
     /// X=1 S=1 PID(15-bit)=0x1234 TL0=7, then a keyframe payload header byte.
     const KEYFRAME_START: [u8; 6] = [0x90, 0xC0, 0x80 | 0x12, 0x34, 7, 0x10];

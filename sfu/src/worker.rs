@@ -12,8 +12,12 @@ use crate::api::{
 use crate::codec::Codec;
 use crate::connection::{self, Endpoint};
 use crate::forwarder::{Drop as FwdDrop, Forwarder};
-use crate::health::{LinkCounters, RtcLinkStats, link_health, read_rtc_stats};
+use crate::health::{
+    ConsumerHealth, LayerHealth, LinkCounters, ProducerHealth, RtcLinkStats, link_health,
+    read_rtc_stats,
+};
 use crate::keyframe::KeyframeThrottle;
+use crate::layers::{self, Estimator, Want};
 use crate::recorder::{Recording, Tap, TrackInfo};
 use crate::router::{ConnId, Router};
 use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
@@ -21,13 +25,14 @@ use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -69,6 +74,14 @@ struct Conn {
     producer_by_track: HashMap<String, ProducerKey>,
     /// Subscribe leg: the SSRC the subscriber sees → producer (for PLI/FIR from the subscriber).
     producer_by_ssrc: HashMap<u32, ProducerKey>,
+    /// Subscribe leg: RTP packets forwarded to it, and packets its NACKs reported lost (before repair); with the
+    /// values at the last estimate update.
+    forwarded: u64,
+    nacked: u64,
+    loss_mark: (u64, u64, Instant),
+    /// Subscribe leg: the newest sequence number NACKed per stream (a receiver NACKs a missing packet again and
+    /// again; each is counted once).
+    nack_newest: HashMap<u32, u16>,
     /// Subscribe leg: transceivers whose sender was removed, which the next `add_track` of that kind reuses.
     free_audio_transceivers: usize,
     free_video_transceivers: usize,
@@ -82,7 +95,148 @@ struct Consumer {
     /// The payload type negotiated on the subscriber's connection; `None` until its answer arrives.
     payload_type: Option<u8>,
     forwarder: Forwarder,
+    /// The producer's layer (index into `Producer::layers`) this consumer should get; `None` = its video is
+    /// paused (the link cannot carry it). The layer being forwarded until the switch is the forwarder's source.
+    target: Option<u8>,
+    /// Paused for lack of bandwidth (the subscriber was told).
+    paused: bool,
+    /// How large the subscriber shows this video (device pixels), as it reported.
+    tile: Option<(u32, u32)>,
+    /// The layer chosen before availability (it may not flow yet: the publisher is asked to send it).
+    target_desired: Option<u8>,
+    /// RTP packets forwarded to it.
+    packets: u64,
 }
+
+/// One simulcast layer of a producer (or its only stream): its SSRC, what arrives of it, its keyframe requests.
+struct Layer {
+    /// Empty without simulcast.
+    rid: String,
+    ssrc: u32,
+    packets: u64,
+    bytes: u64,
+    /// Bit/s over the last window; `measured` keeps the last non-zero rate (a paused layer's cost is still known).
+    bitrate: u64,
+    measured: u64,
+    window: Option<(Instant, u64)>,
+    last_packet: Option<Instant>,
+    /// Frame width from its last VP8 keyframe (0 until seen).
+    width: u32,
+    /// The publisher was told to stop sending it (nobody receives it).
+    paused: bool,
+    keyframes: KeyframeThrottle,
+}
+
+impl Layer {
+    fn new(rid: String, ssrc: u32) -> Self {
+        Layer {
+            rid,
+            ssrc,
+            packets: 0,
+            bytes: 0,
+            bitrate: 0,
+            measured: 0,
+            window: None,
+            last_packet: None,
+            width: 0,
+            paused: false,
+            keyframes: KeyframeThrottle::default(),
+        }
+    }
+
+    /// Packets arrived recently (the publisher may drop a layer on its own when its uplink or CPU is short).
+    fn is_flowing(&self, now: Instant) -> bool {
+        self.last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE_AFTER)
+    }
+
+    fn update_rate(&mut self, now: Instant) {
+        match self.window {
+            None => self.window = Some((now, self.bytes)),
+            Some((start, bytes)) => {
+                let elapsed = now.saturating_duration_since(start);
+                if elapsed >= crate::health::RATE_WINDOW {
+                    self.bitrate =
+                        ((self.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+                    if self.bitrate > 0 {
+                        self.measured = self.bitrate;
+                    }
+                    self.window = Some((now, self.bytes));
+                }
+            }
+        }
+    }
+
+    fn cost(&self, index: usize) -> u64 {
+        if self.measured > 0 {
+            self.measured
+        } else {
+            layers::nominal_bitrate(index)
+        }
+    }
+}
+
+impl Conn {
+    /// Count the packets a subscriber's NACK reports missing that no earlier NACK reported.
+    fn count_nacked(&mut self, nack: &TransportLayerNack) {
+        let newest = self.nack_newest.entry(nack.media_ssrc).or_insert_with(|| {
+            nack.nacks
+                .first()
+                .map_or(0, |n| n.packet_id.wrapping_sub(1))
+        });
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                if (seq.wrapping_sub(*newest) as i16) > 0 {
+                    *newest = seq;
+                    self.nacked += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Producer {
+    /// A simulcast layer opened (its first packet arrived): keep the layers ordered smallest first, and the
+    /// consumers' targets pointing at the same layers as before.
+    fn add_layer(&mut self, rid: String, ssrc: u32) {
+        if let Some(l) = self.layers.iter_mut().find(|l| l.rid == rid) {
+            l.ssrc = ssrc;
+            return;
+        }
+        if self.layers.len() >= layers::MAX_LAYERS {
+            warn!(producer = %self.id, %rid, "more simulcast layers than kept; ignored");
+            return;
+        }
+        let targets: Vec<Option<u32>> = self
+            .consumers
+            .iter()
+            .map(|c| {
+                c.target
+                    .and_then(|t| self.layers.get(usize::from(t)))
+                    .map(|l| l.ssrc)
+            })
+            .collect();
+        self.layers.push(Layer::new(rid, ssrc));
+        // Stable: rids of one rank keep the order they arrived in.
+        self.layers.sort_by_key(|l| layers::rid_rank(&l.rid));
+        for (c, ssrc) in self.consumers.iter_mut().zip(targets) {
+            if let Some(ssrc) = ssrc {
+                c.target = self
+                    .layers
+                    .iter()
+                    .position(|l| l.ssrc == ssrc)
+                    .map(|i| i as u8);
+            }
+        }
+    }
+}
+
+/// A subscriber's loss is measured over at least this long.
+const LOSS_WINDOW: Duration = Duration::from_millis(500);
+/// A layer with no packet for this long is not switched to.
+const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
+/// Layer choice runs every this many ticks (and after anything that changes it).
+const CHOOSE_EVERY_TICKS: u32 = 5;
 
 struct Producer {
     id: String,
@@ -96,8 +250,9 @@ struct Producer {
     codec: Codec,
     rtp_codec: RTCRtpCodec,
     receiver: RTCRtpReceiverId,
-    media_ssrc: u32,
-    keyframes: KeyframeThrottle,
+    /// Its streams, smallest first: one per simulcast rid, or one.
+    layers: Vec<Layer>,
+    simulcast: bool,
     consumers: Vec<Consumer>,
     /// While its room records: where each forwarded packet goes too (off the media path).
     record: Option<Tap>,
@@ -129,6 +284,10 @@ struct Participant {
     next_track_no: u32,
     /// Receives its own producers too (connection test).
     echo: bool,
+    /// Highest simulcast layer it receives, set by the chair or IT.
+    cap: Option<u8>,
+    /// Its downlink estimate (subscribe leg).
+    estimator: Estimator,
 }
 
 #[derive(Default)]
@@ -158,6 +317,9 @@ pub struct Worker {
     stats_cursor: ConnId,
     /// Rooms being recorded (kept while the room is empty, so a hall that rejoins is recorded again).
     recordings: HashMap<RoomId, Recording>,
+    /// Something that decides layers changed: choose again at the next tick.
+    layers_dirty: bool,
+    ticks: u32,
 }
 
 impl Worker {
@@ -185,6 +347,8 @@ impl Worker {
             stats: WorkerStats::default(),
             stats_cursor: 0,
             recordings: HashMap::new(),
+            layers_dirty: false,
+            ticks: 0,
         }
     }
 
@@ -442,6 +606,12 @@ impl Worker {
                 // Feedback from a subscriber about one of our forwarded streams: keyframe requests go upstream.
                 for p in &packets {
                     let any = p.as_any();
+                    if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        if let Some(conn) = self.conns.get_mut(&conn_id) {
+                            conn.count_nacked(nack);
+                        }
+                        continue;
+                    }
                     let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>()
                     {
                         Some(pli.media_ssrc)
@@ -476,25 +646,49 @@ impl Worker {
         let Some(producer) = self.producers.get_mut(&key) else {
             return;
         };
-        if !producer.forwarding {
-            // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
+        let ssrc = packet.header.ssrc;
+        // Which layer: at most three SSRC compares.
+        let Some(li) = producer.layers.iter().position(|l| l.ssrc == ssrc) else {
             return;
-        }
-        // The recording gets what the meeting hears and sees: one non-blocking queue push per packet per
-        // producer (payload shared, nothing allocated).
-        if let Some(tap) = &producer.record
-            && !tap.packet(&packet, now)
-        {
-            producer.record = None;
-        }
-        let mut want_keyframe = false;
+        };
         // Parsed once per packet, not once per consumer.
         let vp8 = if producer.codec == Codec::Vp8 {
             crate::vp8::parse(&packet.payload)
         } else {
             None
         };
+        let layer = &mut producer.layers[li];
+        layer.packets += 1;
+        layer.bytes += packet.payload.len() as u64;
+        layer.last_packet = Some(now);
+        if let Some(d) = &vp8
+            && d.keyframe
+            && let Some((w, _)) = crate::vp8::keyframe_size(&packet.payload, d)
+        {
+            layer.width = u32::from(w);
+        }
+        if !producer.forwarding {
+            // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
+            return;
+        }
+        // The recording gets what the meeting hears and sees, the top simulcast layer of a camera: one
+        // non-blocking queue push per packet per producer (payload shared, nothing allocated).
+        if li + 1 == producer.layers.len()
+            && let Some(tap) = &producer.record
+            && !tap.packet(&packet, now)
+        {
+            producer.record = None;
+        }
+        let li = li as u8;
+        // Layers whose keyframe some consumer waits for (bit per layer).
+        let mut want_keyframe = 0u8;
         for consumer in producer.consumers.iter_mut() {
+            // Layer choice: the target layer, or the layer still flowing until the switch; nothing while paused.
+            match consumer.target {
+                None => continue,
+                Some(t) if t != li && consumer.forwarder.current_ssrc() != Some(ssrc) => continue,
+                _ => {}
+            }
             let Some(pt) = consumer.payload_type else {
                 continue;
             };
@@ -515,7 +709,7 @@ impl Worker {
             ) {
                 Ok(r) => r,
                 Err(FwdDrop::WaitingForKeyframe) => {
-                    want_keyframe = true;
+                    want_keyframe |= 1 << li;
                     continue;
                 }
                 Err(_) => continue,
@@ -552,41 +746,62 @@ impl Worker {
             };
             if sender.write_rtp(now, out).is_ok() {
                 self.stats.rtp_forwarded += 1;
+                conn.forwarded += 1;
+                consumer.packets += 1;
             }
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(consumer.conn);
             }
         }
-        if want_keyframe {
-            self.request_keyframe(key, now);
+        if want_keyframe != 0 {
+            self.request_layer_keyframe(key, usize::from(li), now);
         }
     }
 
+    /// A keyframe of every layer the producer sends (a subscriber lost its picture, forwarding resumed).
     fn request_keyframe(&mut self, key: ProducerKey, now: Instant) {
+        let n = self.producers.get(&key).map_or(0, |p| p.layers.len());
+        for li in 0..n {
+            self.request_layer_keyframe(key, li, now);
+        }
+    }
+
+    /// A keyframe of one layer (PLI on that layer's SSRC), throttled per layer.
+    fn request_layer_keyframe(&mut self, key: ProducerKey, layer: usize, now: Instant) {
         let Some(producer) = self.producers.get_mut(&key) else {
             return;
         };
-        if producer.kind != MediaKind::Video || !producer.keyframes.request(now) {
+        if producer.kind != MediaKind::Video {
+            return;
+        }
+        let Some(l) = producer.layers.get_mut(layer) else {
+            return;
+        };
+        if l.paused || !l.keyframes.request(now) {
             return;
         }
         self.stats.plis_sent += 1;
-        Self::send_pli(&mut self.conns, &mut self.dirty, producer, now);
+        Self::send_pli(&mut self.conns, &mut self.dirty, producer, layer, now);
     }
 
     fn send_pli(
         conns: &mut HashMap<ConnId, Conn>,
         dirty: &mut Vec<ConnId>,
         producer: &Producer,
+        layer: usize,
         now: Instant,
     ) {
         let Some(conn) = conns.get_mut(&producer.conn) else {
             return;
         };
+        let Some(media_ssrc) = producer.layers.get(layer).map(|l| l.ssrc) else {
+            return;
+        };
         if let Some(mut receiver) = conn.pc.rtp_receiver(producer.receiver) {
             let pli = PictureLossIndication {
                 sender_ssrc: 0,
-                media_ssrc: producer.media_ssrc,
+                media_ssrc,
             };
             if let Err(e) = receiver.write_rtcp(now, vec![Box::new(pli)]) {
                 debug!(producer = %producer.id, error = %e, "PLI not sent");
@@ -603,18 +818,7 @@ impl Worker {
     fn on_event(&mut self, conn_id: ConnId, ev: RTCPeerConnectionEvent, now: Instant) {
         match ev {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                let screen = init
-                    .stream_ids
-                    .first()
-                    .is_some_and(|s| s.to_ascii_lowercase().starts_with("screen"));
-                self.on_track_open(
-                    conn_id,
-                    init.track_id,
-                    init.receiver_id,
-                    init.ssrc,
-                    screen,
-                    now,
-                );
+                self.on_track_open(conn_id, init, now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
                 let key = self
@@ -670,15 +874,21 @@ impl Worker {
         }
     }
 
-    fn on_track_open(
-        &mut self,
-        conn_id: ConnId,
-        track_id: String,
-        receiver_id: RTCRtpReceiverId,
-        ssrc: u32,
-        screen: bool,
-        now: Instant,
-    ) {
+    /// The first packet of a publisher's stream arrived: a new Producer, or another simulcast layer of one (the
+    /// same track id with a rid), or a renegotiated track's new SSRC.
+    fn on_track_open(&mut self, conn_id: ConnId, init: RTCTrackEventInit, now: Instant) {
+        let screen = init
+            .stream_ids
+            .first()
+            .is_some_and(|s| s.to_ascii_lowercase().starts_with("screen"));
+        let RTCTrackEventInit {
+            track_id,
+            receiver_id,
+            ssrc,
+            rid,
+            ..
+        } = init;
+        let rid = rid.filter(|r| !r.is_empty());
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -686,11 +896,24 @@ impl Worker {
             return;
         }
         if let Some(old) = conn.producer_by_track.get(&track_id).copied() {
-            // Same track, new SSRC (renegotiation): keep the producer, follow the new stream.
             if let Some(p) = self.producers.get_mut(&old) {
-                p.media_ssrc = ssrc;
                 p.receiver = receiver_id;
+                match rid {
+                    // Another simulcast layer of the track (or a known rid's new SSRC).
+                    Some(rid) => p.add_layer(rid, ssrc),
+                    // A stream already known, announced again after a renegotiation (the offer now declares its
+                    // SSRC): nothing changes. Without a rid, a simulcast track's layer cannot be told: ignored.
+                    None if p.simulcast || p.layers.iter().any(|l| l.ssrc == ssrc) => {}
+                    // Same track, new SSRC (renegotiation): keep the producer, follow the new stream.
+                    None => {
+                        if let Some(l) = p.layers.first_mut() {
+                            l.ssrc = ssrc;
+                        }
+                    }
+                }
+                info!(producer = %p.id, ssrc, layers = p.layers.len(), "producer stream opened");
             }
+            self.layers_dirty = true;
             return;
         }
         let Some((kind, rtp_codec)) = conn.pc.rtp_receiver(receiver_id).map(|mut r| {
@@ -731,7 +954,7 @@ impl Worker {
         self.next_id += 1;
         conn.producer_by_track.insert(track_id, key);
         let codec = Codec::from_mime(&rtp_codec.mime_type);
-        info!(participant = %owner, track = %id, mime = %rtp_codec.mime_type, ssrc, "producer opened");
+        info!(participant = %owner, track = %id, mime = %rtp_codec.mime_type, ssrc, ?rid, "producer opened");
         let _ = self.events.send(Event::TrackPublished {
             participant: owner.clone(),
             track: TrackDesc {
@@ -754,8 +977,8 @@ impl Worker {
                 codec,
                 rtp_codec,
                 receiver: receiver_id,
-                media_ssrc: ssrc,
-                keyframes: KeyframeThrottle::default(),
+                simulcast: rid.is_some(),
+                layers: vec![Layer::new(rid.unwrap_or_default(), ssrc)],
                 consumers: Vec::new(),
                 record: None,
             },
@@ -857,7 +1080,14 @@ impl Worker {
             ssrc,
             payload_type: None,
             forwarder: Forwarder::new(producer.codec, producer.rtp_codec.clock_rate),
+            // Start on the largest layer known; layer choice refines it at the next tick.
+            target: Some(producer.layers.len().saturating_sub(1) as u8),
+            paused: false,
+            tile: None,
+            target_desired: None,
+            packets: 0,
         });
+        self.layers_dirty = true;
         if let Some(p) = self.participants.get_mut(subscriber) {
             p.renegotiate = true;
         }
@@ -917,6 +1147,10 @@ impl Worker {
                 producer_by_ssrc: HashMap::new(),
                 free_audio_transceivers: 0,
                 free_video_transceivers: 0,
+                forwarded: 0,
+                nacked: 0,
+                loss_mark: (0, 0, now),
+                nack_newest: HashMap::new(),
             },
         );
         self.mark_dirty(id);
@@ -1149,6 +1383,8 @@ impl Worker {
                         renegotiate: false,
                         next_track_no: 0,
                         echo,
+                        cap: None,
+                        estimator: Estimator::default(),
                     },
                 );
                 let r = self.rooms.entry(room).or_default();
@@ -1217,6 +1453,39 @@ impl Worker {
                     None => {
                         let _ = reply.send(Err(SfuError::UnknownTrack(track_id)));
                     }
+                }
+            }
+            Command::SetVideoSize {
+                participant,
+                track_id,
+                width,
+                height,
+                reply,
+            } => {
+                let consumer = self
+                    .producers
+                    .values_mut()
+                    .filter(|p| p.id == track_id && p.kind == MediaKind::Video)
+                    .flat_map(|p| p.consumers.iter_mut())
+                    .find(|c| c.subscriber == participant);
+                match consumer {
+                    Some(c) => {
+                        c.tile = Some((width, height));
+                        self.layers_dirty = true;
+                        let _ = reply.send(Ok(()));
+                    }
+                    None => {
+                        let _ = reply.send(Err(SfuError::UnknownTrack(track_id)));
+                    }
+                }
+            }
+            Command::SetLayerCap {
+                participant,
+                max_layer,
+            } => {
+                if let Some(p) = self.participants.get_mut(&participant) {
+                    p.cap = max_layer;
+                    self.layers_dirty = true;
                 }
             }
             Command::Leave { participant } => self.leave(&participant),
@@ -1293,6 +1562,60 @@ impl Worker {
     }
 
     fn links(&mut self, now: Instant) -> Vec<ParticipantLinks> {
+        // Producers and consumers by participant, in one pass over the producers.
+        let mut produced: HashMap<&str, Vec<ProducerHealth>> = HashMap::new();
+        let mut consumed: HashMap<&str, Vec<ConsumerHealth>> = HashMap::new();
+        for p in self.producers.values() {
+            produced
+                .entry(p.owner.as_str())
+                .or_default()
+                .push(ProducerHealth {
+                    track_id: p.id.clone(),
+                    kind: p.kind,
+                    layers: p
+                        .layers
+                        .iter()
+                        .map(|l| LayerHealth {
+                            rid: l.rid.clone(),
+                            ssrc: l.ssrc,
+                            packets: l.packets,
+                            bytes: l.bytes,
+                            bitrate: l.bitrate,
+                            paused: l.paused,
+                        })
+                        .collect(),
+                });
+            for c in &p.consumers {
+                let rid_of = |ssrc: Option<u32>| {
+                    p.layers
+                        .iter()
+                        .find(|l| Some(l.ssrc) == ssrc)
+                        .map(|l| l.rid.clone())
+                };
+                let cap = self.participants.get(&c.subscriber).and_then(|s| s.cap);
+                consumed
+                    .entry(c.subscriber.as_str())
+                    .or_default()
+                    .push(ConsumerHealth {
+                        track_id: p.id.clone(),
+                        kind: p.kind,
+                        packets: c.packets,
+                        layer: if c.paused || p.kind == MediaKind::Audio {
+                            None
+                        } else {
+                            rid_of(c.forwarder.current_ssrc())
+                        },
+                        target: c
+                            .target
+                            .filter(|_| p.kind == MediaKind::Video)
+                            .and_then(|t| p.layers.get(usize::from(t)))
+                            .map(|l| l.rid.clone()),
+                        paused: c.paused,
+                        tile: c.tile,
+                        cap,
+                    });
+            }
+        }
         let mut out = Vec::new();
         for (pid, p) in &self.participants {
             let health = |id: Option<ConnId>| {
@@ -1310,6 +1633,12 @@ impl Worker {
                 room: p.room.clone(),
                 publish: health(p.publish),
                 subscribe: health(p.subscribe),
+                estimate: p
+                    .subscribe
+                    .map(|_| p.estimator.estimate())
+                    .filter(|e| *e < layers::MAX_ESTIMATE),
+                producers: produced.remove(pid.as_str()).unwrap_or_default(),
+                consumers: consumed.remove(pid.as_str()).unwrap_or_default(),
             });
         }
         out
@@ -1452,9 +1781,13 @@ impl Worker {
             ..
         } = self;
         for producer in producers.values_mut() {
-            if producer.keyframes.poll(now) {
-                Self::send_pli(conns, dirty, producer, now);
-                self.stats.plis_sent += 1;
+            for li in 0..producer.layers.len() {
+                let layer = &mut producer.layers[li];
+                layer.update_rate(now);
+                if layer.keyframes.poll(now) && !layer.paused {
+                    Self::send_pli(conns, dirty, producer, li, now);
+                    self.stats.plis_sent += 1;
+                }
             }
         }
         for conn in conns.values_mut() {
@@ -1475,6 +1808,166 @@ impl Worker {
         }
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);
+        self.ticks = self.ticks.wrapping_add(1);
+        if self.layers_dirty || self.ticks.is_multiple_of(CHOOSE_EVERY_TICKS) {
+            self.layers_dirty = false;
+            self.choose_layers(now);
+        }
+    }
+
+    /// Choose each video consumer's layer (see `layers.rs`): per subscriber, the tile size and the cap give each
+    /// consumer a limit, the downlink estimate is shared out largest tile first, and a consumer that cannot get
+    /// even the lowest layer is paused. Then each simulcast producer's publisher is told which layers anyone
+    /// still receives. Runs on the tick, never per packet.
+    fn choose_layers(&mut self, now: Instant) {
+        // Each subscriber's consumers, in one pass (borrowed: no copies of ids).
+        // Per subscriber: its audio consumers (counted) and its video consumers (producer, index).
+        type Received = (usize, Vec<(ProducerKey, usize)>);
+        let mut by_subscriber: HashMap<&str, Received> = HashMap::new();
+        for (key, p) in &self.producers {
+            for (i, c) in p.consumers.iter().enumerate() {
+                let entry = by_subscriber.entry(c.subscriber.as_str()).or_default();
+                match p.kind {
+                    MediaKind::Audio => entry.0 += 1,
+                    MediaKind::Video => entry.1.push((*key, i)),
+                }
+            }
+        }
+        // Decide with shared borrows, then apply.
+        let mut decisions: Vec<(ProducerKey, usize, Option<usize>)> = Vec::new();
+        for (sub, (audio, videos)) in &by_subscriber {
+            if videos.is_empty() {
+                continue;
+            }
+            let Some(participant) = self.participants.get(*sub) else {
+                continue;
+            };
+            let cap = participant.cap.map(usize::from);
+            let budget = participant
+                .estimator
+                .estimate()
+                .saturating_sub(*audio as u64 * layers::AUDIO_BITRATE);
+            let wants: Vec<Want> = videos
+                .iter()
+                .map(|&(key, i)| {
+                    let p = &self.producers[&key];
+                    let c = &p.consumers[i];
+                    let n = p.layers.len().min(layers::MAX_LAYERS);
+                    let mut measured = [0u32; layers::MAX_LAYERS];
+                    for (m, l) in measured.iter_mut().zip(&p.layers) {
+                        *m = l.width;
+                    }
+                    let widths = layers::layer_widths(&measured[..n]);
+                    let by_tile = layers::layer_for_tile(c.tile.map(|t| t.0), &widths[..n]);
+                    Want {
+                        layers: n,
+                        limit: by_tile.min(cap.unwrap_or(usize::MAX)).min(n - 1),
+                        paused: c.paused,
+                    }
+                })
+                .collect();
+            let chosen = layers::allocate(budget, &wants, |i, layer| {
+                let (key, _) = videos[i];
+                self.producers[&key].layers[layer].cost(layer)
+            });
+            for (&(key, i), desired) in videos.iter().zip(chosen) {
+                decisions.push((key, i, desired));
+            }
+        }
+        drop(by_subscriber);
+        let mut events = Vec::new();
+        let mut keyframes = Vec::new();
+        {
+            for (key, i, desired) in decisions {
+                let Some(p) = self.producers.get_mut(&key) else {
+                    continue;
+                };
+                // The desired layer if it flows, else the nearest lower one that does, else the lowest that does.
+                let target = desired.map(|d| {
+                    (0..=d)
+                        .rev()
+                        .find(|&l| p.layers[l].is_flowing(now))
+                        .or_else(|| (d..p.layers.len()).find(|&l| p.layers[l].is_flowing(now)))
+                        .unwrap_or(d) as u8
+                });
+                let c = &mut p.consumers[i];
+                let sub = &c.subscriber;
+                c.target_desired = desired.map(|d| d as u8);
+                if target.is_none() && !c.paused {
+                    c.paused = true;
+                    c.target = None;
+                    info!(subscriber = %sub, producer = %p.id, "video paused: the link cannot carry it");
+                    events.push(Event::VideoPaused {
+                        participant: sub.clone(),
+                        track_id: p.id.clone(),
+                        paused: true,
+                    });
+                } else if let Some(t) = target {
+                    if c.paused {
+                        // Resume from a keyframe with the stream continuing where it stopped.
+                        c.paused = false;
+                        c.forwarder.resume();
+                        info!(subscriber = %sub, producer = %p.id, "video resumed");
+                        events.push(Event::VideoPaused {
+                            participant: sub.clone(),
+                            track_id: p.id.clone(),
+                            paused: false,
+                        });
+                        keyframes.push((key, usize::from(t)));
+                    }
+                    if c.target != Some(t) {
+                        debug!(subscriber = %sub, producer = %p.id, layer = %p.layers[usize::from(t)].rid, "layer target");
+                        c.target = Some(t);
+                        c.forwarder.allow_source(p.layers[usize::from(t)].ssrc);
+                    }
+                }
+            }
+        }
+        // Layers nobody receives are paused at the publisher (the lowest always flows: a new subscriber starts
+        // at once, and the publisher's uplink stays measured).
+        for p in self.producers.values_mut().filter(|p| p.simulcast) {
+            let mut wanted = 1u8;
+            for c in p.consumers.iter().filter(|c| !c.paused) {
+                if let Some(t) = c.target_desired {
+                    wanted |= 1 << t;
+                }
+                if let Some(t) = c.target {
+                    wanted |= 1 << t;
+                }
+                if let Some(cur) = c.forwarder.current_ssrc()
+                    && let Some(l) = p.layers.iter().position(|l| l.ssrc == cur)
+                {
+                    wanted |= 1 << l;
+                }
+            }
+            let mut changed = false;
+            for (i, l) in p.layers.iter_mut().enumerate() {
+                let paused = wanted & (1 << i) == 0;
+                if l.paused != paused {
+                    l.paused = paused;
+                    changed = true;
+                }
+            }
+            if changed {
+                events.push(Event::LayersWanted {
+                    participant: p.owner.clone(),
+                    track_id: p.id.clone(),
+                    source: p.source,
+                    active: p
+                        .layers
+                        .iter()
+                        .filter(|l| !l.paused)
+                        .map(|l| l.rid.clone())
+                        .collect(),
+                });
+            }
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        for (key, layer) in keyframes {
+            self.request_layer_keyframe(key, layer, now);
+        }
     }
 
     /// A subscribe offer that got no answer (lost on its way, or the client restarted its handling) is sent
@@ -1517,6 +2010,25 @@ impl Worker {
         for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.rtc_stats = read_rtc_stats(&mut conn.pc, now);
+                if conn.leg == Leg::Subscribe
+                    && conn.state == RTCPeerConnectionState::Connected
+                    && let Some(p) = self.participants.get_mut(&conn.participant)
+                {
+                    // Loss over at least half a second: the worse of what its receiver reports say stayed lost
+                    // and what its NACKs said was lost (NACK retransmission hides random loss from the reports).
+                    let (forwarded, nacked, at) = conn.loss_mark;
+                    if now.saturating_duration_since(at) >= LOSS_WINDOW {
+                        conn.loss_mark = (conn.forwarded, conn.nacked, now);
+                        let sent = conn.forwarded - forwarded;
+                        let nack_loss = (sent > 0)
+                            .then(|| ((conn.nacked - nacked) as f64 / sent as f64).min(1.0));
+                        let loss = match (conn.rtc_stats.loss_out, nack_loss) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        p.estimator.update(now, loss, conn.link.traffic.bitrate_out);
+                    }
+                }
             }
             self.stats_cursor = id + 1;
         }

@@ -370,6 +370,8 @@ impl Hub {
                     &participant_id,
                     crate::turn::unix_now(),
                 ),
+                // The connection test measures the link, one layer is enough.
+                simulcast: false,
             },
         );
         room.members.push(Member {
@@ -670,6 +672,7 @@ impl Hub {
                         &identity.participant_id,
                         crate::turn::unix_now(),
                     ),
+                    simulcast: self.config.media.simulcast,
                 },
             );
             self.rooms_of
@@ -1024,6 +1027,36 @@ impl Hub {
                 dropped,
                 error,
             } => crate::recording::on_ended(self, &room, &dir, files, dropped, error),
+            Event::LayersWanted {
+                participant,
+                track_id,
+                source,
+                active,
+            } => {
+                let source = match source {
+                    MediaSource::Microphone => TrackSource::Microphone,
+                    MediaSource::Camera => TrackSource::Camera,
+                    MediaSource::Screen => TrackSource::Screen,
+                };
+                self.send_to(
+                    &participant,
+                    ServerMessage::Layers {
+                        track_id,
+                        source,
+                        active,
+                    },
+                );
+            }
+            Event::VideoPaused {
+                participant,
+                track_id,
+                paused,
+            } => {
+                self.send_to(
+                    &participant,
+                    ServerMessage::VideoPaused { track_id, paused },
+                );
+            }
             Event::ParticipantFailed {
                 participant,
                 reason,

@@ -183,6 +183,52 @@ fn health_json(h: &Option<LinkHealth>) -> serde_json::Value {
     }
 }
 
+/// What arrives of a participant's producers, layer by layer (simulcast: one entry per rid), and what it
+/// receives: per video the layer the server chose.
+fn media_json(l: &ParticipantLinks) -> (serde_json::Value, serde_json::Value) {
+    let producers = l
+        .producers
+        .iter()
+        .map(|p| {
+            json!({
+                "track_id": p.track_id,
+                "kind": match p.kind {
+                    giaoban_sfu::MediaKind::Audio => "audio",
+                    giaoban_sfu::MediaKind::Video => "video",
+                },
+                "layers": p.layers.iter().map(|x| json!({
+                    "rid": x.rid,
+                    "ssrc": x.ssrc,
+                    "packets": x.packets,
+                    "bytes": x.bytes,
+                    "bitrate": x.bitrate,
+                    "paused": x.paused,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect::<Vec<_>>();
+    let consumers = l
+        .consumers
+        .iter()
+        .map(|c| {
+            json!({
+                "track_id": c.track_id,
+                "kind": match c.kind {
+                    giaoban_sfu::MediaKind::Audio => "audio",
+                    giaoban_sfu::MediaKind::Video => "video",
+                },
+                "packets": c.packets,
+                "layer": c.layer,
+                "target": c.target,
+                "paused": c.paused,
+                "tile": c.tile.map(|(w, h)| json!({"width": w, "height": h})),
+                "cap": c.cap,
+            })
+        })
+        .collect::<Vec<_>>();
+    (json!(producers), json!(consumers))
+}
+
 /// `GET /api/health`: every participant's link, for IT staff (admin or observer token).
 pub async fn api_health(
     State(hub): State<Arc<Hub>>,
@@ -241,6 +287,7 @@ pub async fn api_health(
         .map(|l| {
             let who = hub.identity(&l.room, &l.participant);
             let client = hub.clients.get(&l.participant).map(|c| c.clone());
+            let (producers, receiving) = media_json(l);
             json!({
                 "participant_id": l.participant,
                 "room": l.room,
@@ -251,6 +298,9 @@ pub async fn api_health(
                 "joined_seconds": client.map(|c| c.since.elapsed().as_secs()),
                 "publish": health_json(&l.publish),
                 "subscribe": health_json(&l.subscribe),
+                "estimate": l.estimate,
+                "producers": producers,
+                "receiving": receiving,
             })
         })
         .collect();
@@ -341,6 +391,9 @@ mod tests {
                 },
                 ..Default::default()
             }),
+            estimate: None,
+            producers: Vec::new(),
+            consumers: Vec::new(),
         }
     }
 

@@ -34,6 +34,7 @@ fn action_of(msg: &ClientMessage) -> Option<(Action, &'static str)> {
         ClientMessage::Chat { .. } => (Action::Chat, "chat"),
         ClientMessage::StartRecording {} => (Action::Record, "start_recording"),
         ClientMessage::StopRecording {} => (Action::Record, "stop_recording"),
+        ClientMessage::SetLayerCap { .. } => (Action::SetLayerCap, "set_layer_cap"),
         _ => return None,
     })
 }
@@ -54,6 +55,20 @@ pub fn handle(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<bool, Re
             return Ok(true);
         };
         return chat(hub, who, text).map(|_| true);
+    }
+    if let ClientMessage::SetLayerCap {
+        participant_id,
+        max_layer,
+    } = msg
+    {
+        // A media setting, not a meeting rule: allowed in open rooms too, no meeting state to send.
+        let result = set_layer_cap(hub, who, participant_id, *max_layer);
+        let outcome = match &result {
+            Ok(()) => "ok".to_string(),
+            Err((code, _)) => format!("{code:?}"),
+        };
+        hub.audit(Some(who), None, name, &format!("{msg:?}"), &outcome);
+        return result.map(|_| true);
     }
     if who.meeting.is_none() {
         return Err((
@@ -95,6 +110,32 @@ pub fn handle(hub: &Hub, who: &Identity, msg: &ClientMessage) -> Result<bool, Re
         hub.after_change(&who.room);
     }
     result.map(|_| true)
+}
+
+/// Cap what `participant_id` (in the sender's room) receives.
+fn set_layer_cap(
+    hub: &Hub,
+    who: &Identity,
+    participant_id: &str,
+    max_layer: Option<crate::protocol::LayerCap>,
+) -> Result<(), Refused> {
+    let in_room = hub.rooms.get(&who.room).is_some_and(|room| {
+        room.members
+            .iter()
+            .any(|m| m.identity.participant_id == participant_id)
+    });
+    if !in_room {
+        return Err((
+            ErrorCode::NotFound,
+            format!("no participant {participant_id} in this room"),
+        ));
+    }
+    hub.sfu
+        .send(giaoban_sfu::Command::SetLayerCap {
+            participant: participant_id.to_string(),
+            max_layer: max_layer.map(|c| c.index()),
+        })
+        .map_err(|e| (ErrorCode::Media, e.to_string()))
 }
 
 /// Find the subject of a participant id in the sender's room.

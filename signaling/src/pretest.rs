@@ -309,6 +309,9 @@ mod tests {
                 ..Default::default()
             }),
             subscribe: None,
+            estimate: None,
+            producers: Vec::new(),
+            consumers: Vec::new(),
         };
         let t0 = Instant::now();
         let mut t = TestSession::new("m".into());

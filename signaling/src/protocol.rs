@@ -179,6 +179,29 @@ pub struct ParticipantInfo {
     pub tracks: Vec<TrackInfo>,
 }
 
+/// The highest simulcast layer a participant receives (`set_layer_cap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerCap {
+    /// The smallest layer (q, a quarter of the camera's width).
+    Low,
+    /// Up to the middle layer (h).
+    Medium,
+    /// Up to the full layer (f): no cap.
+    High,
+}
+
+impl LayerCap {
+    /// The layer index the media plane uses (0 = the lowest).
+    pub fn index(self) -> u8 {
+        match self {
+            LayerCap::Low => 0,
+            LayerCap::Medium => 1,
+            LayerCap::High => 2,
+        }
+    }
+}
+
 /// Messages from the browser (or a simulated endpoint) to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -207,6 +230,19 @@ pub enum ClientMessage {
     MediaState { mic: bool, camera: bool },
     /// Ask for a keyframe of a track this client receives (the server throttles).
     RequestKeyframe { track_id: String },
+    /// How large this client shows a received video, in device pixels (0 × 0: not shown); the server sends the
+    /// simulcast layer that fits.
+    VideoSize {
+        track_id: String,
+        width: u32,
+        height: u32,
+    },
+    /// Cap the simulcast layer a participant receives (chair, admin); `max_layer` absent or null lifts the cap.
+    SetLayerCap {
+        participant_id: String,
+        #[serde(default)]
+        max_layer: Option<LayerCap>,
+    },
     /// Leave the room; the server closes both connections.
     Leave {},
     /// Keep-alive; the server answers `pong`.
@@ -325,6 +361,8 @@ impl ClientMessage {
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::MediaState { .. } => "media_state",
             ClientMessage::RequestKeyframe { .. } => "request_keyframe",
+            ClientMessage::VideoSize { .. } => "video_size",
+            ClientMessage::SetLayerCap { .. } => "set_layer_cap",
             ClientMessage::Leave {} => "leave",
             ClientMessage::Ping {} => "ping",
             ClientMessage::RaiseHand {} => "raise_hand",
@@ -378,6 +416,9 @@ pub enum ServerMessage {
         /// the client gives them to its RTCPeerConnections.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ice_servers: Vec<IceServer>,
+        /// Publish the camera in three simulcast layers (`media.simulcast`).
+        #[serde(default)]
+        simulcast: bool,
     },
     /// The server's answer to `publish_offer`.
     PublishAnswer {
@@ -459,6 +500,18 @@ pub enum ServerMessage {
     /// chair and admins.
     RecordingAlert {
         reason: String,
+    },
+    /// Send only these simulcast layers (rids) of your track: nobody receives the others
+    /// (`RTCRtpSender.setParameters` with `encodings[i].active`).
+    Layers {
+        track_id: String,
+        source: TrackSource,
+        active: Vec<String>,
+    },
+    /// Your link cannot carry this video now: the server paused it (audio goes on) — or resumed it.
+    VideoPaused {
+        track_id: String,
+        paused: bool,
     },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).

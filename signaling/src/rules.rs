@@ -28,6 +28,8 @@ pub enum Action {
     ShareScreen,
     /// Start or stop recording the meeting.
     Record,
+    /// Cap the simulcast layer a participant receives.
+    SetLayerCap,
 }
 
 /// Whether `role` may do `action` at all (the floor-dependent part of screen sharing is checked in `Floor`).
@@ -36,6 +38,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
     match role {
         Role::Chair => !matches!(action, RaiseHand),
         Role::Admin => !matches!(action, RaiseHand | Publish | ShareScreen),
+        // SetLayerCap: chair and admin (above); nobody else.
         Role::Secretary => matches!(
             action,
             Publish | GrantFloor | RevokeFloor | SetAbsenceReason | Chat
@@ -288,6 +291,11 @@ mod tests {
         assert!(allowed(Role::Observer, Action::Chat));
         assert!(!allowed(Role::Admin, Action::Publish));
         assert!(allowed(Role::Admin, Action::Lock));
+        assert!(allowed(Role::Chair, Action::SetLayerCap));
+        assert!(allowed(Role::Admin, Action::SetLayerCap));
+        for role in [Role::Secretary, Role::Endpoint, Role::Observer] {
+            assert!(!allowed(role, Action::SetLayerCap));
+        }
     }
 
     #[test]

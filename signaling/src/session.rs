@@ -416,6 +416,35 @@ async fn handle(
                 );
             }
         }
+        ClientMessage::VideoSize {
+            track_id,
+            width,
+            height,
+        } => {
+            const MAX_SIDE: u32 = 16_384;
+            if width > MAX_SIDE || height > MAX_SIDE {
+                reply(
+                    tx,
+                    ErrorCode::InvalidField,
+                    &format!("video_size: width and height must be at most {MAX_SIDE} pixels"),
+                );
+                return true;
+            }
+            let participant = id.clone();
+            if let Err(e) = hub
+                .sfu
+                .call(|reply| Command::SetVideoSize {
+                    participant,
+                    track_id,
+                    width,
+                    height,
+                    reply,
+                })
+                .await
+            {
+                reply(tx, sfu_error_code(&e), &format!("video_size refused: {e}"));
+            }
+        }
         ClientMessage::Leave {} => {
             hub.leave(&id);
             *state = State::AwaitingJoin;

@@ -26,6 +26,7 @@ import {
   fakeMediaScript,
   findLink,
   launchBrowser,
+  inboundStats,
   meanColour,
   serveClientFromDisk,
   sleep,
@@ -404,7 +405,16 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
     });
     await observer.page.goto(obsLink.url);
     await waitFor(() => observer.page.evaluate(() => window.giaoban.state().joined), { what: 'the observer to join' });
-    await waitFor(async () => (await videosDecoding(observer.page)) >= 3, { what: 'the observer to decode 3 videos' });
+    await waitFor(async () => (await videosDecoding(observer.page)) >= 3, { what: 'the observer to decode 3 videos' }).catch(
+      async (err) => {
+        const admin = new URL(server.adminUrl).searchParams.get('token');
+        const health = await (await fetch(`${server.baseUrl}api/health?token=${admin}`)).json();
+        err.message += `\nobserver inbound: ${JSON.stringify(await inboundStats(observer.page))}\nSFU: ${JSON.stringify(
+          health.participants.map((p) => ({ name: p.name, producers: p.producers, receiving: p.receiving })),
+        )}`;
+        throw err;
+      },
+    );
     const obs = await observer.page.evaluate(() => ({
       role: window.giaoban.state().role,
       publishPc: window.giaoban.publishPc() !== null,

@@ -240,20 +240,29 @@ export function diagnostics(server, pages, { consoleLines = 40, serverLines = 80
   return parts.join('\n');
 }
 
-/** Init script replacing getUserMedia: a canvas of one solid colour (20 fps) and a WebAudio oscillator. */
-export function fakeMediaScript({ rgb, tone }) {
+/**
+ * Init script replacing getUserMedia: a canvas of one solid colour (20 fps; `width` × `height`, 640 × 360 unless
+ * given) and a WebAudio oscillator. With `moving`, a white bar sweeps across it (real motion for the encoder).
+ */
+export function fakeMediaScript({ rgb, tone, width = 640, height = 360, moving = false }) {
   const md = navigator.mediaDevices;
   if (!md) return;
   md.getUserMedia = async (constraints = {}) => {
     const out = new MediaStream();
     if (constraints.video) {
       const canvas = document.createElement('canvas');
-      canvas.width = 640;
-      canvas.height = 360;
+      canvas.width = width;
+      canvas.height = height;
       const ctx = canvas.getContext('2d');
+      let frame = 0;
       const paint = () => {
         ctx.fillStyle = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
         ctx.fillRect(0, 0, canvas.width, canvas.height);
+        if (moving) {
+          frame += 1;
+          ctx.fillStyle = 'white';
+          ctx.fillRect((frame * 8) % canvas.width, 0, canvas.width / 40, canvas.height);
+        }
       };
       paint();
       setInterval(paint, 50); // repaint so the capture keeps producing frames

@@ -86,6 +86,9 @@ pub struct MediaProfile {
     pub video_bitrate_bps: u64,
     /// Largest video payload per RTP packet.
     pub video_max_payload: usize,
+    /// Send the video in three simulcast layers (rids q, h, f; keyframes announce 240, 480, 960 wide; a quarter,
+    /// a half and all of `video_bitrate_bps`), as Chromium does.
+    pub simulcast: bool,
 }
 
 impl Default for MediaProfile {
@@ -98,6 +101,7 @@ impl Default for MediaProfile {
             video_fps: 30,
             video_bitrate_bps: 1_500_000,
             video_max_payload: 1100,
+            simulcast: false,
         }
     }
 }
@@ -338,6 +342,10 @@ pub struct TrackStats {
     pub out_of_order: u64,
     /// Times the RTP sequence number was not the previous one + 1.
     pub seq_jumps: u64,
+    /// Video: times a frame's VP8 PictureID was not the previous frame's + 1.
+    pub picture_id_jumps: u64,
+    /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows).
+    pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
     pub payload_errors: u64,
     /// Video keyframes (S=1 packets with P=0).
@@ -391,6 +399,9 @@ struct TrackState {
     out_of_order: u64,
     last_seq: Option<u16>,
     seq_jumps: u64,
+    last_picture_id: Option<u16>,
+    picture_id_jumps: u64,
+    keyframe_widths: Vec<u16>,
     payload_errors: u64,
     keyframes: u64,
     first_keyframe_at: Option<Instant>,
@@ -436,6 +447,9 @@ impl TrackRecorder {
                 out_of_order: 0,
                 last_seq: None,
                 seq_jumps: 0,
+                last_picture_id: None,
+                picture_id_jumps: 0,
+                keyframe_widths: Vec::new(),
                 payload_errors: 0,
                 keyframes: 0,
                 first_keyframe_at: None,
@@ -483,6 +497,21 @@ impl TrackRecorder {
             s.seq_jumps += 1;
         }
         s.last_seq = Some(seq);
+        if s.kind == TrackKind::Video
+            && let Some((pid, width)) = vp8_frame_start(&pkt.payload)
+        {
+            if let Some(last) = s.last_picture_id
+                && pid != (last + 1) & 0x7fff
+            {
+                s.picture_id_jumps += 1;
+            }
+            s.last_picture_id = Some(pid);
+            if let Some(w) = width
+                && s.keyframe_widths.last() != Some(&w)
+            {
+                s.keyframe_widths.push(w);
+            }
+        }
         let Some(d) = decoded else {
             s.payload_errors += 1;
             return;
@@ -554,6 +583,8 @@ impl TrackRecorder {
             duplicates: s.duplicates,
             out_of_order: s.out_of_order,
             seq_jumps: s.seq_jumps,
+            picture_id_jumps: s.picture_id_jumps,
+            keyframe_widths: s.keyframe_widths.clone(),
             payload_errors: s.payload_errors,
             keyframes: s.keyframes,
             first_keyframe_at: s.first_keyframe_at,
@@ -580,6 +611,27 @@ struct Decoded {
 }
 
 /// Find the counter and send time in a payload, and check the padding.
+/// The first packet of a frame in the simulated VP8 format (X, I with a 15-bit PictureID, no L/T/K): its
+/// PictureID, and the width a keyframe announces.
+fn vp8_frame_start(p: &[u8]) -> Option<(u16, Option<u16>)> {
+    if p.len() < 7
+        || p[0] & 0x10 == 0
+        || p[0] & 0x07 != 0
+        || p[1] & 0xf0 != 0x80
+        || p[2] & 0x80 == 0
+    {
+        return None;
+    }
+    let pid = (u16::from(p[2] & 0x7f) << 8) | u16::from(p[3]);
+    let width = (p[4] & 0x01 == 0 && p.get(7..10) == Some(&[0x9d, 0x01, 0x2a][..]))
+        .then(|| {
+            p.get(10..12)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) & 0x3fff)
+        })
+        .flatten();
+    Some((pid, width))
+}
+
 fn decode_payload(payload: &[u8], video: bool, verify: bool) -> Option<Decoded> {
     // Audio: the Opus TOC byte comes first.
     let mut pos = usize::from(!video);
@@ -1310,10 +1362,11 @@ impl SimEndpoint {
         let slot = build_pc(inner, Leg::Publish).await?;
         // msid ids are tokens: no spaces (the display name may have some).
         let stream_id = format!("sim-{:016x}", rand::random::<u64>());
+        // Each track with its encodings: (rid, SSRC); one with an empty rid without simulcast.
         type Published = (
             RtpCodecKind,
             Arc<TrackLocalStaticRTP>,
-            u32,
+            Vec<(String, u32)>,
             Arc<dyn webrtc::rtp_transceiver::RtpTransceiver>,
         );
         let mut tracks: Vec<Published> = Vec::new();
@@ -1325,6 +1378,14 @@ impl SimEndpoint {
                 continue;
             }
             let ssrc: u32 = rand::random();
+            let layers: Vec<(String, u32)> = if kind == RtpCodecKind::Video && media.simulcast {
+                SIMULCAST_RIDS
+                    .iter()
+                    .map(|rid| (rid.to_string(), rand::random()))
+                    .collect()
+            } else {
+                vec![(String::new(), ssrc)]
+            };
             let codec = if kind == RtpCodecKind::Audio {
                 opus_codec()
             } else {
@@ -1341,15 +1402,19 @@ impl SimEndpoint {
                     format!("{label}-{ssrc:08x}"),
                     label.to_string(),
                     kind,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(ssrc),
+                    layers
+                        .iter()
+                        .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+                            rtp_coding_parameters: RTCRtpCodingParameters {
+                                rid: rid.clone(),
+                                ssrc: Some(*ssrc),
+                                ..Default::default()
+                            },
+                            active: true,
+                            codec: codec.clone(),
                             ..Default::default()
-                        },
-                        active: true,
-                        codec,
-                        ..Default::default()
-                    }],
+                        })
+                        .collect(),
                 ),
             ));
             let transceiver = slot
@@ -1364,7 +1429,7 @@ impl SimEndpoint {
                 )
                 .await
                 .context("add_transceiver_from_track")?;
-            tracks.push((kind, track, ssrc, transceiver));
+            tracks.push((kind, track, layers, transceiver));
         }
         let offer = slot.pc.create_offer(None).await.context("create_offer")?;
         slot.pc
@@ -1389,44 +1454,90 @@ impl SimEndpoint {
             .await
             .context("publish connection")?;
 
-        for (kind, track, ssrc, transceiver) in tracks {
-            let pt = match transceiver.sender().await? {
-                Some(sender) => sender
-                    .get_parameters()
-                    .await?
-                    .rtp_parameters
-                    .codecs
-                    .first()
-                    .map(|c| c.payload_type)
-                    .unwrap_or(if kind == RtpCodecKind::Audio {
-                        OPUS_PT
-                    } else {
-                        VP8_PT
-                    }),
-                None => bail!("transceiver without sender"),
+        for (kind, track, layers, transceiver) in tracks {
+            let Some(sender) = transceiver.sender().await? else {
+                bail!("transceiver without sender");
             };
-            // Keyframe requests about this track.
+            let params = sender.get_parameters().await?;
+            let pt = params
+                .rtp_parameters
+                .codecs
+                .first()
+                .map(|c| c.payload_type)
+                .unwrap_or(if kind == RtpCodecKind::Audio {
+                    OPUS_PT
+                } else {
+                    VP8_PT
+                });
+            // Simulcast layers carry the mid and their rid in header extensions (how the server tells them apart).
+            let ext_id = |uri: &str| {
+                params
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == uri)
+                    .map(|e| e.id as u8)
+            };
+            let mid = transceiver.mid().await?.unwrap_or_default();
+            let mid_id = ext_id(rtc::sdp::extmap::SDES_MID_URI);
+            let rid_id = ext_id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI);
+            // Keyframe requests about this track, per layer (by the PLI's media SSRC).
+            let flags: Vec<(u32, Arc<AtomicBool>)> = layers
+                .iter()
+                .map(|(_, ssrc)| (*ssrc, Arc::new(AtomicBool::new(false))))
+                .collect();
             let sent = Arc::clone(&inner.sent);
             let rtcp_track = Arc::clone(&track);
+            let rtcp_flags = flags.clone();
             inner.spawn(async move {
+                let raise = |ssrc: Option<u32>| {
+                    for (s, flag) in &rtcp_flags {
+                        if ssrc.is_none_or(|x| x == *s) {
+                            flag.store(true, Ordering::Relaxed);
+                        }
+                    }
+                };
                 while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = rtcp_track.poll().await {
                     for p in packets {
                         let any = p.as_any();
-                        if any.is::<PictureLossIndication>() {
+                        if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                             sent.plis.fetch_add(1, Ordering::Relaxed);
                             sent.keyframe_requested.store(true, Ordering::Relaxed);
+                            raise(Some(pli.media_ssrc).filter(|s| *s != 0));
                         } else if any.is::<FullIntraRequest>() {
                             sent.firs.fetch_add(1, Ordering::Relaxed);
                             sent.keyframe_requested.store(true, Ordering::Relaxed);
+                            raise(None);
                         }
                     }
                 }
             });
-            let sent = Arc::clone(&inner.sent);
             if kind == RtpCodecKind::Audio {
-                inner.spawn(send_audio(track, ssrc, pt, media, sent));
-            } else {
-                inner.spawn(send_video(track, ssrc, pt, media, sent));
+                let sent = Arc::clone(&inner.sent);
+                inner.spawn(send_audio(track, layers[0].1, pt, media, sent));
+                continue;
+            }
+            let n = layers.len();
+            for (i, ((rid, ssrc), (_, flag))) in layers.into_iter().zip(flags).enumerate() {
+                let mut extensions = Vec::new();
+                if n > 1 {
+                    let (Some(mid_id), Some(rid_id)) = (mid_id, rid_id) else {
+                        bail!("simulcast: mid/rid header extensions not negotiated");
+                    };
+                    extensions.push((mid_id, Bytes::from(mid.clone())));
+                    extensions.push((rid_id, Bytes::from(rid)));
+                }
+                // Layer i of n: width 960 >> (n-1-i), bitrate halved twice per step down (as Chromium's 4x fewer pixels).
+                let down = (n - 1 - i) as u32;
+                let layer = VideoLayer {
+                    width: if n > 1 { (960u32 >> down) as u16 } else { 640 },
+                    height: if n > 1 { (540u32 >> down) as u16 } else { 360 },
+                    bitrate_bps: media.video_bitrate_bps >> (2 * down),
+                    extensions,
+                    keyframe_requested: flag,
+                };
+                let sent = Arc::clone(&inner.sent);
+                inner.spawn(send_video(Arc::clone(&track), ssrc, pt, media, layer, sent));
             }
         }
         Ok(())
@@ -1819,13 +1930,31 @@ fn opus_toc(samples: u32) -> u8 {
     config << 3
 }
 
+/// The simulcast rids a simulated endpoint sends, smallest first.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// One video stream a simulated endpoint sends: a simulcast layer, or the only one.
+struct VideoLayer {
+    width: u16,
+    height: u16,
+    bitrate_bps: u64,
+    /// Header extensions on every packet (mid, rid): (negotiated id, value).
+    extensions: Vec<(u8, Bytes)>,
+    keyframe_requested: Arc<AtomicBool>,
+}
+
 async fn send_video(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     pt: u8,
     media: MediaProfile,
+    layer: VideoLayer,
     sent: Arc<SendCounters>,
 ) {
+    let media = MediaProfile {
+        video_bitrate_bps: layer.bitrate_bps.max(16_000),
+        ..media
+    };
     let fps = media.video_fps.max(1);
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / u64::from(fps)));
     let ts_step = 90_000 / fps;
@@ -1840,7 +1969,7 @@ async fn send_video(
     let mut first_frame = true;
     loop {
         tick.tick().await;
-        let keyframe = first_frame || sent.keyframe_requested.swap(false, Ordering::Relaxed);
+        let keyframe = first_frame || layer.keyframe_requested.swap(false, Ordering::Relaxed);
         first_frame = false;
         if buf.capacity() < frame_bytes + npk * 16 {
             buf.reserve(frame_bytes * 8);
@@ -1863,8 +1992,8 @@ async fn send_video(
                 buf.put_u8((tag >> 16) as u8);
                 if keyframe {
                     buf.put_slice(&[0x9d, 0x01, 0x2a]);
-                    buf.put_u16_le(640);
-                    buf.put_u16_le(360);
+                    buf.put_u16_le(layer.width);
+                    buf.put_u16_le(layer.height);
                 }
             }
             let header_len = buf.len();
@@ -1877,10 +2006,11 @@ async fn send_video(
             let payload = buf.split().freeze();
             let len = payload.len() as u64;
             let last = i + 1 == npk;
-            match track
-                .write_rtp(rtp_packet(pt, seq, ts, ssrc, last, payload))
-                .await
-            {
+            let mut packet = rtp_packet(pt, seq, ts, ssrc, last, payload);
+            for (id, value) in &layer.extensions {
+                let _ = packet.header.set_extension(*id, value.clone());
+            }
+            match track.write_rtp(packet).await {
                 Ok(()) => {
                     sent.video_packets.fetch_add(1, Ordering::Relaxed);
                     sent.video_bytes.fetch_add(len, Ordering::Relaxed);
