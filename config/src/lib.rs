@@ -200,7 +200,8 @@ pub struct LimitsConfig {
     /// Live audio/video tracks one participant may publish (camera, microphone, screen, screen audio).
     pub max_tracks_per_participant: usize,
     /// Video bitrate one publisher may send, in kbit/s, all simulcast layers and tracks together; the publish
-    /// answer carries it (`b=TIAS` per video section) so the browser's encoder stays under it.
+    /// answer carries it (`b=TIAS` per video section) so the browser's encoder stays under it; a publisher that sends
+    /// more than half again as much for 3 s has its video held back (audio goes on) until it is back under.
     pub max_publish_kbps: u32,
 }
 

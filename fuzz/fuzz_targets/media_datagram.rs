@@ -1,4 +1,5 @@
-//! What arrives on the shared media port from anyone: the router's STUN parsing and routing, then rtc's own
+//! What arrives on the shared media port from anyone: the router's STUN parsing and routing (UDP datagrams and
+//! the first frame of an ICE-TCP stream), then rtc's own
 //! demultiplexing (STUN / DTLS / SRTP) in a live publish connection, as the worker feeds a routed datagram to
 //! `handle_read`. Garbage must be dropped or refused, never panic, and never route to a connection it does not
 //! name.
@@ -26,6 +27,7 @@ thread_local! {
             Leg::Publish,
             &Endpoint {
                 candidates: vec![LOCAL.parse().expect("address")],
+                tcp_candidates: vec![LOCAL.parse().expect("address")],
                 certificate: worker_certificate(),
             },
             "fuzzufrag",
@@ -40,10 +42,17 @@ fuzz_target!(|data: &[u8]| {
     let mut router = Router::default();
     router.add_ufrag("fuzzufrag".into(), 7);
     let routed = router.route(peer, data);
+    // The first frame of an ICE-TCP stream is routed the same way.
+    let mut tcp_router = Router::default();
+    tcp_router.add_ufrag("fuzzufrag".into(), 7);
+    let routed_tcp = tcp_router.route_tcp(peer, data);
     match stun_local_ufrag(data) {
         Some("fuzzufrag") => {}
         // Anything that does not name our ufrag must not reach the connection.
-        _ => assert_eq!(routed, None),
+        _ => {
+            assert_eq!(routed, None);
+            assert_eq!(routed_tcp, None);
+        }
     }
     // Whatever rtc's RTCP parser makes of it (the feedback tap sees parsed RTCP).
     let mut buf: &[u8] = data;

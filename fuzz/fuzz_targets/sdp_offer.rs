@@ -12,6 +12,7 @@ use std::time::Instant;
 
 static ENDPOINT: LazyLock<Endpoint> = LazyLock::new(|| Endpoint {
     candidates: vec!["127.0.0.1:40000".parse().expect("address")],
+    tcp_candidates: vec!["127.0.0.1:40000".parse().expect("address")],
     certificate: worker_certificate(),
 });
 

@@ -189,6 +189,14 @@ pub enum Event {
         track_id: String,
         paused: bool,
     },
+    /// A publisher went over `SfuConfig::max_publish_bps` (its video is no longer forwarded, `over: true`) or came
+    /// back under it (`over: false`, forwarded again). `bitrate` is what its publish connection carried, bit/s.
+    PublishBitrate {
+        participant: ParticipantId,
+        over: bool,
+        bitrate: u64,
+        limit: u64,
+    },
     /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is gone.
     ParticipantFailed {
         participant: ParticipantId,

@@ -39,6 +39,9 @@ pub struct SfuConfig {
     /// ICE-TCP port of the first worker (worker `i` uses `tcp_port + i`); `None` = ICE-TCP off, `Some(0)` = any
     /// free port (tests).
     pub tcp_port: Option<u16>,
+    /// What one publisher may send, bit/s over its publish connection (0 = no limit). Beyond half again as much
+    /// for 3 s its video stops being forwarded (its audio goes on) until it is back under; see `worker.rs`.
+    pub max_publish_bps: u64,
 }
 
 /// The addresses to announce: configured ones, else the listen address if specific, else this machine's
@@ -123,6 +126,7 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
         tracing::info!(worker = i, addr = %local, tcp = ?tcp_local, candidates = ?endpoint.candidates, tcp_candidates = ?endpoint.tcp_candidates, "media worker listening");
         let (tx, rx) = mpsc::unbounded_channel();
         let events = events_tx.clone();
+        let max_publish_bps = config.max_publish_bps;
         std::thread::Builder::new()
             .name(format!("media-worker-{i}"))
             .spawn(move || {
@@ -150,9 +154,9 @@ pub fn start(config: &SfuConfig) -> std::io::Result<(SfuHandle, mpsc::UnboundedR
                     };
                     match udp::MediaSocket::from_std(socket) {
                         Ok(socket) => {
-                            worker::Worker::new(socket, tcp, endpoint, events)
-                                .run(rx)
-                                .await
+                            let mut worker = worker::Worker::new(socket, tcp, endpoint, events);
+                            worker.max_publish_bps = max_publish_bps;
+                            worker.run(rx).await
                         }
                         Err(e) => tracing::error!(error = %e, "media socket unusable"),
                     }

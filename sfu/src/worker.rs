@@ -48,6 +48,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// Housekeeping cadence: deferred keyframe requests, stats.
+/// The publish bitrate is checked every this many ticks (once a second).
+const POLICE_EVERY_TICKS: u32 = 10;
+/// Seconds over (or back under) the publish limit before video is held back (or forwarded again).
+const OVER_LIMIT_SECS: u8 = 3;
 const TICK: Duration = Duration::from_millis(100);
 /// At most this many receive batches per loop turn before commands and timers get a look in.
 const MAX_RECV_BATCHES_PER_TURN: usize = 16;
@@ -288,6 +292,10 @@ struct Participant {
     cap: Option<u8>,
     /// Its downlink estimate (subscribe leg).
     estimator: Estimator,
+    /// Sending beyond the publish limit: its video is not forwarded.
+    over_limit: bool,
+    /// Consecutive seconds over (counting up) or back under (counting down) the limit.
+    over_secs: u8,
 }
 
 #[derive(Default)]
@@ -297,6 +305,8 @@ struct Room {
 }
 
 pub struct Worker {
+    /// `SfuConfig::max_publish_bps` (0 = no limit).
+    pub max_publish_bps: u64,
     socket: MediaSocket,
     /// ICE-TCP listener and streams (`None`: ICE-TCP off).
     tcp: Option<TcpMedia>,
@@ -330,6 +340,7 @@ impl Worker {
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
         Worker {
+            max_publish_bps: 0,
             socket,
             tcp,
             tcp_frames: Vec::new(),
@@ -949,7 +960,8 @@ impl Worker {
             (MediaKind::Audio, false) => MediaSource::Microphone,
             (MediaKind::Video, false) => MediaSource::Camera,
         };
-        let forwarding = source_allowed(participant.policy, source);
+        let forwarding = source_allowed(participant.policy, source)
+            && !(participant.over_limit && kind == MediaKind::Video);
         let key = self.next_id;
         self.next_id += 1;
         conn.producer_by_track.insert(track_id, key);
@@ -1385,6 +1397,8 @@ impl Worker {
                         echo,
                         cap: None,
                         estimator: Estimator::default(),
+                        over_limit: false,
+                        over_secs: 0,
                     },
                 );
                 let r = self.rooms.entry(room).or_default();
@@ -1649,6 +1663,7 @@ impl Worker {
             return;
         };
         p.policy = policy;
+        let over_limit = p.over_limit;
         let now = Instant::now();
         let mut resumed = Vec::new();
         for (key, producer) in self
@@ -1656,7 +1671,8 @@ impl Worker {
             .iter_mut()
             .filter(|(_, pr)| &pr.owner == participant)
         {
-            let forwarding = source_allowed(policy, producer.source);
+            let forwarding = source_allowed(policy, producer.source)
+                && !(over_limit && producer.kind == MediaKind::Video);
             if forwarding && !producer.forwarding {
                 // Resuming continues each subscriber's sequence; video starts from a keyframe.
                 for c in producer.consumers.iter_mut() {
@@ -1809,9 +1825,65 @@ impl Worker {
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);
         self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(POLICE_EVERY_TICKS) {
+            self.police_publish_bitrate();
+        }
         if self.layers_dirty || self.ticks.is_multiple_of(CHOOSE_EVERY_TICKS) {
             self.layers_dirty = false;
             self.choose_layers(now);
+        }
+    }
+
+    /// Once a second: a publisher whose publish connection carries more than half again `max_publish_bps` for
+    /// `OVER_LIMIT_SECS` seconds (the browser was told the cap in its answer; this catches one that ignores it)
+    /// has its video held back from everyone — audio goes on — until it has been back under 1.25× for as long.
+    fn police_publish_bitrate(&mut self) {
+        let limit = self.max_publish_bps;
+        if limit == 0 {
+            return;
+        }
+        let mut changed = Vec::new();
+        for (id, p) in self.participants.iter_mut() {
+            let Some(bitrate) = p
+                .publish
+                .and_then(|c| self.conns.get(&c))
+                .map(|c| c.link.traffic.bitrate_in)
+            else {
+                continue;
+            };
+            if !p.over_limit {
+                p.over_secs = if bitrate > limit + limit / 2 {
+                    p.over_secs + 1
+                } else {
+                    0
+                };
+                if p.over_secs >= OVER_LIMIT_SECS {
+                    p.over_limit = true;
+                    p.over_secs = 0;
+                    changed.push((id.clone(), p.policy, true, bitrate));
+                }
+            } else {
+                p.over_secs = if bitrate < limit + limit / 4 {
+                    p.over_secs + 1
+                } else {
+                    0
+                };
+                if p.over_secs >= OVER_LIMIT_SECS {
+                    p.over_limit = false;
+                    p.over_secs = 0;
+                    changed.push((id.clone(), p.policy, false, bitrate));
+                }
+            }
+        }
+        for (participant, policy, over, bitrate) in changed {
+            warn!(%participant, over, bitrate, limit, "publish bitrate limit");
+            self.set_policy(&participant, policy);
+            let _ = self.events.send(Event::PublishBitrate {
+                participant,
+                over,
+                bitrate,
+                limit,
+            });
         }
     }
 

@@ -1057,6 +1057,40 @@ impl Hub {
                     ServerMessage::VideoPaused { track_id, paused },
                 );
             }
+            Event::PublishBitrate {
+                participant,
+                over,
+                bitrate,
+                limit,
+            } => {
+                let who = self
+                    .rooms_of
+                    .get(&participant)
+                    .map(|r| r.clone())
+                    .and_then(|room| self.identity(&room, &participant));
+                let detail = format!(
+                    "publishing {} kbit/s, limit {} kbit/s",
+                    bitrate / 1000,
+                    limit / 1000
+                );
+                if over {
+                    self.audit(who.as_ref(), None, "publish bitrate", &detail, "refused");
+                    self.send_to(
+                        &participant,
+                        ServerMessage::Error {
+                            code: ErrorCode::LimitExceeded,
+                            message: format!(
+                                "you are sending {} kbit/s, over the limit of {} kbit/s: your video is paused for \
+                                 the others until you send less (audio goes on)",
+                                bitrate / 1000,
+                                limit / 1000
+                            ),
+                        },
+                    );
+                } else {
+                    self.audit(who.as_ref(), None, "publish bitrate", &detail, "resumed");
+                }
+            }
             Event::ParticipantFailed {
                 participant,
                 reason,

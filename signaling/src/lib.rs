@@ -79,6 +79,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         announced_ips: config.media.announced_ips.clone(),
         workers: config.media.workers,
         tcp_port: (config.media.tcp_port != 0).then_some(config.media.tcp_port),
+        max_publish_bps: u64::from(config.limits.max_publish_kbps) * 1000,
     };
     let announced = giaoban_sfu::announced_ips(&sfu_config);
     let (sfu, mut media_events) = giaoban_sfu::start(&sfu_config).map_err(|e| {

@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
             announced_ips: server.hub.config.media.announced_ips.clone(),
             workers: 1,
             tcp_port: None,
+            max_publish_bps: 0,
         };
         for ip in giaoban_sfu::announced_ips(&media) {
             // HTTP on 0.0.0.0 is not reachable at the IPv6 addresses a dual-stack media port announces.

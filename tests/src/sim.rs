@@ -89,6 +89,9 @@ pub struct MediaProfile {
     /// Send the video in three simulcast layers (rids q, h, f; keyframes announce 240, 480, 960 wide; a quarter,
     /// a half and all of `video_bitrate_bps`), as Chromium does.
     pub simulcast: bool,
+    /// A misbehaving publisher: video packets carry random payloads of random length (0-1200 bytes: no valid VP8
+    /// descriptor or keyframe), random marker bits, and sequence numbers and timestamps that jump at random.
+    pub garbage_video: bool,
 }
 
 impl Default for MediaProfile {
@@ -102,6 +105,7 @@ impl Default for MediaProfile {
             video_bitrate_bps: 1_500_000,
             video_max_payload: 1100,
             simulcast: false,
+            garbage_video: false,
         }
     }
 }
@@ -2003,9 +2007,18 @@ async fn send_video(
                 now_us,
                 header_len + per_packet.max(STAMP_BYTES),
             );
-            let payload = buf.split().freeze();
+            let mut payload = buf.split().freeze();
+            let mut last = i + 1 == npk;
+            if media.garbage_video {
+                let n = rand::random_range(0..=1200usize);
+                payload = Bytes::from((0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+                last = rand::random();
+                if rand::random_range(0..10) == 0 {
+                    seq = seq.wrapping_add(rand::random_range(0..3000));
+                    ts = ts.wrapping_add(rand::random::<u32>());
+                }
+            }
             let len = payload.len() as u64;
-            let last = i + 1 == npk;
             let mut packet = rtp_packet(pt, seq, ts, ssrc, last, payload);
             for (id, value) in &layer.extensions {
                 let _ = packet.header.set_extension(*id, value.clone());

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestServer, assert_alive, wait_all_flowing};
-use giaoban_signaling::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use giaoban_signaling::protocol::{ClientMessage, ErrorCode, ServerMessage, TrackKind};
 use giaoban_tests::sim::SimEndpoint;
 
 fn config() -> giaoban_config::Config {
@@ -181,5 +181,46 @@ async fn tracks_per_participant_are_limited_and_the_answer_caps_video_bitrate() 
     assert_alive(&b).await;
     common::assert_still_flowing(&a, &b, 10).await;
     common::assert_still_flowing(&b, &a, 10).await;
+    server.shutdown().await;
+}
+
+/// A publisher that ignores the answer's bitrate cap (the simulated endpoint sends 1.5 Mbit/s whatever the SDP
+/// says) is told with `limit_exceeded` and its video is held back from the others while its audio goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_over_the_bitrate_limit_loses_video_not_audio() {
+    let mut c = giaoban_config::Config::for_tests();
+    c.limits.max_publish_kbps = 400;
+    let server = TestServer::start_with(c).await;
+    let a = server.endpoint("gioi-han-4", "Xã A", false).await;
+    let b = server
+        .endpoint("gioi-han-4", "Xã B (1.5 Mbit/s)", true)
+        .await;
+    common::wait_receiving(&a, &b, TrackKind::Video, 10, Duration::from_secs(15)).await;
+
+    // 1.5 Mbit/s is more than half again 400 kbit/s: refused after three seconds over.
+    let (code, message) = b
+        .wait_error_since(0, Duration::from_secs(10))
+        .await
+        .expect("limit_exceeded arrives");
+    assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
+    assert!(message.contains("limit of 400 kbit/s"), "{message}");
+    // Drained: no more video from B reaches A, while B's audio still does.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let video_before = common::video_from(&a, &b.id());
+    common::wait_audio_flowing(&a, &b, 25, Duration::from_secs(5)).await;
+    assert_eq!(
+        common::video_from(&a, &b.id()),
+        video_before,
+        "B's video is held back"
+    );
+    let audited = server
+        .hub()
+        .store
+        .audit_log(None, 100)
+        .expect("audit")
+        .into_iter()
+        .any(|e| e.action == "publish bitrate" && e.outcome == "refused");
+    assert!(audited, "the refusal is audited");
+    assert_alive(&b).await;
     server.shutdown().await;
 }
