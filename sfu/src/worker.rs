@@ -79,6 +79,8 @@ struct Conn {
     forwarded: u64,
     nacked: u64,
     loss_mark: (u64, u64, Instant),
+    /// Subscribe leg: the share of forwarded packets its NACKs said were lost, over the last loss window.
+    nack_loss: Option<f64>,
     /// Subscribe leg: the newest sequence number NACKed per stream (a receiver NACKs a missing packet again and
     /// again; each is counted once).
     nack_newest: HashMap<u32, u16>,
@@ -296,6 +298,14 @@ struct Room {
     producers: Vec<ProducerKey>,
 }
 
+/// What woke the worker loop.
+enum Woke {
+    Command(Option<Command>),
+    Socket(std::io::Result<()>),
+    Tcp(TcpEvent),
+    Timer,
+}
+
 pub struct Worker {
     socket: MediaSocket,
     /// ICE-TCP listener and streams (`None`: ICE-TCP off).
@@ -357,11 +367,21 @@ impl Worker {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let deadline = self.next_deadline().map_or(next_tick, |d| d.min(next_tick));
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                cmd = commands.recv() => {
+                cmd = commands.recv() => Woke::Command(cmd),
+                ready = self.socket.readable() => Woke::Socket(ready),
+                Some(ev) = next_tcp_event(&mut self.tcp) => Woke::Tcp(ev),
+                _ = tokio::time::sleep_until(deadline.into()) => Woke::Timer,
+            };
+            // Busy time: one clock pair per loop turn (this one and the end of the turn), never per packet.
+            let started = Instant::now();
+            match woke {
+                Woke::Command(cmd) => {
                     let Some(cmd) = cmd else { break };
-                    if !self.handle_command(cmd) { break; }
+                    if !self.handle_command(cmd) {
+                        break;
+                    }
                     while let Ok(cmd) = commands.try_recv() {
                         if !self.handle_command(cmd) {
                             self.shutdown();
@@ -369,14 +389,14 @@ impl Worker {
                         }
                     }
                 }
-                ready = self.socket.readable() => {
+                Woke::Socket(ready) => {
                     if let Err(e) = ready {
                         warn!(error = %e, "media socket failed");
                     }
                     self.receive();
                 }
-                Some(ev) = next_tcp_event(&mut self.tcp) => self.on_tcp_event(ev),
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                Woke::Tcp(ev) => self.on_tcp_event(ev),
+                Woke::Timer => {}
             }
             // The socket branch comes first in the biased select: under a steady UDP load, serve the TCP
             // streams that are ready as well, every turn.
@@ -388,6 +408,7 @@ impl Worker {
                 next_tick = now + TICK;
             }
             self.end_of_turn();
+            self.stats.busy += started.elapsed();
         }
         self.shutdown();
     }
@@ -680,6 +701,7 @@ impl Worker {
             producer.record = None;
         }
         let li = li as u8;
+        let simulcast = producer.simulcast;
         // Layers whose keyframe some consumer waits for (bit per layer).
         let mut want_keyframe = 0u8;
         for consumer in producer.consumers.iter_mut() {
@@ -714,6 +736,9 @@ impl Worker {
                 }
                 Err(_) => continue,
             };
+            if rewrite.switched && simulcast {
+                self.stats.layer_switches += 1;
+            }
             // Only the fixed header is carried over: the subscriber's leg negotiated its own extension ids, so
             // none are sent rather than wrong ones; empty Vecs do not allocate. The payload is shared.
             let h = &packet.header;
@@ -1150,6 +1175,7 @@ impl Worker {
                 forwarded: 0,
                 nacked: 0,
                 loss_mark: (0, 0, now),
+                nack_loss: None,
                 nack_newest: HashMap::new(),
             },
         );
@@ -2027,6 +2053,13 @@ impl Worker {
                             (a, b) => a.or(b),
                         };
                         p.estimator.update(now, loss, conn.link.traffic.bitrate_out);
+                        conn.nack_loss = nack_loss;
+                    }
+                    // What the link health reports too: the worse of the two (receiver reports alone show ~0 on
+                    // a link losing a fifth of its packets, once retransmissions fill the gaps).
+                    if let Some(n) = conn.nack_loss {
+                        conn.rtc_stats.loss_out =
+                            Some(conn.rtc_stats.loss_out.map_or(n, |r| r.max(n)));
                     }
                 }
             }
