@@ -106,6 +106,9 @@ pub struct LayerHealth {
 pub struct ProducerHealth {
     pub track_id: String,
     pub kind: crate::api::MediaKind,
+    /// Audio: the smoothed RFC 6464 level of what arrives, dBov (−127 silence … 0 loudest); `None` when the
+    /// publisher does not send the extension (or before its first packet).
+    pub audio_level: Option<i8>,
     pub layers: Vec<LayerHealth>,
 }
 

@@ -89,6 +89,9 @@ pub struct MediaProfile {
     /// Send the video in three simulcast layers (rids q, h, f; keyframes announce 240, 480, 960 wide; a quarter,
     /// a half and all of `video_bitrate_bps`), as Chromium does.
     pub simulcast: bool,
+    /// The RFC 6464 audio level sent on every audio packet (0 loudest … 127 silence, i.e. −dBov), as browsers
+    /// do; `None` sends no level.
+    pub audio_level: Option<u8>,
 }
 
 impl Default for MediaProfile {
@@ -102,6 +105,7 @@ impl Default for MediaProfile {
             video_bitrate_bps: 1_500_000,
             video_max_payload: 1100,
             simulcast: false,
+            audio_level: Some(30),
         }
     }
 }
@@ -824,6 +828,14 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         },
         RtpCodecKind::Video,
     );
+    // Browsers offer the audio level extension on their microphone's m-line.
+    me.register_header_extension(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     // The server's own tap: inbound PLI/FIR reach the application (inbound RTCP otherwise stops at the end of the
     // interceptor chain), so the publisher can count them and answer with a keyframe.
     let registry = registry.with(
@@ -1514,7 +1526,10 @@ impl SimEndpoint {
             });
             if kind == RtpCodecKind::Audio {
                 let sent = Arc::clone(&inner.sent);
-                inner.spawn(send_audio(track, layers[0].1, pt, media, sent));
+                let level = media
+                    .audio_level
+                    .and_then(|l| Some((ext_id(rtc::sdp::extmap::AUDIO_LEVEL_URI)?, l & 0x7f)));
+                inner.spawn(send_audio(track, layers[0].1, pt, media, level, sent));
                 continue;
             }
             let n = layers.len();
@@ -1875,11 +1890,23 @@ fn rtp_packet(
     }
 }
 
+/// Every 7-bit audio level as a static byte (no allocation per packet).
+static LEVEL_BYTES: [u8; 128] = {
+    let mut b = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        b[i] = i as u8;
+        i += 1;
+    }
+    b
+};
+
 async fn send_audio(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     pt: u8,
     media: MediaProfile,
+    level: Option<(u8, u8)>,
     sent: Arc<SendCounters>,
 ) {
     let pps = media.audio_pps.max(1);
@@ -1900,10 +1927,14 @@ async fn send_audio(
         put_stamp_and_padding(&mut buf, counter, unix_micros(), size);
         let payload = buf.split().freeze();
         let len = payload.len() as u64;
-        match track
-            .write_rtp(rtp_packet(pt, seq, ts, ssrc, false, payload))
-            .await
-        {
+        let mut packet = rtp_packet(pt, seq, ts, ssrc, false, payload);
+        if let Some((id, level)) = level {
+            // RFC 6464: V=0 (no voice activity flag), then the level, −dBov.
+            let _ = packet
+                .header
+                .set_extension(id, Bytes::from_static(&LEVEL_BYTES[level as usize..][..1]));
+        }
+        match track.write_rtp(packet).await {
             Ok(()) => {
                 sent.audio_packets.fetch_add(1, Ordering::Relaxed);
                 sent.audio_bytes.fetch_add(len, Ordering::Relaxed);

@@ -370,27 +370,34 @@ async fn impaired_link_in_namespace() {
     );
     let admin = giaoban_signaling::admin::admin_token(&server.hub());
     let (good_id, bad_id) = (good.id(), bad.id());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let (g, b) = loop {
+    let read = || async {
         let (_, body) = http_get(server.http, &format!("/api/health?token={admin}"))
             .await
             .expect("GET /api/health");
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        let ps = v["participants"].as_array().expect("participants");
+        let ps = v["participants"].as_array().expect("participants").clone();
         let find = |id: &str| ps.iter().find(|p| p["participant_id"] == id).cloned();
-        let (g, b) = (
+        (
             find(&good_id).expect("good hall"),
             find(&bad_id).expect("bad hall"),
-        );
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = read().await;
         if b["verdict"] == "poor" {
-            break (g, b);
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the impaired hall should be poor within 10 s: {b}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    }
+    // The first poor reading may span the moment the rule came in; a little later the figure is the rule's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (g, b) = read().await;
+    assert_eq!(b["verdict"], "poor", "still poor: {b}");
     let loss = b["subscribe"]["loss_out"].as_f64().expect("loss figure");
     println!(
         "impaired hall: verdict {}, loss {:.1} %",
@@ -398,7 +405,7 @@ async fn impaired_link_in_namespace() {
         loss * 100.0
     );
     assert!(
-        (0.08..0.4).contains(&loss),
+        (0.1..0.5).contains(&loss),
         "the impaired hall's downlink loss is about 20 %: {b}"
     );
     assert_eq!(g["verdict"], "good", "the other hall stays good: {g}");
@@ -406,5 +413,58 @@ async fn impaired_link_in_namespace() {
         g["subscribe"]["loss_out"].as_f64().unwrap_or(0.0) < 0.02,
         "{g}"
     );
+    server.shutdown().await;
+}
+
+/// The RFC 6464 audio level each hall's microphone sends reaches `/api/health`, per participant and per audio
+/// producer: a loud hall (−20 dBov) and a quiet one (−70 dBov) are told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_levels_reach_the_health_api() {
+    let server = server().await;
+    let room = "muc-am-thanh";
+    let mut loud = server.opts(room, "Xã Nói To");
+    loud.media.audio_level = Some(20);
+    let mut quiet = server.opts(room, "Xã Nói Nhỏ");
+    quiet.media.audio_level = Some(70);
+    let mut eps = Vec::new();
+    for o in [loud, quiet] {
+        let ep = giaoban_tests::sim::SimEndpoint::connect(o)
+            .await
+            .expect("joins");
+        ep.publish().await.expect("publishes");
+        eps.push(ep);
+    }
+    let (loud_id, quiet_id) = (eps[0].id(), eps[1].id());
+    let admin = giaoban_signaling::admin::admin_token(&server.hub());
+    let levels = wait_until_async(
+        "both levels in /api/health",
+        Duration::from_secs(15),
+        || async {
+            let (_, body) = http_get(server.http, &format!("/api/health?token={admin}"))
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let ps = v["participants"].as_array()?.clone();
+            let level = |id: &str| {
+                let p = ps.iter().find(|p| p["participant_id"] == id)?;
+                let audio = p["producers"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["kind"] == "audio")?;
+                Some((
+                    p["audio_level_dbov"].as_i64()?,
+                    audio["audio_level_dbov"].as_i64()?,
+                ))
+            };
+            Some((level(&loud_id)?, level(&quiet_id)?))
+        },
+    )
+    .await;
+    println!(
+        "levels (participant, producer): loud {:?}, quiet {:?}",
+        levels.0, levels.1
+    );
+    assert_eq!(levels.0, (-20, -20), "the loud hall's level");
+    assert_eq!(levels.1, (-70, -70), "the quiet hall's level");
     server.shutdown().await;
 }
