@@ -471,6 +471,9 @@ mod tests {
         }
         // It ends on h.
         assert_eq!(f.current_ssrc(), Some(2));
+        // Three switches (q → f → q → h), each flagged once, on its first packet; the first source is not one.
+        assert_eq!(out.iter().filter(|r| r.switched).count(), 3);
+        assert!(!out[0].switched);
     }
 
     #[test]
