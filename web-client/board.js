@@ -53,6 +53,8 @@ const STRINGS = {
     upTip: 'Điểm cầu gửi lên máy chủ (kbit/s)',
     downTip: 'Máy chủ gửi xuống điểm cầu (kbit/s)',
     lossTip: 'Tỉ lệ mất gói: chiều lên / chiều xuống',
+    levelTip: 'Mức âm thanh micro (RFC 6464): {db} dBov',
+    levelNone: 'Không có mức âm thanh (trình duyệt không gửi hoặc chưa có tiếng)',
     legPub: 'Gửi',
     legSub: 'Nhận',
     legendUp: 'gửi lên',
@@ -155,6 +157,8 @@ const STRINGS = {
     upTip: 'Hall to server (kbit/s)',
     downTip: 'Server to hall (kbit/s)',
     lossTip: 'Packet loss: upstream / downstream',
+    levelTip: 'Microphone level (RFC 6464): {db} dBov',
+    levelNone: 'No audio level (the browser does not send it, or no sound yet)',
     legPub: 'Send',
     legSub: 'Receive',
     legendUp: 'upstream',
@@ -615,6 +619,23 @@ function jitterCell(f) {
   return h('td', { class: 'num', 'data-testid': 'jitter' }, fmtNum(f.jitter, 1));
 }
 
+/** The hall's microphone level as a small bar: −60 dBov (or quieter) empty, 0 dBov full. */
+function levelBar(hall) {
+  const db = hall.present ? hall.p?.audio_level_dbov : null;
+  const known = typeof db === 'number';
+  const pct = known ? Math.round(Math.max(0, Math.min(1, (db + 60) / 60)) * 100) : 0;
+  return h(
+    'div',
+    {
+      class: `b-level${known ? '' : ' none'}`,
+      'data-testid': 'audio-level',
+      dataset: { dbov: known ? db : '' },
+      title: known ? tr('levelTip', { db }) : tr('levelNone'),
+    },
+    h('span', { style: `width: ${pct}%` }),
+  );
+}
+
 /** "Chrome 131 · Windows" from a User-Agent (enough for IT to know what a hall runs). */
 function browserName(ua) {
   if (!ua) return '';
@@ -656,6 +677,7 @@ function hallRow(hall, now) {
       {},
       h('div', { class: 'b-name' }, displayName(hall)),
       h('div', { class: 'b-role' }, hall.role ? tr(`role.${hall.role}`) : ''),
+      levelBar(hall),
       hall.p?.browser ? h('div', { class: 'b-sub', 'data-testid': 'browser', title: hall.p.browser }, browserName(hall.p.browser)) : null,
     ),
     h(

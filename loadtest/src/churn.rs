@@ -228,7 +228,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                     samples.push(s);
                     s.rss_kib
                 });
-            } else if done % every == 0
+            } else if done.is_multiple_of(every)
                 && let Some(s) = sample(pid, done)
             {
                 samples.push(s);

@@ -274,6 +274,11 @@ pub struct WorkerStats {
     pub nacks_sent: u64,
     /// ICE-TCP streams open now.
     pub tcp_streams: usize,
+    /// Times a consumer's forwarded simulcast layer changed (the switch happened, on the new layer's keyframe).
+    pub layer_switches: u64,
+    /// Time the worker loop spent working (commands, datagrams, timeouts, ticks), not waiting: one clock pair per
+    /// loop turn.
+    pub busy: std::time::Duration,
     /// ICE-TCP streams accepted, refused (too many unrouted), closed for garbage / no routing STUN in time /
     /// no write progress; packets dropped on a full stream buffer.
     pub tcp: crate::tcp::TcpStats,
@@ -373,13 +378,22 @@ impl SfuHandle {
     /// Counters summed over all workers.
     pub async fn stats(&self) -> Result<WorkerStats, SfuError> {
         let mut total = WorkerStats::default();
+        for s in self.worker_stats().await? {
+            total.add(&s);
+        }
+        Ok(total)
+    }
+
+    /// Counters of each worker, in worker order (index = the `worker` label of `/metrics`).
+    pub async fn worker_stats(&self) -> Result<Vec<WorkerStats>, SfuError> {
+        let mut all = Vec::with_capacity(self.workers.len());
         for w in &self.workers {
             let (tx, rx) = oneshot::channel();
             w.send(Command::Stats { reply: tx })
                 .map_err(|_| SfuError::Stopped)?;
-            total.add(&rx.await.map_err(|_| SfuError::Stopped)?);
+            all.push(rx.await.map_err(|_| SfuError::Stopped)?);
         }
-        Ok(total)
+        Ok(all)
     }
 }
 
@@ -399,6 +413,8 @@ impl WorkerStats {
         self.nacks_received += o.nacks_received;
         self.nacks_sent += o.nacks_sent;
         self.tcp_streams += o.tcp_streams;
+        self.layer_switches += o.layer_switches;
+        self.busy += o.busy;
         self.tcp.accepted += o.tcp.accepted;
         self.tcp.refused += o.tcp.refused;
         self.tcp.closed_garbage += o.tcp.closed_garbage;

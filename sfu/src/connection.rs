@@ -85,8 +85,19 @@ fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
             RtpCodecKind::Video,
         )?;
     }
+    // RFC 6464 audio level on publish legs (browsers offer it): the IT board's level bar per hall.
+    engine.register_header_extension(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+            uri: AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     Ok(engine)
 }
+
+/// The RFC 6464 client-to-mixer audio level header extension.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// Everything a new connection needs to know about where it lives.
 #[derive(Debug, Clone)]

@@ -16,6 +16,8 @@ pub struct Rewrite {
     /// New VP8 PictureID / TL0PICIDX; `None` = leave the payload untouched (no copy needed).
     pub picture_id: Option<u16>,
     pub tl0picidx: Option<u8>,
+    /// This packet is the first of a new source that replaced another (a layer switch, or a new SSRC).
+    pub switched: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,7 @@ impl Forwarder {
             return Err(Drop::OldSource);
         }
         let new_source = self.source.is_none_or(|s| s.ssrc != ssrc);
+        let mut switched = false;
         if self.waiting_for_keyframe || new_source {
             let keyframe = match vp8 {
                 Some(d) => d.keyframe,
@@ -131,6 +134,7 @@ impl Forwarder {
             }
             if new_source {
                 self.previous_ssrc = self.source.map(|s| s.ssrc);
+                switched = self.previous_ssrc.is_some();
                 self.switch_to(now, ssrc, seq, timestamp, vp8);
             }
             self.waiting_for_keyframe = false;
@@ -153,6 +157,7 @@ impl Forwarder {
             tl0picidx: vp8
                 .and_then(|d| d.tl0picidx)
                 .and_then(|(v, _)| (src.tl0_offset != 0).then(|| v.wrapping_add(src.tl0_offset))),
+            switched,
         };
         let newest = self
             .last
@@ -466,6 +471,9 @@ mod tests {
         }
         // It ends on h.
         assert_eq!(f.current_ssrc(), Some(2));
+        // Three switches (q → f → q → h), each flagged once, on its first packet; the first source is not one.
+        assert_eq!(out.iter().filter(|r| r.switched).count(), 3);
+        assert!(!out[0].switched);
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct LinkHealth {
 pub struct RtcLinkStats {
     /// Fraction (0..1) of the peer's packets lost on the way to the server (publish leg).
     pub loss_in: Option<f64>,
-    /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg, from receiver reports).
+    /// Fraction (0..1) of the server's packets the peer reports lost (subscribe leg): the worse of its receiver
+    /// reports and its NACKs over the last loss window (retransmissions hide random loss from the reports).
     pub loss_out: Option<f64>,
     pub jitter_ms: Option<f64>,
     /// Jitter of the audio the server receives (publish leg), ms: what voice suffers from. Video's inbound jitter
@@ -105,6 +106,9 @@ pub struct LayerHealth {
 pub struct ProducerHealth {
     pub track_id: String,
     pub kind: crate::api::MediaKind,
+    /// Audio: the smoothed RFC 6464 level of what arrives, dBov (−127 silence … 0 loudest); `None` when the
+    /// publisher does not send the extension (or before its first packet).
+    pub audio_level: Option<i8>,
     pub layers: Vec<LayerHealth>,
 }
 

@@ -83,6 +83,8 @@ struct Conn {
     forwarded: u64,
     nacked: u64,
     loss_mark: (u64, u64, Instant),
+    /// Subscribe leg: the share of forwarded packets its NACKs said were lost, over the last loss window.
+    nack_loss: Option<f64>,
     /// Subscribe leg: the newest sequence number NACKed per stream (a receiver NACKs a missing packet again and
     /// again; each is counted once).
     nack_newest: HashMap<u32, u16>,
@@ -260,6 +262,10 @@ struct Producer {
     consumers: Vec<Consumer>,
     /// While its room records: where each forwarded packet goes too (off the media path).
     record: Option<Tap>,
+    /// Audio: the negotiated id of the RFC 6464 audio level header extension (`None`: not negotiated).
+    audio_level_id: Option<u8>,
+    /// Audio: the smoothed level of what arrives, dBov (−127 silence … 0 loudest); `None` before the first level.
+    audio_level: Option<f32>,
 }
 
 impl Producer {
@@ -302,6 +308,17 @@ struct Participant {
 struct Room {
     participants: Vec<ParticipantId>,
     producers: Vec<ProducerKey>,
+}
+
+/// The weight of a new audio level sample in the producer's exponential average.
+const AUDIO_LEVEL_SMOOTHING: f32 = 0.2;
+
+/// What woke the worker loop.
+enum Woke {
+    Command(Option<Command>),
+    Socket(std::io::Result<()>),
+    Tcp(TcpEvent),
+    Timer,
 }
 
 pub struct Worker {
@@ -368,11 +385,21 @@ impl Worker {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let deadline = self.next_deadline().map_or(next_tick, |d| d.min(next_tick));
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                cmd = commands.recv() => {
+                cmd = commands.recv() => Woke::Command(cmd),
+                ready = self.socket.readable() => Woke::Socket(ready),
+                Some(ev) = next_tcp_event(&mut self.tcp) => Woke::Tcp(ev),
+                _ = tokio::time::sleep_until(deadline.into()) => Woke::Timer,
+            };
+            // Busy time: one clock pair per loop turn (this one and the end of the turn), never per packet.
+            let started = Instant::now();
+            match woke {
+                Woke::Command(cmd) => {
                     let Some(cmd) = cmd else { break };
-                    if !self.handle_command(cmd) { break; }
+                    if !self.handle_command(cmd) {
+                        break;
+                    }
                     while let Ok(cmd) = commands.try_recv() {
                         if !self.handle_command(cmd) {
                             self.shutdown();
@@ -380,14 +407,14 @@ impl Worker {
                         }
                     }
                 }
-                ready = self.socket.readable() => {
+                Woke::Socket(ready) => {
                     if let Err(e) = ready {
                         warn!(error = %e, "media socket failed");
                     }
                     self.receive();
                 }
-                Some(ev) = next_tcp_event(&mut self.tcp) => self.on_tcp_event(ev),
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                Woke::Tcp(ev) => self.on_tcp_event(ev),
+                Woke::Timer => {}
             }
             // The socket branch comes first in the biased select: under a steady UDP load, serve the TCP
             // streams that are ready as well, every turn.
@@ -399,6 +426,7 @@ impl Worker {
                 next_tick = now + TICK;
             }
             self.end_of_turn();
+            self.stats.busy += started.elapsed();
         }
         self.shutdown();
     }
@@ -678,6 +706,23 @@ impl Worker {
         {
             layer.width = u32::from(w);
         }
+        // RFC 6464 audio level: one extension lookup and one byte per packet per producer (measured even while
+        // the rules hold the microphone back: IT sees that it works).
+        if let Some(id) = producer.audio_level_id
+            && let Some(&b) = packet
+                .header
+                .extensions
+                .iter()
+                .find(|e| e.id == id)
+                .and_then(|e| e.payload.first())
+        {
+            let dbov = -f32::from(b & 0x7f);
+            producer.audio_level = Some(match producer.audio_level {
+                // 20 ms packets: about 100 ms to follow a change.
+                Some(l) => l + (dbov - l) * AUDIO_LEVEL_SMOOTHING,
+                None => dbov,
+            });
+        }
         if !producer.forwarding {
             // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
             return;
@@ -691,6 +736,7 @@ impl Worker {
             producer.record = None;
         }
         let li = li as u8;
+        let simulcast = producer.simulcast;
         // Layers whose keyframe some consumer waits for (bit per layer).
         let mut want_keyframe = 0u8;
         for consumer in producer.consumers.iter_mut() {
@@ -725,6 +771,9 @@ impl Worker {
                 }
                 Err(_) => continue,
             };
+            if rewrite.switched && simulcast {
+                self.stats.layer_switches += 1;
+            }
             // Only the fixed header is carried over: the subscriber's leg negotiated its own extension ids, so
             // none are sent rather than wrong ones; empty Vecs do not allocate. The payload is shared.
             let h = &packet.header;
@@ -927,16 +976,19 @@ impl Worker {
             self.layers_dirty = true;
             return;
         }
-        let Some((kind, rtp_codec)) = conn.pc.rtp_receiver(receiver_id).map(|mut r| {
-            let kind = r.track().kind();
-            let codec = r
-                .get_parameters()
-                .rtp_parameters
-                .codecs
-                .first()
-                .map(|c| c.rtp_codec.clone());
-            (kind, codec)
-        }) else {
+        let Some((kind, rtp_codec, audio_level_id)) =
+            conn.pc.rtp_receiver(receiver_id).map(|mut r| {
+                let kind = r.track().kind();
+                let params = &r.get_parameters().rtp_parameters;
+                let codec = params.codecs.first().map(|c| c.rtp_codec.clone());
+                let audio_level_id = params
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == connection::AUDIO_LEVEL_URI)
+                    .and_then(|e| u8::try_from(e.id).ok());
+                (kind, codec, audio_level_id)
+            })
+        else {
             return;
         };
         let Some(rtp_codec) = rtp_codec else {
@@ -993,6 +1045,8 @@ impl Worker {
                 layers: vec![Layer::new(rid.unwrap_or_default(), ssrc)],
                 consumers: Vec::new(),
                 record: None,
+                audio_level_id: audio_level_id.filter(|_| kind == MediaKind::Audio),
+                audio_level: None,
             },
         );
         if let Some(rec) = self.recordings.get(&room)
@@ -1162,6 +1216,7 @@ impl Worker {
                 forwarded: 0,
                 nacked: 0,
                 loss_mark: (0, 0, now),
+                nack_loss: None,
                 nack_newest: HashMap::new(),
             },
         );
@@ -1586,6 +1641,7 @@ impl Worker {
                 .push(ProducerHealth {
                     track_id: p.id.clone(),
                     kind: p.kind,
+                    audio_level: p.audio_level.map(|l| l.round() as i8),
                     layers: p
                         .layers
                         .iter()
@@ -2099,6 +2155,13 @@ impl Worker {
                             (a, b) => a.or(b),
                         };
                         p.estimator.update(now, loss, conn.link.traffic.bitrate_out);
+                        conn.nack_loss = nack_loss;
+                    }
+                    // What the link health reports too: the worse of the two (receiver reports alone show ~0 on
+                    // a link losing a fifth of its packets, once retransmissions fill the gaps).
+                    if let Some(n) = conn.nack_loss {
+                        conn.rtc_stats.loss_out =
+                            Some(conn.rtc_stats.loss_out.map_or(n, |r| r.max(n)));
                     }
                 }
             }

@@ -196,6 +196,7 @@ fn media_json(l: &ParticipantLinks) -> (serde_json::Value, serde_json::Value) {
                     giaoban_sfu::MediaKind::Audio => "audio",
                     giaoban_sfu::MediaKind::Video => "video",
                 },
+                "audio_level_dbov": p.audio_level,
                 "layers": p.layers.iter().map(|x| json!({
                     "rid": x.rid,
                     "ssrc": x.ssrc,
@@ -299,6 +300,8 @@ pub async fn api_health(
                 "publish": health_json(&l.publish),
                 "subscribe": health_json(&l.subscribe),
                 "estimate": l.estimate,
+                // The loudest of its audio producers (RFC 6464, smoothed), dBov: −127 silence … 0 loudest.
+                "audio_level_dbov": l.producers.iter().filter_map(|p| p.audio_level).max(),
                 "producers": producers,
                 "receiving": receiving,
             })

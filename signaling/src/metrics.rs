@@ -20,6 +20,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: String,
 }
@@ -195,6 +200,27 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "media_nacks_sent",
             "NACKs sent to publishers for packets lost on the way in",
             s.nacks_sent,
+        );
+    }
+    if let Ok(workers) = hub.sfu.worker_stats().await {
+        let busy: Family<WorkerLabel, Counter<f64, std::sync::atomic::AtomicU64>> =
+            Family::default();
+        for (i, w) in workers.iter().enumerate() {
+            busy.get_or_create(&WorkerLabel {
+                worker: i.to_string(),
+            })
+            .inc_by(w.busy.as_secs_f64());
+        }
+        registry.register(
+            "media_worker_busy_seconds",
+            "Time each media worker's loop spent working (commands, datagrams, timeouts, ticks), not waiting",
+            busy,
+        );
+        counter(
+            &mut registry,
+            "media_layer_switches",
+            "Simulcast layer changes of consumers (the forwarded layer switched)",
+            workers.iter().map(|w| w.layer_switches).sum(),
         );
     }
     if let Ok(links) = hub.sfu.links().await {

@@ -68,6 +68,7 @@ function boardView(page) {
       bitrateOut: Number(r.dataset.bitrateOut),
       legs: [...r.querySelectorAll('[data-testid^="leg-"]')].map((l) => l.dataset.state),
       badge: r.querySelector('[data-testid="verdict"]')?.textContent,
+      level: r.querySelector('[data-testid="audio-level"]')?.dataset.dbov ?? null,
     }));
     const alerts = [...document.querySelectorAll('[data-testid="alert"]')].map((a) => ({
       level: a.dataset.level,
@@ -151,6 +152,17 @@ test('the board lists both halls, counts them, and alerts when one drops out', {
     assert.match(await rowA.getByTestId('connected-time').innerText(), /^\d+:\d\d$/, 'how long it has been connected');
     assert.equal(await rowA.locator('svg[data-testid="sparkline"] polyline').count(), 2, 'a sparkline of bitrate');
     assert.deepEqual(view.alerts, [], 'no alerts while all is well');
+    // Chromium sends the RFC 6464 audio level of its (fake, beeping) microphone: each row gets a level in dBov.
+    const levels = await waitFor(
+      async () => {
+        const v = await boardView(board.page);
+        const ls = [HALL_A, HALL_B].map((n) => v.rows.find((r) => r.name === n)?.level);
+        return ls.every((l) => l !== null && l !== undefined && l !== '') && ls;
+      },
+      { timeout: 10_000, what: 'an audio level on both rows' },
+    );
+    t.diagnostic(`audio levels (dBov): ${JSON.stringify(levels)}`);
+    for (const l of levels) assert.ok(Number(l) <= 0 && Number(l) >= -127, `level ${l} in dBov`);
     if (SCREENSHOT_DIR) await board.page.screenshot({ path: join(SCREENSHOT_DIR, 'board.png'), fullPage: true });
 
     // Hall B closes its page: an alert names it (with the time) and its row turns red or goes.

@@ -92,6 +92,9 @@ pub struct MediaProfile {
     /// A misbehaving publisher: video packets carry random payloads of random length (0-1200 bytes: no valid VP8
     /// descriptor or keyframe), random marker bits, and sequence numbers and timestamps that jump at random.
     pub garbage_video: bool,
+    /// The RFC 6464 audio level sent on every audio packet (0 loudest … 127 silence, i.e. −dBov), as browsers
+    /// do; `None` sends no level.
+    pub audio_level: Option<u8>,
 }
 
 impl Default for MediaProfile {
@@ -106,6 +109,7 @@ impl Default for MediaProfile {
             video_max_payload: 1100,
             simulcast: false,
             garbage_video: false,
+            audio_level: Some(30),
         }
     }
 }
@@ -828,6 +832,14 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         },
         RtpCodecKind::Video,
     );
+    // Browsers offer the audio level extension on their microphone's m-line.
+    me.register_header_extension(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     // The server's own tap: inbound PLI/FIR reach the application (inbound RTCP otherwise stops at the end of the
     // interceptor chain), so the publisher can count them and answer with a keyframe.
     let registry = registry.with(
@@ -1518,7 +1530,10 @@ impl SimEndpoint {
             });
             if kind == RtpCodecKind::Audio {
                 let sent = Arc::clone(&inner.sent);
-                inner.spawn(send_audio(track, layers[0].1, pt, media, sent));
+                let level = media
+                    .audio_level
+                    .and_then(|l| Some((ext_id(rtc::sdp::extmap::AUDIO_LEVEL_URI)?, l & 0x7f)));
+                inner.spawn(send_audio(track, layers[0].1, pt, media, level, sent));
                 continue;
             }
             let n = layers.len();
@@ -1879,11 +1894,23 @@ fn rtp_packet(
     }
 }
 
+/// Every 7-bit audio level as a static byte (no allocation per packet).
+static LEVEL_BYTES: [u8; 128] = {
+    let mut b = [0u8; 128];
+    let mut i = 0;
+    while i < 128 {
+        b[i] = i as u8;
+        i += 1;
+    }
+    b
+};
+
 async fn send_audio(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     pt: u8,
     media: MediaProfile,
+    level: Option<(u8, u8)>,
     sent: Arc<SendCounters>,
 ) {
     let pps = media.audio_pps.max(1);
@@ -1904,10 +1931,14 @@ async fn send_audio(
         put_stamp_and_padding(&mut buf, counter, unix_micros(), size);
         let payload = buf.split().freeze();
         let len = payload.len() as u64;
-        match track
-            .write_rtp(rtp_packet(pt, seq, ts, ssrc, false, payload))
-            .await
-        {
+        let mut packet = rtp_packet(pt, seq, ts, ssrc, false, payload);
+        if let Some((id, level)) = level {
+            // RFC 6464: V=0 (no voice activity flag), then the level, −dBov.
+            let _ = packet
+                .header
+                .set_extension(id, Bytes::from_static(&LEVEL_BYTES[level as usize..][..1]));
+        }
+        match track.write_rtp(packet).await {
             Ok(()) => {
                 sent.audio_packets.fetch_add(1, Ordering::Relaxed);
                 sent.audio_bytes.fetch_add(len, Ordering::Relaxed);

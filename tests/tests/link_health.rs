@@ -1,6 +1,8 @@
 //! Link health and metrics: `/api/health` reports every participant's links with traffic and a verdict (admin
 //! token only), clients get `connection_quality`, and `/metrics` parses as Prometheus text with counters that move
-//! with the traffic.
+//! with the traffic (per-worker busy time, simulcast layer switches among them); each microphone's RFC 6464 level
+//! reaches `/api/health`; one hall on a link dropping 20 % of its packets is flagged poor while the other stays
+//! good.
 
 mod common;
 
@@ -87,12 +89,31 @@ async fn health_api_and_metrics_follow_the_traffic() {
     ] {
         assert!(before.contains_key(k), "{k} missing: {before:?}");
     }
+    // Per-worker loop time (the test server runs one worker) and layer switches exist.
+    let busy = "giaoban_media_worker_busy_seconds_total{worker=\"0\"}";
+    assert!(before.contains_key(busy), "{busy} missing: {before:?}");
+    assert!(
+        before.contains_key("giaoban_media_layer_switches_total"),
+        "{before:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = metrics(&server).await;
     assert!(
         after[forwarded] > before[forwarded],
         "forwarded counter moves"
     );
+    assert!(
+        after[busy] > before[busy],
+        "the worker's busy time moves with the traffic: {} → {}",
+        before[busy],
+        after[busy]
+    );
+    println!(
+        "worker 0 busy {:.3} s in 1.5 s of two endpoints' traffic",
+        after[busy] - before[busy]
+    );
+    // Busy, not wall time: two endpoints on loopback keep one worker far from 1.5 s of work in 1.5 s.
+    assert!(after[busy] - before[busy] < 1.5, "{}", after[busy]);
     assert!(
         after["giaoban_media_received_bytes_total"] > before["giaoban_media_received_bytes_total"]
     );
@@ -196,5 +217,260 @@ async fn receive_only_observer_gets_a_good_verdict() {
         unreachable!("matched above")
     };
     assert_eq!(*level, QualityLevel::Good, "{q:?}");
+    server.shutdown().await;
+}
+
+/// Layer switches are counted when a consumer's forwarded simulcast layer changes: the chair publishes three
+/// layers, the hall gets `f`, then is capped to the lowest layer, and the counter moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_switches_are_counted() {
+    use giaoban_signaling::protocol::{MeetingMode, Role, TrackKind};
+    use giaoban_tests::sim::SimEndpoint;
+    let server = server().await;
+    let hub = server.hub();
+    let (meeting, eps) =
+        common::create_meeting(&hub, "Đếm chuyển lớp", MeetingMode::Lecture, &["Xã A"]);
+    let mut chair_opts = server.token_opts(
+        &common::token(&hub, &meeting.id, "chair", "Chủ trì", Role::Chair),
+        "Chủ trì",
+    );
+    chair_opts.media.simulcast = true;
+    chair_opts.media.video_bitrate_bps = 1_000_000;
+    chair_opts.media.video_fps = 20;
+    let chair = SimEndpoint::connect(chair_opts).await.expect("chair joins");
+    chair.publish().await.expect("chair publishes simulcast");
+    let hall = server
+        .join_token(
+            &common::token(&hub, &meeting.id, &eps[0].id, &eps[0].name, Role::Endpoint),
+            "Xã A",
+            false,
+        )
+        .await;
+    common::wait_receiving(&hall, &chair, TrackKind::Video, 30, Duration::from_secs(15)).await;
+    let switches = "giaoban_media_layer_switches_total";
+    let before = metrics(&server).await[switches];
+    hub.sfu
+        .send(giaoban_sfu::Command::SetLayerCap {
+            participant: hall.id(),
+            max_layer: Some(0),
+        })
+        .expect("cap sent");
+    let after = wait_until_async(
+        "the layer switch is counted",
+        Duration::from_secs(10),
+        || async {
+            let now = metrics(&server).await[switches];
+            (now > before).then_some(now)
+        },
+    )
+    .await;
+    println!("layer switches: {before} → {after}");
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// One impaired link among good ones, in a network namespace of its own
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Set when this test binary runs inside the namespace the parent made.
+const NETNS_CHILD: &str = "IT2_IMPAIRED_LINK_NETNS";
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes the namespace when the parent test ends, whatever happens.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Two halls: one loses ~20 % of what the server's media port sends it (an iptables random-drop rule, in a network
+/// namespace made for this test, which runs the test binary again inside it). `/api/health` flags that hall red
+/// (`poor`, with its loss figure) while the other stays `good`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_impaired_link_is_flagged_poor_while_the_other_stays_good() {
+    if std::env::var_os(NETNS_CHILD).is_some() {
+        impaired_link_in_namespace().await;
+        return;
+    }
+    let ns = Netns(format!("it2-health-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    run(
+        "ip",
+        &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"],
+    );
+    let exe = std::env::current_exe().expect("test binary");
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(exe)
+        .args([
+            "--exact",
+            "one_impaired_link_is_flagged_poor_while_the_other_stays_good",
+            "--nocapture",
+        ])
+        .env(NETNS_CHILD, "1")
+        .output()
+        .await
+        .expect("run the test in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the test inside namespace {} failed:\n{stdout}\n{stderr}",
+        ns.0
+    );
+}
+
+async fn impaired_link_in_namespace() {
+    let server = server().await;
+    let room = "duong-truyen-kem";
+    let good = server.endpoint(room, "Xã Đồng Bằng", true).await;
+    let mut opts = server.opts(room, "Xã Vùng Cao");
+    // The hall's own loopback address: the drop rule matches only what goes to it.
+    opts.bind_ip = std::net::IpAddr::from([127, 0, 0, 2]);
+    let bad = giaoban_tests::sim::SimEndpoint::connect(opts)
+        .await
+        .expect("the impaired hall joins");
+    bad.publish().await.expect("the impaired hall publishes");
+    wait_all_flowing(&[&good, &bad], &[&good, &bad], Duration::from_secs(15)).await;
+
+    let port = server.media.port().to_string();
+    run(
+        "iptables",
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-s",
+            "127.0.0.1",
+            "--sport",
+            &port,
+            "-d",
+            "127.0.0.2",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            "0.2",
+            "-j",
+            "DROP",
+        ],
+    );
+    let admin = giaoban_signaling::admin::admin_token(&server.hub());
+    let (good_id, bad_id) = (good.id(), bad.id());
+    let read = || async {
+        let (_, body) = http_get(server.http, &format!("/api/health?token={admin}"))
+            .await
+            .expect("GET /api/health");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let ps = v["participants"].as_array().expect("participants").clone();
+        let find = |id: &str| ps.iter().find(|p| p["participant_id"] == id).cloned();
+        (
+            find(&good_id).expect("good hall"),
+            find(&bad_id).expect("bad hall"),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, b) = read().await;
+        if b["verdict"] == "poor" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the impaired hall should be poor within 10 s: {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The first poor reading may span the moment the rule came in; a little later the figure is the rule's.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (g, b) = read().await;
+    assert_eq!(b["verdict"], "poor", "still poor: {b}");
+    let loss = b["subscribe"]["loss_out"].as_f64().expect("loss figure");
+    println!(
+        "impaired hall: verdict {}, loss {:.1} %",
+        b["verdict"],
+        loss * 100.0
+    );
+    assert!(
+        (0.1..0.5).contains(&loss),
+        "the impaired hall's downlink loss is about 20 %: {b}"
+    );
+    assert_eq!(g["verdict"], "good", "the other hall stays good: {g}");
+    assert!(
+        g["subscribe"]["loss_out"].as_f64().unwrap_or(0.0) < 0.02,
+        "{g}"
+    );
+    server.shutdown().await;
+}
+
+/// The RFC 6464 audio level each hall's microphone sends reaches `/api/health`, per participant and per audio
+/// producer: a loud hall (−20 dBov) and a quiet one (−70 dBov) are told apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_levels_reach_the_health_api() {
+    let server = server().await;
+    let room = "muc-am-thanh";
+    let mut loud = server.opts(room, "Xã Nói To");
+    loud.media.audio_level = Some(20);
+    let mut quiet = server.opts(room, "Xã Nói Nhỏ");
+    quiet.media.audio_level = Some(70);
+    let mut eps = Vec::new();
+    for o in [loud, quiet] {
+        let ep = giaoban_tests::sim::SimEndpoint::connect(o)
+            .await
+            .expect("joins");
+        ep.publish().await.expect("publishes");
+        eps.push(ep);
+    }
+    let (loud_id, quiet_id) = (eps[0].id(), eps[1].id());
+    let admin = giaoban_signaling::admin::admin_token(&server.hub());
+    let levels = wait_until_async(
+        "both levels in /api/health",
+        Duration::from_secs(15),
+        || async {
+            let (_, body) = http_get(server.http, &format!("/api/health?token={admin}"))
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            let ps = v["participants"].as_array()?.clone();
+            let level = |id: &str| {
+                let p = ps.iter().find(|p| p["participant_id"] == id)?;
+                let audio = p["producers"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["kind"] == "audio")?;
+                Some((
+                    p["audio_level_dbov"].as_i64()?,
+                    audio["audio_level_dbov"].as_i64()?,
+                ))
+            };
+            Some((level(&loud_id)?, level(&quiet_id)?))
+        },
+    )
+    .await;
+    println!(
+        "levels (participant, producer): loud {:?}, quiet {:?}",
+        levels.0, levels.1
+    );
+    assert_eq!(levels.0, (-20, -20), "the loud hall's level");
+    assert_eq!(levels.1, (-70, -70), "the quiet hall's level");
     server.shutdown().await;
 }
