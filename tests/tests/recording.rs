@@ -513,3 +513,70 @@ async fn old_recordings_are_deleted_at_start() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Who spoke when: the manifest records speaker changes from the halls' audio levels — the loudest microphone that
+/// is heard, confirmed at two looks in a row — so a hall that is louder but not heard (muted by the chair) does
+/// not count, and a quiet one below the speaking threshold never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_records_speaker_changes() {
+    let config = giaoban_config::Config::for_tests();
+    let data_dir = config.storage.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    let hub = server.hub();
+    let (meeting, eps) = create_meeting(
+        &hub,
+        "Thảo luận có ghi hình",
+        MeetingMode::Discussion,
+        &["Xã To", "Xã Vừa", "Xã Nhỏ"],
+    );
+    let chair_token = token(&hub, &meeting.id, "chair", "Chủ trì", Role::Chair);
+    let chair = server.join_token(&chair_token, "Chủ trì", false).await;
+    let mut halls = Vec::new();
+    // RFC 6464 levels: 10 (−10 dBov, loud), 25 (−25 dBov), 80 (−80 dBov, below the speaking threshold).
+    for (ep, level) in eps.iter().zip([10u8, 25, 80]) {
+        let mut o = server.token_opts(
+            &token(&hub, &meeting.id, &ep.id, &ep.name, Role::Endpoint),
+            &ep.name,
+        );
+        o.media.audio_level = Some(level);
+        let h = SimEndpoint::connect(o).await.expect("hall joins");
+        h.publish().await.expect("hall publishes");
+        halls.push(h);
+    }
+    let (loud, medium) = (&halls[0], &halls[1]);
+    wait_all_flowing(&[&chair], &[loud, medium], Duration::from_secs(15)).await;
+
+    let from = chair.log_len();
+    send(&chair, ClientMessage::StartRecording {});
+    wait_state(&chair, from, "recording on", |s| s.recording).await;
+    let dir = recording_dir(&data_dir, &meeting.id).expect("one recording folder");
+    // Levels are looked at every 2 s: the loudest is confirmed at the second look.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The chair mutes the loud hall: it is no longer heard, the medium one becomes the speaker.
+    send(
+        &chair,
+        ClientMessage::Mute {
+            participant_id: loud.id(),
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let from = chair.log_len();
+    send(&chair, ClientMessage::StopRecording {});
+    wait_state(&chair, from, "recording off", |s| !s.recording).await;
+
+    let m = wait_manifest(&dir, "complete").await;
+    let speakers: Vec<String> = m["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["type"] == "speaker")
+        .map(|e| e["participant_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        speakers,
+        vec![loud.id(), medium.id()],
+        "speaker changes: the loud hall, then (muted) the medium one; never the quiet one: {:#?}",
+        m["events"]
+    );
+    server.shutdown().await;
+}
