@@ -131,6 +131,26 @@ pub struct ConsumerHealth {
     pub cap: Option<u8>,
 }
 
+/// Seconds between the NTP era (1900) and the Unix epoch.
+const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+
+/// The round trip from a receiver report about a stream we send (RFC 3550 §6.4.1): the report's `lsr` (middle 32
+/// bits of the NTP time of our last sender report) and `dlsr` (delay since then at the receiver, 1/65536 s),
+/// against the wall clock `now` at arrival. `None` without a sender report yet (`lsr == 0`) or if the result is
+/// not a plausible round trip (clock step).
+pub fn rtt_from_report(now: std::time::SystemTime, lsr: u32, dlsr: u32) -> Option<f64> {
+    if lsr == 0 {
+        return None;
+    }
+    let since_unix = now.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let secs = since_unix.as_secs() + NTP_UNIX_OFFSET_SECS;
+    let frac = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
+    let middle = (((secs & 0xffff) << 16) | (frac >> 16)) as u32;
+    let rtt = middle.wrapping_sub(lsr).wrapping_sub(dlsr);
+    // More than a minute is a wrapped negative (the report arrived "before" it was sent: clocks moved).
+    (rtt < 60 << 16).then(|| f64::from(rtt) * 1000.0 / 65536.0)
+}
+
 /// Read loss, jitter and RTT from rtc's statistics (never per packet).
 pub fn read_rtc_stats(pc: &mut RTCPeerConnection, now: Instant) -> RtcLinkStats {
     let report = pc.get_stats(now, StatsSelector::None);
@@ -229,5 +249,39 @@ mod tests {
         // A silent second brings the rate to zero.
         c.update_rates(t0 + Duration::from_secs(2));
         assert_eq!(c.traffic.bitrate_in, 0);
+    }
+}
+
+#[cfg(test)]
+mod rtt_tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// The middle 32 bits of the NTP time of `t`, as a sender report's timestamp gives them to LSR.
+    fn middle(t: SystemTime) -> u32 {
+        let d = t.duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+        let secs = d.as_secs() + NTP_UNIX_OFFSET_SECS;
+        let frac = (u64::from(d.subsec_nanos()) << 32) / 1_000_000_000;
+        (((secs & 0xffff) << 16) | (frac >> 16)) as u32
+    }
+
+    #[test]
+    fn round_trip_is_arrival_minus_send_minus_the_receivers_delay() {
+        let sent = SystemTime::now();
+        // Out 20 ms, held 500 ms at the receiver (DLSR), back 20 ms: 40 ms of round trip.
+        let dlsr = (0.5 * 65536.0) as u32;
+        let arrival = sent + Duration::from_millis(540);
+        let rtt = rtt_from_report(arrival, middle(sent), dlsr).expect("a round trip");
+        assert!((rtt - 40.0).abs() < 0.1, "{rtt}");
+        assert_eq!(
+            rtt_from_report(arrival, 0, dlsr),
+            None,
+            "no sender report yet"
+        );
+        // A report that claims a longer hold than the time since our report: a clock step, not a round trip.
+        assert_eq!(
+            rtt_from_report(sent + Duration::from_millis(100), middle(sent), dlsr),
+            None
+        );
     }
 }

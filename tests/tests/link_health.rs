@@ -138,10 +138,12 @@ async fn health_api_and_metrics_follow_the_traffic() {
             assert_eq!(status, 200, "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
             let ps = v["participants"].as_array()?.clone();
+            // RTT comes from the subscribers' receiver reports (sent every second or so).
             let ready = ps.len() == 2
                 && ps.iter().all(|p| {
                     p["publish"]["bitrate_in"].as_u64().unwrap_or(0) > 50_000
                         && p["subscribe"]["bitrate_out"].as_u64().unwrap_or(0) > 50_000
+                        && p["subscribe"]["rtt_ms"].is_number()
                 });
             ready.then_some(ps)
         },
@@ -151,6 +153,11 @@ async fn health_api_and_metrics_follow_the_traffic() {
         assert_eq!(p["publish"]["state"], "connected", "{p}");
         assert_eq!(p["subscribe"]["state"], "connected", "{p}");
         assert_eq!(p["verdict"], "good", "loopback is a good link: {p}");
+        let rtt = p["subscribe"]["rtt_ms"].as_f64().expect("measured");
+        assert!(
+            (0.0..200.0).contains(&rtt),
+            "a loopback round trip: {rtt} ms"
+        );
         assert!(
             p["name"].as_str().is_some_and(|n| n.starts_with("Xã")),
             "{p}"
