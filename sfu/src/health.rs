@@ -79,7 +79,8 @@ pub struct RtcLinkStats {
     /// is inflated by paced frames (a large frame leaves the sender over tens of ms under one timestamp), so the
     /// verdict grades audio only.
     pub audio_jitter_ms: Option<f64>,
-    /// From receiver reports when rtc measures it; rtc 0.21 does not yet (always `None` today).
+    /// From rtc's statistics when it measures it (rtc 0.21 does not); the worker fills it from its own measurement
+    /// (`rtt_from_report`) when it builds the link health.
     pub rtt_ms: Option<f64>,
     /// NACKs this connection's peer sent us about what we send it (a subscriber asking for retransmissions).
     pub nacks_received: u64,
