@@ -2082,6 +2082,10 @@ impl Worker {
         // at once, and the publisher's uplink stays measured).
         for p in self.producers.values_mut().filter(|p| p.simulcast) {
             let mut wanted = 1u8;
+            // A recording keeps the top layer (the one it writes) flowing.
+            if p.record.is_some() && !p.layers.is_empty() {
+                wanted |= 1 << (p.layers.len() - 1);
+            }
             for c in p.consumers.iter().filter(|c| !c.paused) {
                 if let Some(t) = c.target_desired {
                     wanted |= 1 << t;
