@@ -381,6 +381,8 @@ function renderTileFlags(view, id, sharing) {
   view.screenFlag.textContent = t('tile.screen');
   view.pausedFlag.textContent = t('tile.videoPaused');
   view.tile.classList.toggle('speaking', onFloor);
+  view.tile.classList.toggle('talking', !!meeting?.activeSpeaker && meeting.activeSpeaker === id);
+  view.tile.dataset.activeSpeaker = String(!!meeting?.activeSpeaker && meeting.activeSpeaker === id);
   view.tile.classList.toggle('main', !!st?.main_participant_id && st.main_participant_id === id);
 }
 
@@ -1727,6 +1729,11 @@ function onServerMessage(msg) {
       break;
     case 'unmute_requested':
       if (meeting.local.audio && !meeting.local.audio.enabled) showUnmutePrompt();
+      break;
+    case 'active_speaker':
+      meeting.activeSpeaker = msg.participant_id;
+      renderSelfTile();
+      for (const p of meeting.participants.values()) renderParticipant(p);
       break;
     case 'connection_quality':
       meeting.quality = msg;

@@ -124,6 +124,8 @@ pub struct Hub {
     pub(crate) tests: DashMap<String, crate::pretest::TestSession>,
     /// Each live participant's last link verdict, so a change to poor (and back) is logged once.
     pub(crate) link_levels: DashMap<String, crate::protocol::QualityLevel>,
+    /// Each room's active speaker (see `speaker.rs`).
+    pub(crate) speakers: DashMap<String, crate::speaker::Speaker>,
     shutting_down: AtomicBool,
     /// Stopped recordings whose files the media plane is still finishing, by folder.
     pub(crate) finishing_recordings:
@@ -158,6 +160,7 @@ impl Hub {
             clients: DashMap::new(),
             tests: DashMap::new(),
             link_levels: DashMap::new(),
+            speakers: DashMap::new(),
             shutting_down: AtomicBool::new(false),
             finishing_recordings: Default::default(),
         }

@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod recording;
 pub mod rules;
 pub mod session;
+pub mod speaker;
 pub mod store;
 pub mod tls;
 pub mod turn;
@@ -143,10 +144,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let floor_timer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut last_quality = tokio::time::Instant::now();
+        let mut last_speakers = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             timer_hub.expire_floors();
             timer_hub.client_limits.prune(std::time::Instant::now());
+            if last_speakers.elapsed() >= speaker::SPEAKER_INTERVAL {
+                last_speakers = tokio::time::Instant::now();
+                speaker::push_speakers(&timer_hub).await;
+            }
             if last_quality.elapsed() >= links::QUALITY_INTERVAL {
                 last_quality = tokio::time::Instant::now();
                 links::push_quality(&timer_hub).await;

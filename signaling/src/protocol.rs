@@ -496,6 +496,11 @@ pub enum ServerMessage {
         verdict: QualityLevel,
         findings: Vec<Finding>,
     },
+    /// The active speaker changed: the loudest participant who is heard (audio level above −45 dBov, confirmed at
+    /// two looks 500 ms apart). Silence keeps the last speaker.
+    ActiveSpeaker {
+        participant_id: String,
+    },
     /// The recording stopped by itself (a write error such as a full disk); the meeting goes on. Sent to the
     /// chair and admins.
     RecordingAlert {
