@@ -224,3 +224,36 @@ async fn a_publisher_over_the_bitrate_limit_loses_video_not_audio() {
     assert_alive(&b).await;
     server.shutdown().await;
 }
+
+/// A room holds `limits.max_participants_per_room`: one more is refused with `room_full`, the others carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_refuses_one_more_and_carries_on() {
+    let mut c = giaoban_config::Config::for_tests();
+    c.limits.max_participants_per_room = 2;
+    let server = TestServer::start_with(c).await;
+    let a = server.endpoint("gioi-han-5", "Xã A", true).await;
+    let b = server.endpoint("gioi-han-5", "Xã B", true).await;
+    wait_all_flowing(&[&a, &b], &[&a, &b], Duration::from_secs(15)).await;
+    let extra = SimEndpoint::open(server.opts("gioi-han-5", "Xã C"))
+        .await
+        .expect("socket opens");
+    let from = extra.log_len();
+    extra
+        .send(&ClientMessage::Join {
+            room: Some("gioi-han-5".into()),
+            name: Some("Xã C".into()),
+            token: None,
+        })
+        .expect("sent");
+    let (code, message) = extra
+        .wait_error_since(from, Duration::from_secs(5))
+        .await
+        .expect("join refused");
+    assert_eq!(code, ErrorCode::RoomFull, "{message}");
+    // Another room is not affected by this one being full.
+    let elsewhere = server.endpoint("gioi-han-6", "Xã D", false).await;
+    assert_alive(&elsewhere).await;
+    common::assert_still_flowing(&a, &b, 10).await;
+    common::assert_still_flowing(&b, &a, 10).await;
+    server.shutdown().await;
+}
