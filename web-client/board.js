@@ -55,6 +55,10 @@ const STRINGS = {
     lossTip: 'Tỉ lệ mất gói: chiều lên / chiều xuống',
     levelTip: 'Mức âm thanh micro (RFC 6464): {db} dBov',
     levelNone: 'Không có mức âm thanh (trình duyệt không gửi hoặc chưa có tiếng)',
+    layersReceived: 'Hình nhận: {list}',
+    layersTip: 'Lớp hình (simulcast) đang nhận của mỗi luồng: q thấp, h vừa, f cao; "tạm dừng" khi đường truyền không đủ',
+    layerPaused: 'tạm dừng',
+    layerSingle: '1 lớp',
     legPub: 'Gửi',
     legSub: 'Nhận',
     legendUp: 'gửi lên',
@@ -159,6 +163,10 @@ const STRINGS = {
     lossTip: 'Packet loss: upstream / downstream',
     levelTip: 'Microphone level (RFC 6464): {db} dBov',
     levelNone: 'No audio level (the browser does not send it, or no sound yet)',
+    layersReceived: 'Video received: {list}',
+    layersTip: 'The (simulcast) layer received of each video: q low, h medium, f high; "paused" when the link cannot carry it',
+    layerPaused: 'paused',
+    layerSingle: 'single layer',
     legPub: 'Send',
     legSub: 'Receive',
     legendUp: 'upstream',
@@ -654,6 +662,16 @@ function browserName(ua) {
   return os ? `${browser} · ${os}` : browser;
 }
 
+/** The layer of each video this hall receives (from the SFU's own choice), or nothing if it receives none. */
+function layersReceived(hall) {
+  const videos = (hall.present ? hall.p?.receiving || [] : []).filter((c) => c.kind === 'video');
+  if (videos.length === 0) return null;
+  const list = videos
+    .map((c) => (c.paused ? tr('layerPaused') : c.layer ? c.layer : tr('layerSingle')))
+    .join(' · ');
+  return h('div', { class: 'b-sub', 'data-testid': 'layers-received', title: tr('layersTip') }, tr('layersReceived', { list }));
+}
+
 function hallRow(hall, now) {
   const f = hall.present ? hall.f : null;
   const verdict = hall.present ? hall.verdict || 'unknown' : 'offline';
@@ -687,7 +705,7 @@ function hallRow(hall, now) {
       hall.present ? null : h('div', { class: 'b-sub' }, tr('gone', { time: fmtTime(hall.goneAt) })),
       hall.present && f && onlyPending(f) ? h('div', { class: 'b-sub' }, tr('settingUp')) : null,
     ),
-    h('td', {}, legChip(hall, 'publish'), h('br'), legChip(hall, 'subscribe')),
+    h('td', {}, legChip(hall, 'publish'), h('br'), legChip(hall, 'subscribe'), layersReceived(hall)),
     h('td', { class: 'num', 'data-testid': 'bitrate-in' }, f ? fmtNum(f.bitrateIn / 1000) : '—'),
     h('td', { class: 'num', 'data-testid': 'bitrate-out' }, f ? fmtNum(f.bitrateOut / 1000) : '—'),
     h('td', { class: 'num', 'data-testid': 'loss' }, f ? `${pct(f.lossIn)} / ${pct(f.lossOut)}` : '—'),

@@ -150,6 +150,10 @@ test('the board lists both halls, counts them, and alerts when one drops out', {
     assert.equal((await rowA.getByTestId('verdict').innerText()).trim(), 'Tốt');
     assert.match(await rowA.getByTestId('browser').innerText(), /^Chrome \d+ · Linux$/, "the hall's browser, from its User-Agent");
     assert.match(await rowA.getByTestId('connected-time').innerText(), /^\d+:\d\d$/, 'how long it has been connected');
+    // The video it receives, with the layer the SFU chose (one layer: these halls publish without simulcast).
+    await waitFor(async () => /^Hình nhận: /.test(await rowA.getByTestId('layers-received').innerText().catch(() => '')), {
+      what: 'the layer the hall receives on the board',
+    });
     assert.equal(await rowA.locator('svg[data-testid="sparkline"] polyline').count(), 2, 'a sparkline of bitrate');
     assert.deepEqual(view.alerts, [], 'no alerts while all is well');
     // Chromium sends the RFC 6464 audio level of its (fake, beeping) microphone: each row gets a level in dBov.
