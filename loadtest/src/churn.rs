@@ -96,6 +96,26 @@ async fn server_counts(http: std::net::SocketAddr) -> anyhow::Result<(u64, u64)>
     Ok((get("participants")?, get("connections")?))
 }
 
+/// Count one finished cycle: its join → first media, or its error (the first 20 kept). Returns 1 if it failed.
+fn record(
+    r: Result<anyhow::Result<f64>, tokio::task::JoinError>,
+    first_media: &mut Vec<f64>,
+    errors: &mut Vec<String>,
+) -> usize {
+    let error = match r {
+        Ok(Ok(ms)) => {
+            first_media.push(ms);
+            return 0;
+        }
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => format!("cycle task: {e}"),
+    };
+    if errors.len() < 20 {
+        errors.push(error);
+    }
+    1
+}
+
 /// One cycle: join, wait for audio and video from the publisher, hold, leave (or vanish). Returns join → first
 /// media in ms.
 async fn cycle(
@@ -208,19 +228,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         // Collect whatever finished, so samples follow progress.
         while let Some(r) = tasks.try_join_next() {
             done += 1;
-            match r {
-                Ok(Ok(ms)) => first_media.push(ms),
-                Ok(Err(e)) => {
-                    failed += 1;
-                    if errors.len() < 20 {
-                        errors.push(format!("{e:#}"));
-                    }
-                }
-                Err(e) => {
-                    failed += 1;
-                    errors.push(format!("cycle task: {e}"));
-                }
-            }
+            failed += record(r, &mut first_media, &mut errors);
             bar.set_position(done as u64);
             bar.set_message(format!("{failed} failed"));
             if done == warmup {
@@ -237,19 +245,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     }
     while let Some(r) = tasks.join_next().await {
         done += 1;
-        match r {
-            Ok(Ok(ms)) => first_media.push(ms),
-            Ok(Err(e)) => {
-                failed += 1;
-                if errors.len() < 20 {
-                    errors.push(format!("{e:#}"));
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                errors.push(format!("cycle task: {e}"));
-            }
-        }
+        failed += record(r, &mut first_media, &mut errors);
         bar.set_position(done as u64);
     }
     bar.finish_and_clear();

@@ -108,7 +108,6 @@ pub async fn push_quality(hub: &Hub) {
         return;
     };
     let now = std::time::Instant::now();
-    note_speakers(hub, &links);
     hub.link_levels
         .retain(|p, _| links.iter().any(|l| &l.participant == p));
     for l in links {
@@ -132,27 +131,6 @@ pub async fn push_quality(hub: &Hub) {
                 bitrate_out,
             },
         );
-    }
-}
-
-/// Rooms being recorded get the audio levels, for speaker changes in the manifest.
-fn note_speakers(hub: &Hub, links: &[ParticipantLinks]) {
-    let mut by_room: std::collections::HashMap<&str, Vec<(&str, i8)>> = Default::default();
-    for l in links {
-        if let Some(level) = l.producers.iter().filter_map(|p| p.audio_level).max() {
-            by_room
-                .entry(l.room.as_str())
-                .or_default()
-                .push((l.participant.as_str(), level));
-        }
-    }
-    for (room, levels) in by_room {
-        if let Some(mut r) = hub.rooms.get_mut(room) {
-            let r = &mut *r;
-            if let Some(live) = r.meeting.as_mut() {
-                crate::recording::note_levels(live, &r.members, &levels);
-            }
-        }
     }
 }
 

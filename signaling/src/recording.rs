@@ -64,9 +64,6 @@ pub struct Active {
     floor: Vec<String>,
     /// The meeting mode at the last look (it decides who is heard).
     mode: Option<crate::protocol::MeetingMode>,
-    /// The current speaker (participant id), and a new loudest one seen once, waiting to be confirmed.
-    speaker: Option<String>,
-    pending_speaker: Option<String>,
 }
 
 impl Active {
@@ -148,38 +145,15 @@ pub(crate) fn note_floor(live: &mut LiveMeeting, members: &[Member]) {
     r.floor = now;
 }
 
-/// Below this (dBov) a microphone is not speaking: room noise and a quiet hall stay out of the minutes.
-const SPEAKING_DBOV: i8 = -45;
-
-/// Speaker changes for the minutes, from the audio levels the media plane measures (every `QUALITY_INTERVAL`):
-/// the loudest participant who is heard (its microphone forwarded under the meeting rules) above
-/// `SPEAKING_DBOV`. A new speaker is written only when it is the loudest at two looks in a row, so one cough
-/// does not count; silence changes nothing.
-pub(crate) fn note_levels(live: &mut LiveMeeting, members: &[Member], levels: &[(&str, i8)]) {
+/// The active speaker changed (see `speaker.rs`), or is the one speaking when the recording starts.
+pub(crate) fn note_speaker(live: &mut LiveMeeting, members: &[Member], participant_id: &str) {
     let Some(r) = live.recording.as_mut() else {
         return;
     };
-    let loudest = levels
+    if let Some(m) = members
         .iter()
-        .filter(|(_, level)| *level > SPEAKING_DBOV)
-        .filter_map(|(id, level)| {
-            let m = members.iter().find(|m| m.identity.participant_id == *id)?;
-            m.policy.audio.then_some((m, *level))
-        })
-        .max_by_key(|(_, level)| *level)
-        .map(|(m, _)| m);
-    let Some(m) = loudest else {
-        r.pending_speaker = None;
-        return;
-    };
-    let id = &m.identity.participant_id;
-    if r.speaker.as_deref() == Some(id.as_str()) {
-        r.pending_speaker = None;
-        return;
-    }
-    if r.pending_speaker.as_deref() == Some(id.as_str()) {
-        r.pending_speaker = None;
-        r.speaker = Some(id.clone());
+        .find(|m| m.identity.participant_id == participant_id)
+    {
         r.person(&m.identity);
         r.event(
             "speaker",
@@ -189,8 +163,6 @@ pub(crate) fn note_levels(live: &mut LiveMeeting, members: &[Member], levels: &[
                 &m.identity.subject,
             )),
         );
-    } else {
-        r.pending_speaker = Some(id.clone());
     }
 }
 
@@ -240,8 +212,6 @@ pub fn start(hub: &Hub, room_key: &str, by: &str) -> Result<(), Refused> {
         people: BTreeMap::new(),
         floor: Vec::new(),
         mode: None,
-        speaker: None,
-        pending_speaker: None,
     };
     active.event("recording_started", None);
     for m in &room.members {
@@ -267,6 +237,13 @@ pub fn start(hub: &Hub, room_key: &str, by: &str) -> Result<(), Refused> {
     }
     live.recording = Some(active);
     note_floor(live, &room.members);
+    let speaking = hub
+        .speakers
+        .get(room_key)
+        .and_then(|s| s.current().map(str::to_owned));
+    if let Some(id) = speaking {
+        note_speaker(live, &room.members, &id);
+    }
     let _ = hub.sfu.send(Command::StartRecording {
         room: room_key.to_owned(),
         dir: dir.clone(),

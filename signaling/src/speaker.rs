@@ -1,7 +1,8 @@
 //! The active speaker of each room, from the audio levels the media plane measures (RFC 6464 extension, smoothed
 //! per producer): the loudest participant whose microphone is heard under the meeting rules, above
 //! `SPEAKING_DBOV`. A new speaker must be the loudest at `CONFIRM_LOOKS` looks in a row (one cough does not move
-//! the picture), and silence keeps the last speaker. Changes go to the room as `active_speaker`.
+//! the picture), and silence keeps the last speaker. Changes go to the room as `active_speaker`
+//! and, while the meeting is recorded, into the manifest as `speaker` events.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,11 @@ pub struct Speaker {
 }
 
 impl Speaker {
+    /// The speaker now, if anyone has spoken yet.
+    pub fn current(&self) -> Option<&str> {
+        self.current.as_deref()
+    }
+
     /// One look: `loudest` is the loudest heard participant above the threshold, if any. Returns the new speaker
     /// when it changes.
     pub fn observe(&mut self, loudest: Option<&str>) -> Option<String> {
@@ -60,7 +66,7 @@ pub async fn push_speakers(hub: &Hub) {
             levels.insert(l.participant.as_str(), level);
         }
     }
-    for room in hub.rooms.iter() {
+    for mut room in hub.rooms.iter_mut() {
         let key = room.key().clone();
         let loudest = room
             .members
@@ -74,10 +80,15 @@ pub async fn push_speakers(hub: &Hub) {
             .map(|(id, _)| id.to_owned());
         let mut state = hub.speakers.entry(key).or_default();
         if let Some(speaker) = state.observe(loudest.as_deref()) {
+            let room = room.value_mut();
+            // The recording's manifest notes who spoke when.
+            if let Some(live) = room.meeting.as_mut() {
+                crate::recording::note_speaker(live, &room.members, &speaker);
+            }
             let message = ServerMessage::ActiveSpeaker {
                 participant_id: speaker,
             };
-            crate::hub::send_to_subjects(&room, |_| true, &message);
+            crate::hub::send_to_subjects(room, |_| true, &message);
         }
     }
     hub.speakers.retain(|room, _| hub.rooms.contains_key(room));

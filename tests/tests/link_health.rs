@@ -279,69 +279,20 @@ async fn layer_switches_are_counted() {
 // One impaired link among good ones, in a network namespace of its own
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Set when this test binary runs inside the namespace the parent made.
-const NETNS_CHILD: &str = "IT2_IMPAIRED_LINK_NETNS";
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Removes the namespace when the parent test ends, whatever happens.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 /// Two halls: one loses ~20 % of what the server's media port sends it (an iptables random-drop rule, in a network
 /// namespace made for this test, which runs the test binary again inside it). `/api/health` flags that hall red
 /// (`poor`, with its loss figure) while the other stays `good`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_impaired_link_is_flagged_poor_while_the_other_stays_good() {
-    if std::env::var_os(NETNS_CHILD).is_some() {
+    if common::in_netns_child() {
         impaired_link_in_namespace().await;
         return;
     }
-    let ns = Netns(format!("it2-health-{}", std::process::id()));
-    run("ip", &["netns", "add", &ns.0]);
-    run(
-        "ip",
-        &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"],
-    );
-    let exe = std::env::current_exe().expect("test binary");
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(exe)
-        .args([
-            "--exact",
-            "one_impaired_link_is_flagged_poor_while_the_other_stays_good",
-            "--nocapture",
-        ])
-        .env(NETNS_CHILD, "1")
-        .output()
-        .await
-        .expect("run the test in the namespace");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "the test inside namespace {} failed:\n{stdout}\n{stderr}",
-        ns.0
-    );
+    common::rerun_in_netns(
+        "it2-health",
+        "one_impaired_link_is_flagged_poor_while_the_other_stays_good",
+    )
+    .await;
 }
 
 async fn impaired_link_in_namespace() {
@@ -358,7 +309,7 @@ async fn impaired_link_in_namespace() {
     wait_all_flowing(&[&good, &bad], &[&good, &bad], Duration::from_secs(15)).await;
 
     let port = server.media.port().to_string();
-    run(
+    common::run(
         "iptables",
         &[
             "-A",

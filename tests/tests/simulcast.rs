@@ -272,30 +272,13 @@ async fn wait_until_layers(server: &TestServer, chair: &str) -> Vec<(String, u64
 // Audio first on a lossy downlink, in a network namespace of its own
 // ---------------------------------------------------------------------------------------------------------------
 
-/// Set when this test binary runs inside the namespace the parent made.
-const NETNS_CHILD: &str = "SIMUL_AUDIO_FIRST_NETNS";
-
-/// Runs `cmd args` (inside the current namespace); panics with its output if it fails.
-fn run(cmd: &str, args: &[&str]) {
-    let out = std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Drop this fraction of what the server's media port sends to the hall (127.0.0.2); 0 removes the rule.
 fn downlink_loss(media_port: u16, probability: f64) {
-    run("iptables", &["-F", "OUTPUT"]);
+    common::run("iptables", &["-F", "OUTPUT"]);
     if probability > 0.0 {
         let port = media_port.to_string();
         let p = format!("{probability}");
-        run(
+        common::run(
             "iptables",
             &[
                 "-A",
@@ -321,54 +304,21 @@ fn downlink_loss(media_port: u16, probability: f64) {
     }
 }
 
-/// Removes the namespace when the parent test ends, whatever happens.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 /// The hall's downlink loses more and more: the SFU moves it to a lower layer, then pauses its video (told with
 /// `video_paused`) while audio is still forwarded, and resumes the video when the loss is gone. The loss is an
 /// iptables rule in a network namespace made for this test (the test binary runs itself again inside it), so
 /// nothing outside the test is touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lossy_downlink_drops_layers_then_pauses_video_keeping_audio_and_resumes() {
-    if std::env::var_os(NETNS_CHILD).is_some() {
+    if common::in_netns_child() {
         audio_first_in_namespace().await;
         return;
     }
-    let ns = Netns(format!("simul-loss-{}", std::process::id()));
-    run("ip", &["netns", "add", &ns.0]);
-    run(
-        "ip",
-        &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"],
-    );
-    let exe = std::env::current_exe().expect("test binary");
-    let out = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(exe)
-        .args([
-            "--exact",
-            "a_lossy_downlink_drops_layers_then_pauses_video_keeping_audio_and_resumes",
-            "--nocapture",
-        ])
-        .env(NETNS_CHILD, "1")
-        .output()
-        .await
-        .expect("run the test in the namespace");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "the test inside namespace {} failed:\n{stdout}\n{stderr}",
-        ns.0
-    );
+    common::rerun_in_netns(
+        "simul-loss",
+        "a_lossy_downlink_drops_layers_then_pauses_video_keeping_audio_and_resumes",
+    )
+    .await;
 }
 
 async fn audio_first_in_namespace() {

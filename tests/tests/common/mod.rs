@@ -582,3 +582,68 @@ pub async fn http_request(
         .unwrap_or_else(|| panic!("{method} {path}: no status in {head:?}"));
     (status, head.to_string(), body.to_string())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tests that run themselves again inside a network namespace of their own (impaired links)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Set when a test binary runs inside the namespace its parent test made.
+const NETNS_CHILD: &str = "TEST_IN_OWN_NETNS";
+
+/// Whether this process is the copy of the test running inside its namespace.
+pub fn in_netns_child() -> bool {
+    std::env::var_os(NETNS_CHILD).is_some()
+}
+
+/// Runs `cmd args` (inside the current namespace); panics with its output if it fails.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes the namespace when the parent test ends, whatever happens.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// Make a namespace `<prefix>-<pid>` with loopback up, run the test `test` of this binary again inside it (where
+/// `in_netns_child()` is true), and assert it passed; the namespace is removed afterwards.
+pub async fn rerun_in_netns(prefix: &str, test: &str) {
+    let ns = Netns(format!("{prefix}-{}", std::process::id()));
+    run("ip", &["netns", "add", &ns.0]);
+    run(
+        "ip",
+        &["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"],
+    );
+    let exe = std::env::current_exe().expect("test binary");
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture"])
+        .env(NETNS_CHILD, "1")
+        .output()
+        .await
+        .expect("run the test in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the test inside namespace {} failed:\n{stdout}\n{stderr}",
+        ns.0
+    );
+}
