@@ -272,6 +272,9 @@ pub struct WorkerStats {
     /// NACKs subscribers sent the server, and NACKs the server sent publishers (closed connections included).
     pub nacks_received: u64,
     pub nacks_sent: u64,
+    /// Packets sent again to subscribers from the producers' caches, and NACKed packets too old to be.
+    pub rtp_retransmitted: u64,
+    pub nack_unrepaired: u64,
     /// ICE-TCP streams open now.
     pub tcp_streams: usize,
     /// Times a consumer's forwarded simulcast layer changed (the switch happened, on the new layer's keyframe).
@@ -412,6 +415,8 @@ impl WorkerStats {
         self.plis_sent += o.plis_sent;
         self.nacks_received += o.nacks_received;
         self.nacks_sent += o.nacks_sent;
+        self.rtp_retransmitted += o.rtp_retransmitted;
+        self.nack_unrepaired += o.nack_unrepaired;
         self.tcp_streams += o.tcp_streams;
         self.layer_switches += o.layer_switches;
         self.busy += o.busy;

@@ -6,7 +6,9 @@ use rtc::crypto::SignatureScheme;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
@@ -128,9 +130,33 @@ pub fn build(
     pwd: &str,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
     let mut engine = media_engine()?;
-    // Interceptors: NACK both ways, RTCP sender/receiver reports, transport-wide CC feedback for the browser's
-    // bandwidth estimate. The perf issue replaces these with the SFU's own (DESIGN.md).
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?.with(
+    let registry = match leg {
+        // Publish: rtc's defaults — NACKs to the publisher for what the SFU lost, receiver reports,
+        // transport-wide CC feedback for the browser's uplink estimate, the mid/rid extensions of simulcast.
+        Leg::Publish => register_default_interceptors(Registry::new(), &mut engine)?,
+        // Subscribe: the SFU answers NACKs itself from each producer's cache (`retransmit.rs`), so no responder
+        // keeps a copy of every packet per subscriber; NACK is offered for audio too (a commune link's lost
+        // speech is repaired, not only its video). Sender reports (lip sync, RTT) stay rtc's. Nothing else
+        // runs per forwarded packet.
+        Leg::Subscribe => {
+            for (kind, parameter) in [
+                (RtpCodecKind::Video, ""),
+                (RtpCodecKind::Video, "pli"),
+                (RtpCodecKind::Audio, ""),
+            ] {
+                engine.register_feedback(
+                    RTCPFeedback {
+                        typ: "nack".to_owned(),
+                        parameter: parameter.to_owned(),
+                    },
+                    kind,
+                );
+            }
+            configure_rtcp_reports(Registry::new())
+        }
+    }
+    // The worker hears keyframe requests, NACKs and receiver reports through this tap.
+    .with(
         rtc::interceptor::Slot::from(crate::feedback::SLOT),
         crate::feedback::KeyframeRequestTap::default(),
     );

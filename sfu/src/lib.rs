@@ -13,6 +13,7 @@ pub mod health;
 pub mod keyframe;
 pub mod layers;
 pub mod recorder;
+pub mod retransmit;
 pub mod router;
 pub mod tcp;
 pub mod udp;

@@ -19,6 +19,7 @@ use crate::health::{
 use crate::keyframe::KeyframeThrottle;
 use crate::layers::{self, Estimator, Want};
 use crate::recorder::{Recording, Tap, TrackInfo};
+use crate::retransmit::{self, NotResent, PacketCache, SentLog};
 use crate::router::{ConnId, Router};
 use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
 use crate::udp::{MediaSocket, Outbox};
@@ -116,6 +117,8 @@ struct Consumer {
     target_desired: Option<u8>,
     /// RTP packets forwarded to it.
     packets: u64,
+    /// How each packet it was sent was rewritten, for its subscriber's NACKs.
+    sent: SentLog,
 }
 
 /// One simulcast layer of a producer (or its only stream): its SSRC, what arrives of it, its keyframe requests.
@@ -135,10 +138,12 @@ struct Layer {
     /// The publisher was told to stop sending it (nobody receives it).
     paused: bool,
     keyframes: KeyframeThrottle,
+    /// Its last packets, for subscribers' NACKs (`retransmit.rs`).
+    cache: PacketCache,
 }
 
 impl Layer {
-    fn new(rid: String, ssrc: u32) -> Self {
+    fn new(rid: String, ssrc: u32, kind: MediaKind) -> Self {
         Layer {
             rid,
             ssrc,
@@ -151,6 +156,10 @@ impl Layer {
             width: 0,
             paused: false,
             keyframes: KeyframeThrottle::default(),
+            cache: PacketCache::new(match kind {
+                MediaKind::Audio => retransmit::AUDIO_CACHE,
+                MediaKind::Video => retransmit::VIDEO_CACHE,
+            }),
         }
     }
 
@@ -226,7 +235,7 @@ impl Producer {
                     .map(|l| l.ssrc)
             })
             .collect();
-        self.layers.push(Layer::new(rid, ssrc));
+        self.layers.push(Layer::new(rid, ssrc, self.kind));
         // Stable: rids of one rank keep the order they arrived in.
         self.layers.sort_by_key(|l| layers::rid_rank(&l.rid));
         for (c, ssrc) in self.consumers.iter_mut().zip(targets) {
@@ -671,6 +680,7 @@ impl Worker {
                         if let Some(conn) = self.conns.get_mut(&conn_id) {
                             conn.count_nacked(nack);
                         }
+                        self.retransmit(conn_id, nack, m.now);
                         continue;
                     }
                     let media_ssrc = if let Some(pli) = any.downcast_ref::<PictureLossIndication>()
@@ -749,6 +759,12 @@ impl Worker {
             // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
             return;
         }
+        // Kept once per producer for every consumer's NACKs (payload shared, nothing allocated).
+        producer.layers[li].cache.store(
+            packet.header.sequence_number,
+            packet.header.marker,
+            &packet.payload,
+        );
         // The recording gets what the meeting hears and sees, the top simulcast layer of a camera: one
         // non-blocking queue push per packet per producer (payload shared, nothing allocated).
         if li + 1 == producer.layers.len()
@@ -830,6 +846,15 @@ impl Worker {
                 self.stats.rtp_forwarded += 1;
                 conn.forwarded += 1;
                 consumer.packets += 1;
+                // One fixed-size entry in a ring made with the consumer.
+                consumer.sent.record(
+                    rewrite.seq,
+                    ssrc,
+                    packet.header.sequence_number,
+                    rewrite.timestamp,
+                    rewrite.picture_id,
+                    rewrite.tl0picidx,
+                );
             }
             if !conn.dirty {
                 conn.dirty = true;
@@ -838,6 +863,83 @@ impl Worker {
         }
         if want_keyframe != 0 {
             self.request_layer_keyframe(key, usize::from(li), now);
+        }
+    }
+
+    /// A subscriber's NACK: each packet it names is sent again from the producer's cache, rewritten as it was
+    /// the first time (`retransmit.rs`). Not per packet: only what a lossy link asks for.
+    fn retransmit(&mut self, conn_id: ConnId, nack: &TransportLayerNack, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let Some(&key) = conn.producer_by_ssrc.get(&nack.media_ssrc) else {
+            return;
+        };
+        let Some(producer) = self.producers.get_mut(&key) else {
+            return;
+        };
+        let Some(consumer) = producer
+            .consumers
+            .iter_mut()
+            .find(|c| c.conn == conn_id && c.ssrc == nack.media_ssrc)
+        else {
+            return;
+        };
+        let Some(pt) = consumer.payload_type else {
+            return;
+        };
+        // Answer the same NACK again only after the first answer had time to arrive.
+        let interval = Duration::from_millis(conn.rtt_ms.map_or(100, |r| r as u64));
+        for pair in &nack.nacks {
+            for seq in pair.into_iter() {
+                let sent = match consumer.sent.take_resend(seq, now, interval) {
+                    Ok(sent) => sent,
+                    Err(NotResent::Gone) => {
+                        self.stats.nack_unrepaired += 1;
+                        continue;
+                    }
+                    Err(NotResent::Throttled) => continue,
+                };
+                let Some(cached) = producer
+                    .layers
+                    .iter()
+                    .find(|l| l.ssrc == sent.source_ssrc)
+                    .and_then(|l| l.cache.get(sent.source_seq))
+                else {
+                    self.stats.nack_unrepaired += 1;
+                    continue;
+                };
+                let mut payload = cached.payload.clone();
+                if (sent.picture_id.is_some() || sent.tl0picidx.is_some())
+                    && let Some(desc) = crate::vp8::parse(&payload)
+                {
+                    let mut copy = BytesMut::from(&payload[..]);
+                    crate::vp8::rewrite(&mut copy, &desc, sent.picture_id, sent.tl0picidx);
+                    payload = copy.freeze();
+                }
+                let out = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        marker: cached.marker,
+                        payload_type: pt,
+                        sequence_number: seq,
+                        timestamp: sent.timestamp,
+                        ssrc: consumer.ssrc,
+                        ..Default::default()
+                    },
+                    payload,
+                };
+                let Some(mut sender) = conn.pc.rtp_sender(consumer.sender) else {
+                    return;
+                };
+                if sender.write_rtp(now, out).is_ok() {
+                    self.stats.rtp_retransmitted += 1;
+                }
+            }
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(conn_id);
         }
     }
 
@@ -1064,7 +1166,7 @@ impl Worker {
                 rtp_codec,
                 receiver: receiver_id,
                 simulcast: rid.is_some(),
-                layers: vec![Layer::new(rid.unwrap_or_default(), ssrc)],
+                layers: vec![Layer::new(rid.unwrap_or_default(), ssrc, kind)],
                 consumers: Vec::new(),
                 record: None,
                 audio_level_id: audio_level_id.filter(|_| kind == MediaKind::Audio),
@@ -1174,6 +1276,10 @@ impl Worker {
             tile: None,
             target_desired: None,
             packets: 0,
+            sent: SentLog::new(match producer.kind {
+                MediaKind::Audio => retransmit::AUDIO_CACHE,
+                MediaKind::Video => retransmit::VIDEO_CACHE,
+            }),
         });
         self.layers_dirty = true;
         if let Some(p) = self.participants.get_mut(subscriber) {

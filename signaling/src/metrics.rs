@@ -201,6 +201,18 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "NACKs sent to publishers for packets lost on the way in",
             s.nacks_sent,
         );
+        counter(
+            &mut registry,
+            "media_rtp_retransmitted",
+            "RTP packets sent again to subscribers from the producers' caches (answering NACKs)",
+            s.rtp_retransmitted,
+        );
+        counter(
+            &mut registry,
+            "media_nack_unrepaired",
+            "NACKed packets too old for the producers' caches (not sent again)",
+            s.nack_unrepaired,
+        );
     }
     if let Ok(workers) = hub.sfu.worker_stats().await {
         let busy: Family<WorkerLabel, Counter<f64, std::sync::atomic::AtomicU64>> =

@@ -832,6 +832,14 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         },
         RtpCodecKind::Video,
     );
+    // NACK on audio too, as the SFU offers it on subscribe legs: a lossy hall's speech gets repaired.
+    me.register_feedback(
+        RTCPFeedback {
+            typ: "nack".to_owned(),
+            parameter: String::new(),
+        },
+        RtpCodecKind::Audio,
+    );
     // Browsers offer the audio level extension on their microphone's m-line.
     me.register_header_extension(
         rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
