@@ -181,7 +181,8 @@ mod tests {
         let mut cache = PacketCache::new(8);
         let payload = Bytes::from(vec![1u8; 1000]);
         cache.store(7, false, &payload);
-        assert_eq!(cache.get(7).unwrap().payload.as_ptr(), payload.as_ptr());
+        let kept = cache.get(7).expect("kept");
+        assert_eq!(kept.payload.as_ptr(), payload.as_ptr());
     }
 
     #[test]
