@@ -839,10 +839,19 @@ impl Worker {
                 crate::vp8::rewrite(&mut payload, desc, rewrite.picture_id, rewrite.tl0picidx);
                 out.payload = payload.freeze();
             }
-            let Some(mut sender) = conn.pc.rtp_sender(consumer.sender) else {
-                continue;
-            };
-            if sender.write_rtp(now, out).is_ok() {
+            // Straight into the connection's write pipeline: `RTCRtpSender::write_rtp` would first rebuild the
+            // sender's parameters (codec and extension lists, several allocations) to check SSRC, payload type
+            // and extensions, which this loop already guarantees (the consumer's SSRC, the payload type its answer
+            // negotiated, no extensions); rtc ignores the track id of a written packet (an empty one allocates
+            // nothing).
+            if conn
+                .pc
+                .handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtpPacket(String::new(), out),
+                })
+                .is_ok()
+            {
                 self.stats.rtp_forwarded += 1;
                 conn.forwarded += 1;
                 consumer.packets += 1;
@@ -929,10 +938,15 @@ impl Worker {
                     },
                     payload,
                 };
-                let Some(mut sender) = conn.pc.rtp_sender(consumer.sender) else {
-                    return;
-                };
-                if sender.write_rtp(now, out).is_ok() {
+                // As in `forward`: straight into the write pipeline.
+                if conn
+                    .pc
+                    .handle_write(TaggedRTCMessage {
+                        now,
+                        message: RTCMessage::RtpPacket(String::new(), out),
+                    })
+                    .is_ok()
+                {
                     self.stats.rtp_retransmitted += 1;
                 }
             }
