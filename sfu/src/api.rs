@@ -275,6 +275,8 @@ pub struct WorkerStats {
     /// Packets sent again to subscribers from the producers' caches, and NACKed packets too old to be.
     pub rtp_retransmitted: u64,
     pub nack_unrepaired: u64,
+    /// RTP packets (forwarded or sent again) sealed by the SFU's own SRTP context rather than rtc's pipeline.
+    pub rtp_sealed: u64,
     /// ICE-TCP streams open now.
     pub tcp_streams: usize,
     /// Times a consumer's forwarded simulcast layer changed (the switch happened, on the new layer's keyframe).
@@ -417,6 +419,7 @@ impl WorkerStats {
         self.nacks_sent += o.nacks_sent;
         self.rtp_retransmitted += o.rtp_retransmitted;
         self.nack_unrepaired += o.nack_unrepaired;
+        self.rtp_sealed += o.rtp_sealed;
         self.tcp_streams += o.tcp_streams;
         self.layer_switches += o.layer_switches;
         self.busy += o.busy;

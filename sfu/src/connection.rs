@@ -2,6 +2,7 @@
 //! only candidates are the shared media port on the announced addresses.
 
 use crate::api::Leg;
+use crate::srtp::KeyCapture;
 use rtc::crypto::SignatureScheme;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
@@ -21,6 +22,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long without any packet from the peer before ICE says disconnected, then failed.
@@ -129,6 +131,18 @@ pub fn build(
     ufrag: &str,
     pwd: &str,
 ) -> Result<RTCPeerConnection, rtc::shared::error::Error> {
+    build_keyed(now, leg, endpoint, ufrag, pwd).map(|(pc, _)| pc)
+}
+
+/// `build`, and for a subscribe leg the `KeyCapture` that will hold its outbound SRTP keys once DTLS completes
+/// (the forwarded-RTP fast path, `srtp.rs`).
+pub fn build_keyed(
+    now: Instant,
+    leg: Leg,
+    endpoint: &Endpoint,
+    ufrag: &str,
+    pwd: &str,
+) -> Result<(RTCPeerConnection, Option<Arc<KeyCapture>>), rtc::shared::error::Error> {
     let mut engine = media_engine()?;
     let registry = match leg {
         // Publish: rtc's defaults — NACKs to the publisher for what the SFU lost, receiver reports,
@@ -160,7 +174,17 @@ pub fn build(
         rtc::interceptor::Slot::from(crate::feedback::SLOT),
         crate::feedback::KeyframeRequestTap::default(),
     );
-    let settings = SettingEngineBuilder::new()
+    let keys = match leg {
+        Leg::Subscribe => rtc::crypto::default_provider()
+            .ok()
+            .map(|p| Arc::new(KeyCapture::new(p))),
+        Leg::Publish => None,
+    };
+    let mut settings = SettingEngineBuilder::new();
+    if let Some(k) = &keys {
+        settings = settings.with_crypto_provider(k.clone());
+    }
+    let settings = settings
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -214,7 +238,7 @@ pub fn build(
     // End of candidates: the server has no others to trickle.
     pc.add_local_candidate(RTCIceCandidateInit::default())?;
     tracing::trace!(?leg, ufrag, "connection built");
-    Ok(pc)
+    Ok((pc, keys))
 }
 
 /// A random ICE credential of `len` characters from the ICE alphabet.

@@ -135,6 +135,17 @@ pub struct ConsumerHealth {
 /// Seconds between the NTP era (1900) and the Unix epoch.
 const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
 
+/// A wall-clock time as a 64-bit NTP timestamp (seconds since 1900 in the high 32 bits, the fraction below), as
+/// sender reports carry it.
+pub fn ntp_now(now: std::time::SystemTime) -> u64 {
+    let since_unix = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_unix.as_secs() + NTP_UNIX_OFFSET_SECS;
+    let frac = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
 /// The round trip from a receiver report about a stream we send (RFC 3550 §6.4.1): the report's `lsr` (middle 32
 /// bits of the NTP time of our last sender report) and `dlsr` (delay since then at the receiver, 1/65536 s),
 /// against the wall clock `now` at arrival. `None` without a sender report yet (`lsr == 0`) or if the result is
@@ -143,10 +154,7 @@ pub fn rtt_from_report(now: std::time::SystemTime, lsr: u32, dlsr: u32) -> Optio
     if lsr == 0 {
         return None;
     }
-    let since_unix = now.duration_since(std::time::UNIX_EPOCH).ok()?;
-    let secs = since_unix.as_secs() + NTP_UNIX_OFFSET_SECS;
-    let frac = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
-    let middle = (((secs & 0xffff) << 16) | (frac >> 16)) as u32;
+    let middle = (ntp_now(now) >> 16) as u32;
     let rtt = middle.wrapping_sub(lsr).wrapping_sub(dlsr);
     // More than a minute is a wrapped negative (the report arrived "before" it was sent: clocks moved).
     (rtt < 60 << 16).then(|| f64::from(rtt) * 1000.0 / 65536.0)

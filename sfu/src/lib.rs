@@ -15,6 +15,7 @@ pub mod layers;
 pub mod recorder;
 pub mod retransmit;
 pub mod router;
+pub mod srtp;
 pub mod tcp;
 pub mod udp;
 pub mod vp8;

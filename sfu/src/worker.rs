@@ -21,6 +21,7 @@ use crate::layers::{self, Estimator, Want};
 use crate::recorder::{Recording, Tap, TrackInfo};
 use crate::retransmit::{self, NotResent, PacketCache, SentLog};
 use crate::router::{ConnId, Router};
+use crate::srtp::KeyCapture;
 use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
 use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
@@ -43,12 +44,16 @@ use rtc::rtp_transceiver::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rtc::srtp::context::Context as SrtpContext;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+/// Sender reports for the SFU-sealed streams: once a second.
+const SENDER_REPORT_EVERY_TICKS: u32 = 10;
 /// Housekeeping cadence: deferred keyframe requests, stats.
 /// The publish bitrate is checked every this many ticks (once a second).
 const POLICE_EVERY_TICKS: u32 = 10;
@@ -96,6 +101,15 @@ struct Conn {
     /// Subscribe leg: transceivers whose sender was removed, which the next `add_track` of that kind reuses.
     free_audio_transceivers: usize,
     free_video_transceivers: usize,
+    /// Subscribe leg: where its outbound SRTP keys are noted during DTLS (`srtp.rs`).
+    keys: Option<Arc<KeyCapture>>,
+    /// Subscribe leg, once connected with AES-128-GCM: the SFU's own outbound SRTP context. Forwarded packets are
+    /// sealed with it and queued straight for the socket, bypassing rtc's write pipeline.
+    srtp_out: Option<SrtpContext>,
+    /// Where rtc last sent this connection's packets (the ICE-selected peer address).
+    peer_addr: Option<SocketAddr>,
+    /// Subscribe leg: the loss its receiver reports gave last (fraction lost, worst stream).
+    rr_loss: Option<f64>,
 }
 
 struct Consumer {
@@ -119,6 +133,10 @@ struct Consumer {
     packets: u64,
     /// How each packet it was sent was rewritten, for its subscriber's NACKs.
     sent: SentLog,
+    /// Payload octets sent, and the RTP timestamp and time of the last packet: its sender reports (`srtp_out`
+    /// connections; rtc makes them for packets it sends itself).
+    octets: u64,
+    last_sent: Option<(u32, Instant)>,
 }
 
 /// One simulcast layer of a producer (or its only stream): its SSRC, what arrives of it, its keyframe requests.
@@ -359,6 +377,8 @@ pub struct Worker {
     recordings: HashMap<RoomId, Recording>,
     /// Something that decides layers changed: choose again at the next tick.
     layers_dirty: bool,
+    /// The plaintext of the packet being sealed on the fast path (reused: no allocation per packet).
+    scratch: Vec<u8>,
     ticks: u32,
 }
 
@@ -389,6 +409,7 @@ impl Worker {
             stats_cursor: 0,
             recordings: HashMap::new(),
             layers_dirty: false,
+            scratch: Vec::with_capacity(1500),
             ticks: 0,
         }
     }
@@ -661,6 +682,12 @@ impl Worker {
                     if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                         let now = std::time::SystemTime::now();
                         if let Some(conn) = self.conns.get_mut(&conn_id) {
+                            conn.rr_loss = rr
+                                .reports
+                                .iter()
+                                .map(|r| f64::from(r.fraction_lost) / 256.0)
+                                .reduce(f64::max)
+                                .or(conn.rr_loss);
                             for r in &rr.reports {
                                 if let Some(rtt) = crate::health::rtt_from_report(
                                     now,
@@ -844,17 +871,42 @@ impl Worker {
             // and extensions, which this loop already guarantees (the consumer's SSRC, the payload type its answer
             // negotiated, no extensions); rtc ignores the track id of a written packet (an empty one allocates
             // nothing).
-            if conn
-                .pc
-                .handle_write(TaggedRTCMessage {
-                    now,
-                    message: RTCMessage::RtpPacket(String::new(), out),
-                })
-                .is_ok()
-            {
+            let octets = out.payload.len() as u64;
+            let timestamp = out.header.timestamp;
+            let written = match &mut conn.srtp_out {
+                Some(ctx) => seal_and_queue(
+                    ctx,
+                    &out,
+                    &mut self.scratch,
+                    conn.peer_addr,
+                    conn.src_ip,
+                    conn.tcp_stream,
+                    &mut self.outbox,
+                    &mut self.tcp,
+                    &mut conn.link,
+                ),
+                None => {
+                    let ok = conn
+                        .pc
+                        .handle_write(TaggedRTCMessage {
+                            now,
+                            message: RTCMessage::RtpPacket(String::new(), out),
+                        })
+                        .is_ok();
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push(consumer.conn);
+                    }
+                    ok
+                }
+            };
+            if written {
                 self.stats.rtp_forwarded += 1;
+                self.stats.rtp_sealed += u64::from(conn.srtp_out.is_some());
                 conn.forwarded += 1;
                 consumer.packets += 1;
+                consumer.octets += octets;
+                consumer.last_sent = Some((timestamp, now));
                 // One fixed-size entry in a ring made with the consumer.
                 consumer.sent.record(
                     rewrite.seq,
@@ -864,10 +916,6 @@ impl Worker {
                     rewrite.picture_id,
                     rewrite.tl0picidx,
                 );
-            }
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(consumer.conn);
             }
         }
         if want_keyframe != 0 {
@@ -938,16 +986,30 @@ impl Worker {
                     },
                     payload,
                 };
-                // As in `forward`: straight into the write pipeline.
-                if conn
-                    .pc
-                    .handle_write(TaggedRTCMessage {
-                        now,
-                        message: RTCMessage::RtpPacket(String::new(), out),
-                    })
-                    .is_ok()
-                {
+                // As in `forward`: sealed by the SFU, or straight into rtc's write pipeline.
+                let written = match &mut conn.srtp_out {
+                    Some(ctx) => seal_and_queue(
+                        ctx,
+                        &out,
+                        &mut self.scratch,
+                        conn.peer_addr,
+                        conn.src_ip,
+                        conn.tcp_stream,
+                        &mut self.outbox,
+                        &mut self.tcp,
+                        &mut conn.link,
+                    ),
+                    None => conn
+                        .pc
+                        .handle_write(TaggedRTCMessage {
+                            now,
+                            message: RTCMessage::RtpPacket(String::new(), out),
+                        })
+                        .is_ok(),
+                };
+                if written {
                     self.stats.rtp_retransmitted += 1;
+                    self.stats.rtp_sealed += u64::from(conn.srtp_out.is_some());
                 }
             }
         }
@@ -1045,6 +1107,14 @@ impl Worker {
                 });
                 match state {
                     RTCPeerConnectionState::Connected if leg == Leg::Subscribe => {
+                        if conn.srtp_out.is_none() {
+                            conn.srtp_out = conn.keys.as_ref().and_then(|k| k.outbound_context());
+                            debug!(
+                                %participant,
+                                fast_path = conn.srtp_out.is_some(),
+                                "forwarded RTP sealed by the SFU's own SRTP context"
+                            );
+                        }
                         // Anything forwarded before the subscriber could decrypt it is lost: start each video
                         // stream again from a keyframe.
                         let keys: Vec<ProducerKey> =
@@ -1294,6 +1364,8 @@ impl Worker {
                 MediaKind::Audio => retransmit::AUDIO_CACHE,
                 MediaKind::Video => retransmit::VIDEO_CACHE,
             }),
+            octets: 0,
+            last_sent: None,
         });
         self.layers_dirty = true;
         if let Some(p) = self.participants.get_mut(subscriber) {
@@ -1325,7 +1397,7 @@ impl Worker {
     ) -> Result<ConnId, SfuError> {
         let ufrag = connection::random_ice_string(16);
         let pwd = connection::random_ice_string(32);
-        let pc = connection::build(now, leg, &self.endpoint, &ufrag, &pwd)
+        let (pc, keys) = connection::build_keyed(now, leg, &self.endpoint, &ufrag, &pwd)
             .map_err(|e| SfuError::Negotiation(e.to_string()))?;
         let id = self.next_id;
         self.next_id += 1;
@@ -1361,6 +1433,10 @@ impl Worker {
                 nack_loss: None,
                 nack_newest: HashMap::new(),
                 rtt_ms: None,
+                keys,
+                srtp_out: None,
+                peer_addr: None,
+                rr_loss: None,
             },
         );
         self.mark_dirty(id);
@@ -2028,12 +2104,58 @@ impl Worker {
         self.refresh_rtc_stats(now);
         self.resend_unanswered_offers(now);
         self.ticks = self.ticks.wrapping_add(1);
+        if self.ticks.is_multiple_of(SENDER_REPORT_EVERY_TICKS) {
+            self.send_sender_reports(now);
+        }
         if self.ticks.is_multiple_of(POLICE_EVERY_TICKS) {
             self.police_publish_bitrate();
         }
         if self.layers_dirty || self.ticks.is_multiple_of(CHOOSE_EVERY_TICKS) {
             self.layers_dirty = false;
             self.choose_layers(now);
+        }
+    }
+
+    /// Sender reports for the streams the SFU seals itself (rtc reports only packets that went through it): the
+    /// subscriber's lip sync maps RTP time to wall-clock time with them, and their LSR/DLSR echo gives the RTT.
+    fn send_sender_reports(&mut self, now: Instant) {
+        let ntp = crate::health::ntp_now(std::time::SystemTime::now());
+        let Worker {
+            producers,
+            conns,
+            dirty,
+            ..
+        } = self;
+        for producer in producers.values() {
+            let clock_rate = f64::from(producer.rtp_codec.clock_rate);
+            for c in &producer.consumers {
+                let Some((timestamp, at)) = c.last_sent else {
+                    continue;
+                };
+                let Some(conn) = conns.get_mut(&c.conn) else {
+                    continue;
+                };
+                if conn.srtp_out.is_none() {
+                    continue;
+                }
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                let sr = rtc::rtcp::sender_report::SenderReport {
+                    ssrc: c.ssrc,
+                    ntp_time: ntp,
+                    rtp_time: timestamp.wrapping_add((elapsed * clock_rate) as u32),
+                    packet_count: c.packets as u32,
+                    octet_count: c.octets as u32,
+                    ..Default::default()
+                };
+                let _ = conn.pc.handle_write(TaggedRTCMessage {
+                    now,
+                    message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(sr)]),
+                });
+                if !conn.dirty {
+                    conn.dirty = true;
+                    dirty.push(c.conn);
+                }
+            }
         }
     }
 
@@ -2289,6 +2411,10 @@ impl Worker {
         for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.rtc_stats = read_rtc_stats(&mut conn.pc, now);
+                if conn.rtc_stats.loss_out.is_none() {
+                    // SFU-sealed streams: rtc keeps no statistics for them; the receiver reports we read do.
+                    conn.rtc_stats.loss_out = conn.rr_loss;
+                }
                 if conn.leg == Leg::Subscribe
                     && conn.state == RTCPeerConnectionState::Connected
                     && let Some(p) = self.participants.get_mut(&conn.participant)
@@ -2330,6 +2456,7 @@ impl Worker {
             conn.dirty = false;
             while let Some(msg) = conn.pc.poll_write() {
                 conn.link.sent(msg.message.len());
+                conn.peer_addr = Some(msg.transport.peer_addr);
                 if msg.transport.transport_protocol == TransportProtocol::TCP {
                     // Framed into the stream's bounded buffer (full: dropped, as on a full UDP socket).
                     if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
@@ -2374,4 +2501,41 @@ fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
         MediaSource::Screen => policy.screen,
         MediaSource::Camera => true,
     }
+}
+
+/// The fast path: seal a forwarded packet with the subscriber's outbound SRTP context and queue it for the socket
+/// (or its ICE-TCP stream). Per packet: the header and payload into a reused buffer, one AES-GCM seal (rtc-srtp
+/// returns the sealed packet in a new buffer), one copy into the outbox. `false`: not sent (no peer address yet,
+/// or the context refused).
+#[allow(clippy::too_many_arguments)]
+fn seal_and_queue(
+    ctx: &mut SrtpContext,
+    packet: &rtc::rtp::Packet,
+    scratch: &mut Vec<u8>,
+    peer: Option<SocketAddr>,
+    src_ip: Option<IpAddr>,
+    tcp_stream: Option<crate::tcp::StreamId>,
+    outbox: &mut Outbox,
+    tcp: &mut Option<TcpMedia>,
+    link: &mut LinkCounters,
+) -> bool {
+    use rtc::shared::marshal::{Marshal, MarshalSize};
+    let Some(peer) = peer else {
+        return false;
+    };
+    let size = packet.marshal_size();
+    scratch.clear();
+    scratch.resize(size, 0);
+    if packet.marshal_to(scratch).is_err() {
+        return false;
+    }
+    let Ok(sealed) = ctx.encrypt_rtp_with_header(scratch, &packet.header) else {
+        return false;
+    };
+    link.sent(sealed.len());
+    match (tcp_stream, tcp) {
+        (Some(stream), Some(tcp)) => tcp.queue(stream, &sealed),
+        _ => outbox.push(peer, src_ip, &sealed),
+    }
+    true
 }

@@ -209,6 +209,12 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
         );
         counter(
             &mut registry,
+            "media_rtp_sealed",
+            "RTP packets sealed by the SFU's own SRTP context (the fast path) rather than rtc's write pipeline",
+            s.rtp_sealed,
+        );
+        counter(
+            &mut registry,
             "media_nack_unrepaired",
             "NACKed packets too old for the producers' caches (not sent again)",
             s.nack_unrepaired,

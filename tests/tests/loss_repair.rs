@@ -108,6 +108,8 @@ async fn lossy_subscriber_in_namespace() {
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let resent = delta("giaoban_media_rtp_retransmitted_total");
+    let sealed = delta("giaoban_media_rtp_sealed_total");
+    let forwarded = delta("giaoban_media_rtp_forwarded_total");
     let chair_id = chair.id();
     let mut figures = Vec::new();
     for kind in [TrackKind::Audio, TrackKind::Video] {
@@ -136,6 +138,11 @@ async fn lossy_subscriber_in_namespace() {
         "the rule dropped packets ({dropped_packets})"
     );
     assert!(resent > 0.0, "lost packets were sent again ({resent})");
+    // Both halls are served by the fast path: every packet forwarded or sent again was sealed by the SFU.
+    assert!(
+        forwarded > 0.0 && sealed >= forwarded,
+        "sealed {sealed} of {forwarded} forwarded (+{resent} resent)"
+    );
     // No NACK storm: about what a 5 % drop loses, not a multiple of the stream.
     let sent_to_lossy: u64 = [TrackKind::Audio, TrackKind::Video]
         .into_iter()
