@@ -107,6 +107,8 @@ impl MediaSocket {
 pub struct Outbox {
     data: Vec<u8>,
     items: Vec<Queued>,
+    /// The regrouped copy of `data` (kept to reuse its allocation).
+    grouped: Vec<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -137,6 +139,26 @@ impl Outbox {
         });
     }
 
+    /// Put each destination's datagrams next to each other, in the order they were queued: the forwarding loop
+    /// queues packet by packet for every subscriber in turn, and GSO can send one destination's run of datagrams
+    /// in one call only if they are adjacent. One copy of the turn's bytes and a stable sort of its items, against
+    /// a system call saved per datagram.
+    fn group_by_destination(&mut self) {
+        let key = |q: &Queued| (q.to, q.src_ip);
+        if self.items.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+            return;
+        }
+        self.items.sort_by_key(key);
+        self.grouped.clear();
+        for q in &mut self.items {
+            let start = self.grouped.len();
+            self.grouped
+                .extend_from_slice(&self.data[q.start..q.start + q.len]);
+            q.start = start;
+        }
+        std::mem::swap(&mut self.data, &mut self.grouped);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -146,6 +168,9 @@ impl Outbox {
     pub fn flush(&mut self, socket: &MediaSocket) -> FlushResult {
         let mut result = FlushResult::default();
         let max_segments = socket.max_gso_segments().max(1);
+        if max_segments > 1 {
+            self.group_by_destination();
+        }
         let mut i = 0;
         while i < self.items.len() {
             let first = self.items[i];
@@ -189,5 +214,45 @@ impl Outbox {
         self.data.clear();
         self.items.clear();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaved_destinations_are_grouped_in_queue_order() {
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap_or_else(|_| unreachable!());
+        let b: SocketAddr = "127.0.0.1:4000".parse().unwrap_or_else(|_| unreachable!());
+        let mut outbox = Outbox::default();
+        // Packet by packet, each to both subscribers: a1 b1 a2 b2 a3.
+        for (to, bytes) in [
+            (a, &b"a1"[..]),
+            (b, b"b1"),
+            (a, b"a2"),
+            (b, b"b2"),
+            (a, b"a3x"),
+        ] {
+            outbox.push(to, None, bytes);
+        }
+        outbox.group_by_destination();
+        let order: Vec<(SocketAddr, &[u8])> = outbox
+            .items
+            .iter()
+            .map(|q| (q.to, &outbox.data[q.start..q.start + q.len]))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (b, &b"b1"[..]),
+                (b, b"b2"),
+                (a, b"a1"),
+                (a, b"a2"),
+                (a, b"a3x"),
+            ]
+        );
+        // Each destination's bytes are contiguous, as a GSO transmit needs.
+        assert_eq!(&outbox.data[..], b"b1b2a1a2a3x");
     }
 }
