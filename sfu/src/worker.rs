@@ -291,6 +291,8 @@ struct Participant {
     policy: ForwardPolicy,
     publish: Option<ConnId>,
     subscribe: Option<ConnId>,
+    /// The screen share's own publish connection, while sharing.
+    screen: Option<ConnId>,
     offer_outstanding: bool,
     /// When the outstanding offer was last sent (it is sent again if no answer comes).
     offer_sent_at: Option<Instant>,
@@ -942,6 +944,12 @@ impl Worker {
                             self.request_keyframe(key, now);
                         }
                     }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                        if leg == Leg::Screen =>
+                    {
+                        // Only the screen share is lost; the camera's connection decides about the participant.
+                        self.close_screen(&participant);
+                    }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         let _ = self.events.send(Event::ParticipantFailed {
                             participant: participant.clone(),
@@ -974,9 +982,11 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        if conn.leg != Leg::Publish {
+        if conn.leg == Leg::Subscribe {
             return;
         }
+        // Every track of the screen connection is the screen share (video, and a shared tab's sound).
+        let screen = screen || conn.leg == Leg::Screen;
         if let Some(old) = conn.producer_by_track.get(&track_id).copied() {
             if let Some(p) = self.producers.get_mut(&old) {
                 p.receiver = receiver_id;
@@ -1358,9 +1368,12 @@ impl Worker {
 
     // ---------------------------------------------------------------- publish leg
 
+    /// An offer of the publish connection (`Leg::Publish`: camera and microphone) or of the screen share's own
+    /// connection (`Leg::Screen`).
     fn on_publish_offer(
         &mut self,
         participant: &ParticipantId,
+        leg: Leg,
         sdp: String,
     ) -> Result<String, SfuError> {
         let now = Instant::now();
@@ -1371,15 +1384,22 @@ impl Worker {
         if !p.policy.can_publish {
             return Err(SfuError::PublishNotAllowed);
         }
-        let existing = p.publish;
+        let existing = match leg {
+            Leg::Screen => p.screen,
+            _ => p.publish,
+        };
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let set_slot = |p: &mut Participant, id: Option<ConnId>| match leg {
+            Leg::Screen => p.screen = id,
+            _ => p.publish = id,
+        };
         let conn_id = match existing {
             Some(id) => id,
             None => {
-                let id = self.new_conn(participant, Leg::Publish, now)?;
+                let id = self.new_conn(participant, leg, now)?;
                 if let Some(p) = self.participants.get_mut(participant) {
-                    p.publish = Some(id);
+                    set_slot(p, Some(id));
                 }
                 id
             }
@@ -1408,7 +1428,7 @@ impl Worker {
             // A failed first offer leaves nothing behind.
             self.close_conn(conn_id);
             if let Some(p) = self.participants.get_mut(participant) {
-                p.publish = None;
+                set_slot(p, None);
             }
         } else {
             if result.is_ok() && existing.is_some() {
@@ -1417,6 +1437,29 @@ impl Worker {
             self.mark_dirty(conn_id);
         }
         result
+    }
+
+    /// The participant stopped sharing its screen (or its screen connection failed): the screen connection's
+    /// producers leave every subscriber, and the connection closes. The camera's connection is not touched.
+    fn close_screen(&mut self, participant: &ParticipantId) {
+        let Some(conn_id) = self
+            .participants
+            .get_mut(participant)
+            .and_then(|p| p.screen.take())
+        else {
+            return;
+        };
+        let owned: Vec<ProducerKey> = self
+            .producers
+            .iter()
+            .filter(|(_, pr)| pr.conn == conn_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in owned {
+            self.remove_producer(key);
+        }
+        self.close_conn(conn_id);
+        info!(%participant, "screen connection closed");
     }
 
     /// After a renegotiation of a publish connection: producers whose transceiver no longer receives (the client
@@ -1468,6 +1511,7 @@ impl Worker {
                         policy,
                         publish: None,
                         subscribe: None,
+                        screen: None,
                         offer_outstanding: false,
                         offer_sent_at: None,
                         renegotiate: false,
@@ -1491,8 +1535,16 @@ impl Worker {
                 sdp,
                 reply,
             } => {
-                let _ = reply.send(self.on_publish_offer(&participant, sdp));
+                let _ = reply.send(self.on_publish_offer(&participant, Leg::Publish, sdp));
             }
+            Command::ScreenOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_publish_offer(&participant, Leg::Screen, sdp));
+            }
+            Command::CloseScreen { participant } => self.close_screen(&participant),
             Command::SubscribeAnswer {
                 participant,
                 sdp,
@@ -1510,6 +1562,7 @@ impl Worker {
                 let conn_id = self.participants.get(&participant).and_then(|p| match leg {
                     Leg::Publish => p.publish,
                     Leg::Subscribe => p.subscribe,
+                    Leg::Screen => p.screen,
                 });
                 if let Some(conn) = conn_id.and_then(|id| self.conns.get_mut(&id)) {
                     let init = RTCIceCandidateInit {
@@ -1730,6 +1783,7 @@ impl Worker {
                 room: p.room.clone(),
                 publish: health(p.publish),
                 subscribe: health(p.subscribe),
+                screen: health(p.screen),
                 estimate: p
                     .subscribe
                     .map(|_| p.estimator.estimate())
@@ -1798,7 +1852,7 @@ impl Worker {
                 self.rooms.remove(&p.room);
             }
         }
-        for conn in [p.publish, p.subscribe].into_iter().flatten() {
+        for conn in [p.publish, p.subscribe, p.screen].into_iter().flatten() {
             self.close_conn(conn);
         }
         info!(%participant, "left the media plane");
@@ -1927,10 +1981,13 @@ impl Worker {
         }
         let mut changed = Vec::new();
         for (id, p) in self.participants.iter_mut() {
-            let Some(bitrate) = p
-                .publish
-                .and_then(|c| self.conns.get(&c))
+            // Each publish connection (camera, screen share) gets the cap in its answer: the busier one counts.
+            let Some(bitrate) = [p.publish, p.screen]
+                .into_iter()
+                .flatten()
+                .filter_map(|c| self.conns.get(&c))
                 .map(|c| c.link.traffic.bitrate_in)
+                .max()
             else {
                 continue;
             };

@@ -1020,6 +1020,7 @@ impl Hub {
                 let leg = match leg {
                     giaoban_sfu::Leg::Publish => crate::protocol::Leg::Publish,
                     giaoban_sfu::Leg::Subscribe => crate::protocol::Leg::Subscribe,
+                    giaoban_sfu::Leg::Screen => crate::protocol::Leg::Screen,
                 };
                 self.send_to(&participant, ServerMessage::ConnectionState { leg, state });
             }
