@@ -1158,21 +1158,42 @@ function sendCandidate(leg, candidate) {
   meeting?.session.send({ type: 'candidate', leg, candidate: c });
 }
 
+/**
+ * A media connection disconnected this long (no packets from the server) is given up: the page joins again, which
+ * resumes the same participant at the server. Shorter drops recover by themselves; the server gives up on its side
+ * after 15 s of silence.
+ */
+const PC_DISCONNECTED_REJOIN_MS = 8_000;
+
 function watchPc(pc, leg) {
   const gen = meeting.generation;
+  let lostTimer = null;
+  const rejoin = (why) => {
+    clearTimeout(lostTimer);
+    lostTimer = null;
+    if (!meeting || meeting.generation !== gen) return;
+    console.warn(`giaoban: ${leg} connection ${why}, rejoining`);
+    showMessage('pc', 'msg.pc.failed', {}, 'warn');
+    meeting.session.reconnect();
+  };
   pc.onicecandidate = (ev) => {
     if (meeting && meeting.generation === gen) sendCandidate(leg, ev.candidate);
   };
   pc.onconnectionstatechange = () => {
     if (!meeting || meeting.generation !== gen) return;
     renderStatus();
-    if (pc.connectionState === 'connected') clearMessage('pc');
-    if (pc.connectionState === 'failed') {
-      // The server drops a participant whose connections fail: join again from scratch.
-      console.warn(`giaoban: ${leg} connection failed, rejoining`);
-      showMessage('pc', 'msg.pc.failed', {}, 'warn');
-      meeting.session.reconnect();
+    if (pc.connectionState === 'connected') {
+      clearTimeout(lostTimer);
+      lostTimer = null;
+      clearMessage('pc');
     }
+    if (pc.connectionState === 'disconnected' && !lostTimer) {
+      lostTimer = setTimeout(() => {
+        if (pc.connectionState === 'disconnected' || pc.connectionState === 'failed') rejoin('lost');
+      }, PC_DISCONNECTED_REJOIN_MS);
+    }
+    // The server suspends a participant whose connections fail: join again, as the same participant.
+    if (pc.connectionState === 'failed') rejoin('failed');
   };
 }
 

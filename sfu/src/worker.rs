@@ -293,6 +293,9 @@ struct Participant {
     subscribe: Option<ConnId>,
     /// The screen share's own publish connection, while sharing.
     screen: Option<ConnId>,
+    /// Its media connection failed: its connections are closed and nothing is forwarded to it, but its Producers
+    /// stay (their subscribers' pictures freeze) until the control plane resumes it (`Join` again) or lets it go.
+    suspended: bool,
     offer_outstanding: bool,
     /// When the outstanding offer was last sent (it is sent again if no answer comes).
     offer_sent_at: Option<Instant>,
@@ -955,7 +958,7 @@ impl Worker {
                             participant: participant.clone(),
                             reason: format!("{leg:?} connection {state}"),
                         });
-                        self.leave(&participant);
+                        self.suspend(&participant);
                     }
                     _ => {}
                 }
@@ -1108,6 +1111,9 @@ impl Worker {
     // ---------------------------------------------------------------- consumers and the subscribe leg
 
     fn add_consumer(&mut self, key: ProducerKey, subscriber: &ParticipantId, now: Instant) {
+        if self.participants.get(subscriber).is_none_or(|p| p.suspended) {
+            return;
+        }
         let Some(conn_id) = self.ensure_subscribe_conn(subscriber, now) else {
             return;
         };
@@ -1384,6 +1390,11 @@ impl Worker {
         if !p.policy.can_publish {
             return Err(SfuError::PublishNotAllowed);
         }
+        if p.suspended {
+            return Err(SfuError::Negotiation(
+                "the media connection was lost: join again".into(),
+            ));
+        }
         let existing = match leg {
             Leg::Screen => p.screen,
             _ => p.publish,
@@ -1504,6 +1515,14 @@ impl Worker {
                 echo,
             } => {
                 let now = Instant::now();
+                // The same participant joining again resumes it (a hall back after its link dropped): its old
+                // connections, producers and consumers go; its track numbers go on, so no track id is reused.
+                let resumed = self.participants.get(&participant).map(|p| p.next_track_no);
+                let next_track_no = resumed.unwrap_or(0);
+                if resumed.is_some() {
+                    info!(%participant, "resumed");
+                    self.leave(&participant);
+                }
                 self.participants.insert(
                     participant.clone(),
                     Participant {
@@ -1512,10 +1531,11 @@ impl Worker {
                         publish: None,
                         subscribe: None,
                         screen: None,
+                        suspended: false,
                         offer_outstanding: false,
                         offer_sent_at: None,
                         renegotiate: false,
-                        next_track_no: 0,
+                        next_track_no,
                         echo,
                         cap: None,
                         estimator: Estimator::default(),
@@ -1856,6 +1876,28 @@ impl Worker {
             self.close_conn(conn);
         }
         info!(%participant, "left the media plane");
+    }
+
+    /// A participant's media connection failed: close its connections (the screen share's too, whose producers
+    /// go) and forward nothing more to it, but keep its camera and microphone Producers — no packets come, so its
+    /// subscribers' pictures freeze — until the control plane resumes it (`Join` again) or removes it (`Leave`).
+    fn suspend(&mut self, participant: &ParticipantId) {
+        self.close_screen(participant);
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
+        p.suspended = true;
+        p.offer_outstanding = false;
+        p.offer_sent_at = None;
+        p.renegotiate = false;
+        let conns = [p.publish.take(), p.subscribe.take()];
+        for producer in self.producers.values_mut() {
+            producer.consumers.retain(|c| &c.subscriber != participant);
+        }
+        for conn in conns.into_iter().flatten() {
+            self.close_conn(conn);
+        }
+        info!(%participant, "suspended: media connection lost");
     }
 
     fn remove_producer(&mut self, key: ProducerKey) {

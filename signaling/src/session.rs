@@ -150,7 +150,8 @@ pub async fn run(
     .await;
 
     if let State::Joined(identity) = &state {
-        hub.leave(&identity.participant_id);
+        // No `leave`: a meeting member may come back as itself within `RESUME_GRACE` (see `Hub::session_ended`).
+        hub.session_ended(&identity.participant_id, &tx);
     }
     let _ = tx.send(Outgoing::Close);
     drop(tx);
@@ -384,6 +385,10 @@ async fn handle(
     };
     let (who, msg) = who;
     let id = who.participant_id.clone();
+    if !hub.is_current(&id, tx) {
+        // A newer session of the same identity took this participant over (or it is gone): this socket is done.
+        return false;
+    }
 
     match crate::moderation::handle(hub, &who, &msg) {
         Ok(true) => return true,
