@@ -12,7 +12,7 @@ use common::{
 };
 use giaoban_signaling::auth::{Auth, Claims, now_secs};
 use giaoban_signaling::protocol::{
-    ClientMessage, ErrorCode, MeetingMode, Role, ServerMessage, TrackKind,
+    ClientMessage, ErrorCode, MeetingMode, ParticipantInfo, Role, ServerMessage, TrackKind,
 };
 use giaoban_tests::sim::SimEndpoint;
 
@@ -254,17 +254,25 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     .await;
     wait_receiving(&chair, &a, TrackKind::Audio, 10, Duration::from_secs(15)).await;
 
-    // A's connection drops (no `leave`); it comes back with the same token.
+    // A's connection drops (no `leave`): it stays in the meeting (giaoban_signaling::hub::RESUME_GRACE) and
+    // comes back with the same token as the same participant; the chair never sees it leave.
     let from = chair.log_len();
     a.shutdown().await;
-    chair
-        .wait_message_since(from, Duration::from_secs(5), |m| {
+    let left = chair
+        .wait_message_since(from, Duration::from_secs(3), |m| {
             matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if *participant_id == aid)
         })
-        .await
-        .expect("the chair sees A drop");
+        .await;
+    assert!(left.is_err(), "A left instead of waiting to come back");
     let a2 = server.join_token(&a_tok, "Xã A (lại)", true).await;
     let a2id = a2.id();
+    assert_eq!(a2id, aid, "A resumed as the same participant");
+    assert!(
+        !chair.messages()[from..].iter().any(|m| matches!(m,
+            ServerMessage::ParticipantLeft { participant_id, .. } | ServerMessage::ParticipantJoined { participant: ParticipantInfo { id: participant_id, .. } }
+            if *participant_id == aid)),
+        "the chair saw A leave or join"
+    );
     let own = common::latest_state(&a2).expect("state in joined");
     assert_eq!(
         floor_ids(&own),
@@ -289,6 +297,7 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     b.shutdown().await;
     let b2 = server.join_token(&b_tok, "Xã B (lại)", false).await;
     let b2id = b2.id();
+    assert_eq!(b2id, bid, "B resumed as the same participant");
     let s = wait_state(&chair, from, "the rejoined B first in the queue", |s| {
         queue_ids(s) == [b2id.clone(), cid.clone()]
     })
