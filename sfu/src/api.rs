@@ -211,7 +211,11 @@ pub enum Event {
         bitrate: u64,
         limit: u64,
     },
-    /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is gone.
+    /// The media plane took a participant's `Command::Join` (for one already known: its old connections are gone,
+    /// it resumes). Every event about it after this one is about the connections of this join.
+    Joined { participant: ParticipantId },
+    /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is suspended (its connections
+    /// closed, its producers kept) until it is joined again or leaves.
     ParticipantFailed {
         participant: ParticipantId,
         reason: String,

@@ -1523,6 +1523,9 @@ impl Worker {
                     info!(%participant, "resumed");
                     self.leave(&participant);
                 }
+                let _ = self.events.send(Event::Joined {
+                    participant: participant.clone(),
+                });
                 self.participants.insert(
                     participant.clone(),
                     Participant {

@@ -51,6 +51,9 @@ pub(crate) struct Member {
     /// Its socket closed or its media connection failed without a `leave`, this long ago: it stays in the room
     /// (the others' pictures of it freeze) for `RESUME_GRACE`, so the hall can come back as itself.
     away_since: Option<Instant>,
+    /// Resumed by a new session; the media plane's events about its old connections may still come, until
+    /// `Event::Joined`.
+    resuming: bool,
 }
 
 /// How long a meeting member whose connection dropped stays in the room, waiting to come back. The server notices a
@@ -414,6 +417,7 @@ impl Hub {
             policy,
             attendance_row: None,
             away_since: None,
+            resuming: false,
         });
         self.tests.insert(
             participant_id.clone(),
@@ -724,6 +728,7 @@ impl Hub {
                 policy,
                 attendance_row,
                 away_since: None,
+                resuming: resumed.is_some(),
             });
             // For a resumed participant the media plane drops its old connections and producers (the others get
             // `track_unpublished`, then the new tracks).
@@ -1088,9 +1093,48 @@ impl Hub {
         });
     }
 
+    /// Whether `participant` was resumed by a new session and the media plane has not yet confirmed it: its events
+    /// until then are about the old connections.
+    fn resuming(&self, participant: &str) -> bool {
+        let Some(room_key) = self.rooms_of.get(participant).map(|r| r.clone()) else {
+            return false;
+        };
+        self.rooms.get(&room_key).is_some_and(|room| {
+            room.members
+                .iter()
+                .any(|m| m.identity.participant_id == participant && m.resuming)
+        })
+    }
+
     /// What the media plane reports, turned into messages.
     pub fn on_media_event(&self, event: Event) {
+        match &event {
+            Event::SubscribeOffer { participant, .. }
+            | Event::ConnectionState { participant, .. }
+            | Event::LayersWanted { participant, .. }
+            | Event::VideoPaused { participant, .. }
+            | Event::PublishBitrate { participant, .. }
+            | Event::ParticipantFailed { participant, .. }
+                if self.resuming(participant) =>
+            {
+                // About the connections of the session it resumed from: the new session must not hear of them.
+                tracing::debug!(%participant, "event of a resumed participant's old connections dropped");
+                return;
+            }
+            _ => {}
+        }
         match event {
+            Event::Joined { participant } => {
+                if let Some(room_key) = self.rooms_of.get(&participant).map(|r| r.clone())
+                    && let Some(mut room) = self.rooms.get_mut(&room_key)
+                    && let Some(m) = room
+                        .members
+                        .iter_mut()
+                        .find(|m| m.identity.participant_id == participant)
+                {
+                    m.resuming = false;
+                }
+            }
             Event::SubscribeOffer { participant, sdp } => {
                 self.send_to(&participant, ServerMessage::SubscribeOffer { sdp });
             }
