@@ -1111,7 +1111,11 @@ impl Worker {
     // ---------------------------------------------------------------- consumers and the subscribe leg
 
     fn add_consumer(&mut self, key: ProducerKey, subscriber: &ParticipantId, now: Instant) {
-        if self.participants.get(subscriber).is_none_or(|p| p.suspended) {
+        if self
+            .participants
+            .get(subscriber)
+            .is_none_or(|p| p.suspended)
+        {
             return;
         }
         let Some(conn_id) = self.ensure_subscribe_conn(subscriber, now) else {

@@ -778,7 +778,9 @@ impl Hub {
     /// Nothing happens when a newer session of the same identity has taken the participant over.
     pub fn session_ended(&self, participant_id: &str, outbox: &Outbox) {
         match self.mark_away(participant_id, Some(outbox)) {
-            Away::Kept => info!(participant = %participant_id, "connection lost; waiting for it to come back"),
+            Away::Kept => {
+                info!(participant = %participant_id, "connection lost; waiting for it to come back")
+            }
             Away::NotOurs => {}
             Away::Leave => self.leave(participant_id),
         }

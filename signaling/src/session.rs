@@ -191,7 +191,11 @@ async fn publish_offer(
     screen: bool,
     sdp: String,
 ) {
-    let what = if screen { "screen offer" } else { "publish offer" };
+    let what = if screen {
+        "screen offer"
+    } else {
+        "publish offer"
+    };
     if !crate::rules::can_publish(who.role) {
         let message = format!("role {:?} may not publish", who.role).to_lowercase();
         hub.audit(Some(who), None, "publish", &message, "refused");

@@ -192,7 +192,8 @@ async fn tracks_per_participant_are_limited_and_the_answer_caps_video_bitrate() 
     .await;
     assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
     assert!(
-        message.contains("screen offer publishes 1 tracks beside the 2") && message.contains("at most 2"),
+        message.contains("screen offer publishes 1 tracks beside the 2")
+            && message.contains("at most 2"),
         "{message}"
     );
     assert_alive(&b).await;
