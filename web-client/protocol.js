@@ -13,8 +13,8 @@ export const PING_INTERVAL_MS = 20_000;
 /** Reconnect if nothing at all arrived for this long (pongs included). */
 export const SILENCE_TIMEOUT_MS = 50_000;
 const BACKOFF_MIN_MS = 500;
-/** A hall whose link came back should not wait long for the next attempt (4 s apart at most). */
-const BACKOFF_MAX_MS = 4_000;
+/** A hall whose link came back should not wait long for the next attempt (2 s between attempts at most). */
+const BACKOFF_MAX_MS = 2_000;
 /**
  * An attempt whose socket has not opened by then is given up and made again: while the link is down the TCP
  * handshake's own retries back off (SYNs 1, 2, 4, 8 s apart), so a fresh attempt reaches a link that came back sooner.

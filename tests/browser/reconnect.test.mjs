@@ -1,10 +1,10 @@
 // A commune hall whose network drops for 30 s comes back by itself (issue #4), in real headless Chromium against
 // the real server binary.
 //
-// Two network namespaces joined by a veth pair: `screen-rc-<pid>` holds the server (media on 10.79.0.1), the chair
-// and hall B (each its own Chromium context); `screen-rh-<pid>` holds hall A's Chromium (10.79.0.2). Hall A raises
+// Two network namespaces joined by a veth pair: `screen-rc-<pid>-<s>` holds the server (media on 10.79.0.1), the chair
+// and hall B (each its own Chromium context); `screen-rh-<pid>-<s>` holds hall A's Chromium (10.79.0.2). Hall A raises
 // its hand and gets the floor; everyone decodes everyone. Then hall A's firewall drops every packet, both ways, for
-// 30 s (its WebSocket and its media alike), and lets them through again. Without a reload, hall A must be back as
+// 30 s (its WebSocket and its media alike), and lets them through again (and again with a 10 s cut). Without a reload, hall A must be back as
 // the same participant (same id, still holding the floor), decode the chair and hall B again, and they must decode
 // hall A again — while the others never saw hall A leave (its tile stays the whole time, same id). The time from
 // the link's return to all pictures flowing again is printed.
@@ -33,7 +33,6 @@ import {
   watchPage,
 } from './harness.mjs';
 
-const CUT_MS = 30_000;
 const SERVER_IP = '10.79.0.1';
 const HALL_IP = '10.79.0.2';
 const CHAIR = { key: 'chair', rgb: [230, 20, 20], tone: 330 };
@@ -81,9 +80,9 @@ async function seesCamera(page, id, rgb, what, timeout = 30_000) {
   );
 }
 
-test('a hall cut off for 30 s comes back by itself, as itself', { timeout: 240_000 }, async (t) => {
-  const nsServer = `screen-rc-${process.pid}`;
-  const nsHall = `screen-rh-${process.pid}`;
+async function cutCase(t, cutMs, bound) {
+  const nsServer = `screen-rc-${process.pid}-${cutMs / 1000}`;
+  const nsHall = `screen-rh-${process.pid}-${cutMs / 1000}`;
   let server;
   const browsers = [];
   const people = [];
@@ -161,7 +160,7 @@ test('a hall cut off for 30 s comes back by itself, as itself', { timeout: 240_0
       window.notReloaded = true;
     });
 
-    // Hall A's link drops: every packet, both ways, for 30 s. The others keep A's tile (same id) all along.
+    // Hall A's link drops: every packet, both ways, for `cutMs`. The others keep A's tile (same id) all along.
     cutRules = [
       ['INPUT', '-i', 'rc1', '-j', 'DROP'],
       ['OUTPUT', '-o', 'rc1', '-j', 'DROP'],
@@ -169,7 +168,7 @@ test('a hall cut off for 30 s comes back by itself, as itself', { timeout: 240_0
     for (const rule of cutRules) run('ip', ['netns', 'exec', nsHall, 'iptables', '-I', ...rule]);
     const cutAt = Date.now();
     const seen = [];
-    while (Date.now() - cutAt < CUT_MS) {
+    while (Date.now() - cutAt < cutMs) {
       for (const p of [chair, b]) {
         const present = await p.page.evaluate(
           (id) => window.giaoban.participants().some((x) => x.id === id) && !!document.querySelector(`[data-testid="tile"][data-participant-id="${id}"]`),
@@ -198,19 +197,30 @@ test('a hall cut off for 30 s comes back by itself, as itself', { timeout: 240_0
     assert.equal(st.selfId, a.id, 'hall A came back as the same participant');
     assert.equal(st.holdsFloor, true, 'hall A still holds the floor');
     assert.equal(await a.page.evaluate(() => window.notReloaded === true), true, 'the page was not reloaded');
-    await seesCamera(a.page, chair.id, CHAIR.rgb, "after the cut, A sees the chair's camera");
-    await seesCamera(a.page, b.id, HALL_B.rgb, "after the cut, A sees B's camera");
-    await seesCamera(b.page, a.id, HALL_A.rgb, "after the cut, B sees A's camera");
-    await seesCamera(chair.page, a.id, HALL_A.rgb, "after the cut, the chair sees A's camera");
+    // All four pictures at once (each its own wait), each with the time it took.
+    const steps = await Promise.all(
+      [
+        [a.page, chair.id, CHAIR.rgb, "A sees the chair's camera"],
+        [a.page, b.id, HALL_B.rgb, "A sees B's camera"],
+        [b.page, a.id, HALL_A.rgb, "B sees A's camera"],
+        [chair.page, a.id, HALL_A.rgb, "the chair sees A's camera"],
+      ].map(async ([page, id, rgb, what]) => {
+        await seesCamera(page, id, rgb, `after the cut, ${what}`);
+        return `${what} ${Date.now() - backAt} ms`;
+      }),
+    );
     const allBack = Date.now() - backAt;
+    t.diagnostic(`after the link came back: ${steps.join('; ')}`);
     for (const p of [chair, b]) {
       const ids = await p.page.evaluate(() => window.giaoban.participants().map((x) => x.id));
       assert.ok(ids.includes(a.id), `${p.label} knows hall A by the same id`);
       assert.equal(ids.length, 2, `${p.label} sees two others, no ghost of hall A: ${ids}`);
     }
-    t.diagnostic(`link back → hall A joined and connected after ${joinedAfter} ms; all four pictures flowing after ${allBack} ms`);
+    t.diagnostic(
+      `${cutMs / 1000} s cut: link back → hall A joined and connected after ${joinedAfter} ms; all four pictures flowing after ${allBack} ms`,
+    );
     // Generous for a loaded CI machine; the figure above is what it took.
-    assert.ok(allBack < 30_000, `hall A took ${allBack} ms to come back`);
+    assert.ok(allBack < bound, `hall A took ${allBack} ms to come back`);
   } catch (err) {
     err.message += `\n${harnessDiagnostics(server, people)}`;
     throw err;
@@ -227,4 +237,11 @@ test('a hall cut off for 30 s comes back by itself, as itself', { timeout: 240_0
       }
     }
   }
-});
+}
+
+// The issue's case: up to 30 s. The server gives up on the hall's connections after 15 s (suspends it, keeping its
+// tile), the page rejoins by itself and resumes the same participant.
+test('a hall cut off for 30 s comes back by itself, as itself', { timeout: 240_000 }, (t) => cutCase(t, 30_000, 30_000));
+
+// A shorter cut: the connections survive it (ICE recovers once packets flow again), nothing is renegotiated.
+test('a hall cut off for 10 s comes back by itself, as itself', { timeout: 240_000 }, (t) => cutCase(t, 10_000, 15_000));
