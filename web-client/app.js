@@ -124,7 +124,7 @@ function newMeeting(room, name, token) {
     publishWaiter: null,
     subscribePc: null,
     subscribeChain: Promise.resolve(),
-    pendingCandidates: { publish: [], subscribe: [] },
+    pendingCandidates: { publish: [], subscribe: [], screen: [] },
     /** mid of the subscribe connection → {participantId, trackId}, from the offer's a=msid lines. */
     midMap: new Map(),
     /** participant id → remote participant (see addParticipant). */
@@ -138,7 +138,7 @@ function newMeeting(room, name, token) {
     chat: [],
     mutedByChair: false,
     holdsFloor: false,
-    /** The local screen share: {stream, video, audio, transceivers, msid}. */
+    /** The local screen share: {stream, video, audio, pc, waiter} (pc: its own publish connection). */
     screen: null,
     mainKey: '',
     tick: null,
@@ -1019,7 +1019,8 @@ function toggleTrack(kind) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Screen share: published on the publish connection in a stream whose msid starts with `screen`.
+// Screen share: on a publish connection of its own (one layer), opened when sharing starts and closed when it
+// stops, so the camera's connection (simulcast) is never renegotiated. Every track on it is the screen share.
 
 async function startScreenShare() {
   if (!meeting || meeting.screen) return;
@@ -1045,26 +1046,94 @@ async function startScreenShare() {
   const video = stream.getVideoTracks()[0] || null;
   const audio = stream.getAudioTracks()[0] || null;
   if (video) video.contentHint = 'detail';
-  meeting.screen = { stream, video, audio, transceivers: [], msid: `screen-${Math.random().toString(36).slice(2, 10)}` };
+  meeting.screen = { stream, video, audio, pc: null, waiter: null };
   clearMessage('share');
   for (const track of [video, audio].filter(Boolean)) {
     track.addEventListener('ended', () => stopScreenShare());
   }
-  addScreenToPublish();
+  openScreenPc();
   renderControls();
   renderSelfTile();
   renderMain();
 }
 
-/** Put the screen tracks on the publish connection (if it exists yet) and renegotiate. */
-function addScreenToPublish() {
-  const pc = meeting?.publishPc;
-  const screen = meeting?.screen;
-  if (!pc || !screen || screen.transceivers.length > 0) return;
+/** Open the screen share's connection (once joined; again after a rejoin) and send its offer. */
+function openScreenPc() {
+  const m = meeting;
+  const screen = m?.screen;
+  if (!screen || screen.pc || m.selfId === null || !m.canPublish) return;
+  const gen = m.generation;
+  const current = () => meeting === m && m.generation === gen && m.screen === screen && screen.pc === pc;
+  const pc = new RTCPeerConnection(pcConfig());
+  screen.pc = pc;
+  pc.onicecandidate = (ev) => {
+    if (current()) sendCandidate('screen', ev.candidate);
+  };
+  pc.onconnectionstatechange = () => {
+    if (!current()) return;
+    renderStatus();
+    if (pc.connectionState === 'failed') {
+      // Only the share is lost (the camera's connection decides about a rejoin): start it on a fresh connection.
+      console.warn('giaoban: screen connection failed, opening it again');
+      closeScreenPc(screen, true);
+      setTimeout(() => {
+        if (meeting === m && m.generation === gen && m.screen === screen) openScreenPc();
+      }, 1000);
+    }
+  };
   for (const track of [screen.video, screen.audio].filter(Boolean)) {
-    screen.transceivers.push(pc.addTransceiver(track, { direction: 'sendonly', streams: [screen.stream] }));
+    pc.addTransceiver(track, { direction: 'sendonly', streams: [screen.stream] });
   }
-  negotiatePublish(meeting.generation);
+  (async () => {
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    if (!current()) return;
+    const answer = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no screen_answer')), PUBLISH_ANSWER_TIMEOUT_MS);
+      screen.waiter = {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+    m.session.send({ type: 'screen_offer', sdp: offer.sdp });
+    const answerSdp = await answer;
+    screen.waiter = null;
+    if (!current() || pc.signalingState === 'closed') return;
+    await pc.setRemoteDescription({ type: 'answer', sdp: answerSdp });
+    await flushCandidates('screen', pc);
+  })().catch((err) => {
+    screen.waiter = null;
+    if (current()) mediaFailure('screen', err);
+  });
+}
+
+function onScreenAnswer(sdp) {
+  const waiter = meeting.screen?.waiter;
+  if (waiter) {
+    meeting.screen.waiter = null;
+    waiter.resolve(sdp);
+  } else {
+    console.warn('giaoban: unexpected screen_answer');
+  }
+}
+
+/** Close the screen share's connection; `tell`: the server closes its side too (`stop_screen`). */
+function closeScreenPc(screen, tell) {
+  const pc = screen?.pc;
+  if (!pc) return;
+  screen.pc = null;
+  screen.waiter?.reject(new Error('screen connection closed'));
+  screen.waiter = null;
+  pc.onicecandidate = pc.onconnectionstatechange = null;
+  pc.close();
+  if (meeting) meeting.pendingCandidates.screen = [];
+  if (tell) meeting?.session.send({ type: 'stop_screen' });
 }
 
 function stopScreenShare() {
@@ -1072,30 +1141,10 @@ function stopScreenShare() {
   const screen = meeting.screen;
   meeting.screen = null;
   for (const track of screen.stream.getTracks()) track.stop();
-  const pc = meeting.publishPc;
-  if (pc && screen.transceivers.length > 0) {
-    // Stopped transceivers: the next offer rejects their m-lines (port 0), which ends those tracks.
-    for (const tr of screen.transceivers) {
-      try {
-        tr.stop();
-      } catch {
-        // already stopped, or the connection is closed
-      }
-    }
-    negotiatePublish(meeting.generation);
-  }
+  closeScreenPc(screen, true);
   renderControls();
   renderSelfTile();
   renderMain();
-}
-
-/** Rename the screen stream's msid (a random id chosen by the browser) to one that starts with `screen`. */
-function markScreenMsid(sdp) {
-  const screen = meeting?.screen;
-  if (!screen) return sdp;
-  const id = screen.stream.id;
-  const escaped = id.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  return sdp.replace(new RegExp(`(^|[:\\s])${escaped}(?=[\\s]|$)`, 'gm'), `$1${screen.msid}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1109,21 +1158,42 @@ function sendCandidate(leg, candidate) {
   meeting?.session.send({ type: 'candidate', leg, candidate: c });
 }
 
+/**
+ * A media connection disconnected this long (no packets from the server) is given up: the page joins again, which
+ * resumes the same participant at the server. Shorter drops recover by themselves; the server gives up on its side
+ * after 15 s of silence.
+ */
+const PC_DISCONNECTED_REJOIN_MS = 8_000;
+
 function watchPc(pc, leg) {
   const gen = meeting.generation;
+  let lostTimer = null;
+  const rejoin = (why) => {
+    clearTimeout(lostTimer);
+    lostTimer = null;
+    if (!meeting || meeting.generation !== gen) return;
+    console.warn(`giaoban: ${leg} connection ${why}, rejoining`);
+    showMessage('pc', 'msg.pc.failed', {}, 'warn');
+    meeting.session.reconnect();
+  };
   pc.onicecandidate = (ev) => {
     if (meeting && meeting.generation === gen) sendCandidate(leg, ev.candidate);
   };
   pc.onconnectionstatechange = () => {
     if (!meeting || meeting.generation !== gen) return;
     renderStatus();
-    if (pc.connectionState === 'connected') clearMessage('pc');
-    if (pc.connectionState === 'failed') {
-      // The server drops a participant whose connections fail: join again from scratch.
-      console.warn(`giaoban: ${leg} connection failed, rejoining`);
-      showMessage('pc', 'msg.pc.failed', {}, 'warn');
-      meeting.session.reconnect();
+    if (pc.connectionState === 'connected') {
+      clearTimeout(lostTimer);
+      lostTimer = null;
+      clearMessage('pc');
     }
+    if (pc.connectionState === 'disconnected' && !lostTimer) {
+      lostTimer = setTimeout(() => {
+        if (pc.connectionState === 'disconnected' || pc.connectionState === 'failed') rejoin('lost');
+      }, PC_DISCONNECTED_REJOIN_MS);
+    }
+    // The server suspends a participant whose connections fail: join again, as the same participant.
+    if (pc.connectionState === 'failed') rejoin('failed');
   };
 }
 
@@ -1143,7 +1213,7 @@ async function publish(gen) {
   if (!meeting || meeting.generation !== gen) return;
   sendMediaState();
   const tracks = [local.audio, local.video].filter(Boolean);
-  if (tracks.length === 0 && !meeting.screen) {
+  if (tracks.length === 0) {
     renderStatus();
     return; // receive-only
   }
@@ -1156,12 +1226,7 @@ async function publish(gen) {
     const transceiver = pc.addTransceiver(track, init);
     if (track.kind === 'video') meeting.cameraSender = transceiver.sender;
   }
-  if (meeting.screen) {
-    meeting.screen.transceivers = [];
-    addScreenToPublish(); // negotiates
-  } else {
-    negotiatePublish(gen);
-  }
+  negotiatePublish(gen);
   renderStatus();
 }
 
@@ -1173,14 +1238,8 @@ function negotiatePublish(gen) {
       const pc = m.publishPc;
       if (meeting !== m || m.generation !== gen || !pc || pc.signalingState === 'closed') return;
       const offer = await pc.createOffer();
-      const sdp = markScreenMsid(offer.sdp);
-      try {
-        await pc.setLocalDescription({ type: 'offer', sdp });
-      } catch (err) {
-        // A browser that refuses the renamed msid locally: keep its own, the server still gets the marked one.
-        console.info('giaoban: local offer with marked msid refused, using the original', err);
-        await pc.setLocalDescription(offer);
-      }
+      const sdp = offer.sdp;
+      await pc.setLocalDescription(offer);
       if (meeting !== m || m.generation !== gen) return;
       const answer = new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('no publish_answer')), PUBLISH_ANSWER_TIMEOUT_MS);
@@ -1284,7 +1343,7 @@ async function onSubscribeOffer(sdp, gen) {
 }
 
 async function onServerCandidate(leg, candidate) {
-  const pc = leg === 'publish' ? meeting.publishPc : meeting.subscribePc;
+  const pc = { publish: meeting.publishPc, subscribe: meeting.subscribePc, screen: meeting.screen?.pc }[leg];
   if (!pc || !pc.remoteDescription) {
     meeting.pendingCandidates[leg]?.push(candidate);
     return;
@@ -1293,13 +1352,14 @@ async function onServerCandidate(leg, candidate) {
 }
 
 async function flushCandidates(leg, pc) {
-  const pending = meeting.pendingCandidates[leg].splice(0);
+  const pending = (meeting.pendingCandidates[leg] || []).splice(0);
   for (const c of pending) {
     await pc.addIceCandidate(c).catch((err) => console.warn('giaoban: addIceCandidate', err));
   }
 }
 
-/** Close both connections and forget remote participants (before a rejoin, or on leave). */
+/** Close the connections and forget remote participants (before a rejoin, or on leave). A screen share goes on:
+ * the next `joined` opens its connection again. */
 function teardownMedia() {
   if (!meeting) return;
   for (const pc of [meeting.publishPc, meeting.subscribePc]) {
@@ -1313,9 +1373,9 @@ function teardownMedia() {
   meeting.subscribePc = null;
   meeting.publishChain = Promise.resolve();
   meeting.subscribeChain = Promise.resolve();
-  meeting.pendingCandidates = { publish: [], subscribe: [] };
+  closeScreenPc(meeting.screen, false);
+  meeting.pendingCandidates = { publish: [], subscribe: [], screen: [] };
   meeting.midMap.clear();
-  if (meeting.screen) meeting.screen.transceivers = [];
   clearParticipants();
 }
 
@@ -1658,12 +1718,17 @@ function onServerMessage(msg) {
       renderAll();
       const newGen = meeting.generation;
       if (meeting.publishPc) break; // already publishing on this socket (a repeated `joined`)
-      if (meeting.canPublish) publish(newGen).catch((err) => mediaFailure('publish', err));
-      else renderStatus();
+      if (meeting.canPublish) {
+        publish(newGen).catch((err) => mediaFailure('publish', err));
+        openScreenPc(); // a share that was on before a rejoin
+      } else renderStatus();
       break;
     }
     case 'publish_answer':
       onPublishAnswer(msg.sdp);
+      break;
+    case 'screen_answer':
+      onScreenAnswer(msg.sdp);
       break;
     case 'subscribe_offer':
       meeting.subscribeChain = meeting.subscribeChain
@@ -1912,6 +1977,7 @@ function endMeeting({ leave = true } = {}) {
   m.session?.close({ leave });
   if (m.screen) {
     for (const track of m.screen.stream.getTracks()) track.stop();
+    closeScreenPc(m.screen, false);
     m.screen = null;
   }
   teardownMedia();
@@ -2037,6 +2103,7 @@ window.giaoban = {
       joined: meeting.selfId !== null,
       ws: meeting.session?.state ?? null,
       publish: meeting.publishPc?.connectionState ?? null,
+      screen: meeting.screen?.pc?.connectionState ?? null,
       subscribe: meeting.subscribePc?.connectionState ?? null,
       local: {
         audio: !!meeting.local.audio,
@@ -2066,6 +2133,7 @@ window.giaoban = {
   midMap: () => (meeting ? Object.fromEntries(meeting.midMap) : {}),
   trace: () => (meeting ? [...meeting.trace] : []),
   publishPc: () => meeting?.publishPc ?? null,
+  screenPc: () => meeting?.screen?.pc ?? null,
   subscribePc: () => meeting?.subscribePc ?? null,
 };
 

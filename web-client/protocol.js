@@ -2,7 +2,8 @@
 //
 // A Session connects to ws(s)://<host>/ws, sends `join` on every (re)connection, keeps the socket alive with
 // `ping` every 20 s and reconnects with exponential backoff when the server is unreachable or the socket
-// drops. Every (re)join gives a fresh participant id: the app rebuilds its media connections on each `joined`.
+// drops. A rejoin with a join link's token resumes the same participant (the server keeps a meeting member whose
+// connection dropped for a while); the app rebuilds its media connections on each `joined`.
 //
 // Events (EventTarget, each a CustomEvent with `detail`):
 //   status   {state: 'connecting'|'open'|'retrying'|'closed', attempt, delayMs, everOpened}
@@ -12,7 +13,13 @@ export const PING_INTERVAL_MS = 20_000;
 /** Reconnect if nothing at all arrived for this long (pongs included). */
 export const SILENCE_TIMEOUT_MS = 50_000;
 const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 10_000;
+/** A hall whose link came back should not wait long for the next attempt (2 s between attempts at most). */
+const BACKOFF_MAX_MS = 2_000;
+/**
+ * An attempt whose socket has not opened by then is given up and made again: while the link is down the TCP
+ * handshake's own retries back off (SYNs 1, 2, 4, 8 s apart), so a fresh attempt reaches a link that came back sooner.
+ */
+export const CONNECT_TIMEOUT_MS = 4_000;
 const STABLE_AFTER_MS = 10_000;
 
 export function wsUrl(loc = window.location) {
@@ -35,6 +42,7 @@ export class Session extends EventTarget {
     this.retryTimer = null;
     this.pingTimer = null;
     this.stableTimer = null;
+    this.connectTimer = null;
     this.lastHeard = 0;
   }
 
@@ -97,8 +105,21 @@ export class Session extends EventTarget {
       return;
     }
     this.ws = ws;
+    this.connectTimer = setTimeout(() => {
+      if (ws !== this.ws || ws.readyState !== WebSocket.CONNECTING) return;
+      console.info('giaoban: socket not open in time, trying again');
+      this.#detach();
+      try {
+        ws.close();
+      } catch {
+        // already closing
+      }
+      this.#scheduleRetry();
+    }, CONNECT_TIMEOUT_MS);
     ws.onopen = () => {
       if (ws !== this.ws) return;
+      clearTimeout(this.connectTimer);
+      this.connectTimer = null;
       // Back off again from the start only once the socket has stayed up a while: a server that accepts and
       // then drops at once (e.g. refusing with `bye`) must not be hammered.
       this.stableTimer = setTimeout(() => {
@@ -150,6 +171,8 @@ export class Session extends EventTarget {
   #detach() {
     clearInterval(this.pingTimer);
     this.pingTimer = null;
+    clearTimeout(this.connectTimer);
+    this.connectTimer = null;
     clearTimeout(this.stableTimer);
     this.stableTimer = null;
     if (this.ws) {

@@ -149,9 +149,9 @@ pub struct MediaConfig {
     /// ICE-TCP: the TCP port (passive candidates, RFC 4571 framing) offered beside UDP for halls whose firewall
     /// blocks UDP; worker `i` uses `tcp_port + i`. 0 = off.
     pub tcp_port: u16,
-    /// Ask browsers to publish their camera in three simulcast layers. Off by default: rtc 0.21.1 stops
-    /// delivering a simulcast camera after its publish connection is renegotiated (a screen share starting or
-    /// stopping), see ARCHITECTURE.md.
+    /// Ask browsers to publish their camera in three simulcast layers (on by default). A screen share goes on a
+    /// connection of its own, so the camera's publish connection is never renegotiated (see ARCHITECTURE.md).
+    /// Off: one camera layer.
     pub simulcast: bool,
 }
 
@@ -222,7 +222,7 @@ impl Default for MediaConfig {
             announced_ips: Vec::new(),
             workers: 1,
             tcp_port: 0,
-            simulcast: false,
+            simulcast: true,
         }
     }
 }

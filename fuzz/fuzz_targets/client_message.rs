@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        ClientMessage::PublishOffer { sdp } | ClientMessage::SubscribeAnswer { sdp } => {
+        ClientMessage::PublishOffer { sdp }
+        | ClientMessage::ScreenOffer { sdp }
+        | ClientMessage::SubscribeAnswer { sdp } => {
             let n = live_media_sections(sdp);
             assert!(n <= sdp.matches("m=").count());
             let capped = cap_video_bitrate(sdp, 1500);

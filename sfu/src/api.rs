@@ -10,8 +10,13 @@ pub type RoomId = String;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Leg {
+    /// The client's camera and microphone (the client offers).
     Publish,
+    /// Everything the participant receives (the server offers).
     Subscribe,
+    /// The client's screen share, on a publish connection of its own (the client offers): starting or stopping
+    /// a share never renegotiates the camera's connection.
+    Screen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,6 +105,15 @@ pub enum Command {
         sdp: String,
         reply: Reply<String>,
     },
+    /// The client's offer for its screen share connection (a second publish connection; every track on it is a
+    /// `MediaSource::Screen` Producer); the reply carries the answer SDP.
+    ScreenOffer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    /// The client stopped sharing: close its screen connection, remove its producers and their consumers.
+    CloseScreen { participant: ParticipantId },
     /// The client's answer to the last subscribe offer.
     SubscribeAnswer {
         participant: ParticipantId,
@@ -197,7 +211,11 @@ pub enum Event {
         bitrate: u64,
         limit: u64,
     },
-    /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is gone.
+    /// The media plane took a participant's `Command::Join` (for one already known: its old connections are gone,
+    /// it resumes). Every event about it after this one is about the connections of this join.
+    Joined { participant: ParticipantId },
+    /// A connection failed or closed on its own (ICE/DTLS timeout): the participant is suspended (its connections
+    /// closed, its producers kept) until it is joined again or leaves.
     ParticipantFailed {
         participant: ParticipantId,
         reason: String,
@@ -240,13 +258,15 @@ pub struct RecordedFile {
     pub note: Option<String>,
 }
 
-/// The link health of one participant's two connections.
+/// The link health of one participant's connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParticipantLinks {
     pub participant: ParticipantId,
     pub room: RoomId,
     pub publish: Option<crate::health::LinkHealth>,
     pub subscribe: Option<crate::health::LinkHealth>,
+    /// The screen share connection, while the participant shares its screen.
+    pub screen: Option<crate::health::LinkHealth>,
     /// The downlink estimate of the subscribe leg (bit/s) that layer choice uses; `None` while unconstrained (no
     /// loss seen yet).
     pub estimate: Option<u64>,
@@ -346,6 +366,8 @@ impl SfuHandle {
                 .map(|(_, w)| w)
                 .ok_or(SfuError::UnknownParticipant)?,
             Command::PublishOffer { participant, .. }
+            | Command::ScreenOffer { participant, .. }
+            | Command::CloseScreen { participant }
             | Command::SubscribeAnswer { participant, .. }
             | Command::RemoteCandidate { participant, .. }
             | Command::SetPolicy { participant, .. }

@@ -147,7 +147,7 @@ pub fn build_keyed(
     let registry = match leg {
         // Publish: rtc's defaults — NACKs to the publisher for what the SFU lost, receiver reports,
         // transport-wide CC feedback for the browser's uplink estimate, the mid/rid extensions of simulcast.
-        Leg::Publish => register_default_interceptors(Registry::new(), &mut engine)?,
+        Leg::Publish | Leg::Screen => register_default_interceptors(Registry::new(), &mut engine)?,
         // Subscribe: the SFU answers NACKs itself from each producer's cache (`retransmit.rs`), so no responder
         // keeps a copy of every packet per subscriber; NACK is offered for audio too (a commune link's lost
         // speech is repaired, not only its video). Sender reports (lip sync, RTT) stay rtc's. Nothing else
@@ -178,7 +178,7 @@ pub fn build_keyed(
         Leg::Subscribe => rtc::crypto::default_provider()
             .ok()
             .map(|p| Arc::new(KeyCapture::new(p))),
-        Leg::Publish => None,
+        Leg::Publish | Leg::Screen => None,
     };
     let mut settings = SettingEngineBuilder::new();
     if let Some(k) = &keys {

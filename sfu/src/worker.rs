@@ -318,6 +318,11 @@ struct Participant {
     policy: ForwardPolicy,
     publish: Option<ConnId>,
     subscribe: Option<ConnId>,
+    /// The screen share's own publish connection, while sharing.
+    screen: Option<ConnId>,
+    /// Its media connection failed: its connections are closed and nothing is forwarded to it, but its Producers
+    /// stay (their subscribers' pictures freeze) until the control plane resumes it (`Join` again) or lets it go.
+    suspended: bool,
     offer_outstanding: bool,
     /// When the outstanding offer was last sent (it is sent again if no answer comes).
     offer_sent_at: Option<Instant>,
@@ -1128,12 +1133,18 @@ impl Worker {
                             self.request_keyframe(key, now);
                         }
                     }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                        if leg == Leg::Screen =>
+                    {
+                        // Only the screen share is lost; the camera's connection decides about the participant.
+                        self.close_screen(&participant);
+                    }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         let _ = self.events.send(Event::ParticipantFailed {
                             participant: participant.clone(),
                             reason: format!("{leg:?} connection {state}"),
                         });
-                        self.leave(&participant);
+                        self.suspend(&participant);
                     }
                     _ => {}
                 }
@@ -1160,9 +1171,11 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        if conn.leg != Leg::Publish {
+        if conn.leg == Leg::Subscribe {
             return;
         }
+        // Every track of the screen connection is the screen share (video, and a shared tab's sound).
+        let screen = screen || conn.leg == Leg::Screen;
         if let Some(old) = conn.producer_by_track.get(&track_id).copied() {
             if let Some(p) = self.producers.get_mut(&old) {
                 p.receiver = receiver_id;
@@ -1284,6 +1297,13 @@ impl Worker {
     // ---------------------------------------------------------------- consumers and the subscribe leg
 
     fn add_consumer(&mut self, key: ProducerKey, subscriber: &ParticipantId, now: Instant) {
+        if self
+            .participants
+            .get(subscriber)
+            .is_none_or(|p| p.suspended)
+        {
+            return;
+        }
         let Some(conn_id) = self.ensure_subscribe_conn(subscriber, now) else {
             return;
         };
@@ -1554,9 +1574,12 @@ impl Worker {
 
     // ---------------------------------------------------------------- publish leg
 
+    /// An offer of the publish connection (`Leg::Publish`: camera and microphone) or of the screen share's own
+    /// connection (`Leg::Screen`).
     fn on_publish_offer(
         &mut self,
         participant: &ParticipantId,
+        leg: Leg,
         sdp: String,
     ) -> Result<String, SfuError> {
         let now = Instant::now();
@@ -1567,15 +1590,27 @@ impl Worker {
         if !p.policy.can_publish {
             return Err(SfuError::PublishNotAllowed);
         }
-        let existing = p.publish;
+        if p.suspended {
+            return Err(SfuError::Negotiation(
+                "the media connection was lost: join again".into(),
+            ));
+        }
+        let existing = match leg {
+            Leg::Screen => p.screen,
+            _ => p.publish,
+        };
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
+        let set_slot = |p: &mut Participant, id: Option<ConnId>| match leg {
+            Leg::Screen => p.screen = id,
+            _ => p.publish = id,
+        };
         let conn_id = match existing {
             Some(id) => id,
             None => {
-                let id = self.new_conn(participant, Leg::Publish, now)?;
+                let id = self.new_conn(participant, leg, now)?;
                 if let Some(p) = self.participants.get_mut(participant) {
-                    p.publish = Some(id);
+                    set_slot(p, Some(id));
                 }
                 id
             }
@@ -1604,7 +1639,7 @@ impl Worker {
             // A failed first offer leaves nothing behind.
             self.close_conn(conn_id);
             if let Some(p) = self.participants.get_mut(participant) {
-                p.publish = None;
+                set_slot(p, None);
             }
         } else {
             if result.is_ok() && existing.is_some() {
@@ -1613,6 +1648,29 @@ impl Worker {
             self.mark_dirty(conn_id);
         }
         result
+    }
+
+    /// The participant stopped sharing its screen (or its screen connection failed): the screen connection's
+    /// producers leave every subscriber, and the connection closes. The camera's connection is not touched.
+    fn close_screen(&mut self, participant: &ParticipantId) {
+        let Some(conn_id) = self
+            .participants
+            .get_mut(participant)
+            .and_then(|p| p.screen.take())
+        else {
+            return;
+        };
+        let owned: Vec<ProducerKey> = self
+            .producers
+            .iter()
+            .filter(|(_, pr)| pr.conn == conn_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in owned {
+            self.remove_producer(key);
+        }
+        self.close_conn(conn_id);
+        info!(%participant, "screen connection closed");
     }
 
     /// After a renegotiation of a publish connection: producers whose transceiver no longer receives (the client
@@ -1657,6 +1715,17 @@ impl Worker {
                 echo,
             } => {
                 let now = Instant::now();
+                // The same participant joining again resumes it (a hall back after its link dropped): its old
+                // connections, producers and consumers go; its track numbers go on, so no track id is reused.
+                let resumed = self.participants.get(&participant).map(|p| p.next_track_no);
+                let next_track_no = resumed.unwrap_or(0);
+                if resumed.is_some() {
+                    info!(%participant, "resumed");
+                    self.leave(&participant);
+                }
+                let _ = self.events.send(Event::Joined {
+                    participant: participant.clone(),
+                });
                 self.participants.insert(
                     participant.clone(),
                     Participant {
@@ -1664,10 +1733,12 @@ impl Worker {
                         policy,
                         publish: None,
                         subscribe: None,
+                        screen: None,
+                        suspended: false,
                         offer_outstanding: false,
                         offer_sent_at: None,
                         renegotiate: false,
-                        next_track_no: 0,
+                        next_track_no,
                         echo,
                         cap: None,
                         estimator: Estimator::default(),
@@ -1687,8 +1758,16 @@ impl Worker {
                 sdp,
                 reply,
             } => {
-                let _ = reply.send(self.on_publish_offer(&participant, sdp));
+                let _ = reply.send(self.on_publish_offer(&participant, Leg::Publish, sdp));
             }
+            Command::ScreenOffer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let _ = reply.send(self.on_publish_offer(&participant, Leg::Screen, sdp));
+            }
+            Command::CloseScreen { participant } => self.close_screen(&participant),
             Command::SubscribeAnswer {
                 participant,
                 sdp,
@@ -1706,6 +1785,7 @@ impl Worker {
                 let conn_id = self.participants.get(&participant).and_then(|p| match leg {
                     Leg::Publish => p.publish,
                     Leg::Subscribe => p.subscribe,
+                    Leg::Screen => p.screen,
                 });
                 if let Some(conn) = conn_id.and_then(|id| self.conns.get_mut(&id)) {
                     let init = RTCIceCandidateInit {
@@ -1926,6 +2006,7 @@ impl Worker {
                 room: p.room.clone(),
                 publish: health(p.publish),
                 subscribe: health(p.subscribe),
+                screen: health(p.screen),
                 estimate: p
                     .subscribe
                     .map(|_| p.estimator.estimate())
@@ -1994,10 +2075,32 @@ impl Worker {
                 self.rooms.remove(&p.room);
             }
         }
-        for conn in [p.publish, p.subscribe].into_iter().flatten() {
+        for conn in [p.publish, p.subscribe, p.screen].into_iter().flatten() {
             self.close_conn(conn);
         }
         info!(%participant, "left the media plane");
+    }
+
+    /// A participant's media connection failed: close its connections (the screen share's too, whose producers
+    /// go) and forward nothing more to it, but keep its camera and microphone Producers — no packets come, so its
+    /// subscribers' pictures freeze — until the control plane resumes it (`Join` again) or removes it (`Leave`).
+    fn suspend(&mut self, participant: &ParticipantId) {
+        self.close_screen(participant);
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
+        p.suspended = true;
+        p.offer_outstanding = false;
+        p.offer_sent_at = None;
+        p.renegotiate = false;
+        let conns = [p.publish.take(), p.subscribe.take()];
+        for producer in self.producers.values_mut() {
+            producer.consumers.retain(|c| &c.subscriber != participant);
+        }
+        for conn in conns.into_iter().flatten() {
+            self.close_conn(conn);
+        }
+        info!(%participant, "suspended: media connection lost");
     }
 
     fn remove_producer(&mut self, key: ProducerKey) {
@@ -2169,10 +2272,13 @@ impl Worker {
         }
         let mut changed = Vec::new();
         for (id, p) in self.participants.iter_mut() {
-            let Some(bitrate) = p
-                .publish
-                .and_then(|c| self.conns.get(&c))
+            // Each publish connection (camera, screen share) gets the cap in its answer: the busier one counts.
+            let Some(bitrate) = [p.publish, p.screen]
+                .into_iter()
+                .flatten()
+                .filter_map(|c| self.conns.get(&c))
                 .map(|c| c.link.traffic.bitrate_in)
+                .max()
             else {
                 continue;
             };

@@ -15,7 +15,7 @@ use giaoban_sfu::{Command, Event, ForwardPolicy, MediaKind, MediaSource, SfuHand
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -48,7 +48,18 @@ pub(crate) struct Member {
     pub(crate) outbox: Outbox,
     pub(crate) policy: ForwardPolicy,
     attendance_row: Option<i64>,
+    /// Its socket closed or its media connection failed without a `leave`, this long ago: it stays in the room
+    /// (the others' pictures of it freeze) for `RESUME_GRACE`, so the hall can come back as itself.
+    away_since: Option<Instant>,
+    /// Resumed by a new session; the media plane's events about its old connections may still come, until
+    /// `Event::Joined`.
+    resuming: bool,
 }
+
+/// How long a meeting member whose connection dropped stays in the room, waiting to come back. The server notices a
+/// dead media connection after about 15 s; with this grace a hall cut off for 30 s (and a few seconds to reconnect)
+/// resumes as itself and nobody else sees it leave.
+pub const RESUME_GRACE: Duration = Duration::from_secs(30);
 
 /// A meeting in progress (rooms joined by token).
 pub(crate) struct LiveMeeting {
@@ -130,6 +141,16 @@ pub struct Hub {
     /// Stopped recordings whose files the media plane is still finishing, by folder.
     pub(crate) finishing_recordings:
         std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, crate::recording::Active>>,
+}
+
+/// What became of a member whose connection dropped.
+enum Away {
+    /// It stays in the room for `RESUME_GRACE`.
+    Kept,
+    /// It leaves now (it cannot come back as itself).
+    Leave,
+    /// No such member, or a newer session has taken it over.
+    NotOurs,
 }
 
 /// How many chat lines a joiner gets.
@@ -272,11 +293,16 @@ impl Hub {
             }
         };
         let identity = self.admit(identity, meeting, outbox)?;
+        // A resumed participant keeps the time it first joined.
+        let since = self
+            .clients
+            .get(&identity.participant_id)
+            .map_or_else(Instant::now, |c| c.since);
         self.clients.insert(
             identity.participant_id.clone(),
             ClientInfo {
                 user_agent: req.user_agent,
-                since: Instant::now(),
+                since,
             },
         );
         Ok(identity)
@@ -390,6 +416,8 @@ impl Hub {
             outbox,
             policy,
             attendance_row: None,
+            away_since: None,
+            resuming: false,
         });
         self.tests.insert(
             participant_id.clone(),
@@ -538,7 +566,7 @@ impl Hub {
 
     fn admit(
         &self,
-        identity: Identity,
+        mut identity: Identity,
         meeting: Option<store::Meeting>,
         outbox: Outbox,
     ) -> Result<Identity, Refusal> {
@@ -604,6 +632,12 @@ impl Hub {
                 room.members = keep;
                 replaced = old;
             }
+            // The same identity comes back (its page reconnected after the link dropped, or a second tab): it
+            // resumes the old participant — same id, same tile at the others, nobody sees it leave and join.
+            let resumed = replaced.first().map(|old| {
+                identity.participant_id = old.identity.participant_id.clone();
+                old.attendance_row
+            });
             if room.members.len() >= self.config.limits.max_participants_per_room {
                 room.members.append(&mut replaced);
                 let full = format!("room `{room_key}` is full");
@@ -613,7 +647,9 @@ impl Hub {
             let room = &mut *room;
             if let Some(live) = room.meeting.as_mut() {
                 live.floor.note_role(&identity.subject, identity.role);
-                crate::recording::note_join(live, &identity);
+                if resumed.is_none() {
+                    crate::recording::note_join(live, &identity);
+                }
             }
             let policy = policy_for(room.meeting.as_ref().map(|m| &m.floor), &identity);
             let info = ParticipantInfo {
@@ -627,20 +663,25 @@ impl Hub {
             };
             let others: Vec<ParticipantInfo> =
                 room.members.iter().map(|m| m.info.clone()).collect();
-            for m in &room.members {
-                send(
-                    &m.outbox,
-                    ServerMessage::ParticipantJoined {
-                        participant: info.clone(),
-                    },
-                );
+            if resumed.is_none() {
+                for m in &room.members {
+                    send(
+                        &m.outbox,
+                        ServerMessage::ParticipantJoined {
+                            participant: info.clone(),
+                        },
+                    );
+                }
             }
-            let attendance_row = identity.meeting.as_ref().and_then(|mid| {
-                self.store
-                    .attendance_join(mid, &identity.subject, &identity.name, identity.role)
-                    .map_err(|e| warn!(error = %e, "attendance not recorded"))
-                    .ok()
-            });
+            let attendance_row = match resumed {
+                Some(row) => row,
+                None => identity.meeting.as_ref().and_then(|mid| {
+                    self.store
+                        .attendance_join(mid, &identity.subject, &identity.name, identity.role)
+                        .map_err(|e| warn!(error = %e, "attendance not recorded"))
+                        .ok()
+                }),
+            };
             let chat = identity
                 .meeting
                 .as_deref()
@@ -686,7 +727,11 @@ impl Hub {
                 outbox,
                 policy,
                 attendance_row,
+                away_since: None,
+                resuming: resumed.is_some(),
             });
+            // For a resumed participant the media plane drops its old connections and producers (the others get
+            // `track_unpublished`, then the new tracks).
             let _ = self.sfu.send(Command::Join {
                 participant: identity.participant_id.clone(),
                 room: room_key.clone(),
@@ -695,7 +740,7 @@ impl Hub {
             });
         }
 
-        for old in replaced {
+        for (i, old) in replaced.into_iter().enumerate() {
             info!(participant = %old.identity.participant_id, "replaced by a new session of the same identity");
             send(
                 &old.outbox,
@@ -705,6 +750,10 @@ impl Hub {
                 },
             );
             let _ = old.outbox.send(Outgoing::Close);
+            if i == 0 {
+                // Resumed: the new session is this participant now.
+                continue;
+            }
             self.rooms_of.remove(&old.identity.participant_id);
             self.forget_member(&room_key, old);
         }
@@ -722,6 +771,83 @@ impl Hub {
     fn refuse_join(&self, identity: &Identity, code: ErrorCode, message: &str) -> Refusal {
         self.audit(Some(identity), None, "join", message, "refused");
         Refusal::new(code, message)
+    }
+
+    /// A session's socket closed without `leave` (`outbox`: that session's queue). A meeting member (chair,
+    /// secretary, endpoint) stays in the room for `RESUME_GRACE` in case it comes back; anyone else leaves now.
+    /// Nothing happens when a newer session of the same identity has taken the participant over.
+    pub fn session_ended(&self, participant_id: &str, outbox: &Outbox) {
+        match self.mark_away(participant_id, Some(outbox)) {
+            Away::Kept => {
+                info!(participant = %participant_id, "connection lost; waiting for it to come back")
+            }
+            Away::NotOurs => {}
+            Away::Leave => self.leave(participant_id),
+        }
+    }
+
+    /// Whether `outbox` is still the session of this participant (it was not taken over by a newer one).
+    pub fn is_current(&self, participant_id: &str, outbox: &Outbox) -> bool {
+        let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
+            return false;
+        };
+        self.rooms.get(&room_key).is_some_and(|room| {
+            room.members.iter().any(|m| {
+                m.identity.participant_id == participant_id && m.outbox.same_channel(outbox)
+            })
+        })
+    }
+
+    /// Mark a member away (its connection dropped), if it may come back as itself: a meeting member that is not
+    /// an observer, admin or connection test. `outbox`: only if that is still its session.
+    fn mark_away(&self, participant_id: &str, outbox: Option<&Outbox>) -> Away {
+        let Some(room_key) = self.rooms_of.get(participant_id).map(|r| r.clone()) else {
+            return Away::NotOurs;
+        };
+        let Some(mut room) = self.rooms.get_mut(&room_key) else {
+            return Away::NotOurs;
+        };
+        let Some(m) = room
+            .members
+            .iter_mut()
+            .find(|m| m.identity.participant_id == participant_id)
+        else {
+            return Away::NotOurs;
+        };
+        if outbox.is_some_and(|o| !m.outbox.same_channel(o)) {
+            return Away::NotOurs;
+        }
+        let resumable = m.identity.meeting.is_some()
+            && !matches!(m.identity.role, Role::Observer | Role::Admin)
+            && !self.tests.contains_key(participant_id);
+        if !resumable {
+            return Away::Leave;
+        }
+        m.away_since.get_or_insert_with(Instant::now);
+        Away::Kept
+    }
+
+    /// Members away for longer than `RESUME_GRACE` leave (called on a timer).
+    pub fn expire_away(&self) {
+        let now = Instant::now();
+        let gone: Vec<String> = self
+            .rooms
+            .iter()
+            .flat_map(|room| {
+                room.members
+                    .iter()
+                    .filter(|m| {
+                        m.away_since
+                            .is_some_and(|t| now.duration_since(t) >= RESUME_GRACE)
+                    })
+                    .map(|m| m.identity.participant_id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for id in gone {
+            info!(participant = %id, "did not come back; removed");
+            self.leave(&id);
+        }
     }
 
     /// Remove a participant (idempotent). Everyone else hears `participant_left`.
@@ -969,9 +1095,48 @@ impl Hub {
         });
     }
 
+    /// Whether `participant` was resumed by a new session and the media plane has not yet confirmed it: its events
+    /// until then are about the old connections.
+    fn resuming(&self, participant: &str) -> bool {
+        let Some(room_key) = self.rooms_of.get(participant).map(|r| r.clone()) else {
+            return false;
+        };
+        self.rooms.get(&room_key).is_some_and(|room| {
+            room.members
+                .iter()
+                .any(|m| m.identity.participant_id == participant && m.resuming)
+        })
+    }
+
     /// What the media plane reports, turned into messages.
     pub fn on_media_event(&self, event: Event) {
+        match &event {
+            Event::SubscribeOffer { participant, .. }
+            | Event::ConnectionState { participant, .. }
+            | Event::LayersWanted { participant, .. }
+            | Event::VideoPaused { participant, .. }
+            | Event::PublishBitrate { participant, .. }
+            | Event::ParticipantFailed { participant, .. }
+                if self.resuming(participant) =>
+            {
+                // About the connections of the session it resumed from: the new session must not hear of them.
+                tracing::debug!(%participant, "event of a resumed participant's old connections dropped");
+                return;
+            }
+            _ => {}
+        }
         match event {
+            Event::Joined { participant } => {
+                if let Some(room_key) = self.rooms_of.get(&participant).map(|r| r.clone())
+                    && let Some(mut room) = self.rooms.get_mut(&room_key)
+                    && let Some(m) = room
+                        .members
+                        .iter_mut()
+                        .find(|m| m.identity.participant_id == participant)
+                {
+                    m.resuming = false;
+                }
+            }
             Event::SubscribeOffer { participant, sdp } => {
                 self.send_to(&participant, ServerMessage::SubscribeOffer { sdp });
             }
@@ -1020,6 +1185,7 @@ impl Hub {
                 let leg = match leg {
                     giaoban_sfu::Leg::Publish => crate::protocol::Leg::Publish,
                     giaoban_sfu::Leg::Subscribe => crate::protocol::Leg::Subscribe,
+                    giaoban_sfu::Leg::Screen => crate::protocol::Leg::Screen,
                 };
                 self.send_to(&participant, ServerMessage::ConnectionState { leg, state });
             }
@@ -1098,13 +1264,23 @@ impl Hub {
                 participant,
                 reason,
             } => {
-                warn!(%participant, %reason, "media connection lost; removing participant");
+                // The socket is closed with `rejoin`; a meeting member stays in the room for `RESUME_GRACE`
+                // (its media is suspended: the others' pictures of it freeze) so it can come back as itself.
                 self.close(
                     &participant,
                     &format!("media connection lost: {reason}"),
                     true,
                 );
-                self.leave(&participant);
+                match self.mark_away(&participant, None) {
+                    Away::Kept => {
+                        warn!(%participant, %reason, "media connection lost; waiting for it to come back")
+                    }
+                    Away::NotOurs => {}
+                    Away::Leave => {
+                        warn!(%participant, %reason, "media connection lost; removing participant");
+                        self.leave(&participant);
+                    }
+                }
             }
         }
     }

@@ -148,6 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         loop {
             tick.tick().await;
             timer_hub.expire_floors();
+            timer_hub.expire_away();
             timer_hub.client_limits.prune(std::time::Instant::now());
             if last_speakers.elapsed() >= speaker::SPEAKER_INTERVAL {
                 last_speakers = tokio::time::Instant::now();

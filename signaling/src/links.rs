@@ -41,7 +41,7 @@ pub fn grade_below(value: f64, fair: f64, poor: f64) -> QualityLevel {
 }
 
 fn worst_loss(l: &ParticipantLinks) -> Option<f64> {
-    [&l.publish, &l.subscribe]
+    [&l.publish, &l.subscribe, &l.screen]
         .into_iter()
         .flatten()
         .flat_map(|h| [h.stats.loss_in, h.stats.loss_out])
@@ -50,7 +50,7 @@ fn worst_loss(l: &ParticipantLinks) -> Option<f64> {
 }
 
 fn worst_rtt(l: &ParticipantLinks) -> Option<f64> {
-    [&l.publish, &l.subscribe]
+    [&l.publish, &l.subscribe, &l.screen]
         .into_iter()
         .flatten()
         .filter_map(|h| h.stats.rtt_ms)
@@ -66,7 +66,7 @@ fn audio_jitter(l: &ParticipantLinks) -> Option<f64> {
 /// loss, RTT and audio jitter against the `[health]` thresholds.
 pub fn verdict(l: &ParticipantLinks, h: &HealthConfig) -> QualityLevel {
     let states = || {
-        [&l.publish, &l.subscribe]
+        [&l.publish, &l.subscribe, &l.screen]
             .into_iter()
             .flatten()
             .map(|h| h.state.as_str())
@@ -97,8 +97,12 @@ pub fn verdict(l: &ParticipantLinks, h: &HealthConfig) -> QualityLevel {
 fn totals(l: &ParticipantLinks) -> (u64, u64) {
     let rate = |h: &Option<LinkHealth>, f: fn(&LinkHealth) -> u64| h.as_ref().map_or(0, f);
     (
-        rate(&l.publish, |h| h.traffic.bitrate_in) + rate(&l.subscribe, |h| h.traffic.bitrate_in),
-        rate(&l.publish, |h| h.traffic.bitrate_out) + rate(&l.subscribe, |h| h.traffic.bitrate_out),
+        rate(&l.publish, |h| h.traffic.bitrate_in)
+            + rate(&l.subscribe, |h| h.traffic.bitrate_in)
+            + rate(&l.screen, |h| h.traffic.bitrate_in),
+        rate(&l.publish, |h| h.traffic.bitrate_out)
+            + rate(&l.subscribe, |h| h.traffic.bitrate_out)
+            + rate(&l.screen, |h| h.traffic.bitrate_out),
     )
 }
 
@@ -299,6 +303,7 @@ pub async fn api_health(
                 "joined_seconds": client.map(|c| c.since.elapsed().as_secs()),
                 "publish": health_json(&l.publish),
                 "subscribe": health_json(&l.subscribe),
+                "screen": health_json(&l.screen),
                 "estimate": l.estimate,
                 // The loudest of its audio producers (RFC 6464, smoothed), dBov: −127 silence … 0 loudest.
                 "audio_level_dbov": l.producers.iter().filter_map(|p| p.audio_level).max(),
@@ -394,6 +399,7 @@ mod tests {
                 },
                 ..Default::default()
             }),
+            screen: None,
             estimate: None,
             producers: Vec::new(),
             consumers: Vec::new(),

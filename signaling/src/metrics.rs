@@ -245,7 +245,7 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
         let by_state: Family<StateLabel, Gauge> = Family::default();
         for link in links
             .iter()
-            .flat_map(|l| [&l.publish, &l.subscribe])
+            .flat_map(|l| [&l.publish, &l.subscribe, &l.screen])
             .flatten()
         {
             by_state

@@ -309,6 +309,7 @@ mod tests {
                 ..Default::default()
             }),
             subscribe: None,
+            screen: None,
             estimate: None,
             producers: Vec::new(),
             consumers: Vec::new(),

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Which of a participant's two connections a message is about.
+/// Which of a participant's connections a message is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Leg {
@@ -11,6 +11,8 @@ pub enum Leg {
     Publish,
     /// The server offers and sends every other participant's tracks.
     Subscribe,
+    /// The client offers and sends its screen share, on a connection of its own while it shares.
+    Screen,
 }
 
 /// A trickled ICE candidate, shaped like the browser's `RTCIceCandidateInit`.
@@ -222,6 +224,11 @@ pub enum ClientMessage {
     JoinTest { token: String },
     /// The client's offer for its publish connection; the server replies `publish_answer`.
     PublishOffer { sdp: String },
+    /// The client's offer for its screen share connection (a connection of its own, opened when sharing
+    /// starts); the server replies `screen_answer`. Every track on it is the screen share.
+    ScreenOffer { sdp: String },
+    /// The client stopped sharing its screen: the server closes the screen connection and unpublishes its tracks.
+    StopScreen {},
     /// The client's answer to a `subscribe_offer`.
     SubscribeAnswer { sdp: String },
     /// A trickled ICE candidate of the client's, for one of its connections.
@@ -357,6 +364,8 @@ impl ClientMessage {
             ClientMessage::Join { .. } => "join",
             ClientMessage::JoinTest { .. } => "join_test",
             ClientMessage::PublishOffer { .. } => "publish_offer",
+            ClientMessage::ScreenOffer { .. } => "screen_offer",
+            ClientMessage::StopScreen {} => "stop_screen",
             ClientMessage::SubscribeAnswer { .. } => "subscribe_answer",
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::MediaState { .. } => "media_state",
@@ -422,6 +431,10 @@ pub enum ServerMessage {
     },
     /// The server's answer to `publish_offer`.
     PublishAnswer {
+        sdp: String,
+    },
+    /// The server's answer to `screen_offer`.
+    ScreenAnswer {
         sdp: String,
     },
     /// The server's offer for the subscribe connection; the client replies `subscribe_answer`. Sent whenever the

@@ -61,6 +61,9 @@ pub async fn run(
     });
 
     let mut state = State::AwaitingJoin;
+    // Live media sections of the last accepted offer of the publish connection and of the screen connection:
+    // the track limit counts both.
+    let mut published = [0usize; 2];
     let span = info_span!(
         "session",
         room = tracing::field::Empty,
@@ -138,7 +141,7 @@ pub async fn run(
                 );
                 continue;
             }
-            if !handle(&hub, &tx, &mut state, msg, &user_agent).await {
+            if !handle(&hub, &tx, &mut state, &mut published, msg, &user_agent).await {
                 break;
             }
         }
@@ -147,7 +150,8 @@ pub async fn run(
     .await;
 
     if let State::Joined(identity) = &state {
-        hub.leave(&identity.participant_id);
+        // No `leave`: a meeting member may come back as itself within `RESUME_GRACE` (see `Hub::session_ended`).
+        hub.session_ended(&identity.participant_id, &tx);
     }
     let _ = tx.send(Outgoing::Close);
     drop(tx);
@@ -173,6 +177,87 @@ fn sfu_error_code(e: &SfuError) -> ErrorCode {
         SfuError::UnknownParticipant | SfuError::Negotiation(_) | SfuError::Stopped => {
             ErrorCode::Media
         }
+    }
+}
+
+/// An offer of the publish connection (`screen: false`: camera and microphone) or of the screen share's own
+/// connection (`screen: true`); answered with `publish_answer` / `screen_answer`. The track limit counts the
+/// live sections of both connections.
+async fn publish_offer(
+    hub: &Arc<Hub>,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    who: &Identity,
+    published: &mut [usize; 2],
+    screen: bool,
+    sdp: String,
+) {
+    let what = if screen {
+        "screen offer"
+    } else {
+        "publish offer"
+    };
+    if !crate::rules::can_publish(who.role) {
+        let message = format!("role {:?} may not publish", who.role).to_lowercase();
+        hub.audit(Some(who), None, "publish", &message, "refused");
+        reply(tx, ErrorCode::Forbidden, &message);
+        return;
+    }
+    if let Err(e) = check_sdp(&sdp) {
+        reply(tx, ErrorCode::InvalidField, &e);
+        return;
+    }
+    let limits = &hub.config.limits;
+    let (this, other) = if screen { (1, 0) } else { (0, 1) };
+    let tracks = live_media_sections(&sdp);
+    if tracks + published[other] > limits.max_tracks_per_participant {
+        let message = if published[other] > 0 {
+            format!(
+                "the {what} publishes {tracks} tracks beside the {} of the other connection; at most {} per \
+                 participant",
+                published[other], limits.max_tracks_per_participant
+            )
+        } else {
+            format!(
+                "the offer publishes {tracks} tracks; at most {} per participant",
+                limits.max_tracks_per_participant
+            )
+        };
+        hub.audit(Some(who), None, "publish", &message, "refused");
+        reply(tx, ErrorCode::LimitExceeded, &message);
+        return;
+    }
+    let participant = who.participant_id.clone();
+    let answer = if screen {
+        hub.sfu
+            .call(|reply| Command::ScreenOffer {
+                participant,
+                sdp,
+                reply,
+            })
+            .await
+    } else {
+        hub.sfu
+            .call(|reply| Command::PublishOffer {
+                participant,
+                sdp,
+                reply,
+            })
+            .await
+    };
+    match answer {
+        Ok(sdp) => {
+            published[this] = tracks;
+            let sdp = cap_video_bitrate(&sdp, limits.max_publish_kbps);
+            send(
+                tx,
+                if screen {
+                    ServerMessage::ScreenAnswer { sdp }
+                } else {
+                    ServerMessage::PublishAnswer { sdp }
+                },
+            );
+        }
+        Err(e) => reply(tx, sfu_error_code(&e), &format!("{what} refused: {e}")),
     }
 }
 
@@ -248,6 +333,7 @@ async fn handle(
     hub: &Arc<Hub>,
     tx: &mpsc::UnboundedSender<Outgoing>,
     state: &mut State,
+    published: &mut [usize; 2],
     msg: ClientMessage,
     user_agent: &Option<String>,
 ) -> bool {
@@ -303,6 +389,10 @@ async fn handle(
     };
     let (who, msg) = who;
     let id = who.participant_id.clone();
+    if !hub.is_current(&id, tx) {
+        // A newer session of the same identity took this participant over (or it is gone): this socket is done.
+        return false;
+    }
 
     match crate::moderation::handle(hub, &who, &msg) {
         Ok(true) => return true,
@@ -315,49 +405,16 @@ async fn handle(
 
     match msg {
         ClientMessage::PublishOffer { sdp } => {
-            if !crate::rules::can_publish(who.role) {
-                let message = format!("role {:?} may not publish", who.role).to_lowercase();
-                hub.audit(Some(&who), None, "publish", &message, "refused");
-                reply(tx, ErrorCode::Forbidden, &message);
-                return true;
-            }
-            if let Err(e) = check_sdp(&sdp) {
-                reply(tx, ErrorCode::InvalidField, &e);
-                return true;
-            }
-            let limits = &hub.config.limits;
-            let tracks = live_media_sections(&sdp);
-            if tracks > limits.max_tracks_per_participant {
-                let message = format!(
-                    "the offer publishes {tracks} tracks; at most {} per participant",
-                    limits.max_tracks_per_participant
-                );
-                hub.audit(Some(&who), None, "publish", &message, "refused");
-                reply(tx, ErrorCode::LimitExceeded, &message);
-                return true;
-            }
-            let participant = id.clone();
-            match hub
-                .sfu
-                .call(|reply| Command::PublishOffer {
-                    participant,
-                    sdp,
-                    reply,
-                })
-                .await
-            {
-                Ok(sdp) => send(
-                    tx,
-                    ServerMessage::PublishAnswer {
-                        sdp: cap_video_bitrate(&sdp, limits.max_publish_kbps),
-                    },
-                ),
-                Err(e) => reply(
-                    tx,
-                    sfu_error_code(&e),
-                    &format!("publish offer refused: {e}"),
-                ),
-            }
+            publish_offer(hub, tx, &who, published, false, sdp).await;
+        }
+        ClientMessage::ScreenOffer { sdp } => {
+            publish_offer(hub, tx, &who, published, true, sdp).await;
+        }
+        ClientMessage::StopScreen {} => {
+            published[1] = 0;
+            let _ = hub.sfu.send(Command::CloseScreen {
+                participant: id.clone(),
+            });
         }
         ClientMessage::SubscribeAnswer { sdp } => {
             if let Err(e) = check_sdp(&sdp) {
@@ -391,6 +448,7 @@ async fn handle(
                 leg: match leg {
                     Leg::Publish => giaoban_sfu::Leg::Publish,
                     Leg::Subscribe => giaoban_sfu::Leg::Subscribe,
+                    Leg::Screen => giaoban_sfu::Leg::Screen,
                 },
                 candidate: candidate.candidate,
                 sdp_mid: candidate.sdp_mid,

@@ -43,7 +43,8 @@ const WEB_FILES = {
   '/admin.js': ['admin.js', 'text/javascript; charset=utf-8'],
 };
 
-const CHAIR = { key: 'chair', rgb: [230, 20, 20], colour: 'red', tone: 330 };
+// The chair's camera is 960x540: with simulcast (on by default) Chromium sends all three layers.
+const CHAIR = { key: 'chair', rgb: [230, 20, 20], colour: 'red', tone: 330, width: 960, height: 540 };
 const HALL_A = { key: 'UBND xã An Phú', rgb: [20, 210, 20], colour: 'green', tone: 440 };
 const HALL_B = { key: 'UBND xã Bình Minh', rgb: [20, 20, 230], colour: 'blue', tone: 550 };
 
@@ -65,7 +66,7 @@ async function newPage(label) {
 
 async function openParticipant(who, url) {
   const p = await newPage(who.key);
-  await p.page.addInitScript(fakeMediaScript, { rgb: who.rgb, tone: who.tone });
+  await p.page.addInitScript(fakeMediaScript, { rgb: who.rgb, tone: who.tone, width: who.width, height: who.height });
   await p.page.goto(url);
   return { ...who, ...p };
 }
@@ -130,6 +131,22 @@ const mainInfo = (page) =>
     const stage = document.querySelector('[data-testid="main-stage"]');
     return v && { participant: v.dataset.participant, source: v.dataset.source, visible: !stage.hidden, width: v.videoWidth };
   });
+
+/** Frames decoded at `page` of the camera of participant `id` (inbound-rtp video matched by mid). */
+const cameraFrames = (page, id) =>
+  page.evaluate(async (id) => {
+    const g = window.giaoban;
+    const p = g.participants().find((x) => x.id === id);
+    const ids = (p?.tracks || []).filter((tr) => tr.source === 'camera').map((tr) => tr.id);
+    const mids = Object.entries(g.midMap())
+      .filter(([, m]) => ids.includes(m.trackId))
+      .map(([mid]) => mid);
+    let frames = 0;
+    (await g.subscribePc().getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video' && mids.includes(s.mid)) frames += s.framesDecoded ?? 0;
+    });
+    return frames;
+  }, id);
 
 const diagnostics = (people) => harnessDiagnostics(server, people);
 
@@ -327,11 +344,16 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       what: "A's audio at B to stop after mute all",
     });
 
-    // The chair shares its screen: both halls decode a third video and show the screen as the main picture.
+    // The chair's camera goes out in three simulcast layers (the default).
+    const chairOffer = await chair.page.evaluate(() => window.giaoban.publishPc().localDescription.sdp);
+    assert.match(chairOffer, /a=simulcast:send q;h;f/, "the chair's camera is published in three layers");
+
+    // The chair shares its screen on a connection of its own: both halls decode a third video and show the
+    // screen as the main picture.
     await chair.page.getByTestId('share-screen').click();
-    await waitFor(() => chair.page.evaluate(() => window.giaoban.state().sharing), {
+    await waitFor(() => chair.page.evaluate(() => window.giaoban.state().sharing && window.giaoban.state().screen === 'connected'), {
       timeout: 10_000,
-      what: 'the chair to share its screen',
+      what: "the chair to share its screen and its screen connection to connect",
     });
     for (const hall of [a, b]) {
       await waitFor(async () => (await videosDecoding(hall.page)) >= 3, {
@@ -350,19 +372,25 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       assert.ok(!colourMatches(m, CHAIR.rgb), "the main picture shows the screen, not the chair's camera");
     }
 
-    // The chair stops sharing: its screen track ends and the publish connection is renegotiated without it.
+    // The chair stops sharing: its screen connection closes; its camera's connection was never renegotiated.
     await chair.page.getByTestId('share-screen').click();
     const stopped = await waitFor(
       () =>
-        chair.page.evaluate(() => {
+        chair.page.evaluate((chairOffer) => {
           const pc = window.giaoban.publishPc();
           const st = window.giaoban.state();
           const live = pc.getTransceivers().filter((tr) => tr.sender.track && tr.currentDirection === 'sendonly');
-          return !st.sharing && pc.signalingState === 'stable' && live.length === 2 && { live: live.length };
-        }),
-      { timeout: 10_000, what: 'the chair to stop sharing and renegotiate' },
+          return (
+            !st.sharing &&
+            window.giaoban.screenPc() === null &&
+            pc.signalingState === 'stable' && { live: live.length, same: pc.localDescription.sdp === chairOffer }
+          );
+        }, chairOffer),
+      { timeout: 10_000, what: 'the chair to stop sharing' },
     );
     t.diagnostic(`after stopping the share the chair sends ${stopped.live} tracks`);
+    assert.equal(stopped.live, 2, "the chair's microphone and camera go on");
+    assert.ok(stopped.same, "the camera's publish connection was not renegotiated by the share");
     // The stopped screen leaves the room: each hall sees only the chair's microphone and camera again, and its
     // main picture is no longer a screen.
     for (const hall of [a, b]) {
@@ -379,6 +407,20 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       const m = await mainInfo(hall.page);
       t.diagnostic(`${hall.label} after the share stopped: main ${m?.source}, chair's tracks ${JSON.stringify(tracks)}`);
       assert.notEqual(m?.source, 'screen', `${hall.label} still shows a screen as the main picture`);
+      // The chair's simulcast camera still arrives after the share came and went: frames go on, in its colour.
+      const f0 = await cameraFrames(hall.page, chair.id);
+      await waitFor(async () => (await cameraFrames(hall.page, chair.id)) > f0 + 5, {
+        timeout: 10_000,
+        what: `${hall.label}: the chair's camera to keep decoding after the share`,
+      });
+      const colour = await waitFor(
+        async () => {
+          const c = await meanColour(hall.page, `[data-testid="tile"][data-participant-id="${chair.id}"] video`);
+          return colourMatches(c, CHAIR.rgb) && c;
+        },
+        { timeout: 10_000, what: `${hall.label}: the chair's tile to show its red camera` },
+      );
+      t.diagnostic(`${hall.label}: chair's camera after the share rgb(${colour.join(',')})`);
     }
 
     // Ask to unmute: A gets a prompt, accepts, and its audio (it still holds the floor) reaches B again.

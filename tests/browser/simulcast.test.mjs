@@ -96,7 +96,7 @@ function chairEncodings(page) {
 }
 
 before(async () => {
-  server = await startServer({ prefix: 'giaoban-simulcast-', demo: true, settings: { GIAOBAN_MEDIA_SIMULCAST: 'true' } });
+  server = await startServer({ prefix: 'giaoban-simulcast-', demo: true }); // simulcast is on by default
   browser = await launchBrowser(FROM_DISK_ARGS);
 });
 

@@ -1756,6 +1756,8 @@ impl SimEndpoint {
         let guard = match leg {
             Leg::Publish => self.inner.publish.lock().await,
             Leg::Subscribe => self.inner.subscribe.lock().await,
+            // The simulated endpoint shares no screen.
+            Leg::Screen => return None,
         };
         guard.as_ref().map(|s| *s.state.borrow())
     }

@@ -131,6 +131,10 @@ const THREE_TRACK_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0
     m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=inactive\r\n\
     m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:3\r\na=sendonly\r\n";
 
+/// An offer with one live video section (a screen share).
+const ONE_VIDEO_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracks_per_participant_are_limited_and_the_answer_caps_video_bitrate() {
     let mut c = giaoban_config::Config::for_tests();
@@ -178,6 +182,20 @@ async fn tracks_per_participant_are_limited_and_the_answer_caps_video_bitrate() 
         .filter(|e| e.action == "publish" && e.outcome == "refused")
         .count();
     assert_eq!(refusals, 1, "the refusal is audited once");
+    // A screen share on its own connection counts with the camera's: B publishes two tracks already.
+    let (code, message) = common::expect_error(
+        &b,
+        ClientMessage::ScreenOffer {
+            sdp: ONE_VIDEO_OFFER.into(),
+        },
+    )
+    .await;
+    assert_eq!(code, ErrorCode::LimitExceeded, "{message}");
+    assert!(
+        message.contains("screen offer publishes 1 tracks beside the 2")
+            && message.contains("at most 2"),
+        "{message}"
+    );
     assert_alive(&b).await;
     common::assert_still_flowing(&a, &b, 10).await;
     common::assert_still_flowing(&b, &a, 10).await;

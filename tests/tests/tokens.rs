@@ -1,6 +1,7 @@
 //! Join tokens: forged, expired, wrong-meeting and garbage tokens, and a tokenless join where open rooms are off,
 //! are refused with `unauthorized` and audited; a valid token joins with the token's name and role. The floor and
-//! the queue belong to the token's identity: a hall that drops and rejoins keeps them.
+//! the queue belong to the token's identity: a hall that drops and rejoins keeps them (and, within the resume grace,
+//! its participant id); a hall that drops and does not come back leaves after the grace.
 
 mod common;
 
@@ -12,7 +13,7 @@ use common::{
 };
 use giaoban_signaling::auth::{Auth, Claims, now_secs};
 use giaoban_signaling::protocol::{
-    ClientMessage, ErrorCode, MeetingMode, Role, ServerMessage, TrackKind,
+    ClientMessage, ErrorCode, MeetingMode, ParticipantInfo, Role, ServerMessage, TrackKind,
 };
 use giaoban_tests::sim::SimEndpoint;
 
@@ -254,17 +255,25 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     .await;
     wait_receiving(&chair, &a, TrackKind::Audio, 10, Duration::from_secs(15)).await;
 
-    // A's connection drops (no `leave`); it comes back with the same token.
+    // A's connection drops (no `leave`): it stays in the meeting (giaoban_signaling::hub::RESUME_GRACE) and
+    // comes back with the same token as the same participant; the chair never sees it leave.
     let from = chair.log_len();
     a.shutdown().await;
-    chair
-        .wait_message_since(from, Duration::from_secs(5), |m| {
+    let left = chair
+        .wait_message_since(from, Duration::from_secs(3), |m| {
             matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if *participant_id == aid)
         })
-        .await
-        .expect("the chair sees A drop");
+        .await;
+    assert!(left.is_err(), "A left instead of waiting to come back");
     let a2 = server.join_token(&a_tok, "Xã A (lại)", true).await;
     let a2id = a2.id();
+    assert_eq!(a2id, aid, "A resumed as the same participant");
+    assert!(
+        !chair.messages()[from..].iter().any(|m| matches!(m,
+            ServerMessage::ParticipantLeft { participant_id, .. } | ServerMessage::ParticipantJoined { participant: ParticipantInfo { id: participant_id, .. } }
+            if *participant_id == aid)),
+        "the chair saw A leave or join"
+    );
     let own = common::latest_state(&a2).expect("state in joined");
     assert_eq!(
         floor_ids(&own),
@@ -289,6 +298,7 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     b.shutdown().await;
     let b2 = server.join_token(&b_tok, "Xã B (lại)", false).await;
     let b2id = b2.id();
+    assert_eq!(b2id, bid, "B resumed as the same participant");
     let s = wait_state(&chair, from, "the rejoined B first in the queue", |s| {
         queue_ids(s) == [b2id.clone(), cid.clone()]
     })
@@ -303,5 +313,62 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     for e in [&chair, &a2, &b2, &c] {
         e.close().await;
     }
+    server.shutdown().await;
+}
+
+/// A hall whose connection drops (no `leave`) and that does not come back stays in the meeting for the resume grace
+/// (its tile freezes at the others), then leaves: the chair gets `participant_left`, `/api/rooms` drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hall_that_does_not_come_back_leaves_after_the_grace() {
+    use giaoban_signaling::hub::RESUME_GRACE;
+    let server = TestServer::start().await;
+    let hub = server.hub();
+    let (m, eps) = create_meeting(
+        &hub,
+        "Giao ban",
+        MeetingMode::Discussion,
+        &["UBND xã An Phú"],
+    );
+    let chair = server
+        .join_token(
+            &token(&hub, &m.id, "chair", "Chủ trì", Role::Chair),
+            "Chủ trì",
+            false,
+        )
+        .await;
+    let a = server
+        .join_token(
+            &token(&hub, &m.id, &eps[0].id, &eps[0].name, Role::Endpoint),
+            "Xã A",
+            true,
+        )
+        .await;
+    let aid = a.id();
+    wait_receiving(&chair, &a, TrackKind::Audio, 10, Duration::from_secs(15)).await;
+
+    let from = chair.log_len();
+    let t0 = std::time::Instant::now();
+    a.shutdown().await;
+    let left = |m: &ServerMessage| matches!(m, ServerMessage::ParticipantLeft { participant_id, .. } if *participant_id == aid);
+    let early = chair
+        .wait_message_since(from, RESUME_GRACE - Duration::from_secs(3), left)
+        .await;
+    assert!(early.is_err(), "A left before the grace was over");
+    assert!(
+        common::json_strings(&server.rooms().await).contains(&aid),
+        "A is still in the room during the grace"
+    );
+    chair
+        .wait_message_since(from, Duration::from_secs(10), left)
+        .await
+        .expect("participant_left once the grace is over");
+    let after = t0.elapsed();
+    println!("a hall that did not come back left after {after:?}");
+    assert!(after >= RESUME_GRACE, "left after {after:?}");
+    common::wait_until_async("/api/rooms to drop A", Duration::from_secs(5), || async {
+        (!common::json_strings(&server.rooms().await).contains(&aid)).then_some(())
+    })
+    .await;
+    chair.close().await;
     server.shutdown().await;
 }

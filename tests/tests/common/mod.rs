@@ -379,16 +379,23 @@ pub fn token(hub: &Hub, meeting: &str, sub: &str, name: &str, role: Role) -> Str
 
 /// Audio packets `sub` has received from `publisher_id` (0 if no such track).
 pub fn audio_from(sub: &SimEndpoint, publisher_id: &str) -> u64 {
-    sub.stats()
-        .track_from(publisher_id, TrackKind::Audio)
-        .map_or(0, |t| t.packets)
+    kind_packets_from(sub, publisher_id, TrackKind::Audio)
 }
 
-/// Video packets `sub` has received from `publisher_id` (0 if no such track).
-pub fn video_from(sub: &SimEndpoint, publisher_id: &str) -> u64 {
+/// Packets of `kind` `sub` has received from `publisher_id` over all its tracks so far (a participant that
+/// resumed after its connection dropped has published new tracks under the same id).
+fn kind_packets_from(sub: &SimEndpoint, publisher_id: &str, kind: TrackKind) -> u64 {
     sub.stats()
-        .track_from(publisher_id, TrackKind::Video)
-        .map_or(0, |t| t.packets)
+        .received
+        .iter()
+        .filter(|t| t.participant_id == publisher_id && t.kind == kind)
+        .map(|t| t.packets)
+        .sum()
+}
+
+/// Video packets `sub` has received from `publisher_id`, all its video tracks (0 if none).
+pub fn video_from(sub: &SimEndpoint, publisher_id: &str) -> u64 {
+    kind_packets_from(sub, publisher_id, TrackKind::Video)
 }
 
 /// Wait until `sub`'s audio count from `publisher` grows by `min` packets.
