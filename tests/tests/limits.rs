@@ -44,9 +44,11 @@ async fn message_flood_is_refused_and_the_room_carries_on() {
     for _ in 0..300 {
         b.send(&ClientMessage::Ping {}).expect("sent");
     }
-    let refused = common::wait_until("rate_limited errors", Duration::from_secs(5), || {
+    // The refusals arrive as the server works through the burst: wait for most of them (a loaded machine takes
+    // longer than the first one).
+    let refused = common::wait_until("100 rate_limited errors", Duration::from_secs(10), || {
         let n = rate_limited_errors(&b, from);
-        (n > 0).then_some(n)
+        (n >= 100).then_some(n)
     })
     .await;
     let pongs = b
