@@ -86,16 +86,6 @@ impl Router {
         }
     }
 
-    /// The connection a STUN binding request names (nothing is bound).
-    pub fn conn_for_check(&self, frame: &[u8]) -> Option<ConnId> {
-        self.by_ufrag.get(stun_local_ufrag(frame)?).copied()
-    }
-
-    /// Whether the connection is bound to a client address yet.
-    pub fn is_bound(&self, conn: ConnId) -> bool {
-        self.bound.contains_key(&conn)
-    }
-
     /// The connection for the first frame of an ICE-TCP stream from `from`: a STUN binding request naming a
     /// known ufrag, for a connection not bound to another client address (UDP or TCP). Later frames of the
     /// stream follow the stream, not the address, so nothing is added to the address table.

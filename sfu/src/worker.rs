@@ -52,8 +52,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-/// A new connection's ICE-TCP checks wait this long for a UDP check to bind it first.
-const UDP_FIRST_GRACE: Duration = Duration::from_millis(1500);
 /// Sender reports for the SFU-sealed streams: once a second.
 const SENDER_REPORT_EVERY_TICKS: u32 = 10;
 /// Housekeeping cadence: deferred keyframe requests, stats.
@@ -110,8 +108,6 @@ struct Conn {
     srtp_out: Option<SrtpContext>,
     /// Where rtc last sent this connection's packets (the ICE-selected peer address).
     peer_addr: Option<SocketAddr>,
-    /// When it was made (ICE-TCP waits for UDP's chance first).
-    created: Instant,
     /// Subscribe leg: the loss its receiver reports gave last (fraction lost, worst stream).
     rr_loss: Option<f64>,
 }
@@ -437,6 +433,7 @@ impl Worker {
             };
             // Busy time: one clock pair per loop turn (this one and the end of the turn), never per packet.
             let started = Instant::now();
+            let socket_woke = matches!(woke, Woke::Socket(_));
             match woke {
                 Woke::Command(cmd) => {
                     let Some(cmd) = cmd else { break };
@@ -456,11 +453,20 @@ impl Worker {
                     }
                     self.receive();
                 }
-                Woke::Tcp(ev) => self.on_tcp_event(ev),
+                Woke::Tcp(ev) => {
+                    // UDP first: a browser checks its UDP and TCP candidates at once, and a connection binds to
+                    // whichever check the worker reads first. UDP datagrams already waiting are read before
+                    // the stream's frames (one non-blocking receive), so a hall whose UDP gets through uses it.
+                    self.receive();
+                    self.on_tcp_event(ev);
+                }
                 Woke::Timer => {}
             }
             // The socket branch comes first in the biased select: under a steady UDP load, serve the TCP
-            // streams that are ready as well, every turn.
+            // streams that are ready as well, every turn (UDP waiting first, as above).
+            if self.tcp.is_some() && !socket_woke {
+                self.receive();
+            }
             self.serve_ready_tcp();
             let now = Instant::now();
             self.handle_timeouts(now);
@@ -538,18 +544,6 @@ impl Worker {
         let conn_id = match conn {
             Some(c) => c,
             None => {
-                // UDP first: a new connection is not bound to a TCP stream until UDP had its chance (a browser
-                // checks both at once, and whichever check arrived first would win). The check is left
-                // unanswered and the stream unrouted; the browser sends it again.
-                if let Some(c) = self.router.conn_for_check(&frame.bytes)
-                    && !self.router.is_bound(c)
-                    && self
-                        .conns
-                        .get(&c)
-                        .is_some_and(|k| now.saturating_duration_since(k.created) < UDP_FIRST_GRACE)
-                {
-                    return;
-                }
                 let refused_before = self.router.other_pair_refused;
                 let routed = self.router.route_tcp(peer, &frame.bytes);
                 let other_pair = self.router.other_pair_refused != refused_before;
@@ -1472,7 +1466,6 @@ impl Worker {
                 keys,
                 srtp_out: None,
                 peer_addr: None,
-                created: now,
                 rr_loss: None,
             },
         );
