@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::progress::Progress;
 use anyhow::{Context, anyhow, bail};
 use giaoban_tests::sim::{SimEndpoint, http_get};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{
@@ -197,11 +197,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.settle_timeout.min(30));
     let vanish_every = args.vanish_every.max(1);
 
-    let bar = ProgressBar::new(args.cycles as u64);
-    bar.set_style(
-        ProgressStyle::with_template("churn     {bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = Progress::new(args.cycles as u64, "churn", "cycles");
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();

@@ -16,6 +16,7 @@
 
 mod churn;
 mod janus;
+mod progress;
 mod province;
 mod report;
 
@@ -32,7 +33,7 @@ use giaoban_signaling::protocol::TrackKind;
 use giaoban_tests::sim::{
     Interceptors, LatencyHistogram, SimEndpoint, SimOptions, SrtpProtectionProfile,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::Progress;
 use serde::Serialize;
 use serde_json::json;
 
@@ -1187,13 +1188,8 @@ struct Joined {
     errors: Vec<String>,
 }
 
-fn join_bar(n: usize) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("joining   {bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
+fn join_bar(n: usize) -> Progress {
+    Progress::new(n as u64, "joining", "subscribers")
 }
 
 async fn join_giaoban(args: &Args, url: &str) -> anyhow::Result<Joined> {
@@ -1377,11 +1373,7 @@ async fn measure(
 
     // Settle: every subscriber receives audio and video.
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
-    let bar = ProgressBar::new(subs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("settling  {bar:40} {pos}/{len} receiving media")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = Progress::new(subs.len() as u64, "settling", "receiving media");
     loop {
         let receiving = subs.iter().filter(|s| receiving_media(s, pub_f)).count();
         bar.set_position(receiving as u64);
@@ -1452,11 +1444,7 @@ async fn measure(
     let t0 = Instant::now();
 
     let window = Duration::from_secs(args.duration());
-    let bar = ProgressBar::new(window.as_millis() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("measuring {bar:40} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = Progress::new(window.as_secs(), "measuring", "s");
     let mut last_rx = recv0.iter().map(|c| c.packets).sum::<u64>();
     let mut last_at = t0;
     while t0.elapsed() < window {
@@ -1486,7 +1474,7 @@ async fn measure(
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        bar.set_position(t0.elapsed().as_millis() as u64);
+        bar.set_position(t0.elapsed().as_secs());
         bar.set_message(format!(
             "delivered {delivered:.2} %  out {rate:.0} pkt/s{server_cpu}"
         ));

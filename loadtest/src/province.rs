@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::progress::Progress;
 use anyhow::{Context, anyhow, bail};
 use giaoban_signaling::auth::{ANY_MEETING, Auth, Claims, now_secs};
 use giaoban_signaling::protocol::{ClientMessage, Role, TrackKind};
 use giaoban_tests::sim::{Interceptors, LatencyHistogram, SimEndpoint, SimOptions, TrackCounts};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{
@@ -159,6 +159,8 @@ struct ProvinceSummary {
     server_rss_kib_per_participant: Option<f64>,
     client_cpu_pct_of_machine: f64,
     server_panics: usize,
+    /// Participants the server removed because their media connection failed (its log; spawned server only).
+    server_removed_for_lost_media: usize,
     errors: Vec<String>,
 }
 
@@ -205,13 +207,8 @@ fn random_secret() -> anyhow::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let b = ProgressBar::new(len as u64);
-    b.set_style(
-        ProgressStyle::with_template(&format!("{what:<9} {{bar:40}} {{pos}}/{{len}} {{msg}}"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b
+fn bar(len: usize, what: &str, unit: &str) -> Progress {
+    Progress::new(len as u64, what, unit)
 }
 
 struct People {
@@ -278,17 +275,19 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         (args.url.clone(), args.server_pid)
     };
     let outcome = drive(args, &url, pid, &secret).await;
-    let server_panics = spawned
+    let log = spawned
         .as_ref()
         .and_then(|s| std::fs::read_to_string(&s.log).ok())
-        .map(|log| log.lines().filter(|l| l.contains("panicked")).count())
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let (server_panics, server_removed) = (count("panicked"), count("media connection lost"));
     if let Some(mut s) = spawned {
         let _ = s.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.child.wait()).await;
     }
     let mut summary = outcome?;
     summary.server_panics = server_panics;
+    summary.server_removed_for_lost_media = server_removed;
     print(&summary);
     let json = serde_json::to_string_pretty(&summary)?;
     println!("{json}");
@@ -366,7 +365,11 @@ async fn drive(
     chair.publish().await.context("the chair publishes")?;
     let chair_id = chair.id();
 
-    let b = bar(args.endpoints + args.observers, "joining");
+    let b = bar(
+        args.endpoints + args.observers,
+        "joining",
+        "halls and observers",
+    );
     let sem = Arc::new(tokio::sync::Semaphore::new(args.join_concurrency.max(1)));
     let mut joins = tokio::task::JoinSet::new();
     for i in 0..args.endpoints + args.observers {
@@ -443,7 +446,11 @@ async fn drive(
     let settle_started = Instant::now();
     let deadline = settle_started + Duration::from_secs(args.settle_timeout);
     let receivers_n = people.halls.len() + people.observers.len();
-    let b = bar(receivers_n + hall_ids.len(), "settling");
+    let b = bar(
+        receivers_n + hall_ids.len(),
+        "settling",
+        "(receivers with the chair + halls at the chair)",
+    );
     let (mut with_host, mut seen_by_host);
     loop {
         with_host = people
@@ -523,7 +530,7 @@ async fn drive(
     let t0 = Instant::now();
     let window = Duration::from_secs(args.duration());
     let floor_every = Duration::from_secs(args.floor_every.max(1));
-    let b = bar(window.as_secs() as usize, "measuring");
+    let b = bar(window.as_secs() as usize, "measuring", "s");
     let mut floor = Vec::new();
     let mut held: Vec<usize> = Vec::new();
     let mut next_grant = t0;
@@ -532,14 +539,21 @@ async fn drive(
         let now = Instant::now();
         if now >= next_grant {
             if let Some(h) = current.take() {
-                floor.push(close_holding(&people, &hall_ids, h, t0));
+                floor.extend(close_holding(&people, &hall_ids, h, t0));
             }
             let idx = held.len() % hall_ids.len();
             held.push(idx);
-            people.chair.send(&ClientMessage::GrantFloor {
+            if let Err(e) = people.chair.send(&ClientMessage::GrantFloor {
                 participant_id: hall_ids[idx].clone(),
                 seconds: None,
-            })?;
+            }) {
+                errors.push(format!(
+                    "{:.0} s into the window the chair could not grant the floor (its WebSocket is gone: the \
+                     server removed it?): {e:#}",
+                    t0.elapsed().as_secs_f64()
+                ));
+                break;
+            }
             current = Some((idx, now, None));
             next_grant = now + floor_every;
         }
@@ -571,7 +585,7 @@ async fn drive(
             .await;
     }
     if let Some(h) = current.take() {
-        floor.push(close_holding(&people, &hall_ids, h, t0));
+        floor.extend(close_holding(&people, &hall_ids, h, t0));
     }
     b.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64();
@@ -730,6 +744,7 @@ async fn drive(
         client_cpu_pct_of_machine: (client1.cpu_s - client0.cpu_s) * 100.0
             / (elapsed * cores as f64),
         server_panics: 0,
+        server_removed_for_lost_media: 0,
         errors,
     })
 }
@@ -791,7 +806,7 @@ fn close_holding(
     hall_ids: &[String],
     (idx, granted, start): Current,
     t0: Instant,
-) -> Holding {
+) -> Option<Holding> {
     let holder = &hall_ids[idx];
     let mut h = Holding {
         hall: people.halls[idx].name().to_string(),
@@ -802,9 +817,8 @@ fn close_holding(
         audio_delivered: Spread::default(),
         video_delivered: Spread::default(),
     };
-    let Some((at, (sent0, per0))) = start else {
-        return h;
-    };
+    // A holding cut by the window's end before `FLOOR_SETTLE` is not counted.
+    let (at, (sent0, per0)) = start?;
     let (sent1, per1) = snapshot_of(people, holder, idx);
     h.counted_s = at.elapsed().as_secs_f64();
     h.sent_audio_packets = sent1 - sent0;
@@ -815,7 +829,7 @@ fn close_holding(
     }
     h.audio_delivered = spread(&audio);
     h.video_delivered = spread(&video);
-    h
+    Some(h)
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -972,6 +986,10 @@ fn rows(s: &ProvinceSummary) -> Vec<(String, String)> {
             ),
         ),
         ("panics in the server log".into(), s.server_panics.to_string()),
+        (
+            "participants removed for lost media".into(),
+            format!("{} (server log: ICE/DTLS failed)", s.server_removed_for_lost_media),
+        ),
     ]);
     for e in &s.errors {
         r.push(("error".into(), e.clone()));
