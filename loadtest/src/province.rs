@@ -1057,3 +1057,44 @@ fn html(s: &ProvinceSummary) -> String {
         &body,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_from_two_readings() {
+        let a = TrackCounts {
+            packets: 100,
+            bytes: 0,
+            distinct: 100,
+            expected: 100,
+        };
+        let b = TrackCounts {
+            packets: 290,
+            bytes: 0,
+            distinct: 290,
+            expected: 300,
+        };
+        // 190 of the 200 counters expected in between arrived.
+        assert_eq!(counter_pct(a, b), Some(95.0));
+        assert_eq!(
+            counter_pct(a, a),
+            None,
+            "nothing expected, nothing to grade"
+        );
+        assert_eq!(sent_pct(49, 50), Some(98.0));
+        assert_eq!(sent_pct(0, 0), None);
+    }
+
+    #[test]
+    fn spread_of_receivers() {
+        let s = spread(&[100.0, 98.0, f64::NAN, 99.5, 90.0]);
+        assert_eq!(s.receivers, 4, "a receiver without a figure is not counted");
+        assert_eq!(s.min, Some(90.0));
+        assert_eq!(s.median, Some(98.75));
+        assert_eq!(s.at_least_99, 2);
+        let empty = spread(&[]);
+        assert_eq!((empty.receivers, empty.min, empty.median), (0, None, None));
+    }
+}
