@@ -288,7 +288,7 @@ pub fn page(title: &str, description: &str, body: &str) -> String {
 <html lang="en"><head><meta charset="utf-8"><title>{t}</title>
 <style>body{{font-family:sans-serif;margin:24px;max-width:1100px;color:#222}}table{{border-collapse:collapse;margin:12px 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}}th{{background:#f3f3f3}}
-td:first-child,th:first-child{{text-align:left}}.bad{{color:#b00}}figure{{margin:10px 0}}</style></head>
+td:first-child,th:first-child{{text-align:left}}table.kv td{{text-align:left}}.bad{{color:#b00}}figure{{margin:10px 0}}</style></head>
 <body><h1>{t}</h1><p>{d}</p>
 {body}
 <p style="color:#777;font-size:12px">Written by <code>loadtest</code> on a machine possibly shared with other work; CPU
@@ -302,7 +302,7 @@ figures are the server process's utime + stime from /proc over the measuring win
 
 /// A two-column table of (figure, value).
 pub fn kv_table(rows: &[(String, String)]) -> String {
-    let mut s = String::from("<table><tr><th>figure</th><th>value</th></tr>");
+    let mut s = String::from("<table class=\"kv\"><tr><th>figure</th><th>value</th></tr>");
     for (k, v) in rows {
         let _ = write!(s, "<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v));
     }
