@@ -369,6 +369,57 @@ struct SpawnedServer {
     url: String,
     pid: u32,
     log: PathBuf,
+    /// The media UDP port (for its socket's receive drops).
+    media_port: u16,
+}
+
+/// Datagrams the kernel dropped on arrival at the UDP socket bound to `port` (its receive buffer was full: the
+/// reader did not keep up), from `/proc/net/udp` and `udp6` of this network namespace; `None` if no such socket.
+fn udp_drops(port: u16) -> Option<u64> {
+    let tables: Vec<String> = ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    tables
+        .iter()
+        .filter_map(|t| udp_drops_in(t, port))
+        .reduce(|a, b| a + b)
+}
+
+/// The `drops` column summed over the sockets of a `/proc/net/udp` table bound to local `port`.
+fn udp_drops_in(table: &str, port: u16) -> Option<u64> {
+    let mut found = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = f
+            .get(1)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port == Some(port)
+            && let Some(d) = f.last().and_then(|d| d.parse::<u64>().ok())
+        {
+            *found.get_or_insert(0) += d;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn udp_drops_of_one_port() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 1093: 0100007F:9485 00000000:0000 07 00000000:00001E40 00:00000000 00000000     0        0 1373750 2 0000000000000000 183690
+ 1234: 0100007F:E659 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1385750 2 0000000000000000 476
+";
+        assert_eq!(super::udp_drops_in(table, 38021), Some(183_690));
+        assert_eq!(super::udp_drops_in(table, 0xE659), Some(476));
+        assert_eq!(
+            super::udp_drops_in(table, 9),
+            None,
+            "no socket on that port"
+        );
+    }
 }
 
 /// How to start the server: its binary, how many participants it must admit, the CPUs to pin it to, and the
@@ -490,6 +541,7 @@ async fn spawn_server(spec: ServerSpec<'_>) -> anyhow::Result<SpawnedServer> {
         url: format!("http://127.0.0.1:{http_port}"),
         pid,
         log,
+        media_port: udp_port,
     })
 }
 
@@ -540,6 +592,10 @@ struct Summary {
     server_cpu_pct_of_machine: Option<f64>,
     /// CPUs of the machine (online).
     cores: usize,
+    /// Datagrams the kernel dropped at the server's media socket (receive buffer full) during the joins and
+    /// settling, and during the window (a spawned giaoban only).
+    server_socket_drops_joining: Option<u64>,
+    server_socket_drops_window: Option<u64>,
     server_rss_kib_before: Option<u64>,
     server_rss_kib_after: Option<u64>,
     server_rss_kib_peak: Option<u64>,
@@ -596,6 +652,8 @@ impl Summary {
             server_cpu_pct: None,
             server_cpu_pct_of_machine: None,
             cores: machine_cores(),
+            server_socket_drops_joining: None,
+            server_socket_drops_window: None,
             server_rss_kib_before: None,
             server_rss_kib_after: None,
             server_rss_kib_peak: None,
@@ -818,6 +876,9 @@ const FANOUT_FIGURES: &[Figure] = &[
         Some(s.out_payload_bytes_per_s / 1000.0)
     }),
     ("client_cpu_pct", |s| Some(s.client_cpu_pct)),
+    ("server_socket_drops_window", |s| {
+        s.server_socket_drops_window.map(|d| d as f64)
+    }),
 ];
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -1122,7 +1183,7 @@ async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summ
                 Server::Giaoban,
                 Backend::Giaoban { url: url.clone() },
                 &url,
-                server_pid,
+                (server_pid, spawned.as_ref().map(|s| s.media_port)),
                 ticks,
             )
             .await;
@@ -1147,7 +1208,7 @@ async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summ
                 Server::Janus,
                 Backend::Janus { api: j.api },
                 &url,
-                Some(j.pid),
+                (Some(j.pid), None),
                 ticks,
             )
             .await;
@@ -1345,9 +1406,11 @@ async fn measure(
     server: Server,
     backend: Backend,
     url: &str,
-    server_pid: Option<u32>,
+    (server_pid, media_port): (Option<u32>, Option<u16>),
     ticks: f64,
 ) -> anyhow::Result<Summary> {
+    let drops = || media_port.and_then(udp_drops);
+    let drops0 = drops();
     let mut summary = Summary::new(server, url, args);
     summary.server_pid = server_pid;
     summary.server_rss_kib_before = server_pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
@@ -1441,6 +1504,7 @@ async fn measure(
         None => None,
     };
     let client_cpu0 = cpu_of(None, ticks)?;
+    let drops1 = drops();
     let t0 = Instant::now();
 
     let window = Duration::from_secs(args.duration());
@@ -1490,6 +1554,11 @@ async fn measure(
     };
     let client_cpu1 = cpu_of(None, ticks)?;
     let server_rss = server_pid.and_then(|p| rss_of(Some(p)));
+    let drops2 = drops();
+    if let (Some(a), Some(b), Some(c)) = (drops0, drops1, drops2) {
+        summary.server_socket_drops_joining = Some(b.saturating_sub(a));
+        summary.server_socket_drops_window = Some(c.saturating_sub(b));
+    }
 
     let sent_packets =
         (sent1.audio_packets + sent1.video_packets) - (sent0.audio_packets + sent0.video_packets);
@@ -1650,6 +1719,11 @@ fn print_summary(s: &Summary) {
             s.server_rss_kib_before.unwrap_or(0) as f64 / 1024.0,
             s.server_rss_kib_peak.unwrap_or(0) as f64 / 1024.0,
             opt(s.server_rss_kib_per_subscriber, "KiB")
+        );
+    }
+    if let (Some(j), Some(w)) = (s.server_socket_drops_joining, s.server_socket_drops_window) {
+        println!(
+            "  server socket drops  {j} while joining, {w} in the window (its media socket's receive buffer overflowed)"
         );
     }
     println!(

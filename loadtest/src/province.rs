@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::{
     Args, ServerSpec, check_loopback, clock_ticks, cpu_of, machine_cores, quantile_ms, report,
-    rss_of, spawn_server, write_out,
+    rss_of, spawn_server, udp_drops, write_out,
 };
 
 /// How long a floor grant is given to take effect before the holder's audio is counted.
@@ -161,6 +161,10 @@ struct ProvinceSummary {
     server_panics: usize,
     /// Participants the server removed because their media connection failed (its log; spawned server only).
     server_removed_for_lost_media: usize,
+    /// Datagrams the kernel dropped at the server's media socket (its receive buffer full: the media worker did
+    /// not read in time) during the joins and settling, and during the window (spawned server only).
+    server_socket_drops_joining: Option<u64>,
+    server_socket_drops_window: Option<u64>,
     errors: Vec<String>,
 }
 
@@ -274,7 +278,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         (args.url.clone(), args.server_pid)
     };
-    let outcome = drive(args, &url, pid, &secret).await;
+    let media_port = spawned.as_ref().map(|s| s.media_port);
+    let outcome = drive(args, &url, (pid, media_port), &secret).await;
     let log = spawned
         .as_ref()
         .and_then(|s| std::fs::read_to_string(&s.log).ok())
@@ -304,9 +309,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
 async fn drive(
     args: &Args,
     url: &str,
-    pid: Option<u32>,
+    (pid, media_port): (Option<u32>, Option<u16>),
     secret: &str,
 ) -> anyhow::Result<ProvinceSummary> {
+    let drops = || media_port.and_then(udp_drops);
+    let drops0 = drops();
     let http = check_loopback(url)?;
     let ticks = clock_ticks();
     let cores = machine_cores();
@@ -527,6 +534,7 @@ async fn drive(
     let sent0: Vec<(u64, u64, u64)> = publishers.iter().map(|p| sent(p)).collect();
     let cpu0 = pid.map(|p| cpu_of(Some(p), ticks)).transpose()?;
     let client0 = cpu_of(None, ticks)?;
+    let drops1 = drops();
     let t0 = Instant::now();
     let window = Duration::from_secs(args.duration());
     let floor_every = Duration::from_secs(args.floor_every.max(1));
@@ -598,6 +606,8 @@ async fn drive(
         lat.merge(&latency(e).since(l0));
     }
     let rss_after = pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
+    let drops2 = drops();
+    let since = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
 
     // Chair → receivers (everyone[0] is the chair).
     let chair_sent_audio = sent1[0].0 - sent0[0].0;
@@ -745,6 +755,8 @@ async fn drive(
             / (elapsed * cores as f64),
         server_panics: 0,
         server_removed_for_lost_media: 0,
+        server_socket_drops_joining: since(drops0, drops1),
+        server_socket_drops_window: since(drops1, drops2),
         errors,
     })
 }
@@ -986,6 +998,17 @@ fn rows(s: &ProvinceSummary) -> Vec<(String, String)> {
             ),
         ),
         ("panics in the server log".into(), s.server_panics.to_string()),
+        (
+            "server media socket drops".into(),
+            format!(
+                "{} while joining and settling, {} in the window (receive buffer full: the media worker did not \
+                 read in time)",
+                s.server_socket_drops_joining
+                    .map_or_else(|| "n/a".into(), |d| d.to_string()),
+                s.server_socket_drops_window
+                    .map_or_else(|| "n/a".into(), |d| d.to_string())
+            ),
+        ),
         (
             "participants removed for lost media".into(),
             format!("{} (server log: ICE/DTLS failed)", s.server_removed_for_lost_media),
