@@ -453,13 +453,16 @@ fn html(s: &ChurnSummary) -> String {
                 opt(s.rss_growth_pct, " %")
             ),
         ),
-        (
-            "descriptors / threads".into(),
+        ("descriptors / threads".into(), {
+            let n = |v: Option<usize>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
             format!(
-                "{:?} → {:?} / {:?} → {:?}",
-                s.open_fds_start, s.open_fds_end, s.threads_start, s.threads_end
-            ),
-        ),
+                "{} → {} / {} → {}",
+                n(s.open_fds_start),
+                n(s.open_fds_end),
+                n(s.threads_start),
+                n(s.threads_end)
+            )
+        }),
         ("server CPU".into(), opt(s.server_cpu_s, " s")),
         (
             "panics in the server log".into(),
