@@ -8,14 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::progress::Progress;
 use anyhow::{Context, anyhow, bail};
 use giaoban_tests::sim::{SimEndpoint, http_get};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::{
-    Args, check_loopback, clock_ticks, cpu_of, quantile_ms, receiving_media, rss_of, sim_opts,
-    spawn_server,
+    Args, ServerSpec, check_loopback, clock_ticks, cpu_of, quantile_ms, receiving_media, rss_of,
+    sim_opts, spawn_server,
 };
 
 /// One reading of the server process.
@@ -160,7 +160,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let concurrency = args.join_concurrency.max(1);
     let mut spawned = None;
     let (url, pid) = if args.spawn_server {
-        let s = spawn_server(&args.server_bin, concurrency * 2 + 16).await?;
+        let s = spawn_server(ServerSpec::of(args, concurrency * 2 + 16)).await?;
         eprintln!(
             "started {} (pid {}) at {}; log {}",
             args.server_bin.display(),
@@ -197,11 +197,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.settle_timeout.min(30));
     let vanish_every = args.vanish_every.max(1);
 
-    let bar = ProgressBar::new(args.cycles as u64);
-    bar.set_style(
-        ProgressStyle::with_template("churn     {bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = Progress::new(args.cycles as u64, "churn", "cycles");
     let started = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -348,6 +344,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("summary written to {}", path.display());
     }
+    if let Some(dir) = &args.out {
+        super::write_out(dir, &json, &html(&summary))?;
+    }
     let clean = summary.cycles_failed == 0
         && summary.drained_after_s.is_some()
         && summary.server_panics == 0
@@ -406,4 +405,105 @@ fn print_churn(s: &ChurnSummary) {
         println!("  error: {e}");
     }
     println!();
+}
+
+fn html(s: &ChurnSummary) -> String {
+    let opt = |v: Option<f64>, unit: &str| {
+        v.map(|v| format!("{v:.1}{unit}"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let rows: Vec<(String, String)> = vec![
+        (
+            "cycles".into(),
+            format!(
+                "{} ({} ok, {} failed, {} vanished without leave) in {:.0} s, {} at a time",
+                s.cycles_requested,
+                s.cycles_ok,
+                s.cycles_failed,
+                s.vanished,
+                s.duration_s,
+                s.concurrency
+            ),
+        ),
+        (
+            "join → first media".into(),
+            format!(
+                "p50 {}  p95 {}",
+                opt(s.join_to_first_media_p50_ms, " ms"),
+                opt(s.join_to_first_media_p95_ms, " ms")
+            ),
+        ),
+        (
+            "participants / media connections".into(),
+            format!(
+                "{} → {} / {} → {} (drained {} after the last leave)",
+                s.participants_base,
+                s.participants_end,
+                s.connections_base,
+                s.connections_end,
+                opt(s.drained_after_s, " s")
+            ),
+        ),
+        (
+            "server RSS".into(),
+            format!(
+                "after warm-up {} KiB → end {} KiB ({})",
+                s.rss_kib_after_warmup.unwrap_or(0),
+                s.rss_kib_end.unwrap_or(0),
+                opt(s.rss_growth_pct, " %")
+            ),
+        ),
+        ("descriptors / threads".into(), {
+            let n = |v: Option<usize>| v.map_or_else(|| "n/a".into(), |v| v.to_string());
+            format!(
+                "{} → {} / {} → {}",
+                n(s.open_fds_start),
+                n(s.open_fds_end),
+                n(s.threads_start),
+                n(s.threads_end)
+            )
+        }),
+        ("server CPU".into(), opt(s.server_cpu_s, " s")),
+        (
+            "panics in the server log".into(),
+            s.server_panics.to_string(),
+        ),
+    ];
+    let mut body = super::report::kv_table(&rows);
+    let series =
+        |name: &str, color: &'static str, f: fn(&ProcessSample) -> f64| super::report::Series {
+            name: name.into(),
+            color,
+            dashed: false,
+            points: s
+                .samples
+                .iter()
+                .map(|p| (p.after_cycles as f64, f(p)))
+                .collect(),
+        };
+    body.push_str("<figure>");
+    body.push_str(&super::report::line_chart(
+        "Server memory across the churn",
+        "cycles done",
+        "RSS, MiB",
+        &[series("RSS", "#1f6feb", |p| p.rss_kib as f64 / 1024.0)],
+        None,
+    ));
+    body.push_str("</figure><figure>");
+    body.push_str(&super::report::line_chart(
+        "Open descriptors and threads",
+        "cycles done",
+        "count",
+        &[
+            series("descriptors", "#1a7f37", |p| p.open_fds as f64),
+            series("threads", "#9a6700", |p| p.threads as f64),
+        ],
+        None,
+    ));
+    body.push_str("</figure>");
+    super::report::page(
+        "giaoban loadtest: churn",
+        "One publisher sends the whole time while subscribers join, receive, and leave (some vanish without leave).",
+        &body,
+    )
 }

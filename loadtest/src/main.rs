@@ -16,6 +16,9 @@
 
 mod churn;
 mod janus;
+mod progress;
+mod province;
+mod report;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -30,7 +33,7 @@ use giaoban_signaling::protocol::TrackKind;
 use giaoban_tests::sim::{
     Interceptors, LatencyHistogram, SimEndpoint, SimOptions, SrtpProtectionProfile,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use progress::Progress;
 use serde::Serialize;
 use serde_json::json;
 
@@ -81,9 +84,13 @@ enum Scenario {
     /// The soak: 1 publisher while `--cycles` subscribers join, receive, and leave (or vanish), `--join-concurrency`
     /// at a time; checks that everything they held is released.
     Churn,
+    /// A province-wide briefing (lecture meeting): a chair publishing simulcast video + audio to everyone,
+    /// `--endpoints` halls each publishing a low single-layer video + audio, `--observers` watchers, the floor
+    /// granted by the chair to one hall after another every `--floor-every` seconds.
+    Province,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "loadtest",
     about = "One publisher → N subscribers against a giaoban server on loopback"
@@ -104,12 +111,39 @@ struct Args {
     /// Server base URL (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Number of subscribing endpoints.
+    /// Number of subscribing endpoints; a list (`10,30,50`) sweeps: each N is run `--runs` times.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    subscribers: Vec<usize>,
+    /// Length of the measuring window, seconds (default: fanout 15, province 60).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// province: halls publishing a low video + audio (the chair receives them all).
+    #[arg(long, default_value_t = 130)]
+    endpoints: usize,
+    /// province: observers (receive only).
     #[arg(long, default_value_t = 10)]
-    subscribers: usize,
-    /// Length of the measuring window, seconds.
+    observers: usize,
+    /// province: seconds between floor moves (the chair grants the floor to the next hall).
+    #[arg(long, default_value_t = 20)]
+    floor_every: u64,
+    /// province: each hall's video bitrate, kbit/s (one layer).
+    #[arg(long, default_value_t = 100)]
+    endpoint_video_kbps: u64,
+    /// province: each hall's video frame rate.
     #[arg(long, default_value_t = 15)]
-    duration: u64,
+    endpoint_fps: u32,
+    /// province against a server not spawned here: its `auth.secret` (to sign the admin and join tokens).
+    #[arg(long)]
+    auth_secret: Option<String>,
+    /// Write `result.json` and a self-contained `report.html` (SVG charts) into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Pin the spawned server to these CPUs (`taskset -c` list, e.g. `0`).
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// Pin the load generator itself to these CPUs (e.g. `1`), so server and client do not share a core.
+    #[arg(long)]
+    client_cpus: Option<String>,
     /// PID of the server process, for its CPU time and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -172,8 +206,16 @@ impl Args {
         if !self.janus_bind_ip.is_loopback() {
             bail!("--janus-bind-ip must be a loopback address");
         }
-        if self.scenario == Scenario::Churn && self.needs_janus() {
-            bail!("--scenario churn runs against giaoban only (no --server janus / --compare)");
+        if self.scenario != Scenario::Fanout && self.needs_janus() {
+            bail!(
+                "--scenario churn and province run against giaoban only (no --server janus / --compare)"
+            );
+        }
+        if self.subscribers.is_empty() || self.subscribers.contains(&0) {
+            bail!("--subscribers takes counts of at least 1 (e.g. 50 or 10,30,50)");
+        }
+        if self.scenario != Scenario::Fanout && self.subscribers.len() > 1 {
+            bail!("a --subscribers sweep is for --scenario fanout");
         }
         Ok(())
     }
@@ -186,11 +228,27 @@ impl Args {
         self.runs.unwrap_or(if self.compare { 3 } else { 1 }).max(1)
     }
 
+    /// Subscribers of this run (the first of `--subscribers`; a sweep runs a copy per N).
+    fn n(&self) -> usize {
+        self.subscribers.first().copied().unwrap_or(10)
+    }
+
+    /// The largest N of the sweep.
+    fn max_n(&self) -> usize {
+        self.subscribers.iter().copied().max().unwrap_or(10)
+    }
+
+    /// Measuring window, seconds.
+    fn duration(&self) -> u64 {
+        self.duration.unwrap_or(match self.scenario {
+            Scenario::Province => 60,
+            _ => 15,
+        })
+    }
+
     /// Hard bound on one run: start + joins + settle + window + teardown.
     fn run_budget(&self) -> Duration {
-        Duration::from_secs(
-            self.settle_timeout + self.duration + 90 + (self.subscribers as u64 / 2),
-        )
+        Duration::from_secs(self.settle_timeout + self.duration() + 90 + (self.max_n() as u64 / 2))
     }
 }
 
@@ -198,6 +256,29 @@ impl Args {
 struct CpuSample {
     /// utime + stime, seconds.
     cpu_s: f64,
+}
+
+/// CPUs online on the machine (not this process's affinity: the CPU % of the machine divides by all of them).
+fn machine_cores() -> usize {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .map(|t| t.lines().filter(|l| l.starts_with("processor")).count())
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+}
+
+/// Pin this process (before its threads start) to `cpus` with `taskset`.
+fn pin_self(cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset (package util-linux)")?;
+    if !status.success() {
+        bail!("taskset -c {cpus} failed for the load generator ({status})");
+    }
+    Ok(())
 }
 
 fn clock_ticks() -> f64 {
@@ -288,14 +369,98 @@ struct SpawnedServer {
     url: String,
     pid: u32,
     log: PathBuf,
+    /// The media UDP port (for its socket's receive drops).
+    media_port: u16,
 }
 
-async fn spawn_server(bin: &PathBuf, subscribers: usize) -> anyhow::Result<SpawnedServer> {
+/// Datagrams the kernel dropped on arrival at the UDP socket bound to `port` (its receive buffer was full: the
+/// reader did not keep up), from `/proc/net/udp` and `udp6` of this network namespace; `None` if no such socket.
+fn udp_drops(port: u16) -> Option<u64> {
+    let tables: Vec<String> = ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .collect();
+    tables
+        .iter()
+        .filter_map(|t| udp_drops_in(t, port))
+        .reduce(|a, b| a + b)
+}
+
+/// The `drops` column summed over the sockets of a `/proc/net/udp` table bound to local `port`.
+fn udp_drops_in(table: &str, port: u16) -> Option<u64> {
+    let mut found = None;
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = f
+            .get(1)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port == Some(port)
+            && let Some(d) = f.last().and_then(|d| d.parse::<u64>().ok())
+        {
+            *found.get_or_insert(0) += d;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn udp_drops_of_one_port() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+ 1093: 0100007F:9485 00000000:0000 07 00000000:00001E40 00:00000000 00000000     0        0 1373750 2 0000000000000000 183690
+ 1234: 0100007F:E659 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1385750 2 0000000000000000 476
+";
+        assert_eq!(super::udp_drops_in(table, 38021), Some(183_690));
+        assert_eq!(super::udp_drops_in(table, 0xE659), Some(476));
+        assert_eq!(
+            super::udp_drops_in(table, 9),
+            None,
+            "no socket on that port"
+        );
+    }
+}
+
+/// How to start the server: its binary, how many participants it must admit, the CPUs to pin it to, and the
+/// join-link secret (province signs its tokens with it).
+struct ServerSpec<'a> {
+    bin: &'a PathBuf,
+    participants: usize,
+    cpus: Option<&'a str>,
+    auth_secret: Option<&'a str>,
+}
+
+impl<'a> ServerSpec<'a> {
+    fn of(args: &'a Args, participants: usize) -> Self {
+        ServerSpec {
+            bin: &args.server_bin,
+            participants,
+            cpus: args.server_cpus.as_deref(),
+            auth_secret: None,
+        }
+    }
+}
+
+async fn spawn_server(spec: ServerSpec<'_>) -> anyhow::Result<SpawnedServer> {
     use tokio::io::{AsyncBufReadExt, BufReader};
+    let (bin, subscribers) = (spec.bin, spec.participants);
     let http_port = free_tcp_port()?;
     let udp_port = free_udp_port()?;
     let log = std::env::temp_dir().join(format!("giaoban-loadtest-server-{http_port}.log"));
-    let mut child = tokio::process::Command::new(bin)
+    // `taskset -c LIST bin` execs the binary: the child's PID is the server's.
+    let mut command = match spec.cpus {
+        Some(cpus) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(bin);
+            c
+        }
+        None => tokio::process::Command::new(bin),
+    };
+    if let Some(secret) = spec.auth_secret {
+        command.env("GIAOBAN_AUTH_SECRET", secret);
+    }
+    let mut child = command
         .env_remove(janus::NETNS_ENV)
         .env("GIAOBAN_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("GIAOBAN_MEDIA_UDP_PORT", udp_port.to_string())
@@ -376,6 +541,7 @@ async fn spawn_server(bin: &PathBuf, subscribers: usize) -> anyhow::Result<Spawn
         url: format!("http://127.0.0.1:{http_port}"),
         pid,
         log,
+        media_port: udp_port,
     })
 }
 
@@ -420,7 +586,16 @@ struct Summary {
     out_payload_bytes_per_s: f64,
     server_pid: Option<u32>,
     server_cpu_s: Option<f64>,
+    /// Server CPU as % of one core.
     server_cpu_pct: Option<f64>,
+    /// Server CPU as % of the whole machine (utime + stime ÷ (wall time × cores)).
+    server_cpu_pct_of_machine: Option<f64>,
+    /// CPUs of the machine (online).
+    cores: usize,
+    /// Datagrams the kernel dropped at the server's media socket (receive buffer full) during the joins and
+    /// settling, and during the window (a spawned giaoban only).
+    server_socket_drops_joining: Option<u64>,
+    server_socket_drops_window: Option<u64>,
     server_rss_kib_before: Option<u64>,
     server_rss_kib_after: Option<u64>,
     server_rss_kib_peak: Option<u64>,
@@ -445,7 +620,7 @@ impl Summary {
             srtp_offered: format!("{:?}", args.srtp.profiles()),
             srtp_publish: None,
             srtp_subscribe: BTreeMap::new(),
-            subscribers_requested: args.subscribers,
+            subscribers_requested: args.n(),
             subscribers_joined: 0,
             subscribers_receiving: 0,
             window_s: 0.0,
@@ -475,6 +650,10 @@ impl Summary {
             server_pid: None,
             server_cpu_s: None,
             server_cpu_pct: None,
+            server_cpu_pct_of_machine: None,
+            cores: machine_cores(),
+            server_socket_drops_joining: None,
+            server_socket_drops_window: None,
             server_rss_kib_before: None,
             server_rss_kib_after: None,
             server_rss_kib_peak: None,
@@ -541,11 +720,22 @@ fn main() -> anyhow::Result<()> {
         let code = run_in_netns(&args)?;
         std::process::exit(code);
     }
+    if let Some(cpus) = &args.client_cpus {
+        pin_self(cpus)?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let result = match args.scenario {
         Scenario::Fanout => rt.block_on(run(args)),
+        Scenario::Province => {
+            let bound = province::bound(&args);
+            rt.block_on(async {
+                tokio::time::timeout(bound, province::run(&args))
+                    .await
+                    .map_err(|_| anyhow!("province exceeded its bound of {bound:?}"))?
+            })
+        }
         Scenario::Churn => {
             // Bounded: a generous 3 s per cycle per slot, plus start and drain.
             let bound = Duration::from_secs(
@@ -578,7 +768,10 @@ fn run_in_netns(args: &Args) -> anyhow::Result<i32> {
         true
     };
     let exe = std::env::current_exe().context("current_exe")?;
-    let bound = args.run_budget() * (args.run_count() as u32 * if args.compare { 2 } else { 1 })
+    let bound = args.run_budget()
+        * (args.run_count() as u32
+            * args.subscribers.len().max(1) as u32
+            * if args.compare { 2 } else { 1 })
         + Duration::from_secs(60);
     eprintln!(
         "running inside network namespace `{}` (created: {created}); bound {bound:?}",
@@ -614,6 +807,7 @@ fn run_in_netns(args: &Args) -> anyhow::Result<i32> {
 
 #[derive(Serialize)]
 struct Pair {
+    subscribers: usize,
     pair: usize,
     giaoban_us_per_packet: Option<f64>,
     janus_us_per_packet: Option<f64>,
@@ -625,54 +819,132 @@ struct Pair {
 
 #[derive(Serialize)]
 struct Report {
-    subscribers: usize,
+    scenario: &'static str,
+    /// The N of each sweep step.
+    subscribers: Vec<usize>,
     duration_s: u64,
+    runs_per_step: usize,
     runs: Vec<Summary>,
     /// Runs that failed outright (server did not start, nobody joined, time bound).
     failed_runs: Vec<String>,
     pairs: Vec<Pair>,
-    median_ratio_janus_over_giaoban: Option<f64>,
+    /// Median of the pairs' ratios, per N.
+    median_ratio_janus_over_giaoban: BTreeMap<usize, f64>,
+    /// Per server and N: the median of each figure over its runs.
+    medians: Vec<report::Group>,
 }
 
+/// The figures of a fanout run that get medians and charts: (name in the JSON, how to read it from a run).
+type Figure = (&'static str, fn(&Summary) -> Option<f64>);
+
+const FANOUT_FIGURES: &[Figure] = &[
+    ("us_per_forwarded_packet", |s| {
+        s.server_us_per_forwarded_packet
+    }),
+    ("forwarded_packets_per_cpu_s", |s| {
+        s.forwarded_packets_per_cpu_s
+    }),
+    ("delivered_pct", |s| Some(s.delivered_pct)),
+    ("latency_p50_ms", |s| Some(s.latency_p50_ms)),
+    ("latency_p99_ms", |s| Some(s.latency_p99_ms)),
+    ("join_to_first_packet_p50_ms", |s| {
+        s.join_to_first_packet_p50_ms
+    }),
+    ("join_to_first_packet_p95_ms", |s| {
+        s.join_to_first_packet_p95_ms
+    }),
+    ("join_to_first_keyframe_p50_ms", |s| {
+        s.join_to_first_keyframe_p50_ms
+    }),
+    ("join_to_first_keyframe_p95_ms", |s| {
+        s.join_to_first_keyframe_p95_ms
+    }),
+    ("server_cpu_s", |s| s.server_cpu_s),
+    ("server_cpu_pct_of_machine", |s| s.server_cpu_pct_of_machine),
+    ("server_rss_mib", |s| {
+        s.server_rss_kib_after.map(|k| k as f64 / 1024.0)
+    }),
+    ("server_rss_kib_per_subscriber", |s| {
+        s.server_rss_kib_per_subscriber
+    }),
+    ("in_pps", |s| Some(s.in_pps)),
+    ("in_payload_kbytes_per_s", |s| {
+        Some(s.in_payload_bytes_per_s / 1000.0)
+    }),
+    ("out_pps", |s| Some(s.out_pps)),
+    ("out_payload_kbytes_per_s", |s| {
+        Some(s.out_payload_bytes_per_s / 1000.0)
+    }),
+    ("client_cpu_pct", |s| Some(s.client_cpu_pct)),
+    ("server_socket_drops_window", |s| {
+        s.server_socket_drops_window.map(|d| d as f64)
+    }),
+];
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.subscribers == 0 {
-        bail!("--subscribers must be at least 1");
-    }
     let ticks = clock_ticks();
     let servers: Vec<Server> = if args.compare {
         vec![Server::Giaoban, Server::Janus]
     } else {
         vec![args.server]
     };
-    let mut runs: Vec<(usize, Summary)> = Vec::new();
+    let total = args.subscribers.len() * args.run_count() * servers.len();
+    eprintln!(
+        "fanout: 1 publisher (VP8 ~{} kbit/s at {} fps + Opus 50 pps) → N = {:?} subscribers; window {} s; {} run(s) \
+         per N of {}; SRTP offered {:?}; server CPUs {}, client CPUs {}",
+        args.video_bitrate / 1000,
+        args.fps,
+        args.subscribers,
+        args.duration(),
+        args.run_count(),
+        servers
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+        args.srtp,
+        args.server_cpus.as_deref().unwrap_or("any"),
+        args.client_cpus.as_deref().unwrap_or("any"),
+    );
+    let mut runs: Vec<(usize, usize, Summary)> = Vec::new();
     let mut failed = Vec::new();
-    for i in 0..args.run_count() {
-        for &server in &servers {
-            eprintln!("=== run {} of {}: {server} ===", i + 1, args.run_count());
-            let budget = args.run_budget();
-            match tokio::time::timeout(budget, run_one(&args, server, ticks)).await {
-                Ok(Ok(summary)) => {
-                    print_summary(&summary);
-                    runs.push((i, summary));
+    let mut k = 0;
+    for &n in &args.subscribers {
+        let mut step = args.clone();
+        step.subscribers = vec![n];
+        for i in 0..args.run_count() {
+            for &server in &servers {
+                k += 1;
+                eprintln!(
+                    "=== run {k} of {total}: {server}, N = {n} (repeat {} of {}) ===",
+                    i + 1,
+                    args.run_count()
+                );
+                let budget = step.run_budget();
+                match tokio::time::timeout(budget, run_one(&step, server, ticks)).await {
+                    Ok(Ok(summary)) => {
+                        print_summary(&summary);
+                        runs.push((n, i, summary));
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("run {k} ({server}, N = {n}) failed: {e:#}");
+                        failed.push(format!("run {k} ({server}, N = {n}): {e:#}"));
+                    }
+                    Err(_) => {
+                        eprintln!("run {k} ({server}, N = {n}) exceeded its bound of {budget:?}");
+                        failed.push(format!(
+                            "run {k} ({server}, N = {n}): exceeded its bound of {budget:?}"
+                        ));
+                    }
                 }
-                Ok(Err(e)) => {
-                    eprintln!("run {} ({server}) failed: {e:#}", i + 1);
-                    failed.push(format!("run {} ({server}): {e:#}", i + 1));
-                }
-                Err(_) => {
-                    eprintln!("run {} ({server}) exceeded its bound of {budget:?}", i + 1);
-                    failed.push(format!(
-                        "run {} ({server}): exceeded its bound of {budget:?}",
-                        i + 1
-                    ));
-                }
+                // Let the previous server's sockets and processes go before the next one starts.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            // Let the previous server's sockets and processes go before the next one starts.
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    if !args.compare && runs.len() == 1 && failed.is_empty() {
-        let summary = &runs[0].1;
+    let single = !args.compare && total == 1 && args.out.is_none();
+    if single && runs.len() == 1 && failed.is_empty() {
+        let summary = &runs[0].2;
         let json = serde_json::to_string_pretty(summary)?;
         println!("{json}");
         if let Some(path) = &args.json {
@@ -683,44 +955,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut pairs = Vec::new();
     if args.compare {
-        for i in 0..args.run_count() {
-            let find = |srv: Server| runs.iter().find(|(r, s)| *r == i && s.server == srv);
-            let (g, j) = (find(Server::Giaoban), find(Server::Janus));
-            let gu = g.and_then(|(_, s)| s.server_us_per_forwarded_packet);
-            let ju = j.and_then(|(_, s)| s.server_us_per_forwarded_packet);
-            pairs.push(Pair {
-                pair: i + 1,
-                giaoban_us_per_packet: gu,
-                janus_us_per_packet: ju,
-                ratio_janus_over_giaoban: match (gu, ju) {
-                    (Some(g), Some(j)) if g > 0.0 => Some(j / g),
-                    _ => None,
-                },
-                giaoban_delivered_pct: g.map(|(_, s)| s.delivered_pct).unwrap_or(0.0),
-                janus_delivered_pct: j.map(|(_, s)| s.delivered_pct).unwrap_or(0.0),
-            });
+        for &n in &args.subscribers {
+            for i in 0..args.run_count() {
+                let find = |srv: Server| {
+                    runs.iter()
+                        .find(|(rn, r, s)| *rn == n && *r == i && s.server == srv)
+                };
+                let (g, j) = (find(Server::Giaoban), find(Server::Janus));
+                let gu = g.and_then(|(_, _, s)| s.server_us_per_forwarded_packet);
+                let ju = j.and_then(|(_, _, s)| s.server_us_per_forwarded_packet);
+                pairs.push(Pair {
+                    subscribers: n,
+                    pair: i + 1,
+                    giaoban_us_per_packet: gu,
+                    janus_us_per_packet: ju,
+                    ratio_janus_over_giaoban: match (gu, ju) {
+                        (Some(g), Some(j)) if g > 0.0 => Some(j / g),
+                        _ => None,
+                    },
+                    giaoban_delivered_pct: g.map(|(_, _, s)| s.delivered_pct).unwrap_or(0.0),
+                    janus_delivered_pct: j.map(|(_, _, s)| s.delivered_pct).unwrap_or(0.0),
+                });
+            }
         }
     }
-    let mut ratios: Vec<f64> = pairs
-        .iter()
-        .filter_map(|p| p.ratio_janus_over_giaoban)
-        .collect();
-    ratios.sort_by(|a, b| a.total_cmp(b));
-    let median = if ratios.is_empty() {
-        None
-    } else if ratios.len() % 2 == 1 {
-        Some(ratios[ratios.len() / 2])
-    } else {
-        Some((ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0)
-    };
+    let mut median_ratio = BTreeMap::new();
+    for &n in &args.subscribers {
+        let ratios: Vec<f64> = pairs
+            .iter()
+            .filter(|p| p.subscribers == n)
+            .filter_map(|p| p.ratio_janus_over_giaoban)
+            .collect();
+        if let Some(m) = report::median(&ratios) {
+            median_ratio.insert(n, m);
+        }
+    }
+    let medians = report::group_medians(
+        &runs,
+        |(n, _, s)| (s.server.to_string(), *n),
+        &FANOUT_FIGURES
+            .iter()
+            .map(|(name, f)| (*name, move |r: &(usize, usize, Summary)| f(&r.2)))
+            .collect::<Vec<_>>(),
+    );
     let report = Report {
-        subscribers: args.subscribers,
-        duration_s: args.duration,
-        runs: runs.into_iter().map(|(_, s)| s).collect(),
+        scenario: "fanout",
+        subscribers: args.subscribers.clone(),
+        duration_s: args.duration(),
+        runs_per_step: args.run_count(),
+        runs: runs.into_iter().map(|(_, _, s)| s).collect(),
         failed_runs: failed,
         pairs,
-        median_ratio_janus_over_giaoban: median,
+        median_ratio_janus_over_giaoban: median_ratio,
+        medians,
     };
+    print_medians(&report);
     if args.compare {
         print_pairs(&report);
     }
@@ -730,10 +1019,102 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
+    if let Some(dir) = &args.out {
+        let html = report::fanout_html(
+            &report.medians,
+            &report.runs.iter().map(run_row).collect::<Vec<_>>(),
+            &report.failed_runs,
+            &format!(
+                "1 publisher (VP8 ~{} kbit/s at {} fps + Opus 50 pps) → N subscribers; {} s windows; {} run(s) per \
+                 server and N (medians shown); SRTP offered {:?}",
+                args.video_bitrate / 1000,
+                args.fps,
+                args.duration(),
+                args.run_count(),
+                args.srtp
+            ),
+        );
+        write_out(dir, &json, &html)?;
+    }
     if !report.failed_runs.is_empty() && report.runs.is_empty() {
         bail!("every run failed: {:?}", report.failed_runs);
     }
     Ok(())
+}
+
+/// One run's row in the HTML report's table.
+fn run_row(s: &Summary) -> report::RunRow {
+    report::RunRow {
+        server: s.server.to_string(),
+        n: s.subscribers_requested,
+        us_per_packet: s.server_us_per_forwarded_packet,
+        delivered_pct: s.delivered_pct,
+        latency_p50_ms: s.latency_p50_ms,
+        latency_p99_ms: s.latency_p99_ms,
+        srtp: format!(
+            "{} / {}",
+            s.srtp_publish.as_deref().unwrap_or("?"),
+            s.srtp_subscribe
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("+")
+        ),
+    }
+}
+
+/// `result.json` and `report.html` into `dir` (created if missing).
+fn write_out(dir: &std::path::Path, json: &str, html: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (j, h) = (dir.join("result.json"), dir.join("report.html"));
+    std::fs::write(&j, json).with_context(|| format!("writing {}", j.display()))?;
+    std::fs::write(&h, html).with_context(|| format!("writing {}", h.display()))?;
+    eprintln!("wrote {} and {}", j.display(), h.display());
+    Ok(())
+}
+
+fn print_medians(r: &Report) {
+    let get = |g: &report::Group, k: &str| {
+        g.values
+            .get(k)
+            .copied()
+            .flatten()
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    println!(
+        "medians over {} run(s) per server and N ({} s windows):",
+        r.runs_per_step, r.duration_s
+    );
+    println!(
+        "  {:>8} {:>5} {:>4}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
+        "server",
+        "N",
+        "runs",
+        "µs/pkt",
+        "pkt/CPU-s",
+        "deliv %",
+        "p50 ms",
+        "p99 ms",
+        "join p95",
+        "CPU % mach"
+    );
+    for g in &r.medians {
+        println!(
+            "  {:>8} {:>5} {:>4}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}",
+            g.server,
+            g.n,
+            g.runs,
+            get(g, "us_per_forwarded_packet"),
+            get(g, "forwarded_packets_per_cpu_s"),
+            get(g, "delivered_pct"),
+            get(g, "latency_p50_ms"),
+            get(g, "latency_p99_ms"),
+            get(g, "join_to_first_keyframe_p95_ms"),
+            get(g, "server_cpu_pct_of_machine"),
+        );
+    }
+    println!();
 }
 
 fn print_pairs(r: &Report) {
@@ -742,16 +1123,17 @@ fn print_pairs(r: &Report) {
             .unwrap_or_else(|| "n/a".into())
     };
     println!(
-        "compare: 1 publisher → {} subscribers, {} s windows; µs of server CPU per forwarded packet",
-        r.subscribers, r.duration_s
+        "compare: 1 publisher → N subscribers, {} s windows; µs of server CPU per forwarded packet",
+        r.duration_s
     );
     println!(
-        "  {:>4}  {:>12}  {:>10}  {:>12}  {:>10}  {:>13}",
-        "pair", "giaoban µs", "delivered", "janus µs", "delivered", "janus/giaoban"
+        "  {:>5}  {:>4}  {:>12}  {:>10}  {:>12}  {:>10}  {:>13}",
+        "N", "pair", "giaoban µs", "delivered", "janus µs", "delivered", "janus/giaoban"
     );
     for p in &r.pairs {
         println!(
-            "  {:>4}  {:>12}  {:>9.2}%  {:>12}  {:>9.2}%  {:>13}",
+            "  {:>5}  {:>4}  {:>12}  {:>9.2}%  {:>12}  {:>9.2}%  {:>13}",
+            p.subscribers,
             p.pair,
             f(p.giaoban_us_per_packet, 2),
             p.giaoban_delivered_pct,
@@ -760,10 +1142,9 @@ fn print_pairs(r: &Report) {
             f(p.ratio_janus_over_giaoban, 2)
         );
     }
-    println!(
-        "  median ratio janus/giaoban: {}",
-        f(r.median_ratio_janus_over_giaoban, 2)
-    );
+    for (n, m) in &r.median_ratio_janus_over_giaoban {
+        println!("  N = {n}: median ratio janus/giaoban {m:.2}");
+    }
     for e in &r.failed_runs {
         println!("  failed: {e}");
     }
@@ -782,7 +1163,7 @@ async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summ
         Server::Giaoban => {
             let mut spawned = None;
             let (url, server_pid) = if args.spawn_server || args.compare {
-                let s = spawn_server(&args.server_bin, args.subscribers).await?;
+                let s = spawn_server(ServerSpec::of(args, args.n())).await?;
                 eprintln!(
                     "started {} (pid {}) at {}; log {}",
                     args.server_bin.display(),
@@ -802,7 +1183,7 @@ async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summ
                 Server::Giaoban,
                 Backend::Giaoban { url: url.clone() },
                 &url,
-                server_pid,
+                (server_pid, spawned.as_ref().map(|s| s.media_port)),
                 ticks,
             )
             .await;
@@ -827,7 +1208,7 @@ async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summ
                 Server::Janus,
                 Backend::Janus { api: j.api },
                 &url,
-                Some(j.pid),
+                (Some(j.pid), None),
                 ticks,
             )
             .await;
@@ -868,13 +1249,8 @@ struct Joined {
     errors: Vec<String>,
 }
 
-fn join_bar(n: usize) -> ProgressBar {
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template("joining   {bar:40} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
+fn join_bar(n: usize) -> Progress {
+    Progress::new(n as u64, "joining", "subscribers")
 }
 
 async fn join_giaoban(args: &Args, url: &str) -> anyhow::Result<Joined> {
@@ -888,10 +1264,10 @@ async fn join_giaoban(args: &Args, url: &str) -> anyhow::Result<Joined> {
         args.video_bitrate / 1000,
         args.fps
     );
-    let bar = join_bar(args.subscribers);
+    let bar = join_bar(args.n());
     let sem = Arc::new(tokio::sync::Semaphore::new(args.join_concurrency.max(1)));
     let mut joins = tokio::task::JoinSet::new();
-    for i in 0..args.subscribers {
+    for i in 0..args.n() {
         let opts = sim_opts(args, url, format!("sub-{i:03}"), false);
         let sem = Arc::clone(&sem);
         joins.spawn(async move {
@@ -955,10 +1331,10 @@ async fn join_janus(args: &Args, api: SocketAddr) -> anyhow::Result<Joined> {
         args.video_bitrate / 1000,
         args.fps
     );
-    let bar = join_bar(args.subscribers);
+    let bar = join_bar(args.n());
     let sem = Arc::new(tokio::sync::Semaphore::new(args.join_concurrency.max(1)));
     let mut joins = tokio::task::JoinSet::new();
-    for i in 0..args.subscribers {
+    for i in 0..args.n() {
         let mut opts = sim_opts(args, &url, format!("sub-{i:03}"), false);
         opts.bind_ip = args.janus_bind_ip;
         let sem = Arc::clone(&sem);
@@ -1030,9 +1406,11 @@ async fn measure(
     server: Server,
     backend: Backend,
     url: &str,
-    server_pid: Option<u32>,
+    (server_pid, media_port): (Option<u32>, Option<u16>),
     ticks: f64,
 ) -> anyhow::Result<Summary> {
+    let drops = || media_port.and_then(udp_drops);
+    let drops0 = drops();
     let mut summary = Summary::new(server, url, args);
     summary.server_pid = server_pid;
     summary.server_rss_kib_before = server_pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
@@ -1051,18 +1429,14 @@ async fn measure(
     summary.errors.extend(errors);
     let pub_f = pub_filter.as_deref();
     summary.subscribers_joined = subs.len();
-    eprintln!("{} of {} subscribers joined", subs.len(), args.subscribers);
+    eprintln!("{} of {} subscribers joined", subs.len(), args.n());
     if subs.is_empty() {
         bail!("no subscriber could join: {:?}", summary.errors);
     }
 
     // Settle: every subscriber receives audio and video.
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
-    let bar = ProgressBar::new(subs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("settling  {bar:40} {pos}/{len} receiving media")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = Progress::new(subs.len() as u64, "settling", "receiving media");
     loop {
         let receiving = subs.iter().filter(|s| receiving_media(s, pub_f)).count();
         bar.set_position(receiving as u64);
@@ -1130,14 +1504,11 @@ async fn measure(
         None => None,
     };
     let client_cpu0 = cpu_of(None, ticks)?;
+    let drops1 = drops();
     let t0 = Instant::now();
 
-    let window = Duration::from_secs(args.duration);
-    let bar = ProgressBar::new(window.as_millis() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("measuring {bar:40} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let window = Duration::from_secs(args.duration());
+    let bar = Progress::new(window.as_secs(), "measuring", "s");
     let mut last_rx = recv0.iter().map(|c| c.packets).sum::<u64>();
     let mut last_at = t0;
     while t0.elapsed() < window {
@@ -1167,7 +1538,7 @@ async fn measure(
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        bar.set_position(t0.elapsed().as_millis() as u64);
+        bar.set_position(t0.elapsed().as_secs());
         bar.set_message(format!(
             "delivered {delivered:.2} %  out {rate:.0} pkt/s{server_cpu}"
         ));
@@ -1183,6 +1554,11 @@ async fn measure(
     };
     let client_cpu1 = cpu_of(None, ticks)?;
     let server_rss = server_pid.and_then(|p| rss_of(Some(p)));
+    let drops2 = drops();
+    if let (Some(a), Some(b), Some(c)) = (drops0, drops1, drops2) {
+        summary.server_socket_drops_joining = Some(b.saturating_sub(a));
+        summary.server_socket_drops_window = Some(c.saturating_sub(b));
+    }
 
     let sent_packets =
         (sent1.audio_packets + sent1.video_packets) - (sent0.audio_packets + sent0.video_packets);
@@ -1218,6 +1594,8 @@ async fn measure(
         let cpu = c1.cpu_s - c0.cpu_s;
         summary.server_cpu_s = Some(cpu);
         summary.server_cpu_pct = Some(cpu * 100.0 / elapsed);
+        summary.server_cpu_pct_of_machine =
+            Some(cpu * 100.0 / (elapsed * summary.cores.max(1) as f64));
         if cpu > 0.0 {
             summary.forwarded_packets_per_cpu_s = Some(summary.received_packets as f64 / cpu);
         }
@@ -1319,7 +1697,11 @@ fn print_summary(s: &Summary) {
     );
     match (s.server_cpu_s, s.server_cpu_pct) {
         (Some(cpu), Some(pct)) => {
-            println!("  server CPU           {cpu:.2} s ({pct:.1} % of one core)");
+            println!(
+                "  server CPU           {cpu:.2} s ({pct:.1} % of one core, {} of the {}-core machine)",
+                opt(s.server_cpu_pct_of_machine, "%"),
+                s.cores
+            );
             println!(
                 "  per forwarded packet {}  ({} pkt per CPU-second)",
                 opt(s.server_us_per_forwarded_packet, "µs"),
@@ -1337,6 +1719,11 @@ fn print_summary(s: &Summary) {
             s.server_rss_kib_before.unwrap_or(0) as f64 / 1024.0,
             s.server_rss_kib_peak.unwrap_or(0) as f64 / 1024.0,
             opt(s.server_rss_kib_per_subscriber, "KiB")
+        );
+    }
+    if let (Some(j), Some(w)) = (s.server_socket_drops_joining, s.server_socket_drops_window) {
+        println!(
+            "  server socket drops  {j} while joining, {w} in the window (its media socket's receive buffer overflowed)"
         );
     }
     println!(

@@ -1171,6 +1171,18 @@ impl EndpointStats {
     }
 }
 
+/// Counts of what one endpoint received from one publisher and kind, summed over its tracks
+/// ([`SimEndpoint::received_by_publisher`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackCounts {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Different counters received (see [`TrackStats::distinct`]).
+    pub distinct: u64,
+    /// Counters from the first to the highest received (see [`TrackStats::expected`]).
+    pub expected: u64,
+}
+
 /// A simulated participant. Cheap to clone (a handle).
 #[derive(Clone)]
 pub struct SimEndpoint {
@@ -1717,6 +1729,32 @@ impl SimEndpoint {
             let (rp, rb) = r.counts();
             (p + rp, b + rb)
         })
+    }
+
+    /// Per publishing participant and kind: what was received so far (no histogram copies; for `loadtest`, which
+    /// reads it for every endpoint of a large room).
+    pub fn received_by_publisher(&self) -> HashMap<(String, TrackKind), TrackCounts> {
+        let recorders: Vec<Arc<TrackRecorder>> = self
+            .inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: HashMap<(String, TrackKind), TrackCounts> = HashMap::new();
+        for r in recorders {
+            let s = r.lock();
+            let c = out.entry((r.participant_id.clone(), s.kind)).or_default();
+            c.packets += s.packets;
+            c.bytes += s.bytes;
+            c.distinct += s.distinct;
+            c.expected += match s.first_counter {
+                Some(first) => s.max_counter.saturating_sub(first) + 1,
+                None => 0,
+            };
+        }
+        out
     }
 
     /// Send an RTCP PLI for a received track on the subscribe connection. Fails if the track was not received.
