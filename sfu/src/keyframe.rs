@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+/// A quarter of a second: a join wave (many subscribers connecting at once) gets its first picture within about
+/// that of connecting, while a publisher still gets at most four requests a second per layer.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct KeyframeThrottle {
@@ -64,10 +66,10 @@ mod tests {
         let mut k = KeyframeThrottle::default();
         assert!(k.request(t0));
         assert!(!k.request(t0 + Duration::from_millis(100)));
-        assert!(!k.request(t0 + Duration::from_millis(400)));
-        assert!(!k.poll(t0 + Duration::from_millis(499)));
+        assert!(!k.request(t0 + Duration::from_millis(200)));
+        assert!(!k.poll(t0 + Duration::from_millis(249)));
         assert_eq!(k.next_due(), Some(t0 + DEFAULT_INTERVAL));
-        assert!(k.poll(t0 + Duration::from_millis(500)));
+        assert!(k.poll(t0 + Duration::from_millis(250)));
         // Nothing pending any more.
         assert!(!k.poll(t0 + Duration::from_millis(2000)));
         assert_eq!(k.next_due(), None);
