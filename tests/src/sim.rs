@@ -156,6 +156,10 @@ pub struct SimOptions {
     /// Reach the server over ICE-TCP only (an active TCP candidate, no UDP socket at all), as a hall whose
     /// firewall blocks UDP: the server's passive TCP candidates are dialled.
     pub ice_tcp: bool,
+    /// Dial this address instead of the server's UDP candidates (each is rewritten in the server's SDP): a relay
+    /// standing for the hall's weak link (`impair::ImpairedLink`), which the server sees as the hall's address,
+    /// as with TURN.
+    pub media_via: Option<SocketAddr>,
 }
 
 impl SimOptions {
@@ -173,6 +177,7 @@ impl SimOptions {
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             srtp_profiles: Vec::new(),
             ice_tcp: false,
+            media_via: None,
         }
     }
 
@@ -352,6 +357,12 @@ pub struct TrackStats {
     pub seq_jumps: u64,
     /// Video: times a frame's VP8 PictureID was not the previous frame's + 1.
     pub picture_id_jumps: u64,
+    /// Times a packet ahead of every one before it (by sequence number) carried an RTP timestamp behind the
+    /// previous such packet's, or more than 3 s of clock ahead of it: a broken timeline (the picture would freeze
+    /// or jump). Retransmissions of older packets are not judged.
+    pub ts_jumps: u64,
+    /// Pauses of at least [`GAP_REPORTED`] between two packets: (when the packet ending it arrived, how long).
+    pub gaps: Vec<(Instant, Duration)>,
     /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows).
     pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
@@ -394,6 +405,9 @@ impl TrackStats {
     }
 }
 
+/// Pauses between packets at least this long are kept in [`TrackStats::gaps`].
+pub const GAP_REPORTED: Duration = Duration::from_millis(250);
+
 struct TrackState {
     kind: TrackKind,
     ssrc: Option<u32>,
@@ -409,6 +423,10 @@ struct TrackState {
     seq_jumps: u64,
     last_picture_id: Option<u16>,
     picture_id_jumps: u64,
+    /// Sequence number and timestamp of the packet furthest ahead so far.
+    head: Option<(u16, u32)>,
+    ts_jumps: u64,
+    gaps: Vec<(Instant, Duration)>,
     keyframe_widths: Vec<u16>,
     payload_errors: u64,
     keyframes: u64,
@@ -457,6 +475,9 @@ impl TrackRecorder {
                 seq_jumps: 0,
                 last_picture_id: None,
                 picture_id_jumps: 0,
+                head: None,
+                ts_jumps: 0,
+                gaps: Vec::new(),
                 keyframe_widths: Vec::new(),
                 payload_errors: 0,
                 keyframes: 0,
@@ -492,7 +513,29 @@ impl TrackRecorder {
         if s.first_packet_at.is_none() {
             s.first_packet_at = Some(now);
         }
+        if let Some(last) = s.last_packet_at
+            && now.duration_since(last) >= GAP_REPORTED
+        {
+            s.gaps.push((now, now.duration_since(last)));
+        }
         s.last_packet_at = Some(now);
+        let (seq, ts) = (pkt.header.sequence_number, pkt.header.timestamp);
+        match s.head {
+            Some((hs, hts)) if (seq.wrapping_sub(hs) as i16) > 0 => {
+                let clock: i64 = if s.kind == TrackKind::Video {
+                    90_000
+                } else {
+                    48_000
+                };
+                let advance = i64::from(ts.wrapping_sub(hts) as i32);
+                if !(0..=3 * clock).contains(&advance) {
+                    s.ts_jumps += 1;
+                }
+                s.head = Some((seq, ts));
+            }
+            Some(_) => {}
+            None => s.head = Some((seq, ts)),
+        }
         match s.ssrc {
             None => s.ssrc = Some(pkt.header.ssrc),
             Some(first) if first != pkt.header.ssrc => s.ssrc_changes += 1,
@@ -592,6 +635,8 @@ impl TrackRecorder {
             out_of_order: s.out_of_order,
             seq_jumps: s.seq_jumps,
             picture_id_jumps: s.picture_id_jumps,
+            ts_jumps: s.ts_jumps,
+            gaps: s.gaps.clone(),
             keyframe_widths: s.keyframe_widths.clone(),
             payload_errors: s.payload_errors,
             keyframes: s.keyframes,
@@ -602,6 +647,26 @@ impl TrackRecorder {
             ended: s.ended,
             latency: s.latency.clone(),
         }
+    }
+
+    /// Counters in `from..to` (the publisher's per-track packet counters) never received: what stayed lost after
+    /// any repair. `None` when nothing from that range on was recorded (the bitmap starts at the first counter).
+    pub fn missing_in(&self, from: u64, to: u64) -> Option<u64> {
+        let s = self.lock();
+        let first = s.first_counter?;
+        if from < first {
+            return None;
+        }
+        Some(
+            (from..to)
+                .filter(|c| {
+                    let off = (c - first) as usize;
+                    s.seen
+                        .get(off / 64)
+                        .is_none_or(|w| w & (1u64 << (off % 64)) == 0)
+                })
+                .count() as u64,
+        )
     }
 
     /// Packets and bytes received so far (no histogram copy).
@@ -705,6 +770,31 @@ fn put_stamp_and_padding(buf: &mut BytesMut, counter: u64, sent_us: u64, total_l
         buf.put_u8(c ^ (i as u8));
         i += 1;
     }
+}
+
+/// `sdp` with every UDP candidate's address replaced by `relay` (unchanged without one).
+fn via(sdp: &str, relay: Option<SocketAddr>) -> String {
+    let Some(relay) = relay else {
+        return sdp.to_string();
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let mut fields: Vec<&str> = body.split(' ').collect();
+        if body.starts_with("a=candidate:")
+            && fields.len() > 5
+            && fields[2].eq_ignore_ascii_case("udp")
+        {
+            let (ip, port) = (relay.ip().to_string(), relay.port().to_string());
+            fields[4] = &ip;
+            fields[5] = &port;
+            out.push_str(&fields.join(" "));
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Print an SDP to stderr when `GIAOBAN_SIM_DUMP_SDP` is set (debugging negotiation).
@@ -1127,7 +1217,10 @@ impl Inner {
         }
         let slot = guard.as_ref().ok_or_else(|| anyhow!("no subscribe pc"))?;
         slot.pc
-            .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
+            .set_remote_description(RTCSessionDescription::offer(via(
+                &sdp,
+                self.opts.media_via,
+            ))?)
             .await
             .context("subscribe: set_remote_description(offer)")?;
         if self.opts.ice_tcp && first_offer {
@@ -1457,7 +1550,10 @@ impl SimEndpoint {
         let answer = exchange(sdp).await?;
         dump_sdp(&inner.opts.name, "publish answer", &answer);
         slot.pc
-            .set_remote_description(RTCSessionDescription::answer(answer.clone())?)
+            .set_remote_description(RTCSessionDescription::answer(via(
+                &answer,
+                inner.opts.media_via,
+            ))?)
             .await
             .context("publish: set_remote_description(answer)")?;
         if inner.opts.ice_tcp {
@@ -1667,6 +1763,23 @@ impl SimEndpoint {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(participant_id.to_string(), track_id.to_string()))
             .map(|r| r.snapshot())
+    }
+
+    /// Of `participant_id`'s track `track_id`, the counters in `from..to` never received (see
+    /// [`TrackRecorder::missing_in`]).
+    pub fn missing_in(
+        &self,
+        participant_id: &str,
+        track_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Option<u64> {
+        self.inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(participant_id.to_string(), track_id.to_string()))
+            .and_then(|r| r.missing_in(from, to))
     }
 
     /// Snapshot of everything counted.
