@@ -256,9 +256,21 @@ struct Held {
 
 /// Send what arrives on `rx` at its time (constant delay: first in, first out).
 async fn release(mut rx: mpsc::UnboundedReceiver<Held>) {
+    let (mut n, mut bytes, mut t0) = (0u64, 0u64, Instant::now());
     while let Some(h) = rx.recv().await {
         tokio::time::sleep_until(h.at).await;
         let _ = h.socket.send_to(&h.data, h.to).await;
+        n += 1;
+        bytes += h.data.len() as u64;
+        if std::env::var_os("IMPAIR_TRACE").is_some() && t0.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "relay to {}: {n} datagrams {} kbit/s, late {:?}",
+                h.to,
+                bytes * 8 / 1000,
+                h.at.elapsed()
+            );
+            (n, bytes, t0) = (0, 0, Instant::now());
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Commune halls on impaired links (issue #4's proof scenarios), through the real server, with simulated endpoints.
-//! A chair publishes its camera in three simulcast layers (q 150k, h 300k, f 600k at 20 frames a second) and its
-//! microphone; a hall sits behind an [`ImpairedLink`]: a veth pair into a namespace of its own with `tbf` for the
+//! A chair publishes its camera in three simulcast layers (q 75k, h 300k, f 1.2M at 20 frames a second) and its
+//! microphone (Opus-sized packets, 50 a second: about 64 kbit/s on the wire); a hall sits behind an [`ImpairedLink`]: a veth pair into a namespace of its own with `tbf` for the
 //! bandwidth, iptables for random loss and cuts, and a relay there holding every datagram for half the round trip
 //! each way (this kernel has no `netem`). Each test runs itself again inside a network namespace made for it (it
 //! needs root), and prints the figures it asserts on.
@@ -22,8 +22,9 @@ use giaoban_signaling::protocol::{ClientMessage, MeetingMode, Role, ServerMessag
 use giaoban_tests::impair::ImpairedLink;
 use giaoban_tests::sim::{SimEndpoint, SimOptions, TrackStats};
 
-/// The chair's camera: three layers of a quarter, a half and all of 600 kbit/s.
-const CHAIR_VIDEO_BPS: u64 = 600_000;
+/// The chair's camera: three layers of a sixteenth, a quarter and all of 1.2 Mbit/s. With audio, q fits a
+/// 250 kbit/s link, h does not fit 300 kbit/s, f fits 2 Mbit/s.
+const CHAIR_VIDEO_BPS: u64 = 1_200_000;
 
 fn chair_media(opts: &mut SimOptions) {
     opts.media.simulcast = true;
@@ -49,6 +50,31 @@ async fn video_choice(
     let l = links.iter().find(|l| l.participant == sub)?;
     let c = l.consumers.iter().find(|c| c.kind == MediaKind::Video)?;
     Some(((c.layer.clone(), c.target.clone(), c.paused), l.estimate))
+}
+
+/// One line of what the SFU knows of `sub`'s downlink: its video layer, the estimate, what it sends, the loss.
+async fn downlink_line(server: &TestServer, sub: &str) -> String {
+    let links = server.hub().sfu.links().await.expect("links");
+    let Some(l) = links.iter().find(|l| l.participant == sub) else {
+        return "gone".into();
+    };
+    let c = l.consumers.iter().find(|c| c.kind == MediaKind::Video);
+    let s = l.subscribe.as_ref();
+    format!(
+        "layer {:?}->{:?}{} est {}k out {}k loss {:.1}% rtt {:?} nacks {}",
+        c.and_then(|c| c.layer.clone()).unwrap_or_default(),
+        c.and_then(|c| c.target.clone()).unwrap_or_default(),
+        if c.is_some_and(|c| c.paused) {
+            " paused"
+        } else {
+            ""
+        },
+        l.estimate.unwrap_or(0) / 1000,
+        s.map_or(0, |s| s.traffic.bitrate_out / 1000),
+        s.and_then(|s| s.stats.loss_out).unwrap_or(0.0) * 100.0,
+        s.and_then(|s| s.stats.rtt_ms).map(|r| r as u32),
+        s.map_or(0, |s| s.stats.nacks_received),
+    )
 }
 
 /// Whether the SFU forwards layer `rid` to `sub` and means to (no switch under way).
@@ -85,13 +111,20 @@ async fn wait_layer(
         if arrived && on_layer(server, &sub.id(), rid).await {
             return from.elapsed();
         }
+        if std::env::var_os("IMPAIR_TRACE").is_some() {
+            println!(
+                "{:?} {}",
+                from.elapsed(),
+                downlink_line(server, &sub.id()).await
+            );
+        }
         assert!(
             from.elapsed() < timeout,
             "{} should be on layer {rid} ({width} wide) within {timeout:?}: SFU says {:?}, keyframe widths {widths:?}",
             sub.name(),
             video_choice(server, &sub.id()).await
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -174,6 +207,21 @@ async fn weak_subscriber() {
         );
     }
 
+    let links = server.hub().sfu.links().await.expect("links");
+    if let Some(p) = links
+        .iter()
+        .find(|l| l.participant == chair_id)
+        .and_then(|l| l.producers.iter().find(|p| p.kind == MediaKind::Video))
+    {
+        println!(
+            "chair's layers at the SFU: {:?}",
+            p.layers
+                .iter()
+                .map(|l| format!("{} {}k", l.rid, l.bitrate / 1000))
+                .collect::<Vec<_>>()
+        );
+    }
+
     // A 15 s window: which counters the chair sent in it, what each hall got, and on which layer.
     let audio_from = chair.sent().audio_packets;
     let video_marks: Vec<(u64, usize)> = strong
@@ -191,6 +239,14 @@ async fn weak_subscriber() {
     while started.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let c = video_choice(&server, &weak.id()).await;
+        if std::env::var_os("IMPAIR_TRACE").is_some() {
+            println!(
+                "{:?} {} | strong {}",
+                started.elapsed(),
+                downlink_line(&server, &weak.id()).await,
+                downlink_line(&server, &strong[0].id()).await
+            );
+        }
         weak_layers.push(c.as_ref().and_then(|c| c.0.0.clone()));
         for sub in &strong {
             if !on_layer(&server, &sub.id(), "f").await {
@@ -392,6 +448,13 @@ async fn bandwidth_drop() {
     let mut low = Vec::new();
     for _ in 0..16 {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if std::env::var_os("IMPAIR_TRACE").is_some() {
+            println!(
+                "{:?} {}",
+                dropped.elapsed(),
+                downlink_line(&server, &hall.id()).await
+            );
+        }
         low.push(video_choice(&server, &hall.id()).await.and_then(|c| c.0.0));
     }
     println!("at 250 kbit/s, layer every 0.5 s: {low:?}");
