@@ -76,10 +76,12 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 /// ([`set_wanted`](Estimator::set_wanted)), not the bytes that left: those include retransmissions, which grow
 /// many times over on an overrun link.
 ///
-/// Up: it grows by 8 % a second (at least 50 kbit/s a second) while loss stays under 2 %; that alone would take
-/// tens of seconds to climb from a commune link's 250 kbit/s back to a 1.2 Mbit/s layer. So it also *probes*: once
-/// the link has been clean (every report under 1 % loss) for 0.7 s, its background loss (away from cuts and
-/// probes) is under 0.5 %, and what the subscriber's consumers want
+/// Up: it grows by 8 % a second (at least 50 kbit/s a second) while loss stays under 2 % and the link is *steady*:
+/// none of its last (up to 16) reports away from cuts and probes lost 1 % or more — a link that keeps losing at
+/// random neither grows nor probes, as its loss would end each attempt at the audio's cost (a paused video grows
+/// back without that condition). Growth alone would take tens of seconds to climb from a commune link's 250 kbit/s
+/// back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
+/// loss) for 0.7 s, and what the subscriber's consumers want
 /// ([`set_wanted`](Estimator::set_wanted)) is more than the estimate, the estimate jumps to that want — the
 /// consumers are switched up tentatively (the layers already reach the server, so the probe is real traffic).
 /// A report of 5 % loss or more while probing falls back at once to the estimate before the probe, and the next
@@ -102,6 +104,8 @@ pub struct Estimator {
     wanted: u64,
     /// What the layers chosen for it cost (bit/s); 0 = unknown.
     in_use: u64,
+    /// What its consumers' lowest layers cost (bit/s): below it, video pauses.
+    lowest: u64,
     /// Since when every report has been under `CLEAN_LOSS`.
     clean_since: Option<Instant>,
     /// The probe under way: when it started and the estimate before it.
@@ -114,10 +118,10 @@ pub struct Estimator {
     grace_until: Option<Instant>,
     /// When the estimate was last cut: the reports right after it still tell of the layers before.
     cut_at: Option<Instant>,
-    /// The link's background loss: reports under `HIGH_LOSS` away from cuts and probes (random loss, not
-    /// congestion), averaged over a few seconds, and how many reports it has seen.
-    background: Option<f64>,
-    background_reports: u32,
+    /// The reports away from cuts and probes, newest in bit 0: 1 = it lost `CLEAN_LOSS` or more; and how many
+    /// (up to 16) there are.
+    history: u16,
+    history_len: u8,
     /// Reports until then are the aftermath of a cut or a failed probe (retransmissions draining), not background.
     quiet_until: Option<Instant>,
 }
@@ -136,12 +140,12 @@ const HOLD_AFTER_CUT: Duration = Duration::from_secs(2);
 const SUSTAINED_LOSS: Duration = Duration::from_secs(1);
 /// Reports this soon after a cut do not cut again (they tell of the layers before it).
 const AFTER_CUT: Duration = Duration::from_millis(700);
-/// After a cut or a failed probe, reports are not taken as the link's background loss for this long.
+/// This soon after a cut, a further cut keeps the lowest layers.
+const SETTLE: Duration = Duration::from_millis(2000);
+/// After a cut or a failed probe, reports are not taken into the link's history for this long.
 const AFTERMATH: Duration = Duration::from_millis(1500);
-/// A link whose background loss is above this is not probed (5 % random loss shows as 1-3 % here).
-const BACKGROUND_LOSS: f64 = 0.005;
-/// Reports of background loss needed before a probe.
-const BACKGROUND_REPORTS: u32 = 6;
+/// Reports in the history needed before the link counts as steady.
+const STEADY_REPORTS: u8 = 4;
 /// A report under this loss is clean.
 const CLEAN_LOSS: f64 = 0.01;
 /// The link must have been clean this long before a probe.
@@ -167,14 +171,15 @@ impl Default for Estimator {
             last_high: false,
             wanted: 0,
             in_use: 0,
+            lowest: 0,
             clean_since: None,
             probe: None,
             next_probe: None,
             failed_probes: 0,
             grace_until: None,
             cut_at: None,
-            background: None,
-            background_reports: 0,
+            history: 0,
+            history_len: 0,
             quiet_until: None,
         }
     }
@@ -190,16 +195,23 @@ impl Estimator {
         self.loss
     }
 
+    /// Whether the link's recent history (away from cuts and probes) is free of loss.
+    fn steady(&self) -> bool {
+        self.history_len >= STEADY_REPORTS && self.history == 0
+    }
+
     /// Whether a probe is under way.
     pub fn probing(&self) -> bool {
         self.probe.is_some()
     }
 
     /// What the subscriber's consumers would take if the link allowed it (`wanted`: the most a probe asks of the
-    /// link) and what the layers chosen for them cost (`in_use`), audio included, bit/s.
-    pub fn set_wanted(&mut self, wanted: u64, in_use: u64) {
+    /// link), what the layers chosen for them cost (`in_use`), and what their lowest layers cost (`lowest`: below
+    /// it their video pauses), audio included, bit/s.
+    pub fn set_wanted(&mut self, wanted: u64, in_use: u64, lowest: u64) {
         self.wanted = wanted;
         self.in_use = in_use;
+        self.lowest = lowest;
     }
 
     /// New figures for the subscriber's leg: `loss` (fraction, from its latest receiver reports and NACKs) and
@@ -257,9 +269,15 @@ impl Estimator {
         self.loss = Some(loss);
         let mut stepped = false;
         let heavy = sample >= HEAVY_LOSS;
-        let settling = self
-            .cut_at
-            .is_some_and(|t| now.saturating_duration_since(t) < AFTER_CUT);
+        let since_cut = self.cut_at.map(|t| now.saturating_duration_since(t));
+        let settling = since_cut.is_some_and(|d| d < AFTER_CUT);
+        // Retransmissions of what the old layers lost keep the link overrun for a while after a cut: then a
+        // further cut keeps the lowest layers (the video pauses only if even they keep losing after that).
+        let floor = if since_cut.is_some_and(|d| d < SETTLE) {
+            self.lowest.min(self.estimate)
+        } else {
+            0
+        };
         if settling {
             // Loss reported right after a cut is the old layers' (and their retransmissions'): no second cut.
         } else if loss > HIGH_LOSS || twice_high || heavy {
@@ -274,21 +292,23 @@ impl Estimator {
                     .into_iter()
                     .find(|&r| r > 0)
                     .map_or(self.estimate, |r| r.min(self.estimate));
-                let cut = (sending as f64 * (1.0 - 0.5 * lost)) as u64;
-                stepped = cut < self.estimate;
-                self.estimate = cut.min(self.estimate);
-                self.hold_until = Some(now + HOLD_AFTER_CUT);
-                self.cut_at = Some(now);
-                self.quiet_until = Some(now + AFTERMATH);
-                // The loss so far was the old layers'; what the new ones lose starts afresh.
-                self.loss = None;
+                let cut = ((sending as f64 * (1.0 - 0.5 * lost)) as u64).max(floor);
+                if cut < self.estimate {
+                    stepped = true;
+                    self.estimate = cut;
+                    self.hold_until = Some(now + HOLD_AFTER_CUT);
+                    self.cut_at = Some(now);
+                    self.quiet_until = Some(now + AFTERMATH);
+                    // The loss so far was the old layers'; what the new ones lose starts afresh.
+                    self.loss = None;
+                }
             }
         } else {
             self.high_since = None;
             // A link that keeps losing at random (background loss) does not grow either: its loss would end up
             // cutting again, each time at the cost of the audio.
             if loss < LOW_LOSS
-                && self.background.is_none_or(|b| b < LOW_LOSS)
+                && (self.estimate < self.lowest || self.steady())
                 && self.hold_until.is_none_or(|t| now >= t)
             {
                 // 8 % a second, at least 50 kbit/s a second (a paused link comes back in seconds, not minutes).
@@ -300,9 +320,9 @@ impl Estimator {
         }
         self.estimate = self.estimate.clamp(MIN_ESTIMATE, MAX_ESTIMATE);
 
-        if !settling && sample < HIGH_LOSS && self.quiet_until.is_none_or(|t| now >= t) {
-            self.background = Some(self.background.map_or(sample, |b| 0.8 * b + 0.2 * sample));
-            self.background_reports += 1;
+        if !settling && self.quiet_until.is_none_or(|t| now >= t) {
+            self.history = (self.history << 1) | u16::from(sample >= CLEAN_LOSS);
+            self.history_len = (self.history_len + 1).min(16);
         }
         // Probe: the link has been clean for a while, loses (next to) nothing at random, and the consumers want
         // more than the estimate gives. A link with random loss is not probed: its loss would end every probe,
@@ -310,8 +330,7 @@ impl Estimator {
         let clean = self
             .clean_since
             .is_some_and(|t| now.saturating_duration_since(t) >= PROBE_AFTER_CLEAN)
-            && self.background_reports >= BACKGROUND_REPORTS
-            && self.background.is_some_and(|b| b < BACKGROUND_LOSS);
+            && self.steady();
         if !stepped
             && clean
             && self.wanted > self.estimate
@@ -319,7 +338,13 @@ impl Estimator {
             && self.next_probe.is_none_or(|t| now >= t)
         {
             self.probe = Some((now, self.estimate));
-            self.estimate = self.wanted.min(MAX_ESTIMATE);
+            // A paused video is first brought back at its lowest layers; a flowing one tries all it wants.
+            self.estimate = if self.estimate < self.lowest {
+                ((self.lowest as f64 * RESUME_HEADROOM) as u64).min(self.wanted)
+            } else {
+                self.wanted
+            }
+            .min(MAX_ESTIMATE);
             self.next_probe = None;
             stepped = true;
         }
@@ -426,29 +451,34 @@ mod tests {
         assert_eq!(e.estimate(), MAX_ESTIMATE);
         // A heavy report (the link is overrun) cuts at once: what was in use (not the bytes sent, which count
         // retransmissions) less half the loss.
-        e.set_wanted(1_300_000, 1_300_000);
+        e.set_wanted(1_300_000, 1_300_000, 150_000);
         assert!(e.update(at(2500), Some(0.4), 9_000_000));
         assert_eq!(e.estimate(), 1_040_000);
         // Right after a cut the reports still tell of the old layers: no second cut.
         assert!(!e.update(at(2800), Some(0.6), 9_000_000));
         assert_eq!(e.estimate(), 1_040_000);
         // Then the lower layers in use lose too: cut again.
-        e.set_wanted(1_300_000, 400_000);
+        e.set_wanted(1_300_000, 400_000, 150_000);
         assert!(e.update(at(3300), Some(0.3), 400_000));
         // Half the smoothed loss (0.6 × 0.6 + 0.4 × 0.3 = 0.48, the report right after the first cut counts
         // there): 400k × 0.76.
         assert_eq!(e.estimate(), 304_000);
         // Two reports in a row above 10 % cut as well.
-        e.set_wanted(1_300_000, 304_000);
+        e.set_wanted(1_300_000, 304_000, 150_000);
         assert!(!e.update(at(4100), Some(0.12), 304_000));
         assert!(e.update(at(4600), Some(0.12), 304_000));
         let cut = e.estimate();
         assert_eq!(cut, (304_000.0 * (1.0 - 0.06)) as u64);
-        // Held for 2 s after the cut, then 8 % a second (at least 50k). (Nothing more wanted: no probe.)
-        e.set_wanted(0, 0);
+        // Held for 2 s after the cut. (Nothing more wanted: no probe.)
+        e.set_wanted(0, 0, 0);
         e.update(at(5600), Some(0.0), 300_000);
         assert_eq!(e.estimate(), cut, "held");
+        // The link lost at random not long ago (the 15 % report): its video keeps what it has.
         e.update(at(6700), Some(0.0), 300_000);
+        assert_eq!(e.estimate(), cut, "no growth on an unsteady link");
+        // A paused video (the estimate below its lowest layers) grows back all the same: 8 % a second, at least
+        // 50k.
+        e.set_wanted(0, 0, 1_000_000);
         let before = e.estimate();
         e.update(at(7700), Some(0.0), 300_000);
         assert_eq!(
@@ -459,7 +489,7 @@ mod tests {
         let before = e.estimate();
         assert!(!e.update(at(8300), None, 0));
         assert_eq!(e.estimate(), before);
-        e.set_wanted(0, 0);
+        e.set_wanted(0, 0, 0);
         for i in 0..40 {
             e.update(at(9000 + 1000 * i), Some(0.9), 10_000);
         }
@@ -507,7 +537,7 @@ mod tests {
                 } else {
                     0.0
                 };
-                e.set_wanted(costs[2] + AUDIO_BITRATE, in_use);
+                e.set_wanted(costs[2] + AUDIO_BITRATE, in_use, costs[0] + AUDIO_BITRATE);
                 let was_probing = e.probing();
                 e.update(now, Some((overrun + noise).min(1.0)), in_use);
                 if e.probing() && !was_probing {
@@ -533,38 +563,46 @@ mod tests {
 
     #[test]
     fn on_a_virtual_link_the_layer_follows_a_drop_to_250k_and_the_return_to_2m() {
-        // 2 Mbit/s, 250 kbit/s from 5 s, 2 Mbit/s again from 15 s.
-        let capacity = |ms: u64| {
-            if (5_000..15_000).contains(&ms) {
-                250_000
-            } else {
-                2_000_000
-            }
-        };
-        let (trace, probes) = simulate(capacity, 0.0, 25_000);
-        let down = reached(&trace, 5_000, Some(0)).expect("down to q");
-        let up = reached(&trace, 15_000, Some(2)).expect("back to f");
-        println!("down to q after {down} ms, up to f after {up} ms, {probes} probes");
-        assert!(down <= 2_000, "down after {down} ms");
-        // Never paused: q fits 250 kbit/s with the audio.
-        assert!(trace.iter().all(|(_, l)| l.is_some()), "{trace:?}");
+        // 2 Mbit/s, 250 kbit/s from 5 s, 2 Mbit/s again from `back` (each of several moments, as probes come and
+        // go in between).
+        let mut worst_up = 0;
+        for back in (13_000..16_000).step_by(250) {
+            let capacity = |ms: u64| {
+                if (5_000..back).contains(&ms) {
+                    250_000
+                } else {
+                    2_000_000
+                }
+            };
+            let (trace, probes) = simulate(capacity, 0.0, back + 8_000);
+            let down = reached(&trace, 5_000, Some(0)).expect("down to q");
+            let up = reached(&trace, back, Some(2)).expect("back to f");
+            worst_up = worst_up.max(up);
+            assert!(down <= 2_000, "down after {down} ms");
+            // Never paused: q fits 250 kbit/s with the audio.
+            assert!(trace.iter().all(|(_, l)| l.is_some()), "{trace:?}");
+            // Once up, it stays there.
+            assert!(
+                trace
+                    .iter()
+                    .filter(|(ms, _)| *ms >= back + up)
+                    .all(|(_, l)| *l == Some(2)),
+                "{trace:?}"
+            );
+            println!("back at {back} ms: down after {down} ms, up after {up} ms, {probes} probes");
+        }
         // Up: at the latest one probe period after the return (backoff, the failed probe's grace, clean time).
         let bound =
             (PROBE_BACKOFF_MAX + PROBE_GRACE + PROBE_AFTER_CLEAN + Duration::from_millis(500))
                 .as_millis() as u64;
-        assert!(up <= bound, "up after {up} ms (bound {bound} ms)");
-        // And it stays there.
+        println!("worst up-switch {worst_up} ms (bound {bound} ms; the issue asks 2000 ms)");
         assert!(
-            trace
-                .iter()
-                .filter(|(ms, _)| *ms >= 15_000 + up)
-                .all(|(_, l)| *l == Some(2))
+            worst_up <= bound,
+            "up after {worst_up} ms (bound {bound} ms)"
         );
     }
 
     #[test]
-    #[ignore = "known shortfall: with this seeded 5 % random loss the estimate still climbs to h now and then \
-                (about once in 10 s); the background-loss gate is not tight enough yet"]
     fn a_link_with_random_loss_is_not_probed_and_keeps_the_layer_that_fits() {
         // 300 kbit/s with about 5 % random loss (drawn from a fixed seed): q, and no probe once settled.
         let (trace, probes) = simulate(|_| 300_000, 0.05, 30_000);

@@ -1991,7 +1991,7 @@ impl Worker {
         // Decide with shared borrows, then apply.
         let mut decisions: Vec<(ProducerKey, usize, Option<usize>)> = Vec::new();
         // What each subscriber would take unconstrained (the most a probe of its downlink asks for).
-        let mut wanted: Vec<(ParticipantId, u64, u64)> = Vec::new();
+        let mut wanted: Vec<(ParticipantId, [u64; 3])> = Vec::new();
         for (sub, (audio, videos)) in &by_subscriber {
             if videos.is_empty() {
                 continue;
@@ -2033,21 +2033,25 @@ impl Worker {
                 .enumerate()
                 .map(|(i, w)| cost(i, w.limit))
                 .sum();
+            let lowest: u64 = (0..wants.len()).map(|i| cost(i, 0)).sum();
             let chosen = layers::allocate(budget, &wants, cost);
             let in_use: u64 = chosen
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| c.map(|l| cost(i, l)))
                 .sum();
-            wanted.push(((*sub).into(), unconstrained + audio_bps, in_use + audio_bps));
+            wanted.push((
+                (*sub).into(),
+                [unconstrained, in_use, lowest].map(|b| b + audio_bps),
+            ));
             for (&(key, i), desired) in videos.iter().zip(chosen) {
                 decisions.push((key, i, desired));
             }
         }
         drop(by_subscriber);
-        for (sub, want, in_use) in wanted {
+        for (sub, [want, in_use, lowest]) in wanted {
             if let Some(p) = self.participants.get_mut(&sub) {
-                p.estimator.set_wanted(want, in_use);
+                p.estimator.set_wanted(want, in_use, lowest);
             }
         }
         let mut events = Vec::new();
