@@ -77,7 +77,7 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 /// many times over on an overrun link.
 ///
 /// Up: it grows by 8 % a second (at least 50 kbit/s a second) while loss stays under 2 % and the link is *steady*:
-/// none of its last (up to 16) reports away from cuts and probes lost 1 % or more — a link that keeps losing at
+/// none of its last (up to 12) reports away from cuts and probes lost 1 % or more — a link that keeps losing at
 /// random neither grows nor probes, as its loss would end each attempt at the audio's cost (a paused video grows
 /// back without that condition). Growth alone would take tens of seconds to climb from a commune link's 250 kbit/s
 /// back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
@@ -104,7 +104,8 @@ pub struct Estimator {
     wanted: u64,
     /// What the layers chosen for it cost (bit/s); 0 = unknown.
     in_use: u64,
-    /// What its consumers' lowest layers cost (bit/s): below it, video pauses.
+    /// What its consumers' lowest layers need (bit/s, with the headroom a paused video needs to resume): below
+    /// it, video pauses or stays paused.
     lowest: u64,
     /// Since when every report has been under `CLEAN_LOSS`.
     clean_since: Option<Instant>,
@@ -119,7 +120,7 @@ pub struct Estimator {
     /// When the estimate was last cut: the reports right after it still tell of the layers before.
     cut_at: Option<Instant>,
     /// The reports away from cuts and probes, newest in bit 0: 1 = it lost `CLEAN_LOSS` or more; and how many
-    /// (up to 16) there are.
+    /// (up to `HISTORY`) there are.
     history: u16,
     history_len: u8,
     /// Reports until then are the aftermath of a cut or a failed probe (retransmissions draining), not background.
@@ -139,11 +140,13 @@ const HOLD_AFTER_CUT: Duration = Duration::from_secs(2);
 /// Smoothed loss must stay high this long before the estimate is cut (two high reports in a row cut at once).
 const SUSTAINED_LOSS: Duration = Duration::from_secs(1);
 /// Reports this soon after a cut do not cut again (they tell of the layers before it).
-const AFTER_CUT: Duration = Duration::from_millis(700);
+const AFTER_CUT: Duration = Duration::from_millis(400);
 /// This soon after a cut, a further cut keeps the lowest layers.
 const SETTLE: Duration = Duration::from_millis(2000);
 /// After a cut or a failed probe, reports are not taken into the link's history for this long.
-const AFTERMATH: Duration = Duration::from_millis(1500);
+const AFTERMATH: Duration = Duration::from_millis(2500);
+/// Reports the history keeps (half a second each).
+const HISTORY: u8 = 12;
 /// Reports in the history needed before the link counts as steady.
 const STEADY_REPORTS: u8 = 4;
 /// A report under this loss is clean.
@@ -321,8 +324,9 @@ impl Estimator {
         self.estimate = self.estimate.clamp(MIN_ESTIMATE, MAX_ESTIMATE);
 
         if !settling && self.quiet_until.is_none_or(|t| now >= t) {
-            self.history = (self.history << 1) | u16::from(sample >= CLEAN_LOSS);
-            self.history_len = (self.history_len + 1).min(16);
+            self.history =
+                ((self.history << 1) | u16::from(sample >= CLEAN_LOSS)) & ((1 << HISTORY) - 1);
+            self.history_len = (self.history_len + 1).min(HISTORY);
         }
         // Probe: the link has been clean for a while, loses (next to) nothing at random, and the consumers want
         // more than the estimate gives. A link with random loss is not probed: its loss would end every probe,
@@ -340,7 +344,7 @@ impl Estimator {
             self.probe = Some((now, self.estimate));
             // A paused video is first brought back at its lowest layers; a flowing one tries all it wants.
             self.estimate = if self.estimate < self.lowest {
-                ((self.lowest as f64 * RESUME_HEADROOM) as u64).min(self.wanted)
+                self.lowest.min(self.wanted)
             } else {
                 self.wanted
             }

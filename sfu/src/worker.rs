@@ -2033,7 +2033,10 @@ impl Worker {
                 .enumerate()
                 .map(|(i, w)| cost(i, w.limit))
                 .sum();
-            let lowest: u64 = (0..wants.len()).map(|i| cost(i, 0)).sum();
+            // The lowest layers with the headroom a paused one needs to resume.
+            let lowest: u64 = (0..wants.len())
+                .map(|i| (cost(i, 0) as f64 * layers::RESUME_HEADROOM) as u64)
+                .sum();
             let chosen = layers::allocate(budget, &wants, cost);
             let in_use: u64 = chosen
                 .iter()

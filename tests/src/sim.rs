@@ -349,6 +349,8 @@ pub struct TrackStats {
     pub first_counter: Option<u64>,
     /// Highest counter received.
     pub max_counter: u64,
+    /// Counter of the latest packet received (after a simulcast layer switch, the new layer's counters).
+    pub last_counter: u64,
     /// Different counters received at or after `first_counter`.
     pub distinct: u64,
     /// Packets whose counter had already been received.
@@ -418,6 +420,7 @@ struct TrackState {
     bytes: u64,
     first_counter: Option<u64>,
     max_counter: u64,
+    last_counter: u64,
     distinct: u64,
     duplicates: u64,
     out_of_order: u64,
@@ -470,6 +473,7 @@ impl TrackRecorder {
                 bytes: 0,
                 first_counter: None,
                 max_counter: 0,
+                last_counter: 0,
                 distinct: 0,
                 duplicates: 0,
                 out_of_order: 0,
@@ -583,6 +587,7 @@ impl TrackRecorder {
         } else {
             s.latency.negative += 1;
         }
+        s.last_counter = d.counter;
         let first = match s.first_counter {
             Some(first) => first,
             None => {
@@ -632,6 +637,7 @@ impl TrackRecorder {
             bytes: s.bytes,
             first_counter: s.first_counter,
             max_counter: s.max_counter,
+            last_counter: s.last_counter,
             distinct: s.distinct,
             duplicates: s.duplicates,
             out_of_order: s.out_of_order,

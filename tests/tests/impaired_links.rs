@@ -229,7 +229,7 @@ async fn weak_subscriber() {
         .chain([&weak])
         .map(|s| {
             let v = track_of(s, &chair_id, TrackKind::Video);
-            (v.max_counter, v.keyframe_widths.len())
+            (v.last_counter, v.keyframe_widths.len())
         })
         .collect();
     let weak_video_before = track_of(&weak, &chair_id, TrackKind::Video);
@@ -261,7 +261,7 @@ async fn weak_subscriber() {
     let video_ends: Vec<u64> = strong
         .iter()
         .chain([&weak])
-        .map(|s| track_of(s, &chair_id, TrackKind::Video).max_counter)
+        .map(|s| track_of(s, &chair_id, TrackKind::Video).last_counter)
         .collect();
     // Time for the last repairs (retransmissions) to land.
     tokio::time::sleep(Duration::from_millis(1500)).await;
