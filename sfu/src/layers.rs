@@ -302,8 +302,11 @@ impl Estimator {
                     self.hold_until = Some(now + HOLD_AFTER_CUT);
                     self.cut_at = Some(now);
                     self.quiet_until = Some(now + AFTERMATH);
-                    // The loss so far was the old layers'; what the new ones lose starts afresh.
+                    // The loss so far was the old layers'; what the new ones lose starts afresh, and the link's
+                    // history too (it has just shown it is not what it was).
                     self.loss = None;
+                    self.history = 0;
+                    self.history_len = 0;
                 }
             }
         } else {

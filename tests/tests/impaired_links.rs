@@ -273,21 +273,20 @@ async fn weak_subscriber() {
         .expect("weak hall audio");
     let weak_loss = weak_audio_missing as f64 / sent as f64;
     let weak_video = track_of(&weak, &chair_id, TrackKind::Video);
-    let weak_video_missing = weak
-        .missing_in(
-            &chair_id,
-            &video_track,
-            video_marks[3].0 + 1,
-            video_ends[3] + 1,
-        )
-        .expect("weak hall video");
-    let weak_video_sent = video_ends[3] - video_marks[3].0;
+    // Video counters are per layer; the weak hall's first ones were f's, so its q counters cannot be judged
+    // against them (None): only what arrived is counted.
+    let weak_video_missing = weak.missing_in(
+        &chair_id,
+        &video_track,
+        video_marks[3].0 + 1,
+        video_ends[3] + 1,
+    );
+    let weak_video_sent = video_ends[3].saturating_sub(video_marks[3].0);
     println!(
         "weak hall (300 kbit/s, 5 % loss each way, 150 ms RTT): audio residual loss {weak_audio_missing}/{sent} = {:.2} %; \
-         video (layer q) residual loss {weak_video_missing}/{weak_video_sent} = {:.2} %, {} packets in the window; \
+         video (layer q) residual loss {weak_video_missing:?} of {weak_video_sent}, {} packets in the window; \
          layers seen each 0.5 s {:?}; estimate {:?}",
         weak_loss * 100.0,
-        weak_video_missing as f64 * 100.0 / weak_video_sent.max(1) as f64,
         weak_video.packets - weak_video_before.packets,
         weak_layers
             .iter()
