@@ -148,7 +148,7 @@ const AFTERMATH: Duration = Duration::from_millis(2500);
 /// Reports the history keeps (half a second each).
 const HISTORY: u8 = 12;
 /// Reports in the history needed before the link counts as steady.
-const STEADY_REPORTS: u8 = 4;
+const STEADY_REPORTS: u8 = HISTORY;
 /// A report under this loss is clean.
 const CLEAN_LOSS: f64 = 0.01;
 /// The link must have been clean this long before a probe.
@@ -302,11 +302,8 @@ impl Estimator {
                     self.hold_until = Some(now + HOLD_AFTER_CUT);
                     self.cut_at = Some(now);
                     self.quiet_until = Some(now + AFTERMATH);
-                    // The loss so far was the old layers'; what the new ones lose starts afresh, and the link's
-                    // history too (it has just shown it is not what it was).
+                    // The loss so far was the old layers'; what the new ones lose starts afresh.
                     self.loss = None;
-                    self.history = 0;
-                    self.history_len = 0;
                 }
             }
         } else {
