@@ -157,6 +157,8 @@ pub const PROBE_AFTER_CLEAN: Duration = Duration::from_millis(700);
 const PROBE_FAIL_LOSS: f64 = 0.05;
 /// After a failed probe, reports are ignored this long (they tell of the probe's packets still in flight).
 const PROBE_GRACE: Duration = Duration::from_millis(1500);
+/// A probe asks for what the consumers want and this much more (their layers' bit rates wander).
+const PROBE_HEADROOM: f64 = 1.2;
 /// A probe that has lost nothing for this long is kept.
 pub const PROBE_CONFIRM: Duration = Duration::from_secs(2);
 /// The wait after a failed probe, doubled after each further failure up to the maximum.
@@ -346,7 +348,9 @@ impl Estimator {
             self.estimate = if self.estimate < self.lowest {
                 self.lowest.min(self.wanted)
             } else {
-                self.wanted
+                // Layer bit rates wander (a few percent from second to second): with no headroom the consumers
+                // would drop a layer again at the next measurement.
+                (self.wanted as f64 * PROBE_HEADROOM) as u64
             }
             .min(MAX_ESTIMATE);
             self.next_probe = None;
