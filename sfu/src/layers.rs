@@ -77,7 +77,7 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 /// many times over on an overrun link.
 ///
 /// Up: it grows by 8 % a second (at least 50 kbit/s a second) while loss stays under 2 % and the link is *steady*:
-/// none of its last (up to 12) reports away from cuts and probes lost 1 % or more — a link that keeps losing at
+/// none of its last 12 reports away from cuts, probes and retransmission bursts lost 1 % or more — a link that keeps losing at
 /// random neither grows nor probes, as its loss would end each attempt at the audio's cost (a paused video grows
 /// back without that condition). Growth alone would take tens of seconds to climb from a commune link's 250 kbit/s
 /// back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
@@ -236,7 +236,10 @@ impl Estimator {
             self.clean_since = None;
             return false;
         }
-        if sample < CLEAN_LOSS {
+        // More than twice what the chosen layers cost left for it: retransmissions of what an overrun lost are
+        // still draining. Such a report tells of the past overrun, not of the link now.
+        let draining = self.in_use > 0 && delivered > 2 * self.in_use;
+        if sample < CLEAN_LOSS && !draining {
             self.clean_since.get_or_insert(now);
         } else {
             self.clean_since = None;
@@ -325,7 +328,7 @@ impl Estimator {
         }
         self.estimate = self.estimate.clamp(MIN_ESTIMATE, MAX_ESTIMATE);
 
-        if !settling && self.quiet_until.is_none_or(|t| now >= t) {
+        if !settling && !draining && self.quiet_until.is_none_or(|t| now >= t) {
             self.history =
                 ((self.history << 1) | u16::from(sample >= CLEAN_LOSS)) & ((1 << HISTORY) - 1);
             self.history_len = (self.history_len + 1).min(HISTORY);
