@@ -144,7 +144,7 @@ const AFTER_CUT: Duration = Duration::from_millis(400);
 /// This soon after a cut, a further cut keeps the lowest layers.
 const SETTLE: Duration = Duration::from_millis(2000);
 /// After a cut or a failed probe, reports are not taken into the link's history for this long.
-const AFTERMATH: Duration = Duration::from_millis(2500);
+const AFTERMATH: Duration = Duration::from_millis(1000);
 /// Reports the history keeps (half a second each).
 const HISTORY: u8 = 12;
 /// Reports in the history needed before the link counts as steady.
