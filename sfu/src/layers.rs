@@ -236,9 +236,10 @@ impl Estimator {
             self.clean_since = None;
             return false;
         }
-        // More than twice what the chosen layers cost left for it: retransmissions of what an overrun lost are
-        // still draining. Such a report tells of the past overrun, not of the link now.
-        let draining = self.in_use > 0 && delivered > 2 * self.in_use;
+        // More than three times what the chosen layers cost left for it (headers and RTCP add a tenth or so):
+        // retransmissions of what an overrun lost are still draining. Such a report tells of the past overrun,
+        // not of the link now.
+        let draining = self.in_use > 0 && delivered > 3 * self.in_use;
         if sample < CLEAN_LOSS && !draining {
             self.clean_since.get_or_insert(now);
         } else {
