@@ -367,7 +367,8 @@ pub struct TrackStats {
     pub ts_jumps: u64,
     /// Pauses of at least [`GAP_REPORTED`] between two packets: (when the packet ending it arrived, how long).
     pub gaps: Vec<(Instant, Duration)>,
-    /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows).
+    /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows); a
+    /// late retransmission of an older keyframe does not count.
     pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
     pub payload_errors: u64,
@@ -526,6 +527,10 @@ impl TrackRecorder {
         }
         s.last_packet_at = Some(now);
         let (seq, ts) = (pkt.header.sequence_number, pkt.header.timestamp);
+        // Whether this packet is ahead of every one before it (not a late retransmission).
+        let ahead = s
+            .head
+            .is_none_or(|(hs, _)| (seq.wrapping_sub(hs) as i16) > 0);
         match s.head {
             Some((hs, hts)) if (seq.wrapping_sub(hs) as i16) > 0 => {
                 let clock: i64 = if s.kind == TrackKind::Video {
@@ -564,6 +569,7 @@ impl TrackRecorder {
             }
             s.last_picture_id = Some(pid);
             if let Some(w) = width
+                && ahead
                 && s.keyframe_widths.last() != Some(&w)
             {
                 s.keyframe_widths.push(w);
@@ -912,6 +918,14 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
             // webrtc-rs's default set, with the NACK generator giving up on a packet after 10 requests as
             // Chromium does (kMaxNackRetries): webrtc-rs's default asks again every 100 ms without end, which on
             // a congested 300 kbit/s link made the server's retransmissions grow to 15 Mbit/s.
+            // NACK on audio too, where the other side offers it (a server repairing a subscriber's audio).
+            me.register_feedback(
+                RTCPFeedback {
+                    typ: "nack".to_owned(),
+                    parameter: String::new(),
+                },
+                RtpCodecKind::Audio,
+            );
             // (`register_default_interceptors` with `configure_nack`'s generator built differently.)
             for parameter in ["", "pli"] {
                 me.register_feedback(
