@@ -368,7 +368,7 @@ pub struct TrackStats {
     /// Pauses of at least [`GAP_REPORTED`] between two packets: (when the packet ending it arrived, how long).
     pub gaps: Vec<(Instant, Duration)>,
     /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows); a
-    /// late retransmission of an older keyframe does not count.
+    /// late retransmission of a keyframe older than the newest one seen does not count.
     pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
     pub payload_errors: u64,
@@ -432,6 +432,8 @@ struct TrackState {
     /// Sequence number and timestamp of the packet furthest ahead so far.
     head: Option<(u16, u32)>,
     ts_jumps: u64,
+    /// Sequence number of the newest keyframe start seen.
+    last_keyframe_seq: Option<u16>,
     gaps: Vec<(Instant, Duration)>,
     keyframe_widths: Vec<u16>,
     payload_errors: u64,
@@ -484,6 +486,7 @@ impl TrackRecorder {
                 picture_id_jumps: 0,
                 head: None,
                 ts_jumps: 0,
+                last_keyframe_seq: None,
                 gaps: Vec::new(),
                 keyframe_widths: Vec::new(),
                 payload_errors: 0,
@@ -527,10 +530,6 @@ impl TrackRecorder {
         }
         s.last_packet_at = Some(now);
         let (seq, ts) = (pkt.header.sequence_number, pkt.header.timestamp);
-        // Whether this packet is ahead of every one before it (not a late retransmission).
-        let ahead = s
-            .head
-            .is_none_or(|(hs, _)| (seq.wrapping_sub(hs) as i16) > 0);
         match s.head {
             Some((hs, hts)) if (seq.wrapping_sub(hs) as i16) > 0 => {
                 let clock: i64 = if s.kind == TrackKind::Video {
@@ -568,11 +567,16 @@ impl TrackRecorder {
                 s.picture_id_jumps += 1;
             }
             s.last_picture_id = Some(pid);
+            // A keyframe older (by sequence number) than the last one seen is a late retransmission: the
+            // layer it belongs to was already left.
             if let Some(w) = width
-                && ahead
-                && s.keyframe_widths.last() != Some(&w)
+                && s.last_keyframe_seq
+                    .is_none_or(|k| (seq.wrapping_sub(k) as i16) > 0)
             {
-                s.keyframe_widths.push(w);
+                s.last_keyframe_seq = Some(seq);
+                if s.keyframe_widths.last() != Some(&w) {
+                    s.keyframe_widths.push(w);
+                }
             }
         }
         let Some(d) = decoded else {
