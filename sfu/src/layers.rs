@@ -74,20 +74,24 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 /// does not count), the estimate becomes what was being sent less half the loss (GCC's rule:
 /// rate × (1 − loss / 2)), and is held for 2 s. "What was being sent" is the cost of the layers in use
 /// ([`set_wanted`](Estimator::set_wanted)), not the bytes that left: those include retransmissions, which grow
-/// many times over on an overrun link.
+/// many times over on an overrun link. Reports within 0.4 s of a cut do not cut again (they tell of the old
+/// layers); a cut within 2 s of another keeps the lowest layers (the retransmissions of an overrun take seconds
+/// to drain; the video pauses only if even the lowest layers keep losing after that).
 ///
 /// Up: it grows by 8 % a second (at least 50 kbit/s a second) while loss stays under 2 % and the link is *steady*:
-/// none of its last 12 reports away from cuts, probes and retransmission bursts lost 1 % or more — a link that keeps losing at
+/// none of its last 12 reports lost 1 % or more, leaving out the second after a cut or a failed probe and reports
+/// while retransmissions drain (more than three times the chosen layers' cost sent). A link that keeps losing at
 /// random neither grows nor probes, as its loss would end each attempt at the audio's cost (a paused video grows
 /// back without that condition). Growth alone would take tens of seconds to climb from a commune link's 250 kbit/s
 /// back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
-/// loss) for 0.7 s, and what the subscriber's consumers want
-/// ([`set_wanted`](Estimator::set_wanted)) is more than the estimate, the estimate jumps to that want — the
+/// loss) for 0.7 s, and what the subscriber's consumers want ([`set_wanted`](Estimator::set_wanted)) is more than
+/// the estimate, the estimate jumps to that want and a fifth more (a paused video: to its lowest layers) — the
 /// consumers are switched up tentatively (the layers already reach the server, so the probe is real traffic).
-/// A report of 5 % loss or more while probing falls back at once to the estimate before the probe, and the next
-/// probe waits 1 s, then 2 s after further failures; a probe that loses nothing for 2 s is kept. A failed probe
-/// costs the link about half a second of overload (its loss is what audio NACK and the jitter buffer have to
-/// cover); the wait bounds how long an upgrade takes once the link has recovered.
+/// A report of 5 % loss or more while probing falls back at once to the estimate before the probe (the next 1.5 s
+/// of reports are the probe's aftermath), and the next probe waits 1 s, then 2 s after further failures; a probe
+/// that loses nothing for 2 s is kept. A failed probe overruns the link for about a second, and the
+/// retransmissions of what it lost for a few more: that, not the wait, is what bounds how soon an upgrade follows
+/// a recovered link (see `tests/tests/impaired_links.rs`).
 #[derive(Debug, Clone)]
 pub struct Estimator {
     estimate: u64,
