@@ -2348,6 +2348,8 @@ impl Worker {
         }
         // Decide with shared borrows, then apply.
         let mut decisions: Vec<(ProducerKey, usize, Option<usize>)> = Vec::new();
+        // What each subscriber would take unconstrained (the most a probe of its downlink asks for).
+        let mut wanted: Vec<(ParticipantId, [u64; 3])> = Vec::new();
         for (sub, (audio, videos)) in &by_subscriber {
             if videos.is_empty() {
                 continue;
@@ -2379,15 +2381,40 @@ impl Worker {
                     }
                 })
                 .collect();
-            let chosen = layers::allocate(budget, &wants, |i, layer| {
+            let cost = |i: usize, layer: usize| {
                 let (key, _) = videos[i];
                 self.producers[&key].layers[layer].cost(layer)
-            });
+            };
+            let audio_bps = *audio as u64 * layers::AUDIO_BITRATE;
+            let unconstrained: u64 = wants
+                .iter()
+                .enumerate()
+                .map(|(i, w)| cost(i, w.limit))
+                .sum();
+            // The lowest layers with the headroom a paused one needs to resume.
+            let lowest: u64 = (0..wants.len())
+                .map(|i| (cost(i, 0) as f64 * layers::RESUME_HEADROOM) as u64)
+                .sum();
+            let chosen = layers::allocate(budget, &wants, cost);
+            let in_use: u64 = chosen
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.map(|l| cost(i, l)))
+                .sum();
+            wanted.push((
+                (*sub).into(),
+                [unconstrained, in_use, lowest].map(|b| b + audio_bps),
+            ));
             for (&(key, i), desired) in videos.iter().zip(chosen) {
                 decisions.push((key, i, desired));
             }
         }
         drop(by_subscriber);
+        for (sub, [want, in_use, lowest]) in wanted {
+            if let Some(p) = self.participants.get_mut(&sub) {
+                p.estimator.set_wanted(want, in_use, lowest);
+            }
+        }
         let mut events = Vec::new();
         let mut keyframes = Vec::new();
         {
@@ -2547,7 +2574,10 @@ impl Worker {
                             (Some(a), Some(b)) => Some(a.max(b)),
                             (a, b) => a.or(b),
                         };
-                        p.estimator.update(now, loss, conn.link.traffic.bitrate_out);
+                        if p.estimator.update(now, loss, conn.link.traffic.bitrate_out) {
+                            // A cut or a probe: choose the layers at this tick, not at the next round.
+                            self.layers_dirty = true;
+                        }
                         conn.nack_loss = nack_loss;
                     }
                     // What the link health reports too: the worse of the two (receiver reports alone show ~0 on

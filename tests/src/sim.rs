@@ -34,7 +34,7 @@ use giaoban_signaling::protocol::{
 };
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_simulcast_extension_headers, register_default_interceptors,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
@@ -61,6 +61,8 @@ use webrtc::peer_connection::{
 const OPUS_PT: u8 = 111;
 /// The payload type we register for VP8.
 const VP8_PT: u8 = 96;
+/// Times the NACK generator asks for one lost packet before giving up (Chromium's kMaxNackRetries).
+const NACK_RETRIES: u16 = 10;
 /// Bytes of counter + send time in every payload.
 const STAMP_BYTES: usize = 16;
 
@@ -86,8 +88,8 @@ pub struct MediaProfile {
     pub video_bitrate_bps: u64,
     /// Largest video payload per RTP packet.
     pub video_max_payload: usize,
-    /// Send the video in three simulcast layers (rids q, h, f; keyframes announce 240, 480, 960 wide; a quarter,
-    /// a half and all of `video_bitrate_bps`), as Chromium does.
+    /// Send the video in three simulcast layers (rids q, h, f; keyframes announce 240, 480, 960 wide; a sixteenth,
+    /// a quarter and all of `video_bitrate_bps`), as Chromium does.
     pub simulcast: bool,
     /// A misbehaving publisher: video packets carry random payloads of random length (0-1200 bytes: no valid VP8
     /// descriptor or keyframe), random marker bits, and sequence numbers and timestamps that jump at random.
@@ -156,6 +158,10 @@ pub struct SimOptions {
     /// Reach the server over ICE-TCP only (an active TCP candidate, no UDP socket at all), as a hall whose
     /// firewall blocks UDP: the server's passive TCP candidates are dialled.
     pub ice_tcp: bool,
+    /// Dial this address instead of the server's UDP candidates (each is rewritten in the server's SDP): a relay
+    /// standing for the hall's weak link (`impair::ImpairedLink`), which the server sees as the hall's address,
+    /// as with TURN.
+    pub media_via: Option<SocketAddr>,
 }
 
 impl SimOptions {
@@ -173,6 +179,7 @@ impl SimOptions {
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             srtp_profiles: Vec::new(),
             ice_tcp: false,
+            media_via: None,
         }
     }
 
@@ -342,6 +349,8 @@ pub struct TrackStats {
     pub first_counter: Option<u64>,
     /// Highest counter received.
     pub max_counter: u64,
+    /// Counter of the latest packet received (after a simulcast layer switch, the new layer's counters).
+    pub last_counter: u64,
     /// Different counters received at or after `first_counter`.
     pub distinct: u64,
     /// Packets whose counter had already been received.
@@ -352,7 +361,14 @@ pub struct TrackStats {
     pub seq_jumps: u64,
     /// Video: times a frame's VP8 PictureID was not the previous frame's + 1.
     pub picture_id_jumps: u64,
-    /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows).
+    /// Times a packet ahead of every one before it (by sequence number) carried an RTP timestamp behind the
+    /// previous such packet's, or more than 3 s of clock ahead of it: a broken timeline (the picture would freeze
+    /// or jump). Retransmissions of older packets are not judged.
+    pub ts_jumps: u64,
+    /// Pauses of at least [`GAP_REPORTED`] between two packets: (when the packet ending it arrived, how long).
+    pub gaps: Vec<(Instant, Duration)>,
+    /// Video: the width each keyframe announced, consecutive repeats folded (a simulcast layer switch shows); a
+    /// late retransmission of a keyframe older than the newest one seen does not count.
     pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
     pub payload_errors: u64,
@@ -394,6 +410,9 @@ impl TrackStats {
     }
 }
 
+/// Pauses between packets at least this long are kept in [`TrackStats::gaps`].
+pub const GAP_REPORTED: Duration = Duration::from_millis(250);
+
 struct TrackState {
     kind: TrackKind,
     ssrc: Option<u32>,
@@ -402,6 +421,7 @@ struct TrackState {
     bytes: u64,
     first_counter: Option<u64>,
     max_counter: u64,
+    last_counter: u64,
     distinct: u64,
     duplicates: u64,
     out_of_order: u64,
@@ -409,6 +429,12 @@ struct TrackState {
     seq_jumps: u64,
     last_picture_id: Option<u16>,
     picture_id_jumps: u64,
+    /// Sequence number and timestamp of the packet furthest ahead so far.
+    head: Option<(u16, u32)>,
+    ts_jumps: u64,
+    /// Sequence number of the newest keyframe start seen.
+    last_keyframe_seq: Option<u16>,
+    gaps: Vec<(Instant, Duration)>,
     keyframe_widths: Vec<u16>,
     payload_errors: u64,
     keyframes: u64,
@@ -450,6 +476,7 @@ impl TrackRecorder {
                 bytes: 0,
                 first_counter: None,
                 max_counter: 0,
+                last_counter: 0,
                 distinct: 0,
                 duplicates: 0,
                 out_of_order: 0,
@@ -457,6 +484,10 @@ impl TrackRecorder {
                 seq_jumps: 0,
                 last_picture_id: None,
                 picture_id_jumps: 0,
+                head: None,
+                ts_jumps: 0,
+                last_keyframe_seq: None,
+                gaps: Vec::new(),
                 keyframe_widths: Vec::new(),
                 payload_errors: 0,
                 keyframes: 0,
@@ -492,7 +523,29 @@ impl TrackRecorder {
         if s.first_packet_at.is_none() {
             s.first_packet_at = Some(now);
         }
+        if let Some(last) = s.last_packet_at
+            && now.duration_since(last) >= GAP_REPORTED
+        {
+            s.gaps.push((now, now.duration_since(last)));
+        }
         s.last_packet_at = Some(now);
+        let (seq, ts) = (pkt.header.sequence_number, pkt.header.timestamp);
+        match s.head {
+            Some((hs, hts)) if (seq.wrapping_sub(hs) as i16) > 0 => {
+                let clock: i64 = if s.kind == TrackKind::Video {
+                    90_000
+                } else {
+                    48_000
+                };
+                let advance = i64::from(ts.wrapping_sub(hts) as i32);
+                if !(0..=3 * clock).contains(&advance) {
+                    s.ts_jumps += 1;
+                }
+                s.head = Some((seq, ts));
+            }
+            Some(_) => {}
+            None => s.head = Some((seq, ts)),
+        }
         match s.ssrc {
             None => s.ssrc = Some(pkt.header.ssrc),
             Some(first) if first != pkt.header.ssrc => s.ssrc_changes += 1,
@@ -514,10 +567,16 @@ impl TrackRecorder {
                 s.picture_id_jumps += 1;
             }
             s.last_picture_id = Some(pid);
+            // A keyframe older (by sequence number) than the last one seen is a late retransmission: the
+            // layer it belongs to was already left.
             if let Some(w) = width
-                && s.keyframe_widths.last() != Some(&w)
+                && s.last_keyframe_seq
+                    .is_none_or(|k| (seq.wrapping_sub(k) as i16) > 0)
             {
-                s.keyframe_widths.push(w);
+                s.last_keyframe_seq = Some(seq);
+                if s.keyframe_widths.last() != Some(&w) {
+                    s.keyframe_widths.push(w);
+                }
             }
         }
         let Some(d) = decoded else {
@@ -538,6 +597,7 @@ impl TrackRecorder {
         } else {
             s.latency.negative += 1;
         }
+        s.last_counter = d.counter;
         let first = match s.first_counter {
             Some(first) => first,
             None => {
@@ -587,11 +647,14 @@ impl TrackRecorder {
             bytes: s.bytes,
             first_counter: s.first_counter,
             max_counter: s.max_counter,
+            last_counter: s.last_counter,
             distinct: s.distinct,
             duplicates: s.duplicates,
             out_of_order: s.out_of_order,
             seq_jumps: s.seq_jumps,
             picture_id_jumps: s.picture_id_jumps,
+            ts_jumps: s.ts_jumps,
+            gaps: s.gaps.clone(),
             keyframe_widths: s.keyframe_widths.clone(),
             payload_errors: s.payload_errors,
             keyframes: s.keyframes,
@@ -602,6 +665,26 @@ impl TrackRecorder {
             ended: s.ended,
             latency: s.latency.clone(),
         }
+    }
+
+    /// Counters in `from..to` (the publisher's per-track packet counters) never received: what stayed lost after
+    /// any repair. `None` when nothing from that range on was recorded (the bitmap starts at the first counter).
+    pub fn missing_in(&self, from: u64, to: u64) -> Option<u64> {
+        let s = self.lock();
+        let first = s.first_counter?;
+        if from < first {
+            return None;
+        }
+        Some(
+            (from..to)
+                .filter(|c| {
+                    let off = (c - first) as usize;
+                    s.seen
+                        .get(off / 64)
+                        .is_none_or(|w| w & (1u64 << (off % 64)) == 0)
+                })
+                .count() as u64,
+        )
     }
 
     /// Packets and bytes received so far (no histogram copy).
@@ -707,6 +790,31 @@ fn put_stamp_and_padding(buf: &mut BytesMut, counter: u64, sent_us: u64, total_l
     }
 }
 
+/// `sdp` with every UDP candidate's address replaced by `relay` (unchanged without one).
+fn via(sdp: &str, relay: Option<SocketAddr>) -> String {
+    let Some(relay) = relay else {
+        return sdp.to_string();
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let mut fields: Vec<&str> = body.split(' ').collect();
+        if body.starts_with("a=candidate:")
+            && fields.len() > 5
+            && fields[2].eq_ignore_ascii_case("udp")
+        {
+            let (ip, port) = (relay.ip().to_string(), relay.port().to_string());
+            fields[4] = &ip;
+            fields[5] = &port;
+            out.push_str(&fields.join(" "));
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 /// Print an SDP to stderr when `GIAOBAN_SIM_DUMP_SDP` is set (debugging negotiation).
 fn dump_sdp(name: &str, what: &str, sdp: &str) {
     if std::env::var_os("GIAOBAN_SIM_DUMP_SDP").is_some() {
@@ -810,7 +918,34 @@ fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Regis
         RtpCodecKind::Video,
     )?;
     let registry = match interceptors {
-        Interceptors::Default => register_default_interceptors(Registry::new(), &mut me)?,
+        Interceptors::Default => {
+            // webrtc-rs's default set, with the NACK generator giving up on a packet after 10 requests as
+            // Chromium does (kMaxNackRetries): webrtc-rs's default asks again every 100 ms without end, which on
+            // a congested 300 kbit/s link made the server's retransmissions grow to 15 Mbit/s.
+            // (`register_default_interceptors` with `configure_nack`'s generator built differently.)
+            for parameter in ["", "pli"] {
+                me.register_feedback(
+                    RTCPFeedback {
+                        typ: "nack".to_owned(),
+                        parameter: parameter.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                );
+            }
+            configure_simulcast_extension_headers(&mut me)?;
+            let registry = Registry::new()
+                .with(
+                    Slot::NackResponder,
+                    rtc::interceptor::NackResponderBuilder::new().build(),
+                )
+                .with(
+                    Slot::NackGenerator,
+                    rtc::interceptor::NackGeneratorBuilder::new()
+                        .with_max_nacks_per_packet(NACK_RETRIES)
+                        .build(),
+                );
+            configure_rtcp_reports(configure_twcc_receiver_only(registry, &mut me)?)
+        }
         Interceptors::Minimal => {
             for (typ, parameter) in [("nack", ""), ("nack", "pli")] {
                 me.register_feedback(
@@ -1135,7 +1270,10 @@ impl Inner {
         }
         let slot = guard.as_ref().ok_or_else(|| anyhow!("no subscribe pc"))?;
         slot.pc
-            .set_remote_description(RTCSessionDescription::offer(sdp.clone())?)
+            .set_remote_description(RTCSessionDescription::offer(via(
+                &sdp,
+                self.opts.media_via,
+            ))?)
             .await
             .context("subscribe: set_remote_description(offer)")?;
         if self.opts.ice_tcp && first_offer {
@@ -1477,7 +1615,10 @@ impl SimEndpoint {
         let answer = exchange(sdp).await?;
         dump_sdp(&inner.opts.name, "publish answer", &answer);
         slot.pc
-            .set_remote_description(RTCSessionDescription::answer(answer.clone())?)
+            .set_remote_description(RTCSessionDescription::answer(via(
+                &answer,
+                inner.opts.media_via,
+            ))?)
             .await
             .context("publish: set_remote_description(answer)")?;
         if inner.opts.ice_tcp {
@@ -1687,6 +1828,23 @@ impl SimEndpoint {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(participant_id.to_string(), track_id.to_string()))
             .map(|r| r.snapshot())
+    }
+
+    /// Of `participant_id`'s track `track_id`, the counters in `from..to` never received (see
+    /// [`TrackRecorder::missing_in`]).
+    pub fn missing_in(
+        &self,
+        participant_id: &str,
+        track_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Option<u64> {
+        self.inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(participant_id.to_string(), track_id.to_string()))
+            .and_then(|r| r.missing_in(from, to))
     }
 
     /// Snapshot of everything counted.
