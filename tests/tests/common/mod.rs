@@ -630,6 +630,14 @@ impl Drop for Netns {
 /// Make a namespace `<prefix>-<pid>` with loopback up, run the test `test` of this binary again inside it (where
 /// `in_netns_child()` is true), and assert it passed; the namespace is removed afterwards.
 pub async fn rerun_in_netns(prefix: &str, test: &str) {
+    if let Err(failure) = try_rerun_in_netns(prefix, test).await {
+        panic!("{failure}");
+    }
+}
+
+/// `rerun_in_netns`, returning the failure (the child's output) instead of panicking.
+#[allow(dead_code)]
+pub async fn try_rerun_in_netns(prefix: &str, test: &str) -> Result<(), String> {
     let ns = Netns(format!("{prefix}-{}", std::process::id()));
     run("ip", &["netns", "add", &ns.0]);
     run(
@@ -648,9 +656,12 @@ pub async fn rerun_in_netns(prefix: &str, test: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "the test inside namespace {} failed:\n{stdout}\n{stderr}",
-        ns.0
-    );
+    if out.status.success() && stdout.contains("1 passed") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the test inside namespace {} failed:\n{stdout}\n{stderr}",
+            ns.0
+        ))
+    }
 }
