@@ -139,6 +139,29 @@ impl Outbox {
         });
     }
 
+    /// Queue a datagram of `len` bytes written in place by `write` (which returns false to take it back).
+    pub fn push_with(
+        &mut self,
+        to: SocketAddr,
+        src_ip: Option<IpAddr>,
+        len: usize,
+        write: impl FnOnce(&mut [u8]) -> bool,
+    ) -> bool {
+        let start = self.data.len();
+        self.data.resize(start + len, 0);
+        if !write(&mut self.data[start..]) {
+            self.data.truncate(start);
+            return false;
+        }
+        self.items.push(Queued {
+            to,
+            src_ip,
+            start,
+            len,
+        });
+        true
+    }
+
     /// Put each destination's datagrams next to each other, in the order they were queued: the forwarding loop
     /// queues packet by packet for every subscriber in turn, and GSO can send one destination's run of datagrams
     /// in one call only if they are adjacent. One copy of the turn's bytes and a stable sort of its items, against

@@ -21,7 +21,7 @@ use crate::layers::{self, Estimator, Want};
 use crate::recorder::{Recording, Tap, TrackInfo};
 use crate::retransmit::{self, NotResent, PacketCache, SentLog};
 use crate::router::{ConnId, Router};
-use crate::srtp::KeyCapture;
+use crate::srtp::{KeyCapture, Sealer, StreamIndex};
 use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
 use crate::udp::{MediaSocket, Outbox};
 use bytes::BytesMut;
@@ -44,7 +44,6 @@ use rtc::rtp_transceiver::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use rtc::srtp::context::Context as SrtpContext;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -105,7 +104,7 @@ struct Conn {
     keys: Option<Arc<KeyCapture>>,
     /// Subscribe leg, once connected with AES-128-GCM: the SFU's own outbound SRTP context. Forwarded packets are
     /// sealed with it and queued straight for the socket, bypassing rtc's write pipeline.
-    srtp_out: Option<SrtpContext>,
+    srtp_out: Option<Sealer>,
     /// Where rtc last sent this connection's packets (the ICE-selected peer address).
     peer_addr: Option<SocketAddr>,
     /// Subscribe leg: the loss its receiver reports gave last (fraction lost, worst stream).
@@ -137,6 +136,8 @@ struct Consumer {
     /// connections; rtc makes them for packets it sends itself).
     octets: u64,
     last_sent: Option<(u32, Instant)>,
+    /// The SRTP index (rollover counter) of its stream, on the fast path.
+    srtp_index: StreamIndex,
 }
 
 /// One simulcast layer of a producer (or its only stream): its SSRC, what arrives of it, its keyframe requests.
@@ -889,8 +890,9 @@ impl Worker {
             let octets = out.payload.len() as u64;
             let timestamp = out.header.timestamp;
             let written = match &mut conn.srtp_out {
-                Some(ctx) => seal_and_queue(
-                    ctx,
+                Some(sealer) => seal_and_queue(
+                    sealer,
+                    &mut consumer.srtp_index,
                     &out,
                     &mut self.scratch,
                     conn.peer_addr,
@@ -1003,8 +1005,9 @@ impl Worker {
                 };
                 // As in `forward`: sealed by the SFU, or straight into rtc's write pipeline.
                 let written = match &mut conn.srtp_out {
-                    Some(ctx) => seal_and_queue(
-                        ctx,
+                    Some(sealer) => seal_and_queue(
+                        sealer,
+                        &mut consumer.srtp_index,
                         &out,
                         &mut self.scratch,
                         conn.peer_addr,
@@ -1123,7 +1126,7 @@ impl Worker {
                 match state {
                     RTCPeerConnectionState::Connected if leg == Leg::Subscribe => {
                         if conn.srtp_out.is_none() {
-                            conn.srtp_out = conn.keys.as_ref().and_then(|k| k.outbound_context());
+                            conn.srtp_out = conn.keys.as_ref().and_then(|k| k.sealer());
                             debug!(
                                 %participant,
                                 fast_path = conn.srtp_out.is_some(),
@@ -1396,6 +1399,7 @@ impl Worker {
             }),
             octets: 0,
             last_sent: None,
+            srtp_index: StreamIndex::default(),
         });
         self.layers_dirty = true;
         if let Some(p) = self.participants.get_mut(subscriber) {
@@ -2649,13 +2653,14 @@ fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
     }
 }
 
-/// The fast path: seal a forwarded packet with the subscriber's outbound SRTP context and queue it for the socket
-/// (or its ICE-TCP stream). Per packet: the header and payload into a reused buffer, one AES-GCM seal (rtc-srtp
-/// returns the sealed packet in a new buffer), one copy into the outbox. `false`: not sent (no peer address yet,
-/// or the context refused).
+/// The fast path: seal a forwarded packet for the subscriber and queue it for the socket (or its ICE-TCP stream).
+/// Per packet: the header marshalled and the payload copied straight into the outbox, one AES-GCM seal in place
+/// there (`srtp::Sealer`), the rollover counter from the consumer's own `StreamIndex`. No allocation, no map
+/// lookup. `false`: not sent (no peer address yet, or the cipher refused).
 #[allow(clippy::too_many_arguments)]
 fn seal_and_queue(
-    ctx: &mut SrtpContext,
+    sealer: &mut Sealer,
+    index: &mut StreamIndex,
     packet: &rtc::rtp::Packet,
     scratch: &mut Vec<u8>,
     peer: Option<SocketAddr>,
@@ -2665,23 +2670,45 @@ fn seal_and_queue(
     tcp: &mut Option<TcpMedia>,
     link: &mut LinkCounters,
 ) -> bool {
-    use rtc::shared::marshal::{Marshal, MarshalSize};
+    use rtc::shared::marshal::MarshalSize;
     let Some(peer) = peer else {
         return false;
     };
-    let size = packet.marshal_size();
-    scratch.clear();
-    scratch.resize(size, 0);
-    if packet.marshal_to(scratch).is_err() {
-        return false;
-    }
-    let Ok(sealed) = ctx.encrypt_rtp_with_header(scratch, &packet.header) else {
-        return false;
+    let header_len = packet.header.marshal_size();
+    let len = header_len + packet.payload.len() + crate::srtp::TAG_LEN;
+    let seq = packet.header.sequence_number;
+    let roc = index.roc_for(seq);
+    let mut write = |buf: &mut [u8]| -> bool {
+        use rtc::shared::marshal::Marshal;
+        let (plain, tag) = buf.split_at_mut(len - crate::srtp::TAG_LEN);
+        if packet.header.marshal_to(&mut plain[..header_len]).is_err() {
+            return false;
+        }
+        plain[header_len..].copy_from_slice(&packet.payload);
+        let mut t = [0u8; crate::srtp::TAG_LEN];
+        if sealer
+            .seal(packet.header.ssrc, seq, roc, plain, header_len, &mut t)
+            .is_err()
+        {
+            return false;
+        }
+        tag.copy_from_slice(&t);
+        true
     };
-    link.sent(sealed.len());
-    match (tcp_stream, tcp) {
-        (Some(stream), Some(tcp)) => tcp.queue(stream, &sealed),
-        _ => outbox.push(peer, src_ip, &sealed),
+    let sent = match (tcp_stream, tcp) {
+        (Some(stream), Some(tcp)) => {
+            scratch.clear();
+            scratch.resize(len, 0);
+            let ok = write(scratch);
+            if ok {
+                tcp.queue(stream, scratch);
+            }
+            ok
+        }
+        _ => outbox.push_with(peer, src_ip, len, write),
+    };
+    if sent {
+        link.sent(len);
     }
-    true
+    sent
 }
