@@ -18,7 +18,9 @@ use rtc::crypto::{
     CryptoError, HashAlgorithm, HmacAlgorithm, KeyExchangeAlgorithm, Mac, PublicKey, RTCCrypto,
     RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher, StreamCipherAlgorithm,
 };
+#[cfg(test)]
 use rtc::srtp::context::Context;
+#[cfg(test)]
 use rtc::srtp::protection_profile::ProtectionProfile;
 use std::sync::{Arc, Mutex};
 
