@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 pub const VIDEO_CACHE: usize = 512;
 /// Packets kept per audio stream (50 a second): about 2.5 s.
 pub const AUDIO_CACHE: usize = 128;
-/// A packet is sent again at most this many times (a link that loses it three times over is better served by
-/// a keyframe or a lower layer than by a NACK storm).
+/// A video packet is sent again at most this many times (a link that loses it three times over is better served
+/// by a keyframe or a lower layer than by a NACK storm).
 pub const MAX_RESENDS: u8 = 2;
+/// An audio packet, more often: speech is what must get through, and it is small.
+pub const MAX_AUDIO_RESENDS: u8 = 4;
 /// Not again within this long of the last resend, whatever the round trip (a NACK repeated before the first
 /// resend could arrive).
 pub const MIN_RESEND_INTERVAL: Duration = Duration::from_millis(40);
@@ -85,6 +87,7 @@ pub struct Sent {
 /// What the consumer's subscriber was sent, by its sequence number, in a ring.
 pub struct SentLog {
     entries: Box<[Sent]>,
+    max_resends: u8,
 }
 
 /// Why a NACKed packet was not sent again.
@@ -97,9 +100,10 @@ pub enum NotResent {
 }
 
 impl SentLog {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, max_resends: u8) -> Self {
         Self {
             entries: vec![Sent::default(); capacity.max(1)].into_boxed_slice(),
+            max_resends,
         }
     }
 
@@ -140,7 +144,7 @@ impl SentLog {
         if !e.valid || e.seq != seq {
             return Err(NotResent::Gone);
         }
-        if e.resends >= MAX_RESENDS
+        if e.resends >= self.max_resends
             || e.last_resend
                 .is_some_and(|t| now.duration_since(t) < interval.max(MIN_RESEND_INTERVAL))
         {
@@ -188,7 +192,7 @@ mod tests {
     #[test]
     fn sent_log_answers_a_nack_once_per_interval_and_at_most_twice() {
         let t0 = Instant::now();
-        let mut log = SentLog::new(16);
+        let mut log = SentLog::new(16, MAX_RESENDS);
         log.record(100, 0xabc, 5000, 90_000, Some(77), Some(3));
         let rtt = Duration::from_millis(150);
         let e = log.take_resend(100, t0, rtt).expect("first resend");
@@ -227,7 +231,7 @@ mod tests {
     #[test]
     fn a_short_round_trip_still_waits_the_minimum_interval() {
         let t0 = Instant::now();
-        let mut log = SentLog::new(4);
+        let mut log = SentLog::new(4, MAX_RESENDS);
         log.record(1, 0, 1, 0, None, None);
         assert!(log.take_resend(1, t0, Duration::ZERO).is_ok());
         assert_eq!(

@@ -1393,10 +1393,12 @@ impl Worker {
             tile: None,
             target_desired: None,
             packets: 0,
-            sent: SentLog::new(match producer.kind {
-                MediaKind::Audio => retransmit::AUDIO_CACHE,
-                MediaKind::Video => retransmit::VIDEO_CACHE,
-            }),
+            sent: match producer.kind {
+                MediaKind::Audio => {
+                    SentLog::new(retransmit::AUDIO_CACHE, retransmit::MAX_AUDIO_RESENDS)
+                }
+                MediaKind::Video => SentLog::new(retransmit::VIDEO_CACHE, retransmit::MAX_RESENDS),
+            },
             octets: 0,
             last_sent: None,
             srtp_index: StreamIndex::default(),
