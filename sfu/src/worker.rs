@@ -721,7 +721,17 @@ impl Worker {
                     }
                     if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                         if let Some(conn) = self.conns.get_mut(&conn_id) {
-                            conn.count_nacked(nack);
+                            // The downlink estimate chooses video layers from the video's losses; audio NACKs
+                            // (small, repaired) do not count (a commune line's random loss on speech would read
+                            // as congestion and pause video that fits).
+                            let video = conn
+                                .producer_by_ssrc
+                                .get(&nack.media_ssrc)
+                                .and_then(|k| self.producers.get(k))
+                                .is_some_and(|p| p.kind == MediaKind::Video);
+                            if video {
+                                conn.count_nacked(nack);
+                            }
                         }
                         self.retransmit(conn_id, nack, m.now);
                         continue;
