@@ -294,6 +294,9 @@ struct Producer {
     consumers: Vec<Consumer>,
     /// While its room records: where each forwarded packet goes too (off the media path).
     record: Option<Tap>,
+    /// The layer the recording writes: the highest one flowing when its first packet came (a browser short of CPU
+    /// or uplink may never send its top layer), kept for the whole file.
+    record_ssrc: Option<u32>,
     /// Audio: the negotiated id of the RFC 6464 audio level header extension (`None`: not negotiated).
     audio_level_id: Option<u8>,
     /// Audio: the smoothed level of what arrives, dBov (−127 silence … 0 loudest); `None` before the first level.
@@ -818,9 +821,19 @@ impl Worker {
             packet.header.marker,
             &packet.payload,
         );
-        // The recording gets what the meeting hears and sees, the top simulcast layer of a camera: one
-        // non-blocking queue push per packet per producer (payload shared, nothing allocated).
-        if li + 1 == producer.layers.len()
+        // The recording gets what the meeting hears and sees, the highest simulcast layer of a camera that flows:
+        // one non-blocking queue push per packet per producer (payload shared, nothing allocated).
+        if producer.record.is_some() && producer.record_ssrc.is_none() {
+            let top = producer
+                .layers
+                .iter()
+                .rposition(|l| l.is_flowing(now))
+                .unwrap_or(li);
+            if li == top {
+                producer.record_ssrc = Some(ssrc);
+            }
+        }
+        if producer.record_ssrc == Some(ssrc)
             && let Some(tap) = &producer.record
             && !tap.packet(&packet, now)
         {
@@ -1289,6 +1302,7 @@ impl Worker {
                 layers: vec![Layer::new(rid.unwrap_or_default(), ssrc, kind)],
                 consumers: Vec::new(),
                 record: None,
+                record_ssrc: None,
                 audio_level_id: audio_level_id.filter(|_| kind == MediaKind::Audio),
                 audio_level: None,
             },
@@ -1297,6 +1311,7 @@ impl Worker {
             && let Some(p) = self.producers.get_mut(&key)
         {
             p.record = Some(rec.tap(key, p.track_info()));
+            p.record_ssrc = None;
         }
         let subscribers: Vec<ParticipantId> = self
             .rooms
@@ -1934,6 +1949,7 @@ impl Worker {
         let mut video = Vec::new();
         for (key, p) in self.producers.iter_mut().filter(|(_, p)| p.room == room) {
             p.record = Some(rec.tap(*key, p.track_info()));
+            p.record_ssrc = None;
             if p.kind == MediaKind::Video {
                 video.push(*key);
             }
@@ -2483,9 +2499,13 @@ impl Worker {
         // at once, and the publisher's uplink stays measured).
         for p in self.producers.values_mut().filter(|p| p.simulcast) {
             let mut wanted = 1u8;
-            // A recording keeps the top layer (the one it writes) flowing.
+            // A recording keeps the layer it writes flowing (the top one until it has chosen).
             if p.record.is_some() && !p.layers.is_empty() {
-                wanted |= 1 << (p.layers.len() - 1);
+                let recorded = p
+                    .record_ssrc
+                    .and_then(|s| p.layers.iter().position(|l| l.ssrc == s))
+                    .unwrap_or(p.layers.len() - 1);
+                wanted |= 1 << recorded;
             }
             for c in p.consumers.iter().filter(|c| !c.paused) {
                 if let Some(t) = c.target_desired {

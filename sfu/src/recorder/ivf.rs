@@ -27,8 +27,15 @@ impl<W: Write + Seek> IvfWriter<W> {
         })
     }
 
-    /// Write one whole VP8 frame (the concatenated partitions, descriptors stripped) shown at `pts_ms`.
+    /// Write one whole VP8 frame (the concatenated partitions, descriptors stripped) shown at `pts_ms`. Times
+    /// only go forward in the file: a frame not after the last one (two frames within a millisecond, or the
+    /// recorded simulcast layer changing to one whose timestamps lag) is shown 1 ms after it, as players require.
     pub fn write_frame(&mut self, frame: &[u8], pts_ms: u64) -> std::io::Result<()> {
+        let pts_ms = if self.frames > 0 && pts_ms <= self.last_pts {
+            self.last_pts + 1
+        } else {
+            pts_ms
+        };
         if self.width == 0
             && let Some((w, h)) = keyframe_size(frame)
         {
@@ -99,6 +106,23 @@ pub fn keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_only_go_forward() {
+        let mut w = IvfWriter::new(std::io::Cursor::new(Vec::new())).expect("writer");
+        for pts in [0u64, 33, 33, 20, 100] {
+            w.write_frame(&[0u8; 10], pts).expect("frame");
+        }
+        let out = w.finish().expect("finish").into_inner();
+        // Frames follow the 32-byte header: 4 bytes size, 8 bytes pts, 10 bytes frame each.
+        let pts: Vec<u64> = (0..5)
+            .map(|i| {
+                let at = 32 + i * 22 + 4;
+                u64::from_le_bytes(out[at..at + 8].try_into().expect("8 bytes"))
+            })
+            .collect();
+        assert_eq!(pts, vec![0, 33, 34, 35, 100]);
+    }
 
     #[test]
     fn header_and_frames() {
