@@ -323,6 +323,18 @@ impl RTCCrypto for CapturingCrypto {
 mod tests {
     use super::*;
 
+    /// An rtc-srtp AES-128-GCM context, as rtc makes one for each direction.
+    fn gcm(key: &[u8], salt: &[u8], crypto: &dyn RTCCrypto) -> rtc::shared::error::Result<Context> {
+        Context::new(
+            key,
+            salt,
+            ProtectionProfile::AeadAes128Gcm,
+            None,
+            None,
+            crypto,
+        )
+    }
+
     /// The captured key and salt make a context whose packets rtc-srtp's own remote context (made from the same
     /// master key and salt, as the subscriber's would be) decrypts.
     #[test]
@@ -332,36 +344,13 @@ mod tests {
         let key = [7u8; KEY_LEN];
         let salt = [9u8; SALT_LEN];
         // What rtc does when DTLS completes: the local context first, through the connection's provider.
-        let _local = Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            capture.crypto(),
-        )
-        .expect("local context");
-        let _remote = Context::new(
-            &[1u8; KEY_LEN],
-            &[2u8; SALT_LEN],
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            capture.crypto(),
-        )
-        .expect("remote context");
+        let _local = gcm(&key, &salt, capture.crypto()).expect("local context");
+        let _remote =
+            gcm(&[1u8; KEY_LEN], &[2u8; SALT_LEN], capture.crypto()).expect("remote context");
         assert_eq!(capture.master_key_and_salt(), Some((key, salt)));
 
         let mut ours = capture.outbound_context().expect("fast path context");
-        let mut peer = Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("peer context");
+        let mut peer = gcm(&key, &salt, provider.crypto()).expect("peer context");
         let header = rtc::rtp::header::Header {
             version: 2,
             payload_type: 96,
@@ -392,34 +381,10 @@ mod tests {
         let capture = KeyCapture::new(provider.clone());
         let key = [3u8; KEY_LEN];
         let salt = [5u8; SALT_LEN];
-        let _local = Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            capture.crypto(),
-        )
-        .expect("local context");
+        let _local = gcm(&key, &salt, capture.crypto()).expect("local context");
         let mut sealer = capture.sealer().expect("sealer");
-        let mut reference = Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("reference context");
-        let mut peer = Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            provider.crypto(),
-        )
-        .expect("peer context");
+        let mut reference = gcm(&key, &salt, provider.crypto()).expect("reference context");
+        let mut peer = gcm(&key, &salt, provider.crypto()).expect("peer context");
         let mut index = StreamIndex::default();
         let mut first_65535 = Vec::new();
         use rtc::shared::marshal::{Marshal, MarshalSize};

@@ -905,41 +905,21 @@ impl Worker {
                 crate::vp8::rewrite(&mut payload, desc, rewrite.picture_id, rewrite.tl0picidx);
                 out.payload = payload.freeze();
             }
-            // Straight into the connection's write pipeline: `RTCRtpSender::write_rtp` would first rebuild the
-            // sender's parameters (codec and extension lists, several allocations) to check SSRC, payload type
-            // and extensions, which this loop already guarantees (the consumer's SSRC, the payload type its answer
-            // negotiated, no extensions); rtc ignores the track id of a written packet (an empty one allocates
-            // nothing).
             let octets = out.payload.len() as u64;
             let timestamp = out.header.timestamp;
-            let written = match &mut conn.srtp_out {
-                Some(sealer) => seal_and_queue(
-                    sealer,
-                    &mut consumer.srtp_index,
-                    &out,
-                    &mut self.scratch,
-                    conn.peer_addr,
-                    conn.src_ip,
-                    conn.tcp_stream,
-                    &mut self.outbox,
-                    &mut self.tcp,
-                    &mut conn.link,
-                ),
-                None => {
-                    let ok = conn
-                        .pc
-                        .handle_write(TaggedRTCMessage {
-                            now,
-                            message: RTCMessage::RtpPacket(String::new(), out),
-                        })
-                        .is_ok();
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push(consumer.conn);
-                    }
-                    ok
-                }
-            };
+            let written = write_rtp(
+                conn,
+                &mut consumer.srtp_index,
+                out,
+                now,
+                &mut self.scratch,
+                &mut self.outbox,
+                &mut self.tcp,
+            );
+            if conn.srtp_out.is_none() && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(consumer.conn);
+            }
             if written {
                 self.stats.rtp_forwarded += 1;
                 self.stats.rtp_sealed += u64::from(conn.srtp_out.is_some());
@@ -1026,28 +1006,15 @@ impl Worker {
                     },
                     payload,
                 };
-                // As in `forward`: sealed by the SFU, or straight into rtc's write pipeline.
-                let written = match &mut conn.srtp_out {
-                    Some(sealer) => seal_and_queue(
-                        sealer,
-                        &mut consumer.srtp_index,
-                        &out,
-                        &mut self.scratch,
-                        conn.peer_addr,
-                        conn.src_ip,
-                        conn.tcp_stream,
-                        &mut self.outbox,
-                        &mut self.tcp,
-                        &mut conn.link,
-                    ),
-                    None => conn
-                        .pc
-                        .handle_write(TaggedRTCMessage {
-                            now,
-                            message: RTCMessage::RtpPacket(String::new(), out),
-                        })
-                        .is_ok(),
-                };
+                let written = write_rtp(
+                    conn,
+                    &mut consumer.srtp_index,
+                    out,
+                    now,
+                    &mut self.scratch,
+                    &mut self.outbox,
+                    &mut self.tcp,
+                );
                 if written {
                     self.stats.rtp_retransmitted += 1;
                     self.stats.rtp_sealed += u64::from(conn.srtp_out.is_some());
@@ -2682,6 +2649,43 @@ fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
         MediaSource::Microphone => policy.audio,
         MediaSource::Screen => policy.screen,
         MediaSource::Camera => true,
+    }
+}
+
+/// Send one rewritten RTP packet to a subscriber: sealed by the SFU when the connection has a `Sealer` (the fast
+/// path), else straight into rtc's write pipeline — not `RTCRtpSender::write_rtp`, which first rebuilds the
+/// sender's parameters (codec and extension lists, several allocations) to check SSRC, payload type and
+/// extensions, all of which the caller guarantees; rtc ignores the track id of a written packet (an empty one
+/// allocates nothing). The caller marks an rtc-path connection dirty so `flush_dirty` drains it.
+fn write_rtp(
+    conn: &mut Conn,
+    index: &mut StreamIndex,
+    out: rtc::rtp::Packet,
+    now: Instant,
+    scratch: &mut Vec<u8>,
+    outbox: &mut Outbox,
+    tcp: &mut Option<TcpMedia>,
+) -> bool {
+    match &mut conn.srtp_out {
+        Some(sealer) => seal_and_queue(
+            sealer,
+            index,
+            &out,
+            scratch,
+            conn.peer_addr,
+            conn.src_ip,
+            conn.tcp_stream,
+            outbox,
+            tcp,
+            &mut conn.link,
+        ),
+        None => conn
+            .pc
+            .handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), out),
+            })
+            .is_ok(),
     }
 }
 
