@@ -153,6 +153,10 @@ pub struct MediaConfig {
     /// connection of its own, so the camera's publish connection is never renegotiated (see ARCHITECTURE.md).
     /// Off: one camera layer.
     pub simulcast: bool,
+    /// Up to this many endpoints (halls) in a meeting, every member receives every hall (each hall sees the
+    /// others). Beyond it a hall or an observer receives only the chair, whoever is heard (the floor) and screen
+    /// shares; the chair and the secretary still receive every hall. 0 = always only the chair and the floor.
+    pub every_hall_up_to: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
@@ -223,6 +227,7 @@ impl Default for MediaConfig {
             workers: 1,
             tcp_port: 0,
             simulcast: true,
+            every_hall_up_to: 12,
         }
     }
 }
@@ -367,6 +372,10 @@ impl Config {
                 "MEDIA_SIMULCAST" => match value.parse() {
                     Ok(v) => self.media.simulcast = v,
                     Err(_) => return parse("boolean (true/false)"),
+                },
+                "MEDIA_EVERY_HALL_UP_TO" => match value.parse() {
+                    Ok(v) => self.media.every_hall_up_to = v,
+                    Err(_) => return parse("whole number"),
                 },
                 "TURN_URLS" => {
                     self.turn.urls = value

@@ -63,6 +63,29 @@ impl ForwardPolicy {
     };
 }
 
+/// Whose media a participant receives (the meeting rules decide; the media plane makes the consumers).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ReceivePolicy {
+    /// Every other participant's tracks (the chair; every member of a small meeting).
+    #[default]
+    Everyone,
+    /// Only the camera and microphone of these participants, and every screen share (a hall in a large meeting:
+    /// the chair and whoever is heard).
+    Only(Vec<ParticipantId>),
+}
+
+impl ReceivePolicy {
+    /// Whether a producer of `owner` from `source` reaches this participant.
+    pub fn receives(&self, owner: &str, source: MediaSource) -> bool {
+        match self {
+            ReceivePolicy::Everyone => true,
+            ReceivePolicy::Only(from) => {
+                source == MediaSource::Screen || from.iter().any(|p| p == owner)
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SfuError {
     #[error("unknown participant")]
@@ -90,9 +113,17 @@ pub enum Command {
         participant: ParticipantId,
         room: RoomId,
         policy: ForwardPolicy,
+        /// Whose tracks it receives.
+        receive: ReceivePolicy,
         /// Echo: the participant also receives its own tracks (the pre-meeting connection test, alone in a
         /// private room, measures real media both ways).
         echo: bool,
+    },
+    /// Change whose tracks a participant receives (the floor moved, the meeting grew past the size where every
+    /// hall sees every hall): consumers are added and removed, and its subscribe connection renegotiated once.
+    SetReceive {
+        participant: ParticipantId,
+        receive: ReceivePolicy,
     },
     /// Change what is forwarded of a participant (floor granted or taken back, muted, mode changed).
     SetPolicy {
@@ -371,6 +402,7 @@ impl SfuHandle {
             | Command::SubscribeAnswer { participant, .. }
             | Command::RemoteCandidate { participant, .. }
             | Command::SetPolicy { participant, .. }
+            | Command::SetReceive { participant, .. }
             | Command::SetVideoSize { participant, .. }
             | Command::SetLayerCap { participant, .. }
             | Command::RequestKeyframe { participant, .. } => *self

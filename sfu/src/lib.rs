@@ -23,7 +23,7 @@ mod worker;
 
 pub use api::{
     Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, ParticipantLinks,
-    RecordedFile, RoomId, SfuError, SfuHandle, TrackDesc, WorkerStats,
+    ReceivePolicy, RecordedFile, RoomId, SfuError, SfuHandle, TrackDesc, WorkerStats,
 };
 pub use health::LinkHealth;
 

@@ -7,7 +7,7 @@
 
 use crate::api::{
     Command, Event, ForwardPolicy, Leg, MediaKind, MediaSource, ParticipantId, ParticipantLinks,
-    RoomId, SfuError, TrackDesc, WorkerStats,
+    ReceivePolicy, RoomId, SfuError, TrackDesc, WorkerStats,
 };
 use crate::codec::Codec;
 use crate::connection::{self, Endpoint};
@@ -320,6 +320,8 @@ impl Producer {
 struct Participant {
     room: RoomId,
     policy: ForwardPolicy,
+    /// Whose tracks it receives.
+    receive: ReceivePolicy,
     publish: Option<ConnId>,
     subscribe: Option<ConnId>,
     /// The screen share's own publish connection, while sharing.
@@ -1287,6 +1289,11 @@ impl Worker {
                 r.participants
                     .iter()
                     .filter(|p| echo || **p != owner)
+                    .filter(|p| {
+                        self.participants
+                            .get(*p)
+                            .is_some_and(|sub| sub.receive.receives(&owner, source))
+                    })
                     .cloned()
                     .collect()
             })
@@ -1720,6 +1727,7 @@ impl Worker {
                 participant,
                 room,
                 policy,
+                receive,
                 echo,
             } => {
                 let now = Instant::now();
@@ -1739,6 +1747,7 @@ impl Worker {
                     Participant {
                         room: room.clone(),
                         policy,
+                        receive,
                         publish: None,
                         subscribe: None,
                         screen: None,
@@ -1758,9 +1767,15 @@ impl Worker {
                 r.participants.push(participant.clone());
                 let existing = r.producers.clone();
                 for key in existing {
-                    self.add_consumer(key, &participant, now);
+                    if self.should_consume(key, &participant) {
+                        self.add_consumer(key, &participant, now);
+                    }
                 }
             }
+            Command::SetReceive {
+                participant,
+                receive,
+            } => self.set_receive(&participant, receive),
             Command::PublishOffer {
                 participant,
                 sdp,
@@ -2123,24 +2138,87 @@ impl Worker {
             room.producers.retain(|k| *k != key);
         }
         for c in &producer.consumers {
-            if let Some(conn) = self.conns.get_mut(&c.conn) {
-                conn.producer_by_ssrc.remove(&c.ssrc);
-                match conn.pc.remove_track(c.sender) {
-                    Ok(()) => match producer.kind {
-                        MediaKind::Audio => conn.free_audio_transceivers += 1,
-                        MediaKind::Video => conn.free_video_transceivers += 1,
-                    },
-                    Err(e) => debug!(error = %e, "remove_track failed"),
-                }
-            }
-            if let Some(sub) = self.participants.get_mut(&c.subscriber) {
-                sub.renegotiate = true;
-            }
+            self.detach_consumer(c, producer.kind);
         }
         let _ = self.events.send(Event::TrackUnpublished {
             participant: producer.owner.clone(),
             track_id: producer.id.clone(),
         });
+    }
+
+    /// A consumer is gone from its producer: its sender leaves the subscribe connection (the transceiver is kept
+    /// for the next track of its kind), and the subscriber is offered the change.
+    fn detach_consumer(&mut self, c: &Consumer, kind: MediaKind) {
+        if let Some(conn) = self.conns.get_mut(&c.conn) {
+            conn.producer_by_ssrc.remove(&c.ssrc);
+            match conn.pc.remove_track(c.sender) {
+                Ok(()) => match kind {
+                    MediaKind::Audio => conn.free_audio_transceivers += 1,
+                    MediaKind::Video => conn.free_video_transceivers += 1,
+                },
+                Err(e) => debug!(error = %e, "remove_track failed"),
+            }
+        }
+        if let Some(sub) = self.participants.get_mut(&c.subscriber) {
+            sub.renegotiate = true;
+        }
+    }
+
+    /// Whether `subscriber` is to consume the producer `key` (its receive policy; nobody consumes its own tracks
+    /// but in the connection test).
+    fn should_consume(&self, key: ProducerKey, subscriber: &ParticipantId) -> bool {
+        let (Some(producer), Some(sub)) =
+            (self.producers.get(&key), self.participants.get(subscriber))
+        else {
+            return false;
+        };
+        (sub.echo || &producer.owner != subscriber)
+            && sub.receive.receives(&producer.owner, producer.source)
+    }
+
+    /// A new receive policy: the consumers it no longer wants go, the ones it now wants come; the subscribe
+    /// connection is renegotiated once for both (at the end of the turn).
+    fn set_receive(&mut self, participant: &ParticipantId, receive: ReceivePolicy) {
+        let Some(p) = self.participants.get_mut(participant) else {
+            return;
+        };
+        if p.receive == receive {
+            return;
+        }
+        p.receive = receive;
+        let room = p.room.clone();
+        let keys = self
+            .rooms
+            .get(&room)
+            .map(|r| r.producers.clone())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let (mut added, mut removed) = (0, 0);
+        for key in keys {
+            let wanted = self.should_consume(key, participant);
+            let Some(producer) = self.producers.get_mut(&key) else {
+                continue;
+            };
+            let kind = producer.kind;
+            match producer
+                .consumers
+                .iter()
+                .position(|c| &c.subscriber == participant)
+            {
+                Some(i) if !wanted => {
+                    let c = producer.consumers.remove(i);
+                    self.detach_consumer(&c, kind);
+                    self.layers_dirty = true;
+                    removed += 1;
+                }
+                None if wanted => {
+                    self.add_consumer(key, participant, now);
+                    added += 1;
+                }
+                _ => {}
+            }
+        }
+        debug!(%participant, added, removed, "receive policy changed");
     }
 
     fn close_conn(&mut self, id: ConnId) {

@@ -11,7 +11,9 @@ use crate::rules::{self, Floor};
 use crate::store::{self, Store};
 use dashmap::DashMap;
 use giaoban_config::Config;
-use giaoban_sfu::{Command, Event, ForwardPolicy, MediaKind, MediaSource, SfuHandle};
+use giaoban_sfu::{
+    Command, Event, ForwardPolicy, MediaKind, MediaSource, ReceivePolicy, SfuHandle,
+};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +49,8 @@ pub(crate) struct Member {
     pub(crate) info: ParticipantInfo,
     pub(crate) outbox: Outbox,
     pub(crate) policy: ForwardPolicy,
+    /// Whose tracks it receives (`receive_for`).
+    pub(crate) receive: ReceivePolicy,
     attendance_row: Option<i64>,
     /// Its socket closed or its media connection failed without a `leave`, this long ago: it stays in the room
     /// (the others' pictures of it freeze) for `RESUME_GRACE`, so the hall can come back as itself.
@@ -415,6 +419,7 @@ impl Hub {
             },
             outbox,
             policy,
+            receive: ReceivePolicy::Everyone,
             attendance_row: None,
             away_since: None,
             resuming: false,
@@ -437,6 +442,7 @@ impl Hub {
             participant: participant_id.clone(),
             room: room_key,
             policy,
+            receive: ReceivePolicy::Everyone,
             echo: true,
         });
         self.audit(
@@ -726,16 +732,23 @@ impl Hub {
                 info,
                 outbox,
                 policy,
+                receive: ReceivePolicy::Everyone,
                 attendance_row,
                 away_since: None,
                 resuming: resumed.is_some(),
             });
+            // Whose tracks it receives, with itself counted among the halls; the others' follow in `after_change`.
+            let receive = receive_for(room, &identity, self.config.media.every_hall_up_to);
+            if let Some(m) = room.members.last_mut() {
+                m.receive = receive.clone();
+            }
             // For a resumed participant the media plane drops its old connections and producers (the others get
             // `track_unpublished`, then the new tracks).
             let _ = self.sfu.send(Command::Join {
                 participant: identity.participant_id.clone(),
                 room: room_key.clone(),
                 policy,
+                receive,
                 echo: false,
             });
         }
@@ -933,13 +946,25 @@ impl Hub {
         let Some(live) = room.meeting.as_ref() else {
             return;
         };
-        for m in room.members.iter_mut() {
+        let receives: Vec<ReceivePolicy> = room
+            .members
+            .iter()
+            .map(|m| receive_for(room, &m.identity, self.config.media.every_hall_up_to))
+            .collect();
+        for (m, receive) in room.members.iter_mut().zip(receives) {
             let policy = policy_for(Some(&live.floor), &m.identity);
             if policy != m.policy {
                 m.policy = policy;
                 let _ = self.sfu.send(Command::SetPolicy {
                     participant: m.identity.participant_id.clone(),
                     policy,
+                });
+            }
+            if receive != m.receive {
+                m.receive = receive.clone();
+                let _ = self.sfu.send(Command::SetReceive {
+                    participant: m.identity.participant_id.clone(),
+                    receive,
                 });
             }
         }
@@ -1381,6 +1406,45 @@ pub(crate) fn policy_for(floor: Option<&Floor>, identity: &Identity) -> ForwardP
             screen: f.may_share_screen(&identity.subject),
         },
     }
+}
+
+/// Whose tracks a member receives. In an open room, and in a meeting of at most `every_hall_up_to` halls, everyone's;
+/// the chair, the secretary and an admin always everyone's (the chair sees every hall). Otherwise a hall or an
+/// observer receives the chair, whoever holds the floor or is heard, and screen shares: what a commune link can
+/// carry, and the server's work grows with the halls rather than with their square.
+pub(crate) fn receive_for(
+    room: &Room,
+    identity: &Identity,
+    every_hall_up_to: usize,
+) -> ReceivePolicy {
+    let Some(live) = &room.meeting else {
+        return ReceivePolicy::Everyone;
+    };
+    if matches!(identity.role, Role::Chair | Role::Secretary | Role::Admin) {
+        return ReceivePolicy::Everyone;
+    }
+    let halls = room
+        .members
+        .iter()
+        .filter(|m| m.identity.role == Role::Endpoint)
+        .count();
+    if halls <= every_hall_up_to {
+        return ReceivePolicy::Everyone;
+    }
+    let f = &live.floor;
+    let mut from: Vec<String> = room
+        .members
+        .iter()
+        .filter(|m| m.identity.participant_id != identity.participant_id)
+        .filter(|m| {
+            let subject = &m.identity.subject;
+            m.identity.role == Role::Chair || f.holds_floor(subject) || f.is_heard(subject)
+        })
+        .map(|m| m.identity.participant_id.clone())
+        .collect();
+    from.sort();
+    from.dedup();
+    ReceivePolicy::Only(from)
 }
 
 /// The meeting state every member sees (open rooms: discussion, nobody holds the floor).
