@@ -41,6 +41,7 @@ const ui = {
   roleChip: $('role-chip'),
   modeChip: $('mode-chip'),
   lockChip: $('lock-chip'),
+  receiveChip: $('receive-chip'),
   recChip: $('rec-chip'),
   messages: $('messages'),
   statusWs: $('status-ws'),
@@ -412,6 +413,8 @@ function renderParticipant(p) {
   });
   renderTileFlags(p.view, p.id, p.screenStream.getVideoTracks().length > 0);
   renderTileActions(p);
+  // A large meeting: a hall receives only the chair and the speakers (`receiving`); the other halls get no tile.
+  p.view.tile.hidden = !!meeting.receiveOnly && !meeting.receiveOnly.has(p.id);
 }
 
 /** The chair's per-tile actions (mute, ask to unmute, remove) and, for who manages the floor, grant/revoke. */
@@ -1810,6 +1813,11 @@ function onServerMessage(msg) {
     case 'video_paused':
       onVideoPaused(msg.track_id, !!msg.paused);
       break;
+    case 'receiving':
+      meeting.receiveOnly = Array.isArray(msg.only) ? new Set(msg.only) : null;
+      ui.receiveChip.hidden = !meeting.receiveOnly;
+      for (const p of meeting.participants.values()) renderParticipant(p);
+      break;
     case 'pong':
       break;
     case 'error':
@@ -1926,7 +1934,7 @@ function showOnly(view) {
   ui.status.hidden = view !== 'meeting';
   ui.roomLabel.hidden = view !== 'meeting';
   if (view !== 'meeting') {
-    for (const x of [ui.meetingTitle, ui.roleChip, ui.modeChip, ui.lockChip, ui.floorBanner, ui.unmutePrompt]) {
+    for (const x of [ui.meetingTitle, ui.roleChip, ui.modeChip, ui.lockChip, ui.receiveChip, ui.floorBanner, ui.unmutePrompt]) {
       x.hidden = true;
     }
     delete document.body.dataset.role;

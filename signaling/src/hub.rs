@@ -740,6 +740,9 @@ impl Hub {
             // Whose tracks it receives, with itself counted among the halls; the others' follow in `after_change`.
             let receive = receive_for(room, &identity, self.config.media.every_hall_up_to);
             if let Some(m) = room.members.last_mut() {
+                if receive != ReceivePolicy::Everyone {
+                    send(&m.outbox, receiving_message(&receive));
+                }
                 m.receive = receive.clone();
             }
             // For a resumed participant the media plane drops its old connections and producers (the others get
@@ -961,6 +964,7 @@ impl Hub {
                 });
             }
             if receive != m.receive {
+                send(&m.outbox, receiving_message(&receive));
                 m.receive = receive.clone();
                 let _ = self.sfu.send(Command::SetReceive {
                     participant: m.identity.participant_id.clone(),
@@ -1445,6 +1449,16 @@ pub(crate) fn receive_for(
     from.sort();
     from.dedup();
     ReceivePolicy::Only(from)
+}
+
+/// `receiving`: whose camera and microphone a member receives.
+fn receiving_message(receive: &ReceivePolicy) -> ServerMessage {
+    ServerMessage::Receiving {
+        only: match receive {
+            ReceivePolicy::Everyone => None,
+            ReceivePolicy::Only(from) => Some(from.clone()),
+        },
+    }
 }
 
 /// The meeting state every member sees (open rooms: discussion, nobody holds the floor).

@@ -531,6 +531,11 @@ pub enum ServerMessage {
         track_id: String,
         paused: bool,
     },
+    /// Whose camera and microphone you receive: `only` lists them in a large meeting (the chair and whoever holds
+    /// the floor or is heard; every screen share besides); `null`: everyone's.
+    Receiving {
+        only: Option<Vec<String>>,
+    },
     /// A request was refused; `code` is stable for programs, `message` is for people. The socket stays open
     /// unless the error is fatal to the session (then `bye` follows).
     Error {

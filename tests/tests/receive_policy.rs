@@ -56,6 +56,17 @@ async fn wait_sources(server: &TestServer, ep: &SimEndpoint, owners: &[&str], wh
     }
 }
 
+/// The last `receiving` message of `ep`: `Some(None)` = everyone, `Some(Some(ids))` = only those.
+fn last_receiving(ep: &SimEndpoint) -> Option<Option<Vec<String>>> {
+    messages_since(ep, 0, |m| matches!(m, ServerMessage::Receiving { .. }))
+        .into_iter()
+        .last()
+        .map(|m| match m {
+            ServerMessage::Receiving { only } => only,
+            _ => unreachable!(),
+        })
+}
+
 fn subscribe_offers_since(ep: &SimEndpoint, from: usize) -> usize {
     messages_since(ep, from, |m| {
         matches!(m, ServerMessage::SubscribeOffer { .. })
@@ -100,6 +111,13 @@ async fn halls_receive_the_chair_and_the_floor_in_a_large_meeting() {
     for hall in [&a, &b, &c] {
         wait_sources(&server, hall, &[&cid], "a hall to receive only the chair").await;
     }
+    // Each hall was told whom it receives (`receiving`), so its page shows those tiles only.
+    for hall in [&a, &b, &c] {
+        wait_until("a hall to be told it receives only the chair", t, || {
+            (last_receiving(hall) == Some(Some(vec![cid.clone()]))).then_some(())
+        })
+        .await;
+    }
     for (sub, other) in [(&a, &bid), (&a, &ccid), (&b, &aid), (&c, &aid)] {
         assert_eq!(
             video_from(sub, other),
@@ -127,6 +145,13 @@ async fn halls_receive_the_chair_and_the_floor_in_a_large_meeting() {
         wait_audio_flowing(hall, &b, 10, Duration::from_secs(5)).await;
     }
     wait_sources(&server, &a, &[&cid, &bid], "A to receive the chair and B").await;
+    let mut chair_and_b = vec![cid.clone(), bid.clone()];
+    chair_and_b.sort();
+    assert_eq!(
+        last_receiving(&a),
+        Some(Some(chair_and_b)),
+        "A told it receives the chair and B"
+    );
     wait_sources(&server, &c, &[&cid, &bid], "C to receive the chair and B").await;
     // B itself still receives only the chair.
     wait_sources(&server, &b, &[&cid], "B to receive only the chair").await;
@@ -190,6 +215,11 @@ async fn halls_receive_the_chair_and_the_floor_in_a_large_meeting() {
     wait_sources(&server, &a, &[&cid, &bid], "A to receive everyone again").await;
     wait_sources(&server, &b, &[&cid, &aid], "B to receive everyone again").await;
     wait_receiving(&a, &b, TrackKind::Video, video_from(&a, &bid) + 10, t).await;
+    assert_eq!(
+        last_receiving(&a),
+        Some(None),
+        "A told it receives everyone again"
+    );
     wait_until("B to receive A's video", t, || {
         (video_from(&b, &aid) > 10).then_some(())
     })
