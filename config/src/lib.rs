@@ -189,7 +189,9 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest WebSocket message accepted, in bytes.
+    /// Largest WebSocket message accepted, in bytes. The chair's subscribe answer grows with the halls it receives
+    /// (two sections each, ~290 bytes a section from a simulated endpoint, more from a browser): 64 KiB cut a
+    /// 115-hall meeting short.
     pub max_message_bytes: usize,
     /// Participants a room may hold.
     pub max_participants_per_room: usize,
@@ -244,7 +246,7 @@ impl Default for LogConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: 512 * 1024,
             max_participants_per_room: 200,
             max_name_chars: 64,
             max_connections_per_ip: 64,
