@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::progress::Progress;
 use anyhow::{Context, anyhow, bail};
 use giaoban_signaling::auth::{ANY_MEETING, Auth, Claims, now_secs};
-use giaoban_signaling::protocol::{ClientMessage, Role, TrackKind};
+use giaoban_signaling::protocol::{ClientMessage, Role, ServerMessage, TrackKind};
 use giaoban_tests::sim::{Interceptors, LatencyHistogram, SimEndpoint, SimOptions, TrackCounts};
 use serde::Serialize;
 
@@ -683,6 +683,28 @@ async fn drive(
         (Some(a), Some(b)) => Some(b.cpu_s - a.cpu_s),
         _ => None,
     };
+
+    // Refusals the server sent anyone (a message too large, an answer refused…): each is a defect of the run.
+    let mut refused = 0usize;
+    for e in std::iter::once(&people.chair)
+        .chain(people.halls.iter())
+        .chain(people.observers.iter())
+    {
+        for m in e.messages() {
+            if let ServerMessage::Error { code, message } = m {
+                refused += 1;
+                if refused <= 5 {
+                    errors.push(format!(
+                        "the server refused {}: {code:?}: {message}",
+                        e.name()
+                    ));
+                }
+            }
+        }
+    }
+    if refused > 5 {
+        errors.push(format!("… {} more refusals", refused - 5));
+    }
 
     // Teardown, bounded.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {

@@ -28,35 +28,65 @@ pub const MAX_AUDIO_RESENDS: u8 = 4;
 /// Not again within this long of the last resend, whatever the round trip (a NACK repeated before the first
 /// resend could arrive).
 pub const MIN_RESEND_INTERVAL: Duration = Duration::from_millis(40);
+/// A cached packet is let go after this long, whatever the capacity: a subscriber's jitter buffer has given up on
+/// it (several round trips of the worst commune link), and a hall's low layer would otherwise hold half a minute
+/// of video per producer (512 packets at 15 a second) — most of a province briefing's memory.
+pub const MAX_AGE: Duration = Duration::from_millis(1500);
 
 #[derive(Clone)]
 pub struct CachedPacket {
     pub seq: u16,
     pub marker: bool,
     pub payload: Bytes,
+    stored: Instant,
 }
 
-/// The last packets of one layer, indexed by sequence number modulo the capacity.
+/// The last packets of one layer, indexed by sequence number modulo the capacity, none older than `MAX_AGE`.
 pub struct PacketCache {
     slots: Box<[Option<CachedPacket>]>,
+    /// The oldest sequence number that may still be kept (where letting go by age resumes).
+    oldest: u16,
 }
 
 impl PacketCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             slots: (0..capacity.max(1)).map(|_| None).collect(),
+            oldest: 0,
         }
     }
 
-    /// Keep a packet (replacing the one `capacity` sequence numbers older).
+    /// Keep a packet (replacing the one `capacity` sequence numbers older), and let go of those older than
+    /// `MAX_AGE` from the oldest on: amortised one slot looked at per store, nothing allocated.
     #[inline]
-    pub fn store(&mut self, seq: u16, marker: bool, payload: &Bytes) {
-        let i = usize::from(seq) % self.slots.len();
+    pub fn store(&mut self, seq: u16, marker: bool, payload: &Bytes, now: Instant) {
+        let len = self.slots.len();
+        let i = usize::from(seq) % len;
         self.slots[i] = Some(CachedPacket {
             seq,
             marker,
             payload: payload.clone(),
+            stored: now,
         });
+        // From the oldest towards `seq`, at most one ring's worth (a jump in sequence numbers starts afresh).
+        let ahead = seq.wrapping_sub(self.oldest);
+        if usize::from(ahead) >= len {
+            self.oldest = seq.wrapping_sub(len as u16 - 1);
+        }
+        while self.oldest != seq {
+            let slot = &mut self.slots[usize::from(self.oldest) % len];
+            match slot {
+                Some(p)
+                    if p.seq == self.oldest
+                        && now.saturating_duration_since(p.stored) < MAX_AGE =>
+                {
+                    break;
+                }
+                Some(p) if p.seq == self.oldest => *slot = None,
+                _ => {}
+            }
+            self.oldest = self.oldest.wrapping_add(1);
+        }
     }
 
     /// The packet with this sequence number, if it is still kept.
@@ -162,12 +192,13 @@ mod tests {
 
     #[test]
     fn cache_keeps_the_last_packets_and_forgets_older_ones() {
+        let now = Instant::now();
         let mut cache = PacketCache::new(4);
         for seq in 65_534u16..=65_535 {
-            cache.store(seq, false, &Bytes::from(vec![seq as u8]));
+            cache.store(seq, false, &Bytes::from(vec![seq as u8]), now);
         }
         for seq in 0u16..4 {
-            cache.store(seq, seq == 3, &Bytes::from(vec![seq as u8]));
+            cache.store(seq, seq == 3, &Bytes::from(vec![seq as u8]), now);
         }
         // Across the wrap: 0..=3 are kept, 65534/65535 were replaced by 2 and 3.
         assert!(cache.get(65_534).is_none());
@@ -184,9 +215,43 @@ mod tests {
     fn cached_payload_is_shared_not_copied() {
         let mut cache = PacketCache::new(8);
         let payload = Bytes::from(vec![1u8; 1000]);
-        cache.store(7, false, &payload);
+        cache.store(7, false, &payload, Instant::now());
         let kept = cache.get(7).expect("kept");
         assert_eq!(kept.payload.as_ptr(), payload.as_ptr());
+    }
+
+    #[test]
+    fn cache_lets_go_of_packets_older_than_max_age() {
+        // A low layer: 15 packets a second into a ring of 512, across a sequence number wrap, with a gap.
+        let t0 = Instant::now();
+        let mut cache = PacketCache::new(512);
+        let payload = Bytes::from(vec![7u8; 800]);
+        let mut seq = 65_500u16;
+        for i in 0..150u32 {
+            if i != 40 {
+                cache.store(
+                    seq,
+                    false,
+                    &payload,
+                    t0 + Duration::from_millis(u64::from(i) * 66),
+                );
+            }
+            seq = seq.wrapping_add(1);
+        }
+        let now = t0 + Duration::from_millis(149 * 66);
+        let kept: Vec<u16> = (0..150u16)
+            .map(|i| 65_500u16.wrapping_add(i))
+            .filter(|s| cache.get(*s).is_some())
+            .collect();
+        // What arrived within MAX_AGE of the last store is kept; everything older is gone (and its payload freed).
+        let young = (0..150u64)
+            .filter(|i| now.duration_since(t0 + Duration::from_millis(i * 66)) < MAX_AGE)
+            .count();
+        assert_eq!(kept.len(), young, "{kept:?}");
+        assert_eq!(kept.last().copied(), Some(seq.wrapping_sub(1)));
+        assert!(cache.get(65_500).is_none());
+        let held = cache.slots.iter().filter(|s| s.is_some()).count();
+        assert_eq!(held, young, "slots still holding a payload");
     }
 
     #[test]

@@ -822,6 +822,7 @@ impl Worker {
             packet.header.sequence_number,
             packet.header.marker,
             &packet.payload,
+            now,
         );
         // The recording gets what the meeting hears and sees, the highest simulcast layer of a camera that flows:
         // one non-blocking queue push per packet per producer (payload shared, nothing allocated).
