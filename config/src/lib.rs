@@ -195,6 +195,10 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Participants a room may hold.
     pub max_participants_per_room: usize,
+    /// How long a meeting member whose connection dropped keeps its place (same id, floor, queue place,
+    /// attendance row; the others see its picture freeze, not a leave), in seconds. The server notices a dead
+    /// media connection after about 15 s, so 30 lets a hall cut off for half a minute come back as itself.
+    pub resume_grace_secs: u64,
     /// Longest room name and display name, in characters.
     pub max_name_chars: usize,
     /// Open WebSockets from one client address (a hall's NAT may carry several browsers).
@@ -248,6 +252,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_message_bytes: 512 * 1024,
             max_participants_per_room: 200,
+            resume_grace_secs: 30,
             max_name_chars: 64,
             max_connections_per_ip: 64,
             joins_per_minute_per_ip: 60,
@@ -415,6 +420,10 @@ impl Config {
                 "LIMITS_MAX_PARTICIPANTS_PER_ROOM" => match value.parse() {
                     Ok(v) => self.limits.max_participants_per_room = v,
                     Err(_) => return parse("number"),
+                },
+                "LIMITS_RESUME_GRACE_SECS" => match value.parse() {
+                    Ok(v) => self.limits.resume_grace_secs = v,
+                    Err(_) => return parse("number of seconds"),
                 },
                 "AUTH_SECRET" => self.auth.secret = value.clone(),
                 "AUTH_OPEN_ROOMS" => match value.parse() {

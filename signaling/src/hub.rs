@@ -53,17 +53,12 @@ pub(crate) struct Member {
     pub(crate) receive: ReceivePolicy,
     attendance_row: Option<i64>,
     /// Its socket closed or its media connection failed without a `leave`, this long ago: it stays in the room
-    /// (the others' pictures of it freeze) for `RESUME_GRACE`, so the hall can come back as itself.
+    /// (the others' pictures of it freeze) for the resume grace (`limits.resume_grace_secs`), so the hall can come back as itself.
     away_since: Option<Instant>,
     /// Resumed by a new session; the media plane's events about its old connections may still come, until
     /// `Event::Joined`.
     resuming: bool,
 }
-
-/// How long a meeting member whose connection dropped stays in the room, waiting to come back. The server notices a
-/// dead media connection after about 15 s; with this grace a hall cut off for 30 s (and a few seconds to reconnect)
-/// resumes as itself and nobody else sees it leave.
-pub const RESUME_GRACE: Duration = Duration::from_secs(30);
 
 /// A meeting in progress (rooms joined by token).
 pub(crate) struct LiveMeeting {
@@ -149,7 +144,7 @@ pub struct Hub {
 
 /// What became of a member whose connection dropped.
 enum Away {
-    /// It stays in the room for `RESUME_GRACE`.
+    /// It stays in the room for the resume grace (`limits.resume_grace_secs`).
     Kept,
     /// It leaves now (it cannot come back as itself).
     Leave,
@@ -790,7 +785,7 @@ impl Hub {
     }
 
     /// A session's socket closed without `leave` (`outbox`: that session's queue). A meeting member (chair,
-    /// secretary, endpoint) stays in the room for `RESUME_GRACE` in case it comes back; anyone else leaves now.
+    /// secretary, endpoint) stays in the room for the resume grace (`limits.resume_grace_secs`) in case it comes back; anyone else leaves now.
     /// Nothing happens when a newer session of the same identity has taken the participant over.
     pub fn session_ended(&self, participant_id: &str, outbox: &Outbox) {
         match self.mark_away(participant_id, Some(outbox)) {
@@ -843,19 +838,17 @@ impl Hub {
         Away::Kept
     }
 
-    /// Members away for longer than `RESUME_GRACE` leave (called on a timer).
+    /// Members away for longer than the resume grace (`limits.resume_grace_secs`) leave (called on a timer).
     pub fn expire_away(&self) {
         let now = Instant::now();
+        let grace = Duration::from_secs(self.config.limits.resume_grace_secs);
         let gone: Vec<String> = self
             .rooms
             .iter()
             .flat_map(|room| {
                 room.members
                     .iter()
-                    .filter(|m| {
-                        m.away_since
-                            .is_some_and(|t| now.duration_since(t) >= RESUME_GRACE)
-                    })
+                    .filter(|m| m.away_since.is_some_and(|t| now.duration_since(t) >= grace))
                     .map(|m| m.identity.participant_id.clone())
                     .collect::<Vec<_>>()
             })
@@ -1293,7 +1286,7 @@ impl Hub {
                 participant,
                 reason,
             } => {
-                // The socket is closed with `rejoin`; a meeting member stays in the room for `RESUME_GRACE`
+                // The socket is closed with `rejoin`; a meeting member stays in the room for the resume grace (`limits.resume_grace_secs`)
                 // (its media is suspended: the others' pictures of it freeze) so it can come back as itself.
                 self.close(
                     &participant,

@@ -255,7 +255,7 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
     .await;
     wait_receiving(&chair, &a, TrackKind::Audio, 10, Duration::from_secs(15)).await;
 
-    // A's connection drops (no `leave`): it stays in the meeting (giaoban_signaling::hub::RESUME_GRACE) and
+    // A's connection drops (no `leave`): it stays in the meeting (`limits.resume_grace_secs`) and
     // comes back with the same token as the same participant; the chair never sees it leave.
     let from = chair.log_len();
     a.shutdown().await;
@@ -320,8 +320,11 @@ async fn a_hall_that_reconnects_keeps_its_floor_and_its_place_in_the_queue() {
 /// (its tile freezes at the others), then leaves: the chair gets `participant_left`, `/api/rooms` drops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hall_that_does_not_come_back_leaves_after_the_grace() {
-    use giaoban_signaling::hub::RESUME_GRACE;
-    let server = TestServer::start().await;
+    // A shorter grace than the default 30 s (the setting is what is tested, not its value).
+    const RESUME_GRACE: Duration = Duration::from_secs(8);
+    let mut config = giaoban_config::Config::for_tests();
+    config.limits.resume_grace_secs = RESUME_GRACE.as_secs();
+    let server = TestServer::start_with(config).await;
     let hub = server.hub();
     let (m, eps) = create_meeting(
         &hub,
