@@ -1015,8 +1015,13 @@ fn rows(s: &ProvinceSummary) -> Vec<(String, String)> {
         (
             "load generator CPU".into(),
             format!(
-                "{:.1} % of the machine (near 100 % − the server's share: the client is the limit)",
-                s.client_cpu_pct_of_machine
+                "{:.1} % of the machine ({})",
+                s.client_cpu_pct_of_machine,
+                if s.client_cpu_pct_of_machine + s.server_cpu_pct_of_machine.unwrap_or(0.0) > 90.0 {
+                    "with the server's share the machine is full: the client may be the limit"
+                } else {
+                    "the machine had room: the client was not the limit"
+                }
             ),
         ),
         ("panics in the server log".into(), s.server_panics.to_string()),
