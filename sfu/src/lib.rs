@@ -15,6 +15,8 @@ pub mod layers;
 pub mod recorder;
 pub mod retransmit;
 pub mod router;
+#[cfg(target_os = "linux")]
+pub mod sendmmsg;
 pub mod srtp;
 pub mod tcp;
 pub mod udp;

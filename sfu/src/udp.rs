@@ -94,6 +94,12 @@ impl MediaSocket {
         self.state.max_gso_segments()
     }
 
+    #[cfg(target_os = "linux")]
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
     /// Send one transmit now; a full socket buffer drops it (UDP semantics: nobody waits on a slow peer).
     pub fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
         self.socket.try_io(tokio::io::Interest::WRITABLE, || {
@@ -107,8 +113,12 @@ impl MediaSocket {
 pub struct Outbox {
     data: Vec<u8>,
     items: Vec<Queued>,
-    /// The regrouped copy of `data` (kept to reuse its allocation).
+    /// The regrouped copy of `data` (kept to reuse its allocation; not needed where `sendmmsg` gathers).
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
     grouped: Vec<u8>,
+    /// The kernel refused a GSO send (`EIO`: a device without checksum offload): one datagram per message since.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    gso_refused: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -165,7 +175,8 @@ impl Outbox {
     /// Put each destination's datagrams next to each other, in the order they were queued: the forwarding loop
     /// queues packet by packet for every subscriber in turn, and GSO can send one destination's run of datagrams
     /// in one call only if they are adjacent. One copy of the turn's bytes and a stable sort of its items, against
-    /// a system call saved per datagram.
+    /// a system call saved per datagram. (Where `sendmmsg` gathers, only the items are sorted: `flush`.)
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
     fn group_by_destination(&mut self) {
         let key = |q: &Queued| (q.to, q.src_ip);
         if self.items.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
@@ -186,8 +197,87 @@ impl Outbox {
         self.items.is_empty()
     }
 
+    /// Send everything in one `sendmmsg` (`sendmmsg.rs`): each destination's datagrams in queue order, those of
+    /// one size (the last of a run may be shorter) as one GSO message gathered from where they were queued.
+    #[cfg(target_os = "linux")]
+    pub fn flush(&mut self, socket: &MediaSocket) -> FlushResult {
+        use crate::sendmmsg::{Message, send_all};
+        /// The kernel's limit on one UDP send (GSO included), with room for headers.
+        const MAX_GSO_BYTES: usize = 65_000;
+        let mut result = FlushResult::default();
+        if self.items.is_empty() {
+            return result;
+        }
+        let max_segments = if self.gso_refused {
+            1
+        } else {
+            socket.max_gso_segments().max(1)
+        };
+        let key = |q: &Queued| (q.to, q.src_ip);
+        if max_segments > 1 && !self.items.windows(2).all(|w| key(&w[0]) <= key(&w[1])) {
+            // Stable: each destination's datagrams keep their order.
+            self.items.sort_by_key(key);
+        }
+        let mut parts = Vec::with_capacity(self.items.len());
+        let mut messages: Vec<Message> = Vec::new();
+        let mut counts: Vec<(u64, u64)> = Vec::new();
+        let mut i = 0;
+        while i < self.items.len() {
+            let first = self.items[i];
+            let mut j = i + 1;
+            let mut bytes = first.len;
+            while j < self.items.len()
+                && j - i < max_segments
+                && key(&self.items[j]) == key(&first)
+                && self.items[j].len <= first.len
+                && self.items[j - 1].len == first.len
+                && bytes + self.items[j].len <= MAX_GSO_BYTES
+            {
+                bytes += self.items[j].len;
+                j += 1;
+            }
+            let start = parts.len();
+            parts.extend(self.items[i..j].iter().map(|q| (q.start, q.len)));
+            messages.push(Message {
+                to: socket.destination(first.to),
+                src_ip: first.src_ip,
+                segment: (j - i > 1).then_some(first.len as u16),
+                parts: start..parts.len(),
+            });
+            counts.push(((j - i) as u64, bytes as u64));
+            i = j;
+        }
+        let mut gso_refused = false;
+        result.syscalls = send_all(socket.raw_fd(), &self.data, &parts, &messages, |m, r| {
+            let (datagrams, bytes) = counts[m];
+            match r {
+                Ok(()) => {
+                    result.datagrams += datagrams;
+                    result.bytes += bytes;
+                }
+                Err(e) => {
+                    result.dropped += datagrams;
+                    if e.raw_os_error() == Some(libc::EIO) && messages[m].segment.is_some() {
+                        gso_refused = true;
+                    }
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(to = %messages[m].to, error = %e, "media send failed");
+                    }
+                }
+            }
+        });
+        if gso_refused && !self.gso_refused {
+            tracing::warn!("the kernel refused a GSO send: one datagram per message from now on");
+            self.gso_refused = true;
+        }
+        self.data.clear();
+        self.items.clear();
+        result
+    }
+
     /// Send everything: consecutive datagrams to the same destination with the same size (the last of a run
     /// may be shorter) go out as one GSO transmit.
+    #[cfg(not(target_os = "linux"))]
     pub fn flush(&mut self, socket: &MediaSocket) -> FlushResult {
         let mut result = FlushResult::default();
         let max_segments = socket.max_gso_segments().max(1);
