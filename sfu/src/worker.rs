@@ -89,6 +89,12 @@ struct Conn {
     forwarded: u64,
     nacked: u64,
     loss_mark: (u64, u64, Instant),
+    /// When the peer last sent RTCP (receiver reports, NACKs, keyframe requests): a subscriber silent for
+    /// `OUTAGE` has lost its link altogether.
+    last_feedback: Option<Instant>,
+    /// The link is out (no feedback for `OUTAGE`), or came back less than `AFTER_OUTAGE` ago (until then): its
+    /// reports tell of the outage — everything sent into it lost and NACKed — not of congestion.
+    outage: Option<Option<Instant>>,
     /// Subscribe leg: the share of forwarded packets its NACKs said were lost, over the last loss window.
     nack_loss: Option<f64>,
     /// Subscribe leg: the newest sequence number NACKed per stream (a receiver NACKs a missing packet again and
@@ -271,6 +277,10 @@ impl Producer {
 
 /// A subscriber's loss is measured over at least this long.
 const LOSS_WINDOW: Duration = Duration::from_millis(500);
+/// A subscriber that sent no RTCP for this long has no link (browsers report every second or faster).
+const OUTAGE: Duration = Duration::from_millis(2500);
+/// After an outage, its reports and NACKs (of everything sent into the cut) are left out of the estimate this long.
+const AFTER_OUTAGE: Duration = Duration::from_millis(1500);
 /// A layer with no packet for this long is not switched to.
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
 /// Layer choice runs every this many ticks (and after anything that changes it).
@@ -697,6 +707,9 @@ impl Worker {
                 self.forward(conn_id, &track_id, packet, m.now)
             }
             RTCMessage::RtcpPacket(_track_id, packets) => {
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    conn.last_feedback = Some(m.now);
+                }
                 // Feedback from a subscriber about one of our forwarded streams: keyframe requests go upstream.
                 for p in &packets {
                     let any = p.as_any();
@@ -1466,6 +1479,8 @@ impl Worker {
                 forwarded: 0,
                 nacked: 0,
                 loss_mark: (0, 0, now),
+                last_feedback: None,
+                outage: None,
                 nack_loss: None,
                 nack_newest: HashMap::new(),
                 rtt_ms: None,
@@ -2644,10 +2659,28 @@ impl Worker {
                     && conn.state == RTCPeerConnectionState::Connected
                     && let Some(p) = self.participants.get_mut(&conn.participant)
                 {
+                    // A link that went silent is out, not congested: the estimate is left as it was through the
+                    // outage and the reports right after it (a hall back from a cut gets its layers back at once
+                    // instead of probing up from a paused video).
+                    let silent = conn
+                        .last_feedback
+                        .is_some_and(|t| now.saturating_duration_since(t) >= OUTAGE);
+                    match (silent, conn.outage) {
+                        (true, None | Some(Some(_))) => {
+                            debug!(participant = %conn.participant, "subscriber link out: the estimate holds");
+                            conn.outage = Some(None);
+                        }
+                        (false, Some(None)) => conn.outage = Some(Some(now + AFTER_OUTAGE)),
+                        (false, Some(Some(until))) if now >= until => conn.outage = None,
+                        _ => {}
+                    }
                     // Loss over at least half a second: the worse of what its receiver reports say stayed lost
                     // and what its NACKs said was lost (NACK retransmission hides random loss from the reports).
                     let (forwarded, nacked, at) = conn.loss_mark;
-                    if now.saturating_duration_since(at) >= LOSS_WINDOW {
+                    if conn.outage.is_some() {
+                        conn.loss_mark = (conn.forwarded, conn.nacked, now);
+                        conn.rr_loss = None;
+                    } else if now.saturating_duration_since(at) >= LOSS_WINDOW {
                         conn.loss_mark = (conn.forwarded, conn.nacked, now);
                         let sent = conn.forwarded - forwarded;
                         let nack_loss = (sent > 0)
