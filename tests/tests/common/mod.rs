@@ -635,6 +635,21 @@ pub async fn rerun_in_netns(prefix: &str, test: &str) {
     }
 }
 
+/// `rerun_in_netns` up to `attempts` times, until one passes; each failure is printed, the last one fails the test.
+/// For scenarios that are not yet reliable (the test says why, and the note on the issue says how often they miss).
+#[allow(dead_code)]
+pub async fn rerun_in_netns_attempts(prefix: &str, test: &str, attempts: usize) {
+    for attempt in 1..=attempts {
+        match try_rerun_in_netns(prefix, test).await {
+            Ok(()) => return,
+            Err(failure) if attempt < attempts => {
+                println!("attempt {attempt} of {attempts} missed, trying again:\n{failure}");
+            }
+            Err(failure) => panic!("all {attempts} attempts missed; the last:\n{failure}"),
+        }
+    }
+}
+
 /// `rerun_in_netns`, returning the failure (the child's output) instead of panicking.
 #[allow(dead_code)]
 pub async fn try_rerun_in_netns(prefix: &str, test: &str) -> Result<(), String> {
