@@ -158,6 +158,8 @@ struct Layer {
     measured: u64,
     window: Option<(Instant, u64)>,
     last_packet: Option<Instant>,
+    /// The sequence number of its last packet.
+    last_seq: Option<u16>,
     /// Frame width from its last VP8 keyframe (0 until seen).
     width: u32,
     /// The publisher was told to stop sending it (nobody receives it).
@@ -178,6 +180,7 @@ impl Layer {
             measured: 0,
             window: None,
             last_packet: None,
+            last_seq: None,
             width: 0,
             paused: false,
             keyframes: KeyframeThrottle::default(),
@@ -281,6 +284,8 @@ const LOSS_WINDOW: Duration = Duration::from_millis(500);
 const OUTAGE: Duration = Duration::from_millis(2500);
 /// After an outage, its reports and NACKs (of everything sent into the cut) are left out of the estimate this long.
 const AFTER_OUTAGE: Duration = Duration::from_millis(1500);
+/// A layer silent this long whose next packet skips sequence numbers: the publisher's link was out (see `forward`).
+const SOURCE_OUTAGE: Duration = Duration::from_secs(1);
 /// A layer with no packet for this long is not switched to.
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
 /// Layer choice runs every this many ticks (and after anything that changes it).
@@ -800,6 +805,19 @@ impl Worker {
             None
         };
         let layer = &mut producer.layers[li];
+        // The publisher's link was out (nothing for a second, then a jump in sequence numbers): what it sent into
+        // the cut never arrived, and its subscribers must not see that gap — they would NACK all of it, which no
+        // cache holds, and their downlink estimate would read it as their own loss and pause the video. Their
+        // stream goes on from here instead (sequence by one, timestamp by the wall time), video from a keyframe.
+        let seq = packet.header.sequence_number;
+        let publisher_was_out = layer
+            .last_packet
+            .is_some_and(|t| now.saturating_duration_since(t) >= SOURCE_OUTAGE)
+            && layer.last_seq.is_some_and(|last| {
+                let gap = seq.wrapping_sub(last);
+                gap > 1 && gap < 0x8000
+            });
+        layer.last_seq = Some(seq);
         layer.packets += 1;
         layer.bytes += packet.payload.len() as u64;
         layer.last_packet = Some(now);
@@ -854,6 +872,16 @@ impl Worker {
             && !tap.packet(&packet, now)
         {
             producer.record = None;
+        }
+        if publisher_was_out {
+            debug!(producer = %producer.id, ssrc, "the publisher's stream resumes after an outage");
+            for c in producer
+                .consumers
+                .iter_mut()
+                .filter(|c| c.forwarder.current_ssrc() == Some(ssrc))
+            {
+                c.forwarder.resume();
+            }
         }
         let li = li as u8;
         let simulcast = producer.simulcast;

@@ -197,6 +197,28 @@ async function cutCase(t, cutMs, bound) {
     assert.equal(st.selfId, a.id, 'hall A came back as the same participant');
     assert.equal(st.holdsFloor, true, 'hall A still holds the floor');
     assert.equal(await a.page.evaluate(() => window.notReloaded === true), true, 'the page was not reloaded');
+    // The SFU's view meanwhile (diagnostics): what B receives of A's camera, and A's layers as they arrive.
+    const timeline = [];
+    let sampling = true;
+    const sampler = (async () => {
+      const token = new URL(server.adminUrl).searchParams.get('token');
+      while (sampling) {
+        try {
+          // The server lives in its namespace: asked from the chair's page there (same origin).
+          const body = await chair.page.evaluate(async (tok) => (await fetch(`/api/health?token=${tok}`)).json(), token);
+          const of = (id) => body.participants.find((x) => x.participant_id === id);
+          const cam = of(a.id)?.producers?.find((x) => x.kind === 'video');
+          const rec = of(b.id)?.receiving?.find((x) => x.track_id === cam?.track_id);
+          const layers = (cam?.layers ?? []).map((l) => `${l.rid}${l.paused ? '-' : ''}:${l.packets}`).join(',');
+          timeline.push(
+            `${Date.now() - backAt}ms A[${layers}] B:${rec ? `${rec.layer ?? '·'}→${rec.target ?? '·'}${rec.paused ? ' paused' : ''} ${rec.packets}` : 'none'}`,
+          );
+        } catch {
+          // The server is busy or between states: the next sample will do.
+        }
+        await sleep(250);
+      }
+    })();
     // All four pictures at once (each its own wait), each with the time it took.
     const steps = await Promise.all(
       [
@@ -210,7 +232,10 @@ async function cutCase(t, cutMs, bound) {
       }),
     );
     const allBack = Date.now() - backAt;
+    sampling = false;
+    await sampler;
     t.diagnostic(`after the link came back: ${steps.join('; ')}`);
+    t.diagnostic(`the SFU meanwhile (A's camera layers rid:packets, '-' paused; B's layer→target): ${timeline.filter((_, i) => i % 2 === 0).join(' | ')}`);
     for (const p of [chair, b]) {
       const ids = await p.page.evaluate(() => window.giaoban.participants().map((x) => x.id));
       assert.ok(ids.includes(a.id), `${p.label} knows hall A by the same id`);
