@@ -690,14 +690,26 @@ fn join_steps(subs: &[SimEndpoint], pub_f: Option<&str>) -> Vec<JoinStep> {
     type Pick = fn(&JoinTimeline, Option<Instant>, Option<Instant>) -> Option<(Instant, Instant)>;
     let steps: [(&'static str, Pick); 9] = [
         ("joined", |t, _, _| Some((t.join_sent?, t.joined?))),
-        ("subscribe offer", |t, _, _| Some((t.join_sent?, t.subscribe_offer?))),
-        ("answer sent", |t, _, _| Some((t.join_sent?, t.subscribe_answer?))),
-        ("ICE connected", |t, _, _| Some((t.join_sent?, t.ice_connected?))),
-        ("DTLS connected", |t, _, _| Some((t.join_sent?, t.connected?))),
+        ("subscribe offer", |t, _, _| {
+            Some((t.join_sent?, t.subscribe_offer?))
+        }),
+        ("answer sent", |t, _, _| {
+            Some((t.join_sent?, t.subscribe_answer?))
+        }),
+        ("ICE connected", |t, _, _| {
+            Some((t.join_sent?, t.ice_connected?))
+        }),
+        ("DTLS connected", |t, _, _| {
+            Some((t.join_sent?, t.connected?))
+        }),
         ("first packet", |t, p, _| Some((t.join_sent?, p?))),
         ("first keyframe", |t, _, k| Some((t.join_sent?, k?))),
-        ("(answer → connected)", |t, _, _| Some((t.subscribe_answer?, t.connected?))),
-        ("(connected → keyframe)", |t, _, k| Some((t.connected?, k?))),
+        ("(answer → connected)", |t, _, _| {
+            Some((t.subscribe_answer?, t.connected?))
+        }),
+        ("(connected → keyframe)", |t, _, k| {
+            Some((t.connected?, k?))
+        }),
     ];
     let timelines: Vec<_> = subs
         .iter()

@@ -6,9 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-/// A quarter of a second: a join wave (many subscribers connecting at once) gets its first picture within about
-/// that of connecting, while a publisher still gets at most four requests a second per layer.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
+/// A browser acts on at most one keyframe request per layer in 300 ms and drops the others (Chromium's
+/// `EncoderRtcpFeedback`, `kMinKeyframeSendIntervalMs`): a PLI sooner than that after the last one would be lost,
+/// and whoever waited for it would wait another interval. 50 ms more for the network's jitter. A subscriber that
+/// connects just after a keyframe came gets its own within about this (and the publisher's answer time).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(350);
 
 #[derive(Debug, Clone)]
 pub struct KeyframeThrottle {
@@ -96,9 +98,9 @@ mod tests {
         k.keyframe_arrived();
         assert!(!k.request(t0 + ms(100)));
         assert!(!k.request(t0 + ms(200)));
-        assert!(!k.poll(t0 + ms(249)));
+        assert!(!k.poll(t0 + DEFAULT_INTERVAL - ms(1)));
         assert_eq!(k.next_due(), Some(t0 + DEFAULT_INTERVAL));
-        assert!(k.poll(t0 + ms(250)));
+        assert!(k.poll(t0 + DEFAULT_INTERVAL));
         // Nothing pending any more.
         assert!(!k.poll(t0 + ms(2000)));
         assert_eq!(k.next_due(), None);
@@ -117,7 +119,7 @@ mod tests {
         assert!(k.wants_keyframe());
         k.keyframe_arrived();
         assert!(!k.wants_keyframe());
-        assert!(!k.poll(t0 + ms(300)));
+        assert!(!k.poll(t0 + DEFAULT_INTERVAL));
         // One asking after it came needs a new one, at the interval's end.
         assert!(!k.request(t0 + ms(40)));
         assert_eq!(k.next_due(), Some(t0 + DEFAULT_INTERVAL));
@@ -135,7 +137,7 @@ mod tests {
         // The publisher sent one anyway (another request, its own schedule): nothing left to send.
         k.keyframe_arrived();
         assert_eq!(k.next_due(), None);
-        assert!(!k.poll(t0 + ms(300)));
+        assert!(!k.poll(t0 + DEFAULT_INTERVAL));
     }
 
     #[test]
@@ -143,8 +145,8 @@ mod tests {
         let t0 = Instant::now();
         let mut k = KeyframeThrottle::default();
         assert!(k.request(t0));
-        assert!(!k.request(t0 + ms(200)));
+        assert!(!k.request(t0 + DEFAULT_INTERVAL - ms(10)));
         // No keyframe came within the interval: the next request goes out.
-        assert!(k.request(t0 + ms(260)));
+        assert!(k.request(t0 + DEFAULT_INTERVAL + ms(10)));
     }
 }

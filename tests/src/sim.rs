@@ -39,13 +39,13 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -67,6 +67,9 @@ const VP8_PT: u8 = 96;
 const NACK_RETRIES: u16 = 10;
 /// Bytes of counter + send time in every payload.
 const STAMP_BYTES: usize = 16;
+/// A publisher acts on at most one keyframe request per layer in this time (Chromium's
+/// `kMinKeyframeSendIntervalMs`).
+const KEYFRAME_REQUEST_FLOOR: Duration = Duration::from_millis(300);
 /// Time between ICE connectivity checks (Chromium: 48 ms while no pair works).
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -851,6 +854,8 @@ pub struct SendCounters {
     /// PLIs received on the publish connection (about any of our tracks).
     pub plis: AtomicU64,
     pub firs: AtomicU64,
+    /// Keyframe requests (PLI/FIR) ignored as a Chromium sender does: within 300 ms of the last one acted on.
+    pub requests_ignored: AtomicU64,
     keyframe_requested: AtomicBool,
 }
 
@@ -866,6 +871,7 @@ pub struct SendStats {
     pub write_errors: u64,
     pub plis: u64,
     pub firs: u64,
+    pub requests_ignored: u64,
 }
 
 impl SendCounters {
@@ -880,6 +886,7 @@ impl SendCounters {
             write_errors: self.write_errors.load(Ordering::Relaxed),
             plis: self.plis.load(Ordering::Relaxed),
             firs: self.firs.load(Ordering::Relaxed),
+            requests_ignored: self.requests_ignored.load(Ordering::Relaxed),
         }
     }
 }
@@ -1731,10 +1738,22 @@ impl SimEndpoint {
             let rtcp_track = Arc::clone(&track);
             let rtcp_flags = flags.clone();
             inner.spawn(async move {
-                let raise = |ssrc: Option<u32>| {
-                    for (s, flag) in &rtcp_flags {
-                        if ssrc.is_none_or(|x| x == *s) {
+                // As Chromium's sender (`EncoderRtcpFeedback`): a request within 300 ms of the last one it acted
+                // on (per layer) is ignored.
+                let mut honoured: Vec<Option<Instant>> = vec![None; rtcp_flags.len()];
+                let mut raise = |ssrc: Option<u32>| {
+                    let now = Instant::now();
+                    for (i, (s, flag)) in rtcp_flags.iter().enumerate() {
+                        if ssrc.is_some_and(|x| x != *s) {
+                            continue;
+                        }
+                        if honoured[i]
+                            .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_FLOOR)
+                        {
+                            honoured[i] = Some(now);
                             flag.store(true, Ordering::Relaxed);
+                        } else {
+                            sent.requests_ignored.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 };
