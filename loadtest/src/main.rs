@@ -31,7 +31,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use giaoban_signaling::protocol::TrackKind;
 use giaoban_tests::sim::{
-    Interceptors, LatencyHistogram, SimEndpoint, SimOptions, SrtpProtectionProfile,
+    Interceptors, JoinTimeline, LatencyHistogram, SimEndpoint, SimOptions, SrtpProtectionProfile,
 };
 use progress::Progress;
 use serde::Serialize;
@@ -580,6 +580,9 @@ struct Summary {
     join_to_first_packet_p95_ms: Option<f64>,
     join_to_first_keyframe_p50_ms: Option<f64>,
     join_to_first_keyframe_p95_ms: Option<f64>,
+    /// Each step of a subscriber's join, ms after its `join` (p50, p95 over the subscribers), and the gaps that
+    /// matter: connected → first keyframe (the keyframe wait), answer → connected (ICE + DTLS).
+    join_steps: Vec<JoinStep>,
     in_pps: f64,
     in_payload_bytes_per_s: f64,
     out_pps: f64,
@@ -643,6 +646,7 @@ impl Summary {
             join_to_first_packet_p95_ms: None,
             join_to_first_keyframe_p50_ms: None,
             join_to_first_keyframe_p95_ms: None,
+            join_steps: Vec::new(),
             in_pps: 0.0,
             in_payload_bytes_per_s: 0.0,
             out_pps: 0.0,
@@ -670,6 +674,77 @@ impl Summary {
             errors: Vec::new(),
         }
     }
+}
+
+/// One step of the join breakdown: its p50 and p95 in ms over the subscribers that reached it.
+#[derive(Serialize, Debug)]
+struct JoinStep {
+    step: &'static str,
+    n: usize,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+}
+
+/// The join breakdown of the subscribers: each step's time after `join`, and two gaps between steps.
+fn join_steps(subs: &[SimEndpoint], pub_f: Option<&str>) -> Vec<JoinStep> {
+    type Pick = fn(&JoinTimeline, Option<Instant>, Option<Instant>) -> Option<(Instant, Instant)>;
+    let steps: [(&'static str, Pick); 9] = [
+        ("joined", |t, _, _| Some((t.join_sent?, t.joined?))),
+        ("subscribe offer", |t, _, _| {
+            Some((t.join_sent?, t.subscribe_offer?))
+        }),
+        ("answer sent", |t, _, _| {
+            Some((t.join_sent?, t.subscribe_answer?))
+        }),
+        ("ICE connected", |t, _, _| {
+            Some((t.join_sent?, t.ice_connected?))
+        }),
+        ("DTLS connected", |t, _, _| {
+            Some((t.join_sent?, t.connected?))
+        }),
+        ("first packet", |t, p, _| Some((t.join_sent?, p?))),
+        ("first keyframe", |t, _, k| Some((t.join_sent?, k?))),
+        ("(answer → connected)", |t, _, _| {
+            Some((t.subscribe_answer?, t.connected?))
+        }),
+        ("(connected → keyframe)", |t, _, k| {
+            Some((t.connected?, k?))
+        }),
+    ];
+    let timelines: Vec<_> = subs
+        .iter()
+        .map(|s| {
+            let st = s.stats();
+            let from_pub: Vec<_> = st
+                .received
+                .iter()
+                .filter(|t| pub_f.is_none_or(|p| t.participant_id == p))
+                .collect();
+            let first_packet = from_pub.iter().filter_map(|t| t.first_packet_at).min();
+            let first_key = from_pub
+                .iter()
+                .find(|t| t.kind == TrackKind::Video)
+                .and_then(|v| v.first_keyframe_at);
+            (s.timeline(), first_packet, first_key)
+        })
+        .collect();
+    steps
+        .iter()
+        .map(|(step, pick)| {
+            let mut ms: Vec<f64> = timelines
+                .iter()
+                .filter_map(|(t, p, k)| pick(t, *p, *k))
+                .map(|(a, b)| b.saturating_duration_since(a).as_secs_f64() * 1000.0)
+                .collect();
+            ms.sort_by(|a, b| a.total_cmp(b));
+            JoinStep {
+                step,
+                n: ms.len(),
+                p50_ms: quantile_ms(&ms, 0.5),
+                p95_ms: quantile_ms(&ms, 0.95),
+            }
+        })
+        .collect()
 }
 
 fn quantile_ms(sorted: &[f64], q: f64) -> Option<f64> {
@@ -1495,6 +1570,7 @@ async fn measure(
     summary.join_to_first_packet_p95_ms = quantile_ms(&first_pkt, 0.95);
     summary.join_to_first_keyframe_p50_ms = quantile_ms(&first_key, 0.5);
     summary.join_to_first_keyframe_p95_ms = quantile_ms(&first_key, 0.95);
+    summary.join_steps = join_steps(&subs, pub_f);
 
     // Measuring window.
     let sent0 = publisher.sent();
@@ -1675,6 +1751,15 @@ fn print_summary(s: &Summary) {
         opt(s.join_to_first_keyframe_p50_ms, "ms"),
         opt(s.join_to_first_keyframe_p95_ms, "ms")
     );
+    for j in &s.join_steps {
+        println!(
+            "    {:<24} p50 {}  p95 {}  ({} subscribers)",
+            j.step,
+            opt(j.p50_ms, "ms"),
+            opt(j.p95_ms, "ms"),
+            j.n
+        );
+    }
     println!(
         "  SRTP (negotiated)    publish {}; subscribe {}  (offered {})",
         s.srtp_publish.as_deref().unwrap_or("unknown"),

@@ -406,6 +406,9 @@ pub struct Worker {
     /// The plaintext of the packet being sealed on the fast path (reused: no allocation per packet).
     scratch: Vec<u8>,
     ticks: u32,
+    /// When the earliest deferred keyframe request falls due (the loop wakes for it rather than at the next tick:
+    /// a subscriber that connected just after another's keyframe waits one throttle interval, no more).
+    keyframe_due: Option<Instant>,
 }
 
 impl Worker {
@@ -437,6 +440,7 @@ impl Worker {
             layers_dirty: false,
             scratch: Vec::with_capacity(1500),
             ticks: 0,
+            keyframe_due: None,
         }
     }
 
@@ -444,7 +448,10 @@ impl Worker {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let deadline = self.next_deadline().map_or(next_tick, |d| d.min(next_tick));
+            let deadline = [self.next_deadline(), self.keyframe_due]
+                .into_iter()
+                .flatten()
+                .fold(next_tick, Instant::min);
             let woke = tokio::select! {
                 biased;
                 cmd = commands.recv() => Woke::Command(cmd),
@@ -494,6 +501,8 @@ impl Worker {
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
+            } else if self.keyframe_due.is_some_and(|d| d <= now) {
+                self.poll_keyframes(now);
             }
             self.end_of_turn();
             self.stats.busy += started.elapsed();
@@ -827,6 +836,16 @@ impl Worker {
         {
             layer.width = u32::from(w);
         }
+        // The keyframe a PLI asked for (or any, while a request waits): one bool per packet per producer, the
+        // codec's check only while something is outstanding.
+        if layer.keyframes.wants_keyframe()
+            && vp8.as_ref().map_or_else(
+                || producer.codec.is_keyframe_start(&packet.payload),
+                |d| d.keyframe,
+            )
+        {
+            layer.keyframes.keyframe_arrived();
+        }
         // RFC 6464 audio level: one extension lookup and one byte per packet per producer (measured even while
         // the rules hold the microphone back: IT sees that it works).
         if let Some(id) = producer.audio_level_id
@@ -1090,7 +1109,13 @@ impl Worker {
         let Some(l) = producer.layers.get_mut(layer) else {
             return;
         };
-        if l.paused || !l.keyframes.request(now) {
+        if l.paused {
+            return;
+        }
+        if !l.keyframes.request(now) {
+            if let Some(d) = l.keyframes.next_due() {
+                self.keyframe_due = Some(self.keyframe_due.map_or(d, |e| e.min(d)));
+            }
             return;
         }
         self.stats.plis_sent += 1;
@@ -1139,6 +1164,11 @@ impl Worker {
                     .and_then(|c| c.producer_by_track.remove(&track_id));
                 if let Some(key) = key {
                     self.remove_producer(key);
+                }
+            }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(state) => {
+                if let Some(conn) = self.conns.get(&conn_id) {
+                    debug!(participant = %conn.participant, leg = ?conn.leg, %state, "ICE state");
                 }
             }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
@@ -1591,6 +1621,9 @@ impl Worker {
             .set_remote_description(Instant::now(), answer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         p.offer_outstanding = false;
+        // A keyframe is asked for only once the connection is up: one arriving before it is connected is not
+        // forwarded, and would only start the throttle's interval (the `connected` event asks for every stream).
+        let connected = conn.state == RTCPeerConnectionState::Connected;
         // Resolve each new consumer's payload type on this leg.
         let keys: Vec<ProducerKey> = conn.producer_by_ssrc.values().copied().collect();
         let now = Instant::now();
@@ -1620,7 +1653,7 @@ impl Worker {
                     need_keyframe = true;
                 }
             }
-            if need_keyframe {
+            if need_keyframe && connected {
                 keyframes_wanted.push(key);
             }
         }
@@ -2302,21 +2335,38 @@ impl Worker {
         }
     }
 
-    fn tick(&mut self, now: Instant) {
+    /// Deferred keyframe requests that are due are sent; `keyframe_due` becomes the next one.
+    fn poll_keyframes(&mut self, now: Instant) {
         let Worker {
             producers,
             conns,
             dirty,
             ..
         } = self;
+        let mut due: Option<Instant> = None;
         for producer in producers.values_mut() {
             for li in 0..producer.layers.len() {
                 let layer = &mut producer.layers[li];
-                layer.update_rate(now);
                 if layer.keyframes.poll(now) && !layer.paused {
                     Self::send_pli(conns, dirty, producer, li, now);
                     self.stats.plis_sent += 1;
                 }
+                if let Some(d) = producer.layers[li].keyframes.next_due() {
+                    due = Some(due.map_or(d, |e| e.min(d)));
+                }
+            }
+        }
+        self.keyframe_due = due;
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.poll_keyframes(now);
+        let Worker {
+            producers, conns, ..
+        } = self;
+        for producer in producers.values_mut() {
+            for layer in &mut producer.layers {
+                layer.update_rate(now);
             }
         }
         for conn in conns.values_mut() {

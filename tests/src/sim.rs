@@ -39,6 +39,7 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -54,7 +55,8 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngineBuilder,
 };
 
 /// The payload type we register for Opus; the negotiated one is read back from the sender.
@@ -65,6 +67,11 @@ const VP8_PT: u8 = 96;
 const NACK_RETRIES: u16 = 10;
 /// Bytes of counter + send time in every payload.
 const STAMP_BYTES: usize = 16;
+/// A publisher acts on at most one keyframe request per layer in this time (Chromium's
+/// `kMinKeyframeSendIntervalMs`).
+const KEYFRAME_REQUEST_FLOOR: Duration = Duration::from_millis(300);
+/// Time between ICE connectivity checks (Chromium: 48 ms while no pair works).
+const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Which interceptors the endpoint's peer connections run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -847,6 +854,8 @@ pub struct SendCounters {
     /// PLIs received on the publish connection (about any of our tracks).
     pub plis: AtomicU64,
     pub firs: AtomicU64,
+    /// Keyframe requests (PLI/FIR) ignored as a Chromium sender does: within 300 ms of the last one acted on.
+    pub requests_ignored: AtomicU64,
     keyframe_requested: AtomicBool,
 }
 
@@ -862,6 +871,7 @@ pub struct SendStats {
     pub write_errors: u64,
     pub plis: u64,
     pub firs: u64,
+    pub requests_ignored: u64,
 }
 
 impl SendCounters {
@@ -876,6 +886,7 @@ impl SendCounters {
             write_errors: self.write_errors.load(Ordering::Relaxed),
             plis: self.plis.load(Ordering::Relaxed),
             firs: self.firs.load(Ordering::Relaxed),
+            requests_ignored: self.requests_ignored.load(Ordering::Relaxed),
         }
     }
 }
@@ -1011,8 +1022,24 @@ impl PeerConnectionEventHandler for PcHandler {
         }
     }
 
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        tracing::debug!(leg = ?self.leg, %state, "sim ICE connection state");
+        if self.leg == Leg::Subscribe
+            && state == RTCIceConnectionState::Connected
+            && let Some(inner) = self.inner.upgrade()
+        {
+            inner.mark(|t| &mut t.ice_connected);
+        }
+    }
+
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(leg = ?self.leg, %state, "sim peer connection state");
+        if self.leg == Leg::Subscribe
+            && state == RTCPeerConnectionState::Connected
+            && let Some(inner) = self.inner.upgrade()
+        {
+            inner.mark(|t| &mut t.connected);
+        }
         let _ = self.state.send(state);
     }
 
@@ -1058,7 +1085,14 @@ async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
     let (me, registry) = media_setup(inner.opts.interceptors)?;
     let mut settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .with_include_loopback_candidate(true);
+        .with_include_loopback_candidate(true)
+        // As Chromium and Firefox: answer `setup:active` (DTLS client). webrtc-rs would answer an ICE-lite offer
+        // `passive`, making the SFU the DTLS client, which browsers never do.
+        .with_answering_dtls_role(RTCDtlsRole::Client)
+        // Connectivity checks paced like Chromium's (a check every ~50 ms until a pair works) rather than
+        // webrtc-rs's 200 ms, with as many tries in all (1.4 s per pair). This also bounds a webrtc-rs quirk: its
+        // DTLS client's first flight leaves only at the connection's next timer after ICE connects.
+        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28));
     if !inner.opts.srtp_profiles.is_empty() {
         settings = settings.with_srtp_protection_profiles(inner.opts.srtp_profiles.clone());
     }
@@ -1174,6 +1208,24 @@ async fn wait_connected(
 // The endpoint
 // ---------------------------------------------------------------------------------------------------------------
 
+/// When each step of an endpoint's join happened (the first time; `None` if it did not), for the join → first
+/// frame breakdown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JoinTimeline {
+    /// `join` sent (or [`SimEndpoint::mark_join_sent`]).
+    pub join_sent: Option<Instant>,
+    /// `joined` arrived.
+    pub joined: Option<Instant>,
+    /// The first `subscribe_offer` arrived.
+    pub subscribe_offer: Option<Instant>,
+    /// Its answer left (after ICE gathering: no trickle).
+    pub subscribe_answer: Option<Instant>,
+    /// The subscribe connection's ICE is connected (a nominated pair).
+    pub ice_connected: Option<Instant>,
+    /// The subscribe connection is connected (DTLS done, SRTP keyed).
+    pub connected: Option<Instant>,
+}
+
 /// One message the endpoint received, parsed or not.
 #[derive(Debug, Clone)]
 #[allow(clippy::large_enum_variant)] // a test-side message log; size does not matter
@@ -1205,7 +1257,7 @@ struct Inner {
     subscribe_answers: AtomicU64,
     subscribe_errors: AtomicU64,
     opened_at: Instant,
-    join_sent_at: StdMutex<Option<Instant>>,
+    timeline: StdMutex<JoinTimeline>,
 }
 
 impl Inner {
@@ -1227,6 +1279,13 @@ impl Inner {
                     ))
                 }),
         )
+    }
+
+    /// Note the first time a join step happened (later repeats keep the first).
+    fn mark(&self, step: impl FnOnce(&mut JoinTimeline) -> &mut Option<Instant>) {
+        let now = Instant::now();
+        let mut t = self.timeline.lock().unwrap_or_else(|p| p.into_inner());
+        step(&mut t).get_or_insert(now);
     }
 
     fn push(&self, r: Received) {
@@ -1256,6 +1315,7 @@ impl Inner {
     async fn on_subscribe_offer(self: &Arc<Self>, sdp: String) -> anyhow::Result<()> {
         let sdp = self.answer_subscribe_offer(sdp).await?;
         self.send(&ClientMessage::SubscribeAnswer { sdp })?;
+        self.mark(|t| &mut t.subscribe_answer);
         self.subscribe_answers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -1331,9 +1391,10 @@ impl SimEndpoint {
     /// Open the WebSocket without joining (for protocol tests).
     pub async fn open(opts: SimOptions) -> anyhow::Result<SimEndpoint> {
         let url = opts.ws_url();
+        // TCP_NODELAY, as browsers set it.
         let (ws, _resp) = tokio::time::timeout(
             opts.step_timeout,
-            tokio_tungstenite::connect_async(url.as_str()),
+            tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
         )
         .await
         .map_err(|_| anyhow!("websocket connect to {url} timed out"))?
@@ -1355,7 +1416,7 @@ impl SimEndpoint {
             subscribe_answers: AtomicU64::new(0),
             subscribe_errors: AtomicU64::new(0),
             opened_at: Instant::now(),
-            join_sent_at: StdMutex::new(None),
+            timeline: StdMutex::new(JoinTimeline::default()),
         });
 
         inner.spawn(async move {
@@ -1383,7 +1444,11 @@ impl SimEndpoint {
                     Ok(Message::Text(text)) => {
                         match serde_json::from_str::<ServerMessage>(text.as_str()) {
                             Ok(msg) => {
+                                if let ServerMessage::Joined { .. } = &msg {
+                                    inner.mark(|t| &mut t.joined);
+                                }
                                 if let ServerMessage::SubscribeOffer { sdp, .. } = &msg {
+                                    inner.mark(|t| &mut t.subscribe_offer);
                                     let sdp = sdp.clone();
                                     inner.push(Received::Message(msg));
                                     if let Err(e) = inner.on_subscribe_offer(sdp).await {
@@ -1422,11 +1487,11 @@ impl SimEndpoint {
     /// Send `join` and wait for `joined`; returns the participants already in the room.
     pub async fn join(&self) -> anyhow::Result<Vec<ParticipantInfo>> {
         let from = self.log_len();
-        *self
-            .inner
-            .join_sent_at
+        self.inner
+            .timeline
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            .unwrap_or_else(|p| p.into_inner())
+            .join_sent = Some(Instant::now());
         let opts = &self.inner.opts;
         self.inner.send(&match &opts.token {
             Some(token) => ClientMessage::Join {
@@ -1485,9 +1550,15 @@ impl SimEndpoint {
 
     /// When `join` was sent.
     pub fn join_sent_at(&self) -> Option<Instant> {
+        self.timeline().join_sent
+    }
+
+    /// When each step of joining happened here (first subscribe offer, answer, ICE and DTLS of the subscribe
+    /// connection); the first packet and keyframe of each track are in [`stats`](Self::stats).
+    pub fn timeline(&self) -> JoinTimeline {
         *self
             .inner
-            .join_sent_at
+            .timeline
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -1667,10 +1738,22 @@ impl SimEndpoint {
             let rtcp_track = Arc::clone(&track);
             let rtcp_flags = flags.clone();
             inner.spawn(async move {
-                let raise = |ssrc: Option<u32>| {
-                    for (s, flag) in &rtcp_flags {
-                        if ssrc.is_none_or(|x| x == *s) {
+                // As Chromium's sender (`EncoderRtcpFeedback`): a request within 300 ms of the last one it acted
+                // on (per layer) is ignored.
+                let mut honoured: Vec<Option<Instant>> = vec![None; rtcp_flags.len()];
+                let mut raise = |ssrc: Option<u32>| {
+                    let now = Instant::now();
+                    for (i, (s, flag)) in rtcp_flags.iter().enumerate() {
+                        if ssrc.is_some_and(|x| x != *s) {
+                            continue;
+                        }
+                        if honoured[i]
+                            .is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_FLOOR)
+                        {
+                            honoured[i] = Some(now);
                             flag.store(true, Ordering::Relaxed);
+                        } else {
+                            sent.requests_ignored.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 };
@@ -2026,24 +2109,26 @@ impl SimEndpoint {
                 subscribe_answers: AtomicU64::new(0),
                 subscribe_errors: AtomicU64::new(0),
                 opened_at: Instant::now(),
-                join_sent_at: StdMutex::new(None),
+                timeline: StdMutex::new(JoinTimeline::default()),
             }),
         }
     }
 
     /// Record now as the time this endpoint asked to join (for join → first packet).
     pub fn mark_join_sent(&self) {
-        *self
-            .inner
-            .join_sent_at
+        self.inner
+            .timeline
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            .unwrap_or_else(|p| p.into_inner())
+            .join_sent = Some(Instant::now());
     }
 
     /// Apply a server's offer on the subscribe connection and return the answer (ICE gathered, no trickle).
     pub async fn answer_offer(&self, offer_sdp: String) -> anyhow::Result<String> {
+        self.inner.mark(|t| &mut t.subscribe_offer);
         match self.inner.answer_subscribe_offer(offer_sdp).await {
             Ok(sdp) => {
+                self.inner.mark(|t| &mut t.subscribe_answer);
                 self.inner.subscribe_answers.fetch_add(1, Ordering::Relaxed);
                 Ok(sdp)
             }
