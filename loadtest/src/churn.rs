@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::{
     Args, ServerSpec, check_loopback, clock_ticks, cpu_of, quantile_ms, receiving_media, rss_of,
-    sim_opts, spawn_server,
+    server_to_load, sim_opts,
 };
 
 /// One reading of the server process.
@@ -158,22 +158,12 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         bail!("--cycles must be at least 1");
     }
     let concurrency = args.join_concurrency.max(1);
-    let mut spawned = None;
-    let (url, pid) = if args.spawn_server {
-        let s = spawn_server(ServerSpec::of(args, concurrency * 2 + 16)).await?;
-        eprintln!(
-            "started {} (pid {}) at {}; log {}",
-            args.server_bin.display(),
-            s.pid,
-            s.url,
-            s.log.display()
-        );
-        let r = (s.url.clone(), Some(s.pid));
-        spawned = Some(s);
-        r
-    } else {
-        (args.url.clone(), args.server_pid)
-    };
+    let (url, pid, spawned) = server_to_load(
+        args,
+        args.spawn_server,
+        ServerSpec::of(args, concurrency * 2 + 16),
+    )
+    .await?;
     let http = check_loopback(&url)?;
     let ticks = clock_ticks();
     eprintln!(

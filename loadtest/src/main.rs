@@ -373,6 +373,27 @@ struct SpawnedServer {
     media_port: u16,
 }
 
+/// The server to load: started here from `spec` when `spawn` (said on stderr), else `--url` / `--server-pid`.
+/// Returns its URL, its pid if known, and the spawned server to stop afterwards.
+async fn server_to_load(
+    args: &Args,
+    spawn: bool,
+    spec: ServerSpec<'_>,
+) -> anyhow::Result<(String, Option<u32>, Option<SpawnedServer>)> {
+    if !spawn {
+        return Ok((args.url.clone(), args.server_pid, None));
+    }
+    let s = spawn_server(spec).await?;
+    eprintln!(
+        "started {} (pid {}) at {}; log {}",
+        args.server_bin.display(),
+        s.pid,
+        s.url,
+        s.log.display()
+    );
+    Ok((s.url.clone(), Some(s.pid), Some(s)))
+}
+
 /// Datagrams the kernel dropped on arrival at the UDP socket bound to `port` (its receive buffer was full: the
 /// reader did not keep up), from `/proc/net/udp` and `udp6` of this network namespace; `None` if no such socket.
 fn udp_drops(port: u16) -> Option<u64> {
@@ -1236,22 +1257,12 @@ enum Backend {
 async fn run_one(args: &Args, server: Server, ticks: f64) -> anyhow::Result<Summary> {
     match server {
         Server::Giaoban => {
-            let mut spawned = None;
-            let (url, server_pid) = if args.spawn_server || args.compare {
-                let s = spawn_server(ServerSpec::of(args, args.n())).await?;
-                eprintln!(
-                    "started {} (pid {}) at {}; log {}",
-                    args.server_bin.display(),
-                    s.pid,
-                    s.url,
-                    s.log.display()
-                );
-                let r = (s.url.clone(), Some(s.pid));
-                spawned = Some(s);
-                r
-            } else {
-                (args.url.clone(), args.server_pid)
-            };
+            let (url, server_pid, spawned) = server_to_load(
+                args,
+                args.spawn_server || args.compare,
+                ServerSpec::of(args, args.n()),
+            )
+            .await?;
             check_loopback(&url)?;
             let outcome = measure(
                 args,

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::{
     Args, ServerSpec, check_loopback, clock_ticks, cpu_of, machine_cores, quantile_ms, report,
-    rss_of, spawn_server, udp_drops, write_out,
+    rss_of, server_to_load, udp_drops, write_out,
 };
 
 /// How long a floor grant is given to take effect before the holder's audio is counted.
@@ -260,24 +260,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         args.server_cpus.as_deref().unwrap_or("any"),
         args.client_cpus.as_deref().unwrap_or("any"),
     );
-    let mut spawned = None;
-    let (url, pid) = if args.spawn_server {
-        let mut spec = ServerSpec::of(args, participants);
-        spec.auth_secret = Some(&secret);
-        let s = spawn_server(spec).await?;
-        eprintln!(
-            "started {} (pid {}) at {}; log {}",
-            args.server_bin.display(),
-            s.pid,
-            s.url,
-            s.log.display()
-        );
-        let r = (s.url.clone(), Some(s.pid));
-        spawned = Some(s);
-        r
-    } else {
-        (args.url.clone(), args.server_pid)
-    };
+    let mut spec = ServerSpec::of(args, participants);
+    spec.auth_secret = Some(&secret);
+    let (url, pid, spawned) = server_to_load(args, args.spawn_server, spec).await?;
     let media_port = spawned.as_ref().map(|s| s.media_port);
     let outcome = drive(args, &url, (pid, media_port), &secret).await;
     let log = spawned

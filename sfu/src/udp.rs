@@ -220,7 +220,6 @@ impl Outbox {
         }
         let mut parts = Vec::with_capacity(self.items.len());
         let mut messages: Vec<Message> = Vec::new();
-        let mut counts: Vec<(u64, u64)> = Vec::new();
         let mut i = 0;
         while i < self.items.len() {
             let first = self.items[i];
@@ -244,12 +243,15 @@ impl Outbox {
                 segment: (j - i > 1).then_some(first.len as u16),
                 parts: start..parts.len(),
             });
-            counts.push(((j - i) as u64, bytes as u64));
             i = j;
         }
         let mut gso_refused = false;
         result.syscalls = send_all(socket.raw_fd(), &self.data, &parts, &messages, |m, r| {
-            let (datagrams, bytes) = counts[m];
+            let run = &parts[messages[m].parts.clone()];
+            let (datagrams, bytes) = (
+                run.len() as u64,
+                run.iter().map(|p| p.1 as u64).sum::<u64>(),
+            );
             match r {
                 Ok(()) => {
                     result.datagrams += datagrams;

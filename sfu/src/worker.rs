@@ -24,7 +24,7 @@ use crate::router::{ConnId, Router};
 use crate::srtp::{KeyCapture, Sealer, StreamIndex};
 use crate::tcp::{CloseReason, Frame, TcpEvent, TcpMedia, Wake};
 use crate::udp::{MediaSocket, Outbox};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
@@ -941,33 +941,16 @@ impl Worker {
             if rewrite.switched && simulcast {
                 self.stats.layer_switches += 1;
             }
-            // Only the fixed header is carried over: the subscriber's leg negotiated its own extension ids, so
-            // none are sent rather than wrong ones; empty Vecs do not allocate. The payload is shared.
-            let h = &packet.header;
-            let mut out = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    padding: false,
-                    extension: false,
-                    marker: h.marker,
-                    payload_type: pt,
-                    sequence_number: rewrite.seq,
-                    timestamp: rewrite.timestamp,
-                    ssrc: consumer.ssrc,
-                    csrc: Vec::new(),
-                    extension_profile: 0,
-                    extensions: Vec::new(),
-                    extensions_padding: 0,
-                },
-                payload: packet.payload.clone(),
-            };
-            if (rewrite.picture_id.is_some() || rewrite.tl0picidx.is_some())
-                && let Some(desc) = &vp8
-            {
-                let mut payload = BytesMut::from(&out.payload[..]);
-                crate::vp8::rewrite(&mut payload, desc, rewrite.picture_id, rewrite.tl0picidx);
-                out.payload = payload.freeze();
-            }
+            let out = outgoing(
+                pt,
+                consumer.ssrc,
+                packet.header.marker,
+                rewrite.seq,
+                rewrite.timestamp,
+                &packet.payload,
+                vp8.as_ref(),
+                (rewrite.picture_id, rewrite.tl0picidx),
+            );
             let octets = out.payload.len() as u64;
             let timestamp = out.header.timestamp;
             let written = write_rtp(
@@ -1049,26 +1032,21 @@ impl Worker {
                     self.stats.nack_unrepaired += 1;
                     continue;
                 };
-                let mut payload = cached.payload.clone();
-                if (sent.picture_id.is_some() || sent.tl0picidx.is_some())
-                    && let Some(desc) = crate::vp8::parse(&payload)
-                {
-                    let mut copy = BytesMut::from(&payload[..]);
-                    crate::vp8::rewrite(&mut copy, &desc, sent.picture_id, sent.tl0picidx);
-                    payload = copy.freeze();
-                }
-                let out = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        marker: cached.marker,
-                        payload_type: pt,
-                        sequence_number: seq,
-                        timestamp: sent.timestamp,
-                        ssrc: consumer.ssrc,
-                        ..Default::default()
-                    },
-                    payload,
-                };
+                // The same rewrite as the first time (the descriptor parsed again only if it changes anything).
+                let ids = (sent.picture_id, sent.tl0picidx);
+                let desc = (ids != (None, None))
+                    .then(|| crate::vp8::parse(&cached.payload))
+                    .flatten();
+                let out = outgoing(
+                    pt,
+                    consumer.ssrc,
+                    cached.marker,
+                    seq,
+                    sent.timestamp,
+                    &cached.payload,
+                    desc.as_ref(),
+                    ids,
+                );
                 let written = write_rtp(
                     conn,
                     &mut consumer.srtp_index,
@@ -2839,6 +2817,43 @@ fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
         MediaSource::Microphone => policy.audio,
         MediaSource::Screen => policy.screen,
         MediaSource::Camera => true,
+    }
+}
+
+/// The packet a consumer's subscriber gets: only the fixed header is carried over (the subscriber's leg negotiated
+/// its own extension ids, so none are sent rather than wrong ones; empty Vecs do not allocate), and the payload is
+/// shared unless the VP8 PictureID / TL0PICIDX must change (`ids`, after a source switch): then it is copied once
+/// and rewritten. Used for the first send and for a resend, which must carry the same bytes.
+#[allow(clippy::too_many_arguments)]
+fn outgoing(
+    payload_type: u8,
+    ssrc: u32,
+    marker: bool,
+    sequence_number: u16,
+    timestamp: u32,
+    payload: &Bytes,
+    vp8: Option<&crate::vp8::Vp8Descriptor>,
+    ids: (Option<u16>, Option<u8>),
+) -> rtc::rtp::Packet {
+    let payload = match vp8 {
+        Some(desc) if ids != (None, None) => {
+            let mut copy = BytesMut::from(&payload[..]);
+            crate::vp8::rewrite(&mut copy, desc, ids.0, ids.1);
+            copy.freeze()
+        }
+        _ => payload.clone(),
+    };
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker,
+            payload_type,
+            sequence_number,
+            timestamp,
+            ssrc,
+            ..Default::default()
+        },
+        payload,
     }
 }
 

@@ -6,43 +6,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestServer, wait_all_flowing, wait_until_async};
+use common::{TestServer, metrics, wait_all_flowing, wait_until_async};
 use giaoban_signaling::protocol::{QualityLevel, ServerMessage};
 use giaoban_tests::sim::http_get;
-
-/// Parse Prometheus text: sample name (with labels) → value; fails on any malformed line.
-fn parse_prometheus(text: &str) -> HashMap<String, f64> {
-    let mut samples = HashMap::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
-            assert!(
-                line.is_empty()
-                    || line.starts_with("# HELP ")
-                    || line.starts_with("# TYPE ")
-                    || line == "# EOF",
-                "bad comment line: {line}"
-            );
-            continue;
-        }
-        let (name, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value in line: {line}"));
-        assert!(
-            name.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_'),
-            "bad metric name: {line}"
-        );
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|e| panic!("bad value in `{line}`: {e}"));
-        samples.insert(name.to_owned(), value);
-    }
-    samples
-}
 
 /// The server with jitter limits far above what a busy test machine adds on loopback: these tests are about the
 /// figures reaching the API and the clients; the thresholds themselves have their own tests.
@@ -51,14 +19,6 @@ async fn server() -> TestServer {
     c.health.fair_jitter_ms = 500.0;
     c.health.poor_jitter_ms = 1000.0;
     TestServer::start_with(c).await
-}
-
-async fn metrics(server: &TestServer) -> HashMap<String, f64> {
-    let (status, body) = http_get(server.http, "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    parse_prometheus(&body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,30 +268,7 @@ async fn impaired_link_in_namespace() {
     bad.publish().await.expect("the impaired hall publishes");
     wait_all_flowing(&[&good, &bad], &[&good, &bad], Duration::from_secs(15)).await;
 
-    let port = server.media.port().to_string();
-    common::run(
-        "iptables",
-        &[
-            "-A",
-            "OUTPUT",
-            "-p",
-            "udp",
-            "-s",
-            "127.0.0.1",
-            "--sport",
-            &port,
-            "-d",
-            "127.0.0.2",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            "0.2",
-            "-j",
-            "DROP",
-        ],
-    );
+    common::random_drop("-A", server.media.port(), "127.0.0.2", 0.2);
     let admin = giaoban_signaling::admin::admin_token(&server.hub());
     let (good_id, bad_id) = (good.id(), bad.id());
     let read = || async {

@@ -5,26 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{TestServer, wait_all_flowing};
 use giaoban_signaling::protocol::TrackKind;
-use giaoban_tests::sim::{SimEndpoint, http_get};
-
-async fn counters(server: &TestServer) -> HashMap<String, f64> {
-    let (status, body) = http_get(server.http, "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
+use giaoban_tests::sim::SimEndpoint;
 
 /// (missing, expected) counters of `publisher`'s `kind` at `sub`.
 fn missing(sub: &SimEndpoint, publisher: &str, kind: TrackKind) -> (u64, u64) {
@@ -73,38 +58,16 @@ async fn lossy_subscriber_in_namespace() {
         .await
         .expect("the lossy hall joins");
     wait_all_flowing(&[&clean, &lossy], &[&chair], Duration::from_secs(15)).await;
-    let before = counters(&server).await;
+    let before = common::metrics(&server).await;
 
-    let port = server.media.port().to_string();
-    let rule = [
-        "OUTPUT",
-        "-p",
-        "udp",
-        "-s",
-        "127.0.0.1",
-        "--sport",
-        &port,
-        "-d",
-        "127.0.0.2",
-        "-m",
-        "statistic",
-        "--mode",
-        "random",
-        "--probability",
-        "0.05",
-        "-j",
-        "DROP",
-    ];
-    let add: Vec<&str> = std::iter::once("-A").chain(rule.iter().copied()).collect();
-    common::run("iptables", &add);
+    common::random_drop("-A", server.media.port(), "127.0.0.2", 0.05);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let dropped_packets = dropped_by_drop_rules();
-    let del: Vec<&str> = std::iter::once("-D").chain(rule.iter().copied()).collect();
-    common::run("iptables", &del);
+    common::random_drop("-D", server.media.port(), "127.0.0.2", 0.05);
     // Repairs of the last losses still on their way.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let after = counters(&server).await;
+    let after = common::metrics(&server).await;
     let delta =
         |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
     let resent = delta("giaoban_media_rtp_retransmitted_total");

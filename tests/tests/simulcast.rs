@@ -276,31 +276,7 @@ async fn wait_until_layers(server: &TestServer, chair: &str) -> Vec<(String, u64
 fn downlink_loss(media_port: u16, probability: f64) {
     common::run("iptables", &["-F", "OUTPUT"]);
     if probability > 0.0 {
-        let port = media_port.to_string();
-        let p = format!("{probability}");
-        common::run(
-            "iptables",
-            &[
-                "-A",
-                "OUTPUT",
-                "-p",
-                "udp",
-                "-s",
-                "127.0.0.1",
-                "--sport",
-                &port,
-                "-d",
-                "127.0.0.2",
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ],
-        );
+        common::random_drop("-A", media_port, "127.0.0.2", probability);
     }
 }
 

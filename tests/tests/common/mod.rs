@@ -1,6 +1,7 @@
 //! Shared by the whole-system tests: the in-process server, polling with deadlines, media checks.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -679,4 +680,76 @@ pub async fn try_rerun_in_netns(prefix: &str, test: &str) -> Result<(), String> 
             ns.0
         ))
     }
+}
+
+#[allow(dead_code)]
+/// Parse Prometheus text: sample name (with labels) → value; fails on any malformed line.
+pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            assert!(
+                line.is_empty()
+                    || line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line == "# EOF",
+                "bad comment line: {line}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in line: {line}"));
+        assert!(
+            name.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_'),
+            "bad metric name: {line}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|e| panic!("bad value in `{line}`: {e}"));
+        samples.insert(name.to_owned(), value);
+    }
+    samples
+}
+
+/// `/metrics` of the server, parsed (`parse_prometheus`).
+#[allow(dead_code)]
+pub async fn metrics(server: &TestServer) -> HashMap<String, f64> {
+    let (status, body) = http_get(server.http, "/metrics")
+        .await
+        .expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    parse_prometheus(&body)
+}
+
+/// Add (`-A`) or delete (`-D`) an iptables rule dropping `probability` (0..1) of what the server's media port on
+/// 127.0.0.1 sends to `to`: a lossy downlink for the hall bound there (inside a test's own network namespace).
+#[allow(dead_code)]
+pub fn random_drop(op: &str, media_port: u16, to: &str, probability: f64) {
+    let (port, p) = (media_port.to_string(), format!("{probability}"));
+    run(
+        "iptables",
+        &[
+            op,
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-s",
+            "127.0.0.1",
+            "--sport",
+            &port,
+            "-d",
+            to,
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ],
+    );
 }
