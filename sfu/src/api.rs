@@ -332,6 +332,9 @@ pub struct WorkerStats {
     pub tcp_streams: usize,
     /// Times a consumer's forwarded simulcast layer changed (the switch happened, on the new layer's keyframe).
     pub layer_switches: u64,
+    /// Consumers whose first picture was replayed from the producer's cache (the layer's last keyframe and what
+    /// followed), instead of waiting for a fresh keyframe.
+    pub keyframes_replayed: u64,
     /// Time the worker loop spent working (commands, datagrams, timeouts, ticks), not waiting: one clock pair per
     /// loop turn.
     pub busy: std::time::Duration,
@@ -476,6 +479,7 @@ impl WorkerStats {
         self.rtp_sealed += o.rtp_sealed;
         self.tcp_streams += o.tcp_streams;
         self.layer_switches += o.layer_switches;
+        self.keyframes_replayed += o.keyframes_replayed;
         self.busy += o.busy;
         self.tcp.accepted += o.tcp.accepted;
         self.tcp.refused += o.tcp.refused;

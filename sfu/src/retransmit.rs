@@ -36,6 +36,8 @@ pub const MAX_AGE: Duration = Duration::from_millis(1500);
 #[derive(Clone)]
 pub struct CachedPacket {
     pub seq: u16,
+    /// The source RTP timestamp (a joining subscriber's first picture is replayed from the cache: `replay.rs`).
+    pub timestamp: u32,
     pub marker: bool,
     pub payload: Bytes,
     stored: Instant,
@@ -59,11 +61,12 @@ impl PacketCache {
     /// Keep a packet (replacing the one `capacity` sequence numbers older), and let go of those older than
     /// `MAX_AGE` from the oldest on: amortised one slot looked at per store, nothing allocated.
     #[inline]
-    pub fn store(&mut self, seq: u16, marker: bool, payload: &Bytes, now: Instant) {
+    pub fn store(&mut self, seq: u16, timestamp: u32, marker: bool, payload: &Bytes, now: Instant) {
         let len = self.slots.len();
         let i = usize::from(seq) % len;
         self.slots[i] = Some(CachedPacket {
             seq,
+            timestamp,
             marker,
             payload: payload.clone(),
             stored: now,
@@ -94,6 +97,11 @@ impl PacketCache {
         self.slots[usize::from(seq) % self.slots.len()]
             .as_ref()
             .filter(|p| p.seq == seq)
+    }
+
+    /// How many packets it can hold.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 }
 
@@ -195,10 +203,10 @@ mod tests {
         let now = Instant::now();
         let mut cache = PacketCache::new(4);
         for seq in 65_534u16..=65_535 {
-            cache.store(seq, false, &Bytes::from(vec![seq as u8]), now);
+            cache.store(seq, 0, false, &Bytes::from(vec![seq as u8]), now);
         }
         for seq in 0u16..4 {
-            cache.store(seq, seq == 3, &Bytes::from(vec![seq as u8]), now);
+            cache.store(seq, 0, seq == 3, &Bytes::from(vec![seq as u8]), now);
         }
         // Across the wrap: 0..=3 are kept, 65534/65535 were replaced by 2 and 3.
         assert!(cache.get(65_534).is_none());
@@ -215,7 +223,7 @@ mod tests {
     fn cached_payload_is_shared_not_copied() {
         let mut cache = PacketCache::new(8);
         let payload = Bytes::from(vec![1u8; 1000]);
-        cache.store(7, false, &payload, Instant::now());
+        cache.store(7, 0, false, &payload, Instant::now());
         let kept = cache.get(7).expect("kept");
         assert_eq!(kept.payload.as_ptr(), payload.as_ptr());
     }
@@ -231,6 +239,7 @@ mod tests {
             if i != 40 {
                 cache.store(
                     seq,
+                    0,
                     false,
                     &payload,
                     t0 + Duration::from_millis(u64::from(i) * 66),

@@ -165,8 +165,10 @@ struct Layer {
     /// The publisher was told to stop sending it (nobody receives it).
     paused: bool,
     keyframes: KeyframeThrottle,
-    /// Its last packets, for subscribers' NACKs (`retransmit.rs`).
+    /// Its last packets, for subscribers' NACKs (`retransmit.rs`) and joining subscribers' first picture.
     cache: PacketCache,
+    /// Where its last keyframe starts in the cache (sequence number) and when it arrived (`replay.rs`).
+    last_keyframe: Option<(u16, Instant)>,
 }
 
 impl Layer {
@@ -184,11 +186,17 @@ impl Layer {
             width: 0,
             paused: false,
             keyframes: KeyframeThrottle::default(),
+            last_keyframe: None,
             cache: PacketCache::new(match kind {
                 MediaKind::Audio => retransmit::AUDIO_CACHE,
                 MediaKind::Video => retransmit::VIDEO_CACHE,
             }),
         }
+    }
+
+    /// Its last keyframe and every packet since, from its cache, if they can be replayed (`replay.rs`).
+    fn cached_picture(&self, now: Instant) -> Option<crate::replay::Picture<'_>> {
+        crate::replay::from_keyframe(&self.cache, self.last_keyframe?, self.last_seq?, now)
     }
 
     /// Packets arrived recently (the publisher may drop a layer on its own when its uplink or CPU is short).
@@ -836,14 +844,15 @@ impl Worker {
         {
             layer.width = u32::from(w);
         }
-        // The keyframe a PLI asked for (or any, while a request waits): one bool per packet per producer, the
-        // codec's check only while something is outstanding.
-        if layer.keyframes.wants_keyframe()
-            && vp8.as_ref().map_or_else(
-                || producer.codec.is_keyframe_start(&packet.payload),
-                |d| d.keyframe,
-            )
-        {
+        // Where a keyframe starts: VP8's from the descriptor parsed above, H.264's from a few header bytes.
+        let keyframe_start = match &vp8 {
+            Some(d) => d.keyframe,
+            None => {
+                producer.codec == Codec::H264 && producer.codec.is_keyframe_start(&packet.payload)
+            }
+        };
+        // The keyframe a PLI asked for (or any, while a request waits).
+        if keyframe_start && layer.keyframes.wants_keyframe() {
             layer.keyframes.keyframe_arrived();
         }
         // RFC 6464 audio level: one extension lookup and one byte per packet per producer (measured even while
@@ -867,13 +876,19 @@ impl Worker {
             // Enforced meeting rules: this microphone or screen is not to be heard or seen now.
             return;
         }
-        // Kept once per producer for every consumer's NACKs (payload shared, nothing allocated).
-        producer.layers[li].cache.store(
-            packet.header.sequence_number,
+        // Kept once per producer for every consumer's NACKs and a joining subscriber's first picture (payload
+        // shared, nothing allocated).
+        let layer = &mut producer.layers[li];
+        layer.cache.store(
+            seq,
+            packet.header.timestamp,
             packet.header.marker,
             &packet.payload,
             now,
         );
+        if keyframe_start {
+            layer.last_keyframe = Some((seq, now));
+        }
         // The recording gets what the meeting hears and sees, the highest simulcast layer of a camera that flows:
         // one non-blocking queue push per packet per producer (payload shared, nothing allocated).
         if producer.record.is_some() && producer.record_ssrc.is_none() {
@@ -902,8 +917,16 @@ impl Worker {
                 c.forwarder.resume();
             }
         }
+        let layers = &producer.layers;
         let li = li as u8;
         let simulcast = producer.simulcast;
+        let mut sink = Sink {
+            scratch: &mut self.scratch,
+            outbox: &mut self.outbox,
+            tcp: &mut self.tcp,
+            dirty: &mut self.dirty,
+            stats: &mut self.stats,
+        };
         // Layers whose keyframe some consumer waits for (bit per layer).
         let mut want_keyframe = 0u8;
         for consumer in producer.consumers.iter_mut() {
@@ -926,63 +949,59 @@ impl Worker {
             let rewrite = match consumer.forwarder.forward_parsed(
                 now,
                 packet.header.ssrc,
-                packet.header.sequence_number,
+                seq,
                 packet.header.timestamp,
                 &packet.payload,
                 vp8,
             ) {
                 Ok(r) => r,
                 Err(FwdDrop::WaitingForKeyframe) => {
+                    // A subscriber that has never had a picture from this producer gets the last one from the
+                    // cache (of this layer, or a lower one: `replay.rs`), a moment after its handshake; otherwise
+                    // it waits for a fresh keyframe.
+                    if consumer.forwarder.current_ssrc().is_none()
+                        && let Some((from, picture)) = first_picture(layers, li, now)
+                    {
+                        let settled = conn.connected_since.is_some_and(|t| {
+                            now.saturating_duration_since(t) >= crate::replay::AFTER_CONNECTED
+                        });
+                        if !settled {
+                            continue;
+                        }
+                        if replay(
+                            consumer,
+                            conn,
+                            pt,
+                            layers[from].ssrc,
+                            producer.codec,
+                            picture,
+                            now,
+                            &mut sink,
+                        ) {
+                            continue;
+                        }
+                    }
                     want_keyframe |= 1 << li;
                     continue;
                 }
                 Err(_) => continue,
             };
             if rewrite.switched && simulcast {
-                self.stats.layer_switches += 1;
+                sink.stats.layer_switches += 1;
             }
-            let out = outgoing(
+            deliver(
+                consumer,
+                conn,
                 pt,
-                consumer.ssrc,
+                ssrc,
+                seq,
                 packet.header.marker,
-                rewrite.seq,
-                rewrite.timestamp,
+                rewrite,
                 &packet.payload,
                 vp8.as_ref(),
-                (rewrite.picture_id, rewrite.tl0picidx),
-            );
-            let octets = out.payload.len() as u64;
-            let timestamp = out.header.timestamp;
-            let written = write_rtp(
-                conn,
-                &mut consumer.srtp_index,
-                out,
                 now,
-                &mut self.scratch,
-                &mut self.outbox,
-                &mut self.tcp,
+                &mut sink,
             );
-            if conn.srtp_out.is_none() && !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(consumer.conn);
-            }
-            if written {
-                self.stats.rtp_forwarded += 1;
-                self.stats.rtp_sealed += u64::from(conn.srtp_out.is_some());
-                conn.forwarded += 1;
-                consumer.packets += 1;
-                consumer.octets += octets;
-                consumer.last_sent = Some((timestamp, now));
-                // One fixed-size entry in a ring made with the consumer.
-                consumer.sent.record(
-                    rewrite.seq,
-                    ssrc,
-                    packet.header.sequence_number,
-                    rewrite.timestamp,
-                    rewrite.picture_id,
-                    rewrite.tl0picidx,
-                );
-            }
         }
         if want_keyframe != 0 {
             self.request_layer_keyframe(key, usize::from(li), now);
@@ -1073,6 +1092,23 @@ impl Worker {
         let n = self.producers.get(&key).map_or(0, |p| p.layers.len());
         for li in 0..n {
             self.request_layer_keyframe(key, li, now);
+        }
+    }
+
+    /// The consumers of a producer on one subscribe connection are to start (again): a keyframe of every layer,
+    /// unless each of them has never had a picture and a layer up to its target holds a picture that can be
+    /// replayed (`replay.rs`): that goes out at the target layer's next packet, and a keyframe of the target
+    /// layer is asked for then if the replay was from a lower one.
+    fn request_start_keyframe(&mut self, key: ProducerKey, conn_id: ConnId, now: Instant) {
+        let cached = self.producers.get(&key).is_some_and(|p| {
+            p.consumers.iter().filter(|c| c.conn == conn_id).all(|c| {
+                c.forwarder.current_ssrc().is_none()
+                    && c.target
+                        .is_some_and(|t| first_picture(&p.layers, t, now).is_some())
+            })
+        });
+        if !cached {
+            self.request_keyframe(key, now);
         }
     }
 
@@ -1185,8 +1221,12 @@ impl Worker {
                                     c.forwarder.wait_for_keyframe();
                                 }
                             }
-                            self.request_keyframe(key, now);
+                            self.request_start_keyframe(key, conn_id, now);
                         }
+                        // The end of rtc's DTLS handshake (its Finished) goes out ahead of the first forwarded
+                        // packet, which the SFU queues straight for the socket: a subscriber still waiting for it
+                        // could not decrypt, and would lose, the first picture.
+                        self.queue_rtc_output(conn_id);
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
                         if leg == Leg::Screen =>
@@ -1636,7 +1676,7 @@ impl Worker {
             }
         }
         for key in keyframes_wanted {
-            self.request_keyframe(key, now);
+            self.request_start_keyframe(key, conn_id, now);
         }
         self.mark_dirty(conn_id);
         Ok(())
@@ -2767,27 +2807,33 @@ impl Worker {
     fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for id in &dirty {
-            let Some(conn) = self.conns.get_mut(id) else {
-                continue;
-            };
-            conn.dirty = false;
-            while let Some(msg) = conn.pc.poll_write() {
-                conn.link.sent(msg.message.len());
-                conn.peer_addr = Some(msg.transport.peer_addr);
-                if msg.transport.transport_protocol == TransportProtocol::TCP {
-                    // Framed into the stream's bounded buffer (full: dropped, as on a full UDP socket).
-                    if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
-                        tcp.queue(stream, &msg.message);
-                    }
-                } else {
-                    self.outbox
-                        .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
-                }
-            }
-            conn.next_timeout = conn.pc.poll_timeout();
+            self.queue_rtc_output(*id);
         }
         self.dirty = dirty;
         self.dirty.clear();
+    }
+
+    /// Queue what rtc has to send on one connection (DTLS, RTCP, rtc-path RTP) for the socket, in order, and
+    /// learn its next deadline.
+    fn queue_rtc_output(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.dirty = false;
+        while let Some(msg) = conn.pc.poll_write() {
+            conn.link.sent(msg.message.len());
+            conn.peer_addr = Some(msg.transport.peer_addr);
+            if msg.transport.transport_protocol == TransportProtocol::TCP {
+                // Framed into the stream's bounded buffer (full: dropped, as on a full UDP socket).
+                if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
+                    tcp.queue(stream, &msg.message);
+                }
+            } else {
+                self.outbox
+                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+            }
+        }
+        conn.next_timeout = conn.pc.poll_timeout();
     }
 
     fn shutdown(&mut self) {
@@ -2818,6 +2864,147 @@ fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
         MediaSource::Screen => policy.screen,
         MediaSource::Camera => true,
     }
+}
+
+/// A new consumer's first picture: from the highest layer up to its target whose cached picture can be replayed
+/// (`replay.rs`), with that layer's index.
+fn first_picture(
+    layers: &[Layer],
+    target: u8,
+    now: Instant,
+) -> Option<(usize, crate::replay::Picture<'_>)> {
+    let top = usize::from(target).min(layers.len().checked_sub(1)?);
+    (0..=top)
+        .rev()
+        .find_map(|i| layers[i].cached_picture(now).map(|p| (i, p)))
+}
+
+/// Where a forwarded packet goes once rewritten: the worker's send buffers and counters, borrowed apart from its
+/// connections and producers.
+struct Sink<'a> {
+    scratch: &'a mut Vec<u8>,
+    outbox: &'a mut Outbox,
+    tcp: &'a mut Option<TcpMedia>,
+    dirty: &'a mut Vec<ConnId>,
+    stats: &'a mut WorkerStats,
+}
+
+/// Send one packet of the producer to a consumer, rewritten as its forwarder decided, and note it for the
+/// subscriber's NACKs and sender reports.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn deliver(
+    consumer: &mut Consumer,
+    conn: &mut Conn,
+    payload_type: u8,
+    source_ssrc: u32,
+    source_seq: u16,
+    marker: bool,
+    rewrite: crate::forwarder::Rewrite,
+    payload: &Bytes,
+    vp8: Option<&crate::vp8::Vp8Descriptor>,
+    now: Instant,
+    sink: &mut Sink,
+) {
+    let out = outgoing(
+        payload_type,
+        consumer.ssrc,
+        marker,
+        rewrite.seq,
+        rewrite.timestamp,
+        payload,
+        vp8,
+        (rewrite.picture_id, rewrite.tl0picidx),
+    );
+    let octets = out.payload.len() as u64;
+    let timestamp = out.header.timestamp;
+    let written = write_rtp(
+        conn,
+        &mut consumer.srtp_index,
+        out,
+        now,
+        sink.scratch,
+        sink.outbox,
+        sink.tcp,
+    );
+    if conn.srtp_out.is_none() && !conn.dirty {
+        conn.dirty = true;
+        sink.dirty.push(consumer.conn);
+    }
+    if written {
+        sink.stats.rtp_forwarded += 1;
+        sink.stats.rtp_sealed += u64::from(conn.srtp_out.is_some());
+        conn.forwarded += 1;
+        consumer.packets += 1;
+        consumer.octets += octets;
+        consumer.last_sent = Some((timestamp, now));
+        // One fixed-size entry in a ring made with the consumer.
+        consumer.sent.record(
+            rewrite.seq,
+            source_ssrc,
+            source_seq,
+            rewrite.timestamp,
+            rewrite.picture_id,
+            rewrite.tl0picidx,
+        );
+    }
+}
+
+/// A consumer's first picture, replayed from the layer's cache (`replay.rs`): each packet through its forwarder
+/// and out. `false` if the forwarder would not start from it (the caller asks the publisher for a keyframe).
+/// Once per joining subscriber, not per packet.
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    consumer: &mut Consumer,
+    conn: &mut Conn,
+    payload_type: u8,
+    source_ssrc: u32,
+    codec: Codec,
+    picture: crate::replay::Picture,
+    now: Instant,
+    sink: &mut Sink,
+) -> bool {
+    let mut started = false;
+    for (p, timestamp) in picture {
+        let vp8 = if codec == Codec::Vp8 {
+            crate::vp8::parse(&p.payload)
+        } else {
+            None
+        };
+        match consumer
+            .forwarder
+            .forward_parsed(now, source_ssrc, p.seq, timestamp, &p.payload, vp8)
+        {
+            Ok(rewrite) => {
+                started = true;
+                deliver(
+                    consumer,
+                    conn,
+                    payload_type,
+                    source_ssrc,
+                    p.seq,
+                    p.marker,
+                    rewrite,
+                    &p.payload,
+                    vp8.as_ref(),
+                    now,
+                    sink,
+                );
+            }
+            Err(_) if !started => return false,
+            Err(_) => {}
+        }
+    }
+    if started {
+        sink.stats.keyframes_replayed += 1;
+        debug!(
+            subscriber = %consumer.subscriber,
+            ssrc = source_ssrc,
+            packets = consumer.packets,
+            "first picture replayed from the cache"
+        );
+    }
+    started
 }
 
 /// The packet a consumer's subscriber gets: only the fixed header is carried over (the subscriber's leg negotiated

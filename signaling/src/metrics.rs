@@ -240,6 +240,12 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "Simulcast layer changes of consumers (the forwarded layer switched)",
             workers.iter().map(|w| w.layer_switches).sum(),
         );
+        counter(
+            &mut registry,
+            "media_keyframes_replayed",
+            "Consumers whose first picture was replayed from the producer's cache instead of a fresh keyframe",
+            workers.iter().map(|w| w.keyframes_replayed).sum(),
+        );
     }
     if let Ok(links) = hub.sfu.links().await {
         let by_state: Family<StateLabel, Gauge> = Family::default();

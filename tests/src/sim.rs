@@ -104,6 +104,8 @@ pub struct MediaProfile {
     /// The RFC 6464 audio level sent on every audio packet (0 loudest … 127 silence, i.e. −dBov), as browsers
     /// do; `None` sends no level.
     pub audio_level: Option<u8>,
+    /// Also send a keyframe every this many frames (`None`: only the first, and on request, as browsers do).
+    pub keyframe_every: Option<u32>,
 }
 
 impl Default for MediaProfile {
@@ -119,6 +121,7 @@ impl Default for MediaProfile {
             simulcast: false,
             garbage_video: false,
             audio_level: Some(30),
+            keyframe_every: None,
         }
     }
 }
@@ -2293,9 +2296,15 @@ async fn send_video(
     let mut buf = BytesMut::with_capacity(frame_bytes * 8);
     let mut counter = 0u64;
     let mut first_frame = true;
+    let mut frames = 0u32;
     loop {
         tick.tick().await;
-        let keyframe = first_frame || layer.keyframe_requested.swap(false, Ordering::Relaxed);
+        let periodic = media
+            .keyframe_every
+            .is_some_and(|n| frames.is_multiple_of(n.max(1)));
+        frames = frames.wrapping_add(1);
+        let keyframe =
+            first_frame || periodic || layer.keyframe_requested.swap(false, Ordering::Relaxed);
         first_frame = false;
         if buf.capacity() < frame_bytes + npk * 16 {
             buf.reserve(frame_bytes * 8);

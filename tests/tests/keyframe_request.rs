@@ -3,13 +3,16 @@
 //! A joining subscriber costs the publisher one keyframe request (asked once its connection is up; its forwarder's
 //! requests while it waits are served by the one in flight), and two joining together get theirs without a
 //! request the publisher would ignore (Chromium acts on one per 300 ms; the simulated publisher does the same).
+//! A subscriber joining within a second of the publisher's last keyframe is sent that keyframe and what followed it
+//! from the SFU's cache, and costs no request at all.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, wait_receiving, wait_until};
+use common::{TestServer, metrics, wait_receiving, wait_until};
 use giaoban_signaling::protocol::{ClientMessage, TrackKind};
+use giaoban_tests::sim::MediaProfile;
 use giaoban_tests::sim::SimEndpoint;
 
 /// Wait until the publisher's PLI count has not changed for `quiet` (the server's own keyframe requests on
@@ -64,14 +67,16 @@ async fn a_joining_subscriber_costs_one_keyframe_request() {
     let server = TestServer::start().await;
     let room = "pli-join";
     let publisher = server.endpoint(room, "Chủ trì", true).await;
-    // Nobody receives yet: nothing asks for a keyframe.
-    assert_eq!(quiet_plis(&publisher, Duration::from_millis(500)).await, 0);
+    // Nobody receives yet: nothing asks for a keyframe. (The wait also ages the publisher's first keyframe past
+    // what the SFU replays from its cache: `sfu::replay::MAX_AGE`.)
+    let old = giaoban_sfu::replay::MAX_AGE + Duration::from_millis(200);
+    assert_eq!(quiet_plis(&publisher, old).await, 0);
 
     // One viewer: one PLI, sent when its subscribe connection is up (none for the answer before it, which the
     // connection could not have used), its forwarder's further requests served by the keyframe in flight.
     let first = server.endpoint(room, "Xã một", false).await;
     wait_keyframe(&first, &publisher).await;
-    let after_first = quiet_plis(&publisher, Duration::from_millis(1000)).await;
+    let after_first = quiet_plis(&publisher, old).await;
     assert_eq!(
         after_first,
         1,
@@ -104,6 +109,141 @@ async fn a_joining_subscriber_costs_one_keyframe_request() {
         ep.close().await;
     }
     server.shutdown().await;
+}
+
+/// With a publisher of one layer at a commune hall's rate (100 kbit/s, 15 fps) that sends a keyframe every half
+/// second, the SFU always holds a picture younger than a second and small enough to replay: each viewer that
+/// joins gets its first picture from the cache, and the publisher is never asked for a keyframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_after_a_recent_keyframe_starts_from_the_cache() {
+    let media = MediaProfile {
+        video_bitrate_bps: 100_000,
+        video_fps: 15,
+        keyframe_every: Some(8),
+        ..MediaProfile::default()
+    };
+    let (server, publisher, viewers, replays) = join_after_keyframes("pli-replay", media).await;
+    let sent = publisher.sent();
+    assert_eq!(
+        sent.plis, 0,
+        "the publisher was asked for keyframes although the SFU held a recent picture: {sent:?}"
+    );
+    // A viewer whose subscription is up just as a live keyframe arrives (within `replay::AFTER_CONNECTED`, about
+    // one join in ten here) starts from that one instead.
+    assert!(
+        (2..=4).contains(&replays),
+        "each viewer's first picture came from the cache, bar one started by a live keyframe: {replays} of 4"
+    );
+    for ep in viewers.iter().chain([&publisher]) {
+        ep.close().await;
+    }
+    server.shutdown().await;
+}
+
+/// The chair's three simulcast layers: the top layer's picture is too much to replay at once down a commune link
+/// (`replay::MAX_BYTES`), so a joining viewer's first picture is replayed from a lower layer (the highest that
+/// fits), and the viewer moves up to the top layer at its next keyframe — one continuous stream throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulcast_picture_is_replayed_from_a_lower_layer_then_moves_up() {
+    let media = MediaProfile {
+        simulcast: true,
+        keyframe_every: Some(15),
+        ..MediaProfile::default()
+    };
+    let (server, publisher, viewers, replays) =
+        join_after_keyframes("pli-replay-simulcast", media).await;
+    assert!(
+        (2..=4).contains(&replays),
+        "{replays} of 4 first pictures replayed"
+    );
+    let mut from_low = 0;
+    for viewer in &viewers {
+        let widths = wait_until(
+            "the viewer to move up to the top layer",
+            Duration::from_secs(10),
+            || {
+                let stats = viewer.stats();
+                let video = stats.track_from(&publisher.id(), TrackKind::Video)?;
+                (video.keyframe_widths.last() == Some(&960)).then(|| video.keyframe_widths.clone())
+            },
+        )
+        .await;
+        println!("{}: keyframe widths {widths:?}", viewer.name());
+        from_low += usize::from(widths.first().is_some_and(|&w| w < 960));
+    }
+    assert!(
+        from_low >= 2,
+        "first pictures from a lower layer (less than 960 wide): {from_low} of 4"
+    );
+    for ep in viewers.iter().chain([&publisher]) {
+        ep.close().await;
+    }
+    server.shutdown().await;
+}
+
+/// A publisher with `media`, then four viewers joining one after another, each waited for until it has a keyframe;
+/// a second later, each viewer's stream must have started with a keyframe and run on without a gap or a jump in
+/// sequence number, timestamp or PictureID. Returns the number of first pictures replayed from the cache.
+async fn join_after_keyframes(
+    room: &str,
+    media: MediaProfile,
+) -> (TestServer, SimEndpoint, Vec<SimEndpoint>, u64) {
+    let server = TestServer::start().await;
+    let mut opts = server.opts(room, "Chủ trì");
+    opts.media = media;
+    let publisher = SimEndpoint::connect(opts).await.expect("the chair joins");
+    publisher.publish().await.expect("the chair publishes");
+    let replayed = "giaoban_media_keyframes_replayed_total";
+    assert_eq!(metrics(&server).await.get(replayed), Some(&0.0));
+    let mut viewers = Vec::new();
+    for name in ["Xã một", "Xã hai", "Xã ba", "Xã bốn"] {
+        let viewer = server.endpoint(room, name, false).await;
+        wait_keyframe(&viewer, &publisher).await;
+        viewers.push(viewer);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut started_on_keyframe = 0;
+    for viewer in &viewers {
+        let stats = viewer.stats();
+        let video = stats
+            .track_from(&publisher.id(), TrackKind::Video)
+            .expect("video from the chair");
+        println!(
+            "{}: {} packets, {} keyframes, widths {:?}",
+            viewer.name(),
+            video.packets,
+            video.keyframes,
+            video.keyframe_widths
+        );
+        assert!(video.packets > 10, "{video:?}");
+        started_on_keyframe += usize::from(
+            video.first_packet_at.is_some() && video.first_packet_at == video.first_keyframe_at,
+        );
+        assert_eq!(
+            (
+                video.seq_jumps,
+                video.ts_jumps,
+                video.picture_id_jumps,
+                video.payload_errors
+            ),
+            (0, 0, 0, 0),
+            "one continuous stream: {video:?}"
+        );
+    }
+    // Each stream starts at a keyframe. A webrtc-rs client under load may still lose a picture replayed right
+    // after its handshake (it keys SRTP late: `replay::AFTER_CONNECTED`) and start at the next packets; one such
+    // viewer is let pass.
+    assert!(
+        started_on_keyframe >= viewers.len() - 1,
+        "viewers whose first video packet was a keyframe's: {started_on_keyframe} of {}",
+        viewers.len()
+    );
+    let replays = metrics(&server).await.get(replayed).copied().unwrap_or(0.0) as u64;
+    println!(
+        "first pictures replayed from the cache: {replays} of {}",
+        viewers.len()
+    );
+    (server, publisher, viewers, replays)
 }
 
 async fn setup(server: &TestServer, room: &str) -> (SimEndpoint, SimEndpoint, String) {

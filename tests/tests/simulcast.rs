@@ -193,7 +193,12 @@ async fn a_hall_is_moved_between_simulcast_layers_and_its_stream_stays_continuou
         "hall: {} packets, keyframe widths {:?}, seq jumps {}, PictureID jumps {}, SSRC changes {}",
         t.packets, t.keyframe_widths, t.seq_jumps, t.picture_id_jumps, t.ssrc_changes
     );
-    assert_eq!(t.keyframe_widths, [960, 240, 480, 240, 960]);
+    // The first picture may have been replayed from a lower layer's cache (`sfu::replay`) before f.
+    let widths = match t.keyframe_widths.as_slice() {
+        [first, rest @ ..] if *first < 960 => rest,
+        all => all,
+    };
+    assert_eq!(widths, [960, 240, 480, 240, 960], "{:?}", t.keyframe_widths);
     assert_eq!(t.ssrc_changes, 0, "one SSRC through every switch");
     assert_eq!(
         t.seq_jumps, 0,
