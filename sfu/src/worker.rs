@@ -2892,7 +2892,7 @@ struct Sink<'a> {
 /// Send one packet of the producer to a consumer, rewritten as its forwarder decided, and note it for the
 /// subscriber's NACKs and sender reports.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn deliver(
     consumer: &mut Consumer,
     conn: &mut Conn,
