@@ -1550,38 +1550,14 @@ async fn measure(
         *summary.srtp_subscribe.entry(c).or_default() += 1;
     }
 
-    // Join → first packet / first keyframe.
-    let mut first_pkt = Vec::new();
-    let mut first_key = Vec::new();
-    for s in &subs {
-        let Some(joined) = s.join_sent_at() else {
-            continue;
-        };
-        let st = s.stats();
-        let from_pub: Vec<_> = st
-            .received
-            .iter()
-            .filter(|t| pub_f.is_none_or(|p| t.participant_id == p))
-            .collect();
-        if let Some(first) = from_pub.iter().filter_map(|t| t.first_packet_at).min() {
-            first_pkt.push(first.saturating_duration_since(joined).as_secs_f64() * 1000.0);
-        }
-        // First keyframe arrival is not timestamped separately; a subscriber whose first video packet started a
-        // keyframe could decode at once. Use first video packet time when the track saw ≥1 keyframe.
-        if let Some(v) = from_pub.iter().find(|t| t.kind == TrackKind::Video)
-            && v.keyframes > 0
-            && let Some(at) = v.first_keyframe_at
-        {
-            first_key.push(at.saturating_duration_since(joined).as_secs_f64() * 1000.0);
-        }
-    }
-    first_pkt.sort_by(|a, b| a.total_cmp(b));
-    first_key.sort_by(|a, b| a.total_cmp(b));
-    summary.join_to_first_packet_p50_ms = quantile_ms(&first_pkt, 0.5);
-    summary.join_to_first_packet_p95_ms = quantile_ms(&first_pkt, 0.95);
-    summary.join_to_first_keyframe_p50_ms = quantile_ms(&first_key, 0.5);
-    summary.join_to_first_keyframe_p95_ms = quantile_ms(&first_key, 0.95);
-    summary.join_steps = join_steps(&subs, pub_f);
+    // Join → first packet / first keyframe: two steps of the join breakdown.
+    let steps = join_steps(&subs, pub_f);
+    let step = |name: &str| steps.iter().find(|s| s.step == name);
+    summary.join_to_first_packet_p50_ms = step("first packet").and_then(|s| s.p50_ms);
+    summary.join_to_first_packet_p95_ms = step("first packet").and_then(|s| s.p95_ms);
+    summary.join_to_first_keyframe_p50_ms = step("first keyframe").and_then(|s| s.p50_ms);
+    summary.join_to_first_keyframe_p95_ms = step("first keyframe").and_then(|s| s.p95_ms);
+    summary.join_steps = steps;
 
     // Measuring window.
     let sent0 = publisher.sent();

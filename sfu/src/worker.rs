@@ -2322,16 +2322,7 @@ impl Worker {
             self.stats.nacks_received += conn.rtc_stats.nacks_received;
             self.stats.nacks_sent += conn.rtc_stats.nacks_sent;
             let _ = conn.pc.close();
-            while let Some(msg) = conn.pc.poll_write() {
-                if msg.transport.transport_protocol == TransportProtocol::TCP {
-                    if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
-                        tcp.queue(stream, &msg.message);
-                    }
-                } else {
-                    self.outbox
-                        .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
-                }
-            }
+            queue_writes(&mut conn, &mut self.tcp, &mut self.outbox);
         }
     }
 
@@ -2820,19 +2811,7 @@ impl Worker {
             return;
         };
         conn.dirty = false;
-        while let Some(msg) = conn.pc.poll_write() {
-            conn.link.sent(msg.message.len());
-            conn.peer_addr = Some(msg.transport.peer_addr);
-            if msg.transport.transport_protocol == TransportProtocol::TCP {
-                // Framed into the stream's bounded buffer (full: dropped, as on a full UDP socket).
-                if let (Some(tcp), Some(stream)) = (&mut self.tcp, conn.tcp_stream) {
-                    tcp.queue(stream, &msg.message);
-                }
-            } else {
-                self.outbox
-                    .push(msg.transport.peer_addr, conn.src_ip, &msg.message);
-            }
-        }
+        queue_writes(conn, &mut self.tcp, &mut self.outbox);
         conn.next_timeout = conn.pc.poll_timeout();
     }
 
@@ -2863,6 +2842,22 @@ fn source_allowed(policy: ForwardPolicy, source: MediaSource) -> bool {
         MediaSource::Microphone => policy.audio,
         MediaSource::Screen => policy.screen,
         MediaSource::Camera => true,
+    }
+}
+
+/// Everything rtc has to send on a connection, in order: each datagram into the outbox, or framed into its ICE-TCP
+/// stream's bounded buffer (full: dropped, as on a full UDP socket).
+fn queue_writes(conn: &mut Conn, tcp: &mut Option<TcpMedia>, outbox: &mut Outbox) {
+    while let Some(msg) = conn.pc.poll_write() {
+        conn.link.sent(msg.message.len());
+        conn.peer_addr = Some(msg.transport.peer_addr);
+        if msg.transport.transport_protocol == TransportProtocol::TCP {
+            if let (Some(tcp), Some(stream)) = (tcp.as_mut(), conn.tcp_stream) {
+                tcp.queue(stream, &msg.message);
+            }
+        } else {
+            outbox.push(msg.transport.peer_addr, conn.src_ip, &msg.message);
+        }
     }
 }
 

@@ -30,6 +30,20 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Runs `cmd args`; an error carries its output.
+/// The end of an iptables rule that drops `probability` (formatted, 0..1) of what it matches, at random.
+pub fn random_drop_target(probability: &str) -> [&str; 8] {
+    [
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        probability,
+        "-j",
+        "DROP",
+    ]
+}
+
 pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = std::process::Command::new(cmd)
         .args(args)
@@ -208,23 +222,8 @@ impl ImpairedLink {
             if s.cut {
                 self.far(&["iptables", "-A", chain, dir, &self.far_if, "-j", "DROP"])?;
             } else if s.loss > 0.0 {
-                self.far(&[
-                    "iptables",
-                    "-A",
-                    chain,
-                    dir,
-                    &self.far_if,
-                    "-p",
-                    "udp",
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &p,
-                    "-j",
-                    "DROP",
-                ])?;
+                let rule = ["iptables", "-A", chain, dir, &self.far_if, "-p", "udp"];
+                self.far(&[&rule[..], &random_drop_target(&p)].concat())?;
             }
         }
         Ok(())

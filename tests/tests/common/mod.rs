@@ -729,27 +729,18 @@ pub async fn metrics(server: &TestServer) -> HashMap<String, f64> {
 #[allow(dead_code)]
 pub fn random_drop(op: &str, media_port: u16, to: &str, probability: f64) {
     let (port, p) = (media_port.to_string(), format!("{probability}"));
-    run(
-        "iptables",
-        &[
-            op,
-            "OUTPUT",
-            "-p",
-            "udp",
-            "-s",
-            "127.0.0.1",
-            "--sport",
-            &port,
-            "-d",
-            to,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &p,
-            "-j",
-            "DROP",
-        ],
-    );
+    let rule = [
+        op,
+        "OUTPUT",
+        "-p",
+        "udp",
+        "-s",
+        "127.0.0.1",
+        "--sport",
+        &port,
+        "-d",
+        to,
+    ];
+    let target = giaoban_tests::impair::random_drop_target(&p);
+    run("iptables", &[&rule[..], &target].concat());
 }
