@@ -1211,6 +1211,22 @@ function pcConfig() {
   return config;
 }
 
+/**
+ * Redundant audio (RFC 2198): with `audio/red` ahead of Opus in the offer, Chromium sends each packet with the
+ * previous one inside it, so a hall that loses a packet still plays it. The server forwards RED to receivers that
+ * take it and plain Opus to the others. Without the capability (or the API) the browser's default order stays.
+ */
+function preferRedundantAudio(transceiver) {
+  try {
+    const codecs = RTCRtpReceiver.getCapabilities?.('audio')?.codecs ?? [];
+    const red = codecs.filter((c) => c.mimeType.toLowerCase() === 'audio/red');
+    if (red.length === 0 || typeof transceiver.setCodecPreferences !== 'function') return;
+    transceiver.setCodecPreferences([...red, ...codecs.filter((c) => c.mimeType.toLowerCase() !== 'audio/red')]);
+  } catch (e) {
+    console.warn('RED not preferred', e);
+  }
+}
+
 async function publish(gen) {
   const local = await ensureMedia();
   if (!meeting || meeting.generation !== gen) return;
@@ -1228,6 +1244,7 @@ async function publish(gen) {
     if (track.kind === 'video' && meeting.simulcast) init.sendEncodings = CAMERA_ENCODINGS.map((e) => ({ ...e }));
     const transceiver = pc.addTransceiver(track, init);
     if (track.kind === 'video') meeting.cameraSender = transceiver.sender;
+    if (track.kind === 'audio') preferRedundantAudio(transceiver);
   }
   negotiatePublish(gen);
   renderStatus();

@@ -335,6 +335,8 @@ pub struct WorkerStats {
     /// Consumers whose first picture was replayed from the producer's cache (the layer's last keyframe and what
     /// followed), instead of waiting for a fresh keyframe.
     pub keyframes_replayed: u64,
+    /// Well-formed RED (RFC 2198) audio packets received from publishers (`red.rs`).
+    pub red_received: u64,
     /// Time the worker loop spent working (commands, datagrams, timeouts, ticks), not waiting: one clock pair per
     /// loop turn.
     pub busy: std::time::Duration,
@@ -480,6 +482,7 @@ impl WorkerStats {
         self.tcp_streams += o.tcp_streams;
         self.layer_switches += o.layer_switches;
         self.keyframes_replayed += o.keyframes_replayed;
+        self.red_received += o.red_received;
         self.busy += o.busy;
         self.tcp.accepted += o.tcp.accepted;
         self.tcp.refused += o.tcp.refused;

@@ -5,6 +5,8 @@ use crate::vp8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     Opus,
+    /// Opus inside RFC 2198 redundancy (`red.rs`).
+    Red,
     Vp8,
     H264,
     /// Forwarded as is; keyframes unknown (treated as always decodable).
@@ -15,6 +17,8 @@ impl Codec {
     pub fn from_mime(mime: &str) -> Codec {
         if mime.eq_ignore_ascii_case("audio/opus") {
             Codec::Opus
+        } else if mime.eq_ignore_ascii_case("audio/red") {
+            Codec::Red
         } else if mime.eq_ignore_ascii_case("video/vp8") {
             Codec::Vp8
         } else if mime.eq_ignore_ascii_case("video/h264") {
@@ -33,7 +37,7 @@ impl Codec {
         match self {
             Codec::Vp8 => vp8::parse(payload).is_some_and(|d| d.keyframe),
             Codec::H264 => h264_has_idr_or_sps(payload),
-            Codec::Opus | Codec::Other => true,
+            Codec::Opus | Codec::Red | Codec::Other => true,
         }
     }
 }
@@ -73,6 +77,7 @@ mod tests {
         assert_eq!(Codec::from_mime("video/VP8"), Codec::Vp8);
         assert_eq!(Codec::from_mime("VIDEO/h264"), Codec::H264);
         assert_eq!(Codec::from_mime("audio/opus"), Codec::Opus);
+        assert_eq!(Codec::from_mime("audio/red"), Codec::Red);
         assert_eq!(Codec::from_mime("audio/PCMU"), Codec::Other);
     }
 

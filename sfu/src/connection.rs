@@ -30,6 +30,17 @@ pub const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(5);
 pub const ICE_FAILED_AFTER: Duration = Duration::from_secs(10);
 pub const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
 
+/// Opus as the SFU offers it: in-band FEC on.
+pub fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
 /// The codecs the SFU forwards. Payload types are the server's own (they matter only on the subscribe leg,
 /// where the server offers; on the publish leg the browser's offer decides).
 fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
@@ -48,14 +59,23 @@ fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
     };
     engine.register_codec(
         RTCRtpCodecParameters {
+            rtp_codec: opus(),
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    // RFC 2198 redundant Opus: a publisher that puts it ahead of Opus in its offer (the web client does) sends
+    // it; subscribers that accept it get it as sent, the others the primary as plain Opus (`red.rs`).
+    engine.register_codec(
+        RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_OPUS.into(),
+                mime_type: crate::red::MIME_TYPE.into(),
                 clock_rate: 48_000,
                 channels: 2,
-                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                sdp_fmtp_line: crate::red::RED_FMTP.into(),
                 rtcp_feedback: vec![],
             },
-            payload_type: 111,
+            payload_type: crate::red::RED_PAYLOAD_TYPE,
         },
         RtpCodecKind::Audio,
     )?;

@@ -13,6 +13,7 @@ pub mod health;
 pub mod keyframe;
 pub mod layers;
 pub mod recorder;
+pub mod red;
 pub mod replay;
 pub mod retransmit;
 pub mod router;

@@ -27,6 +27,7 @@ use crate::udp::{MediaSocket, Outbox};
 use bytes::{Bytes, BytesMut};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -124,6 +125,8 @@ struct Consumer {
     ssrc: u32,
     /// The payload type negotiated on the subscriber's connection; `None` until its answer arrives.
     payload_type: Option<u8>,
+    /// A RED producer's subscriber that did not accept RED: it gets each packet's primary as plain Opus.
+    strip_red: bool,
     forwarder: Forwarder,
     /// The producer's layer (index into `Producer::layers`) this consumer should get; `None` = its video is
     /// paused (the link cannot carry it). The layer being forwarded until the switch is the forwarder's source.
@@ -927,6 +930,15 @@ impl Worker {
             dirty: &mut self.dirty,
             stats: &mut self.stats,
         };
+        // RED: the primary alone, for subscribers that did not accept RED (a view of the same bytes).
+        let primary = match producer.codec {
+            Codec::Red => {
+                let primary = crate::red::primary(&packet.payload);
+                sink.stats.red_received += u64::from(primary.is_some());
+                primary.map(|(at, _)| packet.payload.slice(at..))
+            }
+            _ => None,
+        };
         // Layers whose keyframe some consumer waits for (bit per layer).
         let mut want_keyframe = 0u8;
         for consumer in producer.consumers.iter_mut() {
@@ -938,6 +950,11 @@ impl Worker {
             }
             let Some(pt) = consumer.payload_type else {
                 continue;
+            };
+            let payload = match (consumer.strip_red, &primary) {
+                (false, _) => &packet.payload,
+                (true, Some(p)) => p,
+                (true, None) => continue,
             };
             let Some(conn) = self.conns.get_mut(&consumer.conn) else {
                 continue;
@@ -997,7 +1014,7 @@ impl Worker {
                 seq,
                 packet.header.marker,
                 rewrite,
-                &packet.payload,
+                payload,
                 vp8.as_ref(),
                 now,
                 &mut sink,
@@ -1056,13 +1073,21 @@ impl Worker {
                 let desc = (ids != (None, None))
                     .then(|| crate::vp8::parse(&cached.payload))
                     .flatten();
+                let payload = if consumer.strip_red {
+                    match crate::red::primary(&cached.payload) {
+                        Some((at, _)) => cached.payload.slice(at..),
+                        None => continue,
+                    }
+                } else {
+                    cached.payload.clone()
+                };
                 let out = outgoing(
                     pt,
                     consumer.ssrc,
                     cached.marker,
                     seq,
                     sent.timestamp,
-                    &cached.payload,
+                    &payload,
                     desc.as_ref(),
                     ids,
                 );
@@ -1437,7 +1462,12 @@ impl Worker {
                     ssrc: Some(ssrc),
                     ..Default::default()
                 },
-                codec: producer.rtp_codec.clone(),
+                // A RED producer's consumer is offered Opus; rtc adds RED beside it (a repair codec to rtc), and
+                // the answer says which the subscriber takes.
+                codec: match producer.codec {
+                    Codec::Red => connection::opus(),
+                    _ => producer.rtp_codec.clone(),
+                },
                 ..Default::default()
             }],
         );
@@ -1475,6 +1505,7 @@ impl Worker {
             sender,
             ssrc,
             payload_type: None,
+            strip_red: false,
             forwarder: Forwarder::new(producer.codec, producer.rtp_codec.clock_rate),
             // Start on the largest layer known; layer choice refines it at the next tick.
             target: Some(producer.layers.len().saturating_sub(1) as u8),
@@ -1651,6 +1682,7 @@ impl Worker {
                 continue;
             };
             let mime = producer.rtp_codec.mime_type.clone();
+            let red = producer.codec == Codec::Red;
             let mut need_keyframe = false;
             for c in producer
                 .consumers
@@ -1658,13 +1690,19 @@ impl Worker {
                 .filter(|c| c.conn == conn_id && c.payload_type.is_none())
             {
                 if let Some(mut sender) = conn.pc.rtp_sender(c.sender) {
-                    c.payload_type = sender
-                        .get_parameters()
-                        .rtp_parameters
-                        .codecs
-                        .iter()
-                        .find(|codec| codec.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
-                        .map(|codec| codec.payload_type);
+                    let codecs = &sender.get_parameters().rtp_parameters.codecs;
+                    let pt_of = |mime: &str| {
+                        codecs
+                            .iter()
+                            .find(|codec| codec.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                            .map(|codec| codec.payload_type)
+                    };
+                    c.payload_type = pt_of(&mime);
+                    // RED is only a wrapper: without it the subscriber gets the Opus inside.
+                    if c.payload_type.is_none() && red {
+                        c.payload_type = pt_of(MIME_TYPE_OPUS);
+                        c.strip_red = c.payload_type.is_some();
+                    }
                     if c.payload_type.is_none() {
                         warn!(%participant, producer = %producer.id, %mime, "subscriber did not accept the codec");
                     }

@@ -246,6 +246,12 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "Consumers whose first picture was replayed from the producer's cache instead of a fresh keyframe",
             workers.iter().map(|w| w.keyframes_replayed).sum(),
         );
+        counter(
+            &mut registry,
+            "media_red_received",
+            "Well-formed RED (redundant Opus, RFC 2198) audio packets received from publishers",
+            workers.iter().map(|w| w.red_received).sum(),
+        );
     }
     if let Ok(links) = hub.sfu.links().await {
         let by_state: Family<StateLabel, Gauge> = Family::default();

@@ -294,7 +294,14 @@ export async function inboundStats(page) {
         out.video.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded ?? 0, codecId: s.codecId });
         if ((s.framesDecoded ?? 0) > 0) out.videoDecoding += 1;
       } else if (s.kind === 'audio') {
-        out.audio.push({ ssrc: s.ssrc, packetsReceived: s.packetsReceived ?? 0 });
+        const codec = report.get(s.codecId)?.mimeType ?? null;
+        out.audio.push({
+          ssrc: s.ssrc,
+          packetsReceived: s.packetsReceived ?? 0,
+          codec,
+          samples: s.totalSamplesReceived ?? 0,
+          concealed: s.concealedSamples ?? 0,
+        });
         if ((s.packetsReceived ?? 0) > 0) out.audioReceiving += 1;
       }
     });
@@ -307,7 +314,27 @@ export async function videosDecoding(page) {
   return (await inboundStats(page))?.videoDecoding ?? 0;
 }
 
-/** Packets sent per kind on the page's publish connection. */
+/** One counter from the server's `/metrics` (Prometheus text), or null if it is not there. */
+export async function metric(server, name) {
+  const text = await (await fetch(new URL('/metrics', server.baseUrl))).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : null;
+}
+
+/** The audio payload types of a page's publish connection, in the order the server's answer gives them. */
+export async function publishAudioCodecs(page) {
+  return page.evaluate(() => {
+    const sdp = window.giaoban?.publishPc?.()?.remoteDescription?.sdp ?? '';
+    const m = sdp.split('\r\n').find((l) => l.startsWith('m=audio'));
+    if (!m) return [];
+    return m
+      .split(' ')
+      .slice(3)
+      .map((pt) => sdp.match(new RegExp(`a=rtpmap:${pt} ([^/]+)/`))?.[1]?.toLowerCase() ?? pt);
+  });
+}
+
+/** Packets sent per kind on the page's publish connection, and the codec its audio is sent with (`audioCodec`). */
 export async function outboundStats(page) {
   return page.evaluate(async () => {
     const pc = window.giaoban?.publishPc?.();
@@ -315,7 +342,9 @@ export async function outboundStats(page) {
     const report = await pc.getStats();
     const out = {};
     report.forEach((s) => {
-      if (s.type === 'outbound-rtp') out[s.kind] = (out[s.kind] ?? 0) + (s.packetsSent ?? 0);
+      if (s.type !== 'outbound-rtp') return;
+      out[s.kind] = (out[s.kind] ?? 0) + (s.packetsSent ?? 0);
+      if (s.kind === 'audio') out.audioCodec = report.get(s.codecId)?.mimeType ?? null;
     });
     return out;
   });

@@ -2,8 +2,8 @@
 //
 // Three participants join one room through join links, each publishing a canvas of its own colour and an
 // oscillator. Every page must decode the other two (getStats on its subscribe connection) and show each
-// remote participant's colour in that participant's <video data-participant="NAME">. Then one leaves and
-// its tile must disappear from the others.
+// remote participant's colour in that participant's <video data-participant="NAME">; audio is sent as RED
+// (redundant Opus). Then one leaves and its tile must disappear from the others.
 //
 // Run: `npm test` here (node --test). GIAOBAN_BIN overrides the server binary (default target/debug/giaoban).
 
@@ -16,7 +16,9 @@ import {
   inboundStats,
   launchBrowser,
   meanColour,
+  metric,
   outboundStats,
+  publishAudioCodecs,
   startServer,
   stopServer,
   waitFor,
@@ -115,6 +117,15 @@ test('three halls see and hear each other; a leaver disappears', { timeout: 100_
         { what: `"${p.name}" to send audio and video` },
       );
     }
+    // The web client puts RED ahead of Opus and the server's answer keeps that order, so Chromium sends RED
+    // (its stats name the Opus inside); the server counts the RED packets it receives.
+    for (const p of people) {
+      assert.deepEqual((await publishAudioCodecs(p.page)).slice(0, 2), ['red', 'opus'], `"${p.name}" negotiated RED first`);
+    }
+    const red = await metric(server, 'giaoban_media_red_received_total');
+    await waitFor(async () => (await metric(server, 'giaoban_media_red_received_total')) >= red + 50, {
+      what: 'the server to receive RED audio',
+    });
 
     // Each page decodes two video streams and receives two audio streams on its subscribe connection.
     for (const p of people) {
@@ -144,6 +155,22 @@ test('three halls see and hear each other; a leaver disappears', { timeout: 100_
       // Own preview is not a remote tile.
       const remoteTiles = await viewer.page.locator('video[data-participant]').count();
       assert.equal(remoteTiles, 2, `"${viewer.name}" has exactly two remote tiles`);
+    }
+
+    // The RED audio forwarded to each page is played: 20 ms of samples per packet, little of it concealment.
+    for (const p of people) {
+      const audio = await waitFor(
+        async () => {
+          const s = await inboundStats(p.page);
+          const flowing = s?.audio.filter((a) => a.packetsReceived >= 100) ?? [];
+          return flowing.length >= 2 && flowing;
+        },
+        { what: `"${p.name}" to receive 100 audio packets from each other hall` },
+      );
+      for (const a of audio) {
+        const played = (a.samples - a.concealed) / (960 * a.packetsReceived);
+        assert.ok(played >= 0.8, `"${p.name}" plays ${(played * 100).toFixed(0)} % of audio ${JSON.stringify(a)}`);
+      }
     }
 
     // Switching the camera off is relayed (media_state) to the others' tiles.

@@ -106,6 +106,9 @@ pub struct MediaProfile {
     pub audio_level: Option<u8>,
     /// Also send a keyframe every this many frames (`None`: only the first, and on request, as browsers do).
     pub keyframe_every: Option<u32>,
+    /// Negotiate RFC 2198 redundant audio (`audio/red`) ahead of Opus, as the web client does: publish each audio
+    /// packet as RED (the previous frame, then the current one) and accept RED on the subscribe leg.
+    pub red: bool,
 }
 
 impl Default for MediaProfile {
@@ -122,6 +125,7 @@ impl Default for MediaProfile {
             garbage_video: false,
             audio_level: Some(30),
             keyframe_every: None,
+            red: false,
         }
     }
 }
@@ -382,6 +386,8 @@ pub struct TrackStats {
     pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
     pub payload_errors: u64,
+    /// Audio: packets that came as RED (the server's RED payload type); their primary is what is checked.
+    pub red_packets: u64,
     /// Video keyframes (S=1 packets with P=0).
     pub keyframes: u64,
     /// When the first keyframe packet arrived.
@@ -447,6 +453,7 @@ struct TrackState {
     gaps: Vec<(Instant, Duration)>,
     keyframe_widths: Vec<u16>,
     payload_errors: u64,
+    red_packets: u64,
     keyframes: u64,
     first_keyframe_at: Option<Instant>,
     first_packet_at: Option<Instant>,
@@ -500,6 +507,7 @@ impl TrackRecorder {
                 gaps: Vec::new(),
                 keyframe_widths: Vec::new(),
                 payload_errors: 0,
+                red_packets: 0,
                 keyframes: 0,
                 first_keyframe_at: None,
                 first_packet_at: None,
@@ -522,12 +530,16 @@ impl TrackRecorder {
     fn on_packet(&self, pkt: &rtc::rtp::Packet) {
         let now = Instant::now();
         let now_us = unix_micros();
-        let decoded = decode_payload(
-            &pkt.payload,
-            self.lock().kind == TrackKind::Video,
-            self.verify_payload,
-        );
+        let video = self.lock().kind == TrackKind::Video;
+        let red = !video && pkt.header.payload_type == giaoban_sfu::red::RED_PAYLOAD_TYPE;
+        let decoded = if red {
+            giaoban_sfu::red::primary(&pkt.payload)
+                .and_then(|(at, _)| decode_payload(&pkt.payload[at..], false, self.verify_payload))
+        } else {
+            decode_payload(&pkt.payload, video, self.verify_payload)
+        };
         let mut s = self.lock();
+        s.red_packets += u64::from(red);
         s.packets += 1;
         s.bytes += pkt.payload.len() as u64;
         if s.first_packet_at.is_none() {
@@ -667,6 +679,7 @@ impl TrackRecorder {
             gaps: s.gaps.clone(),
             keyframe_widths: s.keyframe_widths.clone(),
             payload_errors: s.payload_errors,
+            red_packets: s.red_packets,
             keyframes: s.keyframes,
             first_keyframe_at: s.first_keyframe_at,
             first_packet_at: s.first_packet_at,
@@ -914,9 +927,29 @@ fn vp8_codec() -> RTCRtpCodec {
     }
 }
 
-/// Media engine with Opus and VP8 (with nack / nack pli / ccm fir feedback) and the interceptor registry.
-fn media_setup(interceptors: Interceptors) -> anyhow::Result<(MediaEngine, Registry)> {
+fn red_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: giaoban_sfu::red::MIME_TYPE.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: giaoban_sfu::red::RED_FMTP.to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Media engine with Opus (RED ahead of it if asked) and VP8 (with nack / nack pli / ccm fir feedback) and the interceptor registry.
+fn media_setup(interceptors: Interceptors, red: bool) -> anyhow::Result<(MediaEngine, Registry)> {
     let mut me = MediaEngine::default();
+    if red {
+        // Registered first: offered ahead of Opus, which is what makes a browser send it.
+        me.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: red_codec(),
+                payload_type: giaoban_sfu::red::RED_PAYLOAD_TYPE,
+            },
+            RtpCodecKind::Audio,
+        )?;
+    }
     me.register_codec(
         RTCRtpCodecParameters {
             rtp_codec: opus_codec(),
@@ -1085,7 +1118,7 @@ struct PcSlot {
 }
 
 async fn build_pc(inner: &Arc<Inner>, leg: Leg) -> anyhow::Result<PcSlot> {
-    let (me, registry) = media_setup(inner.opts.interceptors)?;
+    let (me, registry) = media_setup(inner.opts.interceptors, inner.opts.media.red)?;
     let mut settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
@@ -1634,7 +1667,9 @@ impl SimEndpoint {
             } else {
                 vec![(String::new(), ssrc)]
             };
-            let codec = if kind == RtpCodecKind::Audio {
+            let codec = if kind == RtpCodecKind::Audio && media.red {
+                red_codec()
+            } else if kind == RtpCodecKind::Audio {
                 opus_codec()
             } else {
                 vp8_codec()
@@ -1710,10 +1745,13 @@ impl SimEndpoint {
                 bail!("transceiver without sender");
             };
             let params = sender.get_parameters().await?;
-            let pt = params
-                .rtp_parameters
-                .codecs
-                .first()
+            let first = params.rtp_parameters.codecs.first();
+            let red = first.is_some_and(|c| {
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(giaoban_sfu::red::MIME_TYPE)
+            });
+            let pt = first
                 .map(|c| c.payload_type)
                 .unwrap_or(if kind == RtpCodecKind::Audio {
                     OPUS_PT
@@ -1780,7 +1818,15 @@ impl SimEndpoint {
                 let level = media
                     .audio_level
                     .and_then(|l| Some((ext_id(rtc::sdp::extmap::AUDIO_LEVEL_URI)?, l & 0x7f)));
-                inner.spawn(send_audio(track, layers[0].1, pt, media, level, sent));
+                let red = red.then(|| {
+                    params
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+                        .map_or(OPUS_PT, |c| c.payload_type)
+                });
+                inner.spawn(send_audio(track, layers[0].1, pt, red, media, level, sent));
                 continue;
             }
             let n = layers.len();
@@ -2199,10 +2245,12 @@ static LEVEL_BYTES: [u8; 128] = {
     b
 };
 
+/// `red`: send RED (RFC 2198) around the Opus of this payload type: the previous frame, then the current one.
 async fn send_audio(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     pt: u8,
+    red: Option<u8>,
     media: MediaProfile,
     level: Option<(u8, u8)>,
     sent: Arc<SendCounters>,
@@ -2216,6 +2264,7 @@ async fn send_audio(
     let toc = opus_toc(ts_step);
     let mut buf = BytesMut::with_capacity(size * 64);
     let mut counter = 0u64;
+    let mut previous: Option<Bytes> = None;
     loop {
         tick.tick().await;
         if buf.capacity() < size {
@@ -2223,7 +2272,23 @@ async fn send_audio(
         }
         buf.put_u8(toc);
         put_stamp_and_padding(&mut buf, counter, unix_micros(), size);
-        let payload = buf.split().freeze();
+        let mut payload = buf.split().freeze();
+        if let Some(opus_pt) = red {
+            let frame = payload;
+            let mut out = BytesMut::with_capacity(5 + 2 * frame.len());
+            if let Some(prev) = &previous {
+                out.put_u8(0x80 | opus_pt);
+                let header = (ts_step << 10) | prev.len() as u32;
+                out.put_slice(&header.to_be_bytes()[1..]);
+            }
+            out.put_u8(opus_pt);
+            if let Some(prev) = &previous {
+                out.put_slice(prev);
+            }
+            out.put_slice(&frame);
+            previous = Some(frame);
+            payload = out.freeze();
+        }
         let len = payload.len() as u64;
         let mut packet = rtp_packet(pt, seq, ts, ssrc, false, payload);
         if let Some((id, level)) = level {

@@ -1,12 +1,14 @@
 //! (a) Three endpoints each publishing audio + video: every subscriber receives ≥ 99 % of every other
 //! publisher's packets (counted from its first received packet), intact, in order, on one continuous SSRC.
+//! (b) RED audio: forwarded as sent to subscribers that accept RED, as the Opus inside to the others.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, assert_intact, wait_all_flowing};
+use common::{TestServer, assert_intact, wait_all_flowing, wait_receiving};
 use giaoban_signaling::protocol::TrackKind;
+use giaoban_tests::sim::SimEndpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_publishers_receive_each_other_intact() {
@@ -71,6 +73,61 @@ async fn three_publishers_receive_each_other_intact() {
             "{} failed to answer an offer",
             ep.name()
         );
+        ep.close().await;
+    }
+    server.shutdown().await;
+}
+
+/// A publisher that sends RED (RFC 2198) audio, as the web client does: a subscriber that accepted RED gets every
+/// packet as RED, one that did not gets the Opus inside it, and both get all of it, intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_audio_reaches_red_subscribers_as_sent_and_others_as_opus() {
+    let server = TestServer::start().await;
+    let room = "giao-ban-red";
+    let mut opts = server.opts(room, "Huyện (RED)");
+    opts.media.red = true;
+    opts.media.video = false;
+    let publisher = SimEndpoint::connect(opts).await.expect("publisher joins");
+    publisher.publish().await.expect("publisher publishes");
+    let mut opts = server.opts(room, "Xã nhận RED");
+    opts.media.red = true;
+    let red_sub = SimEndpoint::connect(opts)
+        .await
+        .expect("RED subscriber joins");
+    let opus_sub = server.endpoint(room, "Xã chỉ Opus", false).await;
+    for sub in [&red_sub, &opus_sub] {
+        wait_receiving(
+            sub,
+            &publisher,
+            TrackKind::Audio,
+            10,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received: Vec<_> = [&red_sub, &opus_sub].iter().map(|s| s.stats()).collect();
+    let sent = publisher.sent().audio_packets;
+    for (sub, stats, as_red) in [
+        (&red_sub, &received[0], true),
+        (&opus_sub, &received[1], false),
+    ] {
+        let t = stats
+            .track_from(&publisher.id(), TrackKind::Audio)
+            .expect("audio from the publisher");
+        println!(
+            "{}: {} packets, {} as RED, {} distinct, sent {sent}",
+            sub.name(),
+            t.packets,
+            t.red_packets,
+            t.distinct
+        );
+        let expect_red = if as_red { t.packets } else { 0 };
+        assert_eq!(t.red_packets, expect_red, "{}: {t:?}", sub.name());
+        // The primary (or the plain Opus) carries the publisher's counters, whole.
+        assert_intact(sub, &publisher, t, sent, 15);
+    }
+    for ep in [&publisher, &red_sub, &opus_sub] {
         ep.close().await;
     }
     server.shutdown().await;

@@ -7,7 +7,7 @@
 //!
 //! The writer thread (one per recording) puts packets back in sequence order (a short reorder buffer for NACK
 //! retransmissions), and writes each producer to its own file in the recording's folder: Opus to Ogg Opus
-//! (`<producer>.opus`), VP8 to IVF (`<producer>.ivf`); other codecs (H.264) are noted, not written. Files are
+//! (`<producer>.opus`; RED audio as its primary Opus), VP8 to IVF (`<producer>.ivf`); other codecs (H.264) are noted, not written. Files are
 //! flushed every second. A write error (disk full) ends the recording: the thread closes what it can, reports
 //! [`Event::RecordingEnded`] with the error, and exits; the worker's next `try_send` sees the channel closed and
 //! drops its taps. Stopping drops the taps: the thread drains what is queued, finishes the files and reports.
@@ -253,6 +253,8 @@ enum Sink {
         w: ogg::OggOpusWriter<BufWriter<File>>,
         ts: Unwrap,
         base: i64,
+        /// The producer sends RED (`red.rs`): the file gets each packet's primary.
+        red: bool,
     },
     Vp8 {
         w: ivf::IvfWriter<BufWriter<File>>,
@@ -467,7 +469,12 @@ impl Writer {
                 participant: info.participant.clone(),
                 kind: info.kind,
                 source: info.source,
-                mime_type: info.mime_type.clone(),
+                // What the file holds: RED is written as the Opus inside it.
+                mime_type: if info.mime_type.eq_ignore_ascii_case(crate::red::MIME_TYPE) {
+                    "audio/opus".into()
+                } else {
+                    info.mime_type.clone()
+                },
                 file: file.clone(),
                 packets_received: *packets_in,
                 packets_written: packets,
@@ -514,7 +521,7 @@ fn write(
                 }
             })
             .collect();
-        *sink = if mime == "audio/opus" {
+        *sink = if mime == "audio/opus" || mime == crate::red::MIME_TYPE {
             let name = format!("{safe}.opus");
             let out = create(dir, &name)?;
             *file = Some(name);
@@ -523,6 +530,7 @@ fn write(
                 w: ogg::OggOpusWriter::new(out, info.channels.clamp(1, 2) as u8, serial)?,
                 ts: Unwrap::default(),
                 base: 0,
+                red: mime == crate::red::MIME_TYPE,
             }
         } else if mime == "video/vp8" {
             let name = format!("{safe}.ivf");
@@ -550,7 +558,15 @@ fn write(
     }
     match sink {
         Sink::Pending | Sink::Skipped(_) => Ok(()),
-        Sink::Opus { w, ts, base } => {
+        Sink::Opus { w, ts, base, red } => {
+            let payload = if *red {
+                match crate::red::primary(&p.payload) {
+                    Some((at, _)) => &p.payload[at..],
+                    None => return Ok(()),
+                }
+            } else {
+                &p.payload[..]
+            };
             let ext = ts.extend(p.ts, 32);
             if w.packets == 0 {
                 *base = ext;
@@ -559,9 +575,9 @@ fn write(
             if ext < *base {
                 return Ok(());
             }
-            let samples = ogg::opus_samples(&p.payload).unwrap_or(960);
+            let samples = ogg::opus_samples(payload).unwrap_or(960);
             let end = (ext - *base) as u64 * 48_000 / u64::from(info.clock_rate.max(1)) + samples;
-            w.write_packet(&p.payload, end)
+            w.write_packet(payload, end)
         }
         Sink::Vp8 {
             w,
@@ -713,6 +729,74 @@ mod tests {
             &bytes[32 + 12..32 + 12 + 6],
             &[0x00, 0x02, 0x00, 0x9d, 0x01, 0x2a]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn red_audio_is_recorded_as_the_opus_inside_it() {
+        let dir = std::env::temp_dir().join(format!("giaoban-rec-red-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (events, mut ended) = tokio::sync::mpsc::unbounded_channel();
+        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
+        let tap = rec.tap(
+            3,
+            TrackInfo {
+                producer_id: "p1-0".into(),
+                participant: "p1".into(),
+                kind: MediaKind::Audio,
+                source: MediaSource::Microphone,
+                mime_type: "audio/red".into(),
+                clock_rate: 48_000,
+                channels: 2,
+            },
+        );
+        let now = Instant::now();
+        // Ten packets: the previous frame (bytes 0x5_) as redundancy, then the current one (0xa_).
+        let frame = |i: u8, fill: u8| {
+            let mut f = vec![0xfc];
+            f.extend_from_slice(&[fill + i; 40]);
+            f
+        };
+        for i in 0..10u8 {
+            let mut payload = Vec::new();
+            if i > 0 {
+                let redundant = frame(i - 1, 0x50);
+                payload.push(0x80 | 111);
+                let v = (960u32 << 10) | redundant.len() as u32;
+                payload.extend_from_slice(&v.to_be_bytes()[1..]);
+                payload.push(111);
+                payload.extend_from_slice(&redundant);
+            } else {
+                payload.push(111);
+            }
+            payload.extend_from_slice(&frame(i, 0xa0));
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 63,
+                    sequence_number: 500 + u16::from(i),
+                    timestamp: 48_000 + 960 * u32::from(i),
+                    ..Default::default()
+                },
+                payload: Bytes::from(payload),
+            };
+            assert!(tap.packet(&packet, now));
+        }
+        drop(tap);
+        drop(rec);
+        let Some(Event::RecordingEnded { files, error, .. }) = ended.blocking_recv() else {
+            panic!("no report");
+        };
+        assert_eq!(error, None);
+        assert_eq!(files[0].mime_type, "audio/opus", "{files:?}");
+        assert_eq!(files[0].packets_written, 10, "{files:?}");
+        assert_eq!(files[0].duration_ms, 200, "{files:?}");
+        let bytes = std::fs::read(dir.join("p1-0.opus")).expect("file");
+        let has = |run: &[u8]| bytes.windows(run.len()).any(|w| w == run);
+        for i in 0..10u8 {
+            assert!(has(&frame(i, 0xa0)), "primary {i} written");
+            assert!(!has(&[0x50 + i; 40]), "redundant copy {i} left out");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
