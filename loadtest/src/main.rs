@@ -699,15 +699,31 @@ impl Summary {
 
 /// One step of the join breakdown: its p50 and p95 in ms over the subscribers that reached it.
 #[derive(Serialize, Debug)]
-struct JoinStep {
+pub(crate) struct JoinStep {
     step: &'static str,
     n: usize,
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
 }
 
+impl JoinStep {
+    /// `step  p50 …  p95 …  (n subscribers)`, as the reports print it.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "{:<24} p50 {}  p95 {}  ({} subscribers)",
+            self.step,
+            opt(self.p50_ms, "ms"),
+            opt(self.p95_ms, "ms"),
+            self.n
+        )
+    }
+}
+
 /// The join breakdown of the subscribers: each step's time after `join`, and two gaps between steps.
-fn join_steps(subs: &[SimEndpoint], pub_f: Option<&str>) -> Vec<JoinStep> {
+pub(crate) fn join_steps<'a>(
+    subs: impl IntoIterator<Item = &'a SimEndpoint>,
+    pub_f: Option<&str>,
+) -> Vec<JoinStep> {
     type Pick = fn(&JoinTimeline, Option<Instant>, Option<Instant>) -> Option<(Instant, Instant)>;
     let steps: [(&'static str, Pick); 9] = [
         ("joined", |t, _, _| Some((t.join_sent?, t.joined?))),
@@ -733,7 +749,7 @@ fn join_steps(subs: &[SimEndpoint], pub_f: Option<&str>) -> Vec<JoinStep> {
         }),
     ];
     let timelines: Vec<_> = subs
-        .iter()
+        .into_iter()
         .map(|s| {
             let st = s.stats();
             let from_pub: Vec<_> = st
@@ -1739,13 +1755,7 @@ fn print_summary(s: &Summary) {
         opt(s.join_to_first_keyframe_p95_ms, "ms")
     );
     for j in &s.join_steps {
-        println!(
-            "    {:<24} p50 {}  p95 {}  ({} subscribers)",
-            j.step,
-            opt(j.p50_ms, "ms"),
-            opt(j.p95_ms, "ms"),
-            j.n
-        );
+        println!("    {}", j.line());
     }
     println!(
         "  SRTP (negotiated)    publish {}; subscribe {}  (offered {})",

@@ -23,8 +23,8 @@ use giaoban_tests::sim::{Interceptors, LatencyHistogram, SimEndpoint, SimOptions
 use serde::Serialize;
 
 use super::{
-    Args, ServerSpec, check_loopback, clock_ticks, cpu_of, machine_cores, quantile_ms, report,
-    rss_of, server_to_load, udp_drops, write_out,
+    Args, JoinStep, ServerSpec, check_loopback, clock_ticks, cpu_of, join_steps, machine_cores,
+    quantile_ms, report, rss_of, server_to_load, udp_drops, write_out,
 };
 
 /// How long a floor grant is given to take effect before the holder's audio is counted.
@@ -139,6 +139,8 @@ struct ProvinceSummary {
     /// The chair: a hall's join → first keyframe of its video.
     hall_join_to_host_frame_p50_ms: Option<f64>,
     hall_join_to_host_frame_p95_ms: Option<f64>,
+    /// Halls and observers: where their join → the chair's first frame went, step by step.
+    join_steps: Vec<JoinStep>,
     latency_samples: u64,
     latency_p50_ms: f64,
     latency_p99_ms: f64,
@@ -732,6 +734,7 @@ async fn drive(
         join_to_first_frame_p95_ms: quantile_ms(&first_frame, 0.95),
         hall_join_to_host_frame_p50_ms: quantile_ms(&hall_to_host, 0.5),
         hall_join_to_host_frame_p95_ms: quantile_ms(&hall_to_host, 0.95),
+        join_steps: join_steps(people.receivers(), Some(&chair_id)),
         latency_samples: lat.count(),
         latency_p50_ms: lat.quantile_us(0.5) as f64 / 1000.0,
         latency_p99_ms: lat.quantile_us(0.99) as f64 / 1000.0,
@@ -1028,6 +1031,21 @@ fn rows(s: &ProvinceSummary) -> Vec<(String, String)> {
     ]);
     for e in &s.errors {
         r.push(("error".into(), e.clone()));
+    }
+    // The join breakdown under its total.
+    if let Some(at) = r
+        .iter()
+        .position(|(k, _)| k == "join → first frame of the chair")
+    {
+        for (i, j) in s.join_steps.iter().enumerate() {
+            let text = format!(
+                "p50 {}  p95 {}  ({} receivers)",
+                ms(j.p50_ms),
+                ms(j.p95_ms),
+                j.n
+            );
+            r.insert(at + 1 + i, (format!("  {}", j.step), text));
+        }
     }
     r
 }
