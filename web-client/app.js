@@ -125,6 +125,7 @@ function newMeeting(room, name, token) {
     publishWaiter: null,
     subscribePc: null,
     subscribeChain: Promise.resolve(),
+    ...firstAnswerLatch(),
     pendingCandidates: { publish: [], subscribe: [], screen: [] },
     /** mid of the subscribe connection → {participantId, trackId}, from the offer's a=msid lines. */
     midMap: new Map(),
@@ -1200,6 +1201,20 @@ function watchPc(pc, leg) {
   };
 }
 
+/** How long a joining hall holds its own publishing back for the first subscribe answer (see `joined`). */
+const PUBLISH_AFTER_SUBSCRIBE_MAX_MS = 400;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `firstAnswer` settles once `answered()` is called: when the first subscribe answer of a session is sent. */
+function firstAnswerLatch() {
+  let answered;
+  const firstAnswer = new Promise((resolve) => {
+    answered = resolve;
+  });
+  return { firstAnswer, answered };
+}
+
 /** `?relay=1`: media only through the TURN server (tests, and checking a deployment's TURN from a hall). */
 const FORCE_RELAY = new URLSearchParams(location.search).get('relay') === '1';
 
@@ -1351,6 +1366,7 @@ async function onSubscribeOffer(sdp, gen) {
   await pc.setLocalDescription(answer);
   if (!meeting || meeting.generation !== gen) return;
   meeting.session.send({ type: 'subscribe_answer', sdp: pc.localDescription.sdp });
+  meeting.answered();
   // A renegotiation may have re-pointed m-lines whose tracks were already attached: re-map them.
   for (const tr of pc.getTransceivers()) {
     const mapped = meeting.midMap.get(tr.mid);
@@ -1393,6 +1409,7 @@ function teardownMedia() {
   meeting.subscribePc = null;
   meeting.publishChain = Promise.resolve();
   meeting.subscribeChain = Promise.resolve();
+  Object.assign(meeting, firstAnswerLatch());
   closeScreenPc(meeting.screen, false);
   meeting.pendingCandidates = { publish: [], subscribe: [], screen: [] };
   meeting.midMap.clear();
@@ -1739,7 +1756,17 @@ function onServerMessage(msg) {
       const newGen = meeting.generation;
       if (meeting.publishPc) break; // already publishing on this socket (a repeated `joined`)
       if (meeting.canPublish) {
-        publish(newGen).catch((err) => mediaFailure('publish', err));
+        // The meeting first: when others publish, their subscribe_offer (sent right after `joined`) is answered
+        // before this hall's own publish connection is built. Both share the page's thread and the browser's
+        // WebRTC thread, and building the publish side (tracks, simulcast encoders, its offer) first made the
+        // picture of the meeting wait for it. Bounded: a missing offer delays publishing at most this long.
+        const othersPublish = (msg.participants || []).some((p) => p.id !== msg.participant_id && p.tracks?.length);
+        const ready = othersPublish
+          ? Promise.race([meeting.firstAnswer, sleep(PUBLISH_AFTER_SUBSCRIBE_MAX_MS)])
+          : Promise.resolve();
+        ready
+          .then(() => publish(newGen))
+          .catch((err) => mediaFailure('publish', err));
         openScreenPc(); // a share that was on before a rejoin
       } else renderStatus();
       break;

@@ -301,6 +301,8 @@ const SOURCE_OUTAGE: Duration = Duration::from_secs(1);
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
 /// Layer choice runs every this many ticks (and after anything that changes it).
 const CHOOSE_EVERY_TICKS: u32 = 5;
+/// How long a recording waits for a keyframe of a camera's top layer before it starts at any layer's.
+const RECORD_TOP_WAIT: Duration = Duration::from_secs(1);
 
 struct Producer {
     id: String,
@@ -320,9 +322,12 @@ struct Producer {
     consumers: Vec<Consumer>,
     /// While its room records: where each forwarded packet goes too (off the media path).
     record: Option<Tap>,
-    /// The layer the recording writes: the highest one flowing when its first packet came (a browser short of CPU
-    /// or uplink may never send its top layer), kept for the whole file.
+    /// The layer the recording writes, chosen at a keyframe (video) or the first packet (audio): the highest
+    /// layer flowing (a browser short of CPU or uplink may never send its top layer), or after `RECORD_TOP_WAIT`
+    /// whichever layer's keyframe comes first; kept for the whole file.
     record_ssrc: Option<u32>,
+    /// When the recording's tap was set.
+    record_since: Option<Instant>,
     /// Audio: the negotiated id of the RFC 6464 audio level header extension (`None`: not negotiated).
     audio_level_id: Option<u8>,
     /// Audio: the smoothed level of what arrives, dBov (−127 silence … 0 loudest); `None` before the first level.
@@ -900,7 +905,14 @@ impl Worker {
                 .iter()
                 .rposition(|l| l.is_flowing(now))
                 .unwrap_or(li);
-            if li == top {
+            // A video file starts at a keyframe of the layer it writes, so the layer is chosen at one. Chromium
+            // short of CPU can send its upper layers for seconds without a keyframe on them however often they
+            // are asked for (seen: PLIs on q, h and f, keyframes on q only): after a while any layer's will do.
+            let waited = producer
+                .record_since
+                .is_none_or(|t| now.saturating_duration_since(t) >= RECORD_TOP_WAIT);
+            let starts = !producer.codec.is_video() || keyframe_start;
+            if starts && (li == top || waited) {
                 producer.record_ssrc = Some(ssrc);
             }
         }
@@ -1387,6 +1399,7 @@ impl Worker {
                 consumers: Vec::new(),
                 record: None,
                 record_ssrc: None,
+                record_since: None,
                 audio_level_id: audio_level_id.filter(|_| kind == MediaKind::Audio),
                 audio_level: None,
             },
@@ -1396,6 +1409,7 @@ impl Worker {
         {
             p.record = Some(rec.tap(key, p.track_info()));
             p.record_ssrc = None;
+            p.record_since = Some(Instant::now());
         }
         let subscribers: Vec<ParticipantId> = self
             .rooms
@@ -2062,9 +2076,11 @@ impl Worker {
             }
         };
         let mut video = Vec::new();
+        let now = Instant::now();
         for (key, p) in self.producers.iter_mut().filter(|(_, p)| p.room == room) {
             p.record = Some(rec.tap(*key, p.track_info()));
             p.record_ssrc = None;
+            p.record_since = Some(now);
             if p.kind == MediaKind::Video {
                 video.push(*key);
             }
@@ -2072,7 +2088,6 @@ impl Worker {
         info!(%room, dir = %dir.display(), video_producers = video.len(), "recording started");
         self.recordings.insert(room, rec);
         // Each video file starts with a keyframe.
-        let now = Instant::now();
         for key in video {
             self.request_keyframe(key, now);
         }
@@ -2419,12 +2434,26 @@ impl Worker {
         for conn in conns.values_mut() {
             conn.link.update_rates(now);
         }
-        // Video files of recordings that need a keyframe (throttled like any request).
-        let wanted: Vec<ProducerKey> = self
+        // Video files of recordings that need a keyframe (throttled like any request), and cameras whose
+        // recorded layer is still to be chosen once the top layer's keyframe is overdue (`RECORD_TOP_WAIT`): any
+        // layer's keyframe starts the file now.
+        let mut wanted: Vec<ProducerKey> = self
             .recordings
             .values()
             .flat_map(|r| r.keyframes_wanted())
             .collect();
+        wanted.extend(
+            self.producers
+                .iter()
+                .filter(|(_, p)| {
+                    p.record.is_some()
+                        && p.record_ssrc.is_none()
+                        && p.codec.is_video()
+                        && p.record_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= RECORD_TOP_WAIT)
+                })
+                .map(|(k, _)| *k),
+        );
         for key in wanted {
             self.request_keyframe(key, now);
         }

@@ -277,7 +277,7 @@ test('giao ban: raise hand, give the floor, mute all, share the screen', { timeo
       const decode = spawnSync('ffmpeg', ['-v', 'error', '-i', path, '-enc_time_base', '-1', '-f', 'null', '-'], {
         encoding: 'utf8',
       });
-      assert.equal(decode.status, 0, `ffmpeg decoding ${f.file}: ${decode.stderr}`);
+      assert.equal(decode.status, 0, `ffmpeg decoding ${f.file}: ${decode.stderr} (${JSON.stringify(f)})`);
       assert.equal(decode.stderr.trim(), '', `ffmpeg decoding ${f.file} reports errors`);
       const probe = JSON.parse(
         execFileSync('ffprobe', ['-v', 'error', '-count_frames', '-show_entries', 'stream=codec_name,nb_read_frames', '-of', 'json', path], {

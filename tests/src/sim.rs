@@ -109,6 +109,9 @@ pub struct MediaProfile {
     /// Negotiate RFC 2198 redundant audio (`audio/red`) ahead of Opus, as the web client does: publish each audio
     /// packet as RED (the previous frame, then the current one) and accept RED on the subscribe leg.
     pub red: bool,
+    /// Simulcast: keyframe requests are answered on the lowest layer only (the upper ones send their first
+    /// keyframe, then none), as Chromium short of CPU was seen to do.
+    pub upper_layers_ignore_keyframe_requests: bool,
 }
 
 impl Default for MediaProfile {
@@ -126,6 +129,7 @@ impl Default for MediaProfile {
             audio_level: Some(30),
             keyframe_every: None,
             red: false,
+            upper_layers_ignore_keyframe_requests: false,
         }
     }
 }
@@ -1847,6 +1851,7 @@ impl SimEndpoint {
                     bitrate_bps: media.video_bitrate_bps >> (2 * down),
                     extensions,
                     keyframe_requested: flag,
+                    honours_requests: i == 0 || !media.upper_layers_ignore_keyframe_requests,
                 };
                 let sent = Arc::clone(&inner.sent);
                 inner.spawn(send_video(Arc::clone(&track), ssrc, pt, media, layer, sent));
@@ -2335,6 +2340,8 @@ struct VideoLayer {
     /// Header extensions on every packet (mid, rid): (negotiated id, value).
     extensions: Vec<(u8, Bytes)>,
     keyframe_requested: Arc<AtomicBool>,
+    /// Whether a keyframe request is acted on (see `MediaProfile::upper_layers_ignore_keyframe_requests`).
+    honours_requests: bool,
 }
 
 async fn send_video(
@@ -2368,8 +2375,9 @@ async fn send_video(
             .keyframe_every
             .is_some_and(|n| frames.is_multiple_of(n.max(1)));
         frames = frames.wrapping_add(1);
-        let keyframe =
-            first_frame || periodic || layer.keyframe_requested.swap(false, Ordering::Relaxed);
+        let requested =
+            layer.keyframe_requested.swap(false, Ordering::Relaxed) && layer.honours_requests;
+        let keyframe = first_frame || periodic || requested;
         first_frame = false;
         if buf.capacity() < frame_bytes + npk * 16 {
             buf.reserve(frame_bytes * 8);

@@ -1,7 +1,8 @@
 //! Recording for the minutes: a recorded meeting yields one file per track that `ffprobe` (Debian's ffmpeg)
 //! reads, with the packet/frame counts and durations of what was sent; the manifest names each file's
 //! participant and the floor events; only the chair and admins may record; a full disk stops the recording with
-//! an alert to the chair while the meeting and its media carry on.
+//! an alert to the chair while the meeting and its media carry on; a camera whose top simulcast layer sends no
+//! keyframe is recorded from a lower layer.
 
 mod common;
 
@@ -578,5 +579,55 @@ async fn the_manifest_records_speaker_changes() {
         "speaker changes: the loud hall, then (muted) the medium one; never the quiet one: {:#?}",
         m["events"]
     );
+    server.shutdown().await;
+}
+
+/// Chromium short of CPU was seen sending its upper simulcast layers for seconds without a keyframe on them,
+/// however often they were asked for: the recording must not wait for one (an empty video file), but start at a
+/// lower layer's keyframe once `RECORD_TOP_WAIT` has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_whose_top_layer_sends_no_keyframe_is_recorded_from_a_lower_one() {
+    let config = giaoban_config::Config::for_tests();
+    let data_dir = config.storage.data_dir.clone();
+    let server = TestServer::start_with(config).await;
+    let hub = server.hub();
+    let (meeting, eps) = create_meeting(&hub, "Giao ban", MeetingMode::Lecture, &["UBND xã A"]);
+    let chair_token = token(&hub, &meeting.id, "chair", "Chủ trì", Role::Chair);
+    let hall_token = token(&hub, &meeting.id, &eps[0].id, &eps[0].name, Role::Endpoint);
+    let mut opts = server.token_opts(&chair_token, "Chủ trì");
+    opts.media.simulcast = true;
+    opts.media.upper_layers_ignore_keyframe_requests = true;
+    let chair = SimEndpoint::connect(opts).await.expect("the chair joins");
+    chair.publish().await.expect("the chair publishes");
+    let hall = server.join_token(&hall_token, "Xã A", false).await;
+    wait_all_flowing(&[&hall], &[&chair], Duration::from_secs(15)).await;
+    // The first keyframes (one per layer) are long gone when the recording starts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let from = hall.log_len();
+    send(&chair, ClientMessage::StartRecording {});
+    wait_state(&hall, from, "recording on", |s| s.recording).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send(&chair, ClientMessage::StopRecording {});
+    wait_state(&hall, from, "recording off", |s| !s.recording).await;
+
+    let dir = recording_dir(&data_dir, &meeting.id).expect("one recording folder");
+    let m = wait_manifest(&dir, "complete").await;
+    let video = file_of(&m, &chair.id(), "video");
+    let frames = video["frames"].as_u64().unwrap_or(0);
+    // 30 fps for 3 s, less the second waited for the top layer and the lowest layer's keyframe after it.
+    assert!(frames >= 30, "the camera is recorded: {video}");
+    let path = dir.join(video["file"].as_str().expect("a file"));
+    let ivf = std::fs::read(&path).expect("the video file");
+    let width = u16::from_le_bytes([ivf[12], ivf[13]]);
+    assert!(
+        width > 0 && width < 960,
+        "recorded from a lower layer than the top (960 wide), got {width}: {video}"
+    );
+    let (codec, packets, _, _) = ffprobe(&path);
+    assert_eq!(codec, "vp8");
+    assert_eq!(packets, frames, "ffprobe reads every frame: {video}");
+    chair.close().await;
+    hall.close().await;
     server.shutdown().await;
 }
