@@ -123,6 +123,8 @@ function newMeeting(room, name, token) {
     publishPc: null,
     publishChain: Promise.resolve(),
     publishWaiter: null,
+    /** `joined` has scheduled this session's publishing (after the first subscribe answer). */
+    publishPending: false,
     subscribePc: null,
     subscribeChain: Promise.resolve(),
     ...firstAnswerLatch(),
@@ -1410,6 +1412,7 @@ function teardownMedia() {
   meeting.publishChain = Promise.resolve();
   meeting.subscribeChain = Promise.resolve();
   Object.assign(meeting, firstAnswerLatch());
+  meeting.publishPending = false;
   closeScreenPc(meeting.screen, false);
   meeting.pendingCandidates = { publish: [], subscribe: [], screen: [] };
   meeting.midMap.clear();
@@ -1754,18 +1757,24 @@ function onServerMessage(msg) {
       applyMeetingState(msg.state || null);
       renderAll();
       const newGen = meeting.generation;
-      if (meeting.publishPc) break; // already publishing on this socket (a repeated `joined`)
+      // Already publishing on this socket, or about to (a repeated `joined`).
+      if (meeting.publishPc || meeting.publishPending) break;
       if (meeting.canPublish) {
         // The meeting first: when others publish, their subscribe_offer (sent right after `joined`) is answered
         // before this hall's own publish connection is built. Both share the page's thread and the browser's
         // WebRTC thread, and building the publish side (tracks, simulcast encoders, its offer) first made the
         // picture of the meeting wait for it. Bounded: a missing offer delays publishing at most this long.
         const othersPublish = (msg.participants || []).some((p) => p.id !== msg.participant_id && p.tracks?.length);
+        const m = meeting;
         const ready = othersPublish
-          ? Promise.race([meeting.firstAnswer, sleep(PUBLISH_AFTER_SUBSCRIBE_MAX_MS)])
+          ? Promise.race([m.firstAnswer, sleep(PUBLISH_AFTER_SUBSCRIBE_MAX_MS)])
           : Promise.resolve();
+        m.publishPending = true;
         ready
-          .then(() => publish(newGen))
+          .then(() => {
+            m.publishPending = false;
+            return publish(newGen);
+          })
           .catch((err) => mediaFailure('publish', err));
         openScreenPc(); // a share that was on before a rejoin
       } else renderStatus();
