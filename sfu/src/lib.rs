@@ -10,6 +10,7 @@ pub mod connection;
 pub mod feedback;
 pub mod forwarder;
 pub mod health;
+pub mod idmap;
 pub mod keyframe;
 pub mod layers;
 pub mod recorder;

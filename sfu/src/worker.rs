@@ -16,6 +16,7 @@ use crate::health::{
     ConsumerHealth, LayerHealth, LinkCounters, ProducerHealth, RtcLinkStats, link_health,
     read_rtc_stats,
 };
+use crate::idmap::IdMap;
 use crate::keyframe::KeyframeThrottle;
 use crate::layers::{self, Estimator, Want};
 use crate::recorder::{Recording, Tap, TrackInfo};
@@ -404,10 +405,10 @@ pub struct Worker {
     endpoint: Endpoint,
     outbox: Outbox,
     router: Router,
-    conns: HashMap<ConnId, Conn>,
+    conns: IdMap<ConnId, Conn>,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<RoomId, Room>,
-    producers: HashMap<ProducerKey, Producer>,
+    producers: IdMap<ProducerKey, Producer>,
     next_id: u64,
     events: mpsc::UnboundedSender<Event>,
     dirty: Vec<ConnId>,
@@ -442,10 +443,10 @@ impl Worker {
             endpoint,
             outbox: Outbox::default(),
             router: Router::default(),
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             participants: HashMap::new(),
             rooms: HashMap::new(),
-            producers: HashMap::new(),
+            producers: IdMap::default(),
             next_id: 1,
             events,
             dirty: Vec::new(),
@@ -1174,7 +1175,7 @@ impl Worker {
     }
 
     fn send_pli(
-        conns: &mut HashMap<ConnId, Conn>,
+        conns: &mut IdMap<ConnId, Conn>,
         dirty: &mut Vec<ConnId>,
         producer: &Producer,
         layer: usize,
