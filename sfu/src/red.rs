@@ -34,6 +34,34 @@ pub fn primary(payload: &[u8]) -> Option<(usize, u8)> {
     }
 }
 
+/// Each redundant block of a well-formed RED payload, oldest first: `f(payload type, timestamp offset, data)`.
+/// `false` (and nothing called) if the payload is not well-formed RED. The SFU forwards or strips RED and needs
+/// none of this; a receiver rebuilding lost frames does (the simulated endpoints count what RED would rebuild).
+pub fn for_each_redundant(payload: &[u8], mut f: impl FnMut(u8, u16, &[u8])) -> bool {
+    let Some((primary_at, _)) = primary(payload) else {
+        return false;
+    };
+    let block_len =
+        |at: usize| usize::from(payload[at + 2] & 0x03) << 8 | usize::from(payload[at + 3]);
+    // The headers end at the first byte with F=0; the blocks' data follows them.
+    let mut headers_end = 0usize;
+    while payload[headers_end] & 0x80 != 0 {
+        headers_end += 4;
+    }
+    let mut data = headers_end + 1;
+    let mut header = 0usize;
+    while header < headers_end {
+        let h = &payload[header..header + 4];
+        let offset = (u16::from(h[1]) << 6) | u16::from(h[2] >> 2);
+        let len = block_len(header);
+        f(h[0] & 0x7f, offset, &payload[data..data + len]);
+        data += len;
+        header += 4;
+    }
+    debug_assert_eq!(data, primary_at);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +103,24 @@ mod tests {
         let (start, _) = primary(&p).expect("well-formed RED");
         assert_eq!(start, 4 + 1 + 700);
         assert_eq!(&p[start..], b"x");
+    }
+
+    #[test]
+    fn redundant_blocks_are_read_oldest_first() {
+        let p = red(&[(111, 1920, b"older"), (111, 960, b"old")], 111, b"now!");
+        let mut seen = Vec::new();
+        assert!(for_each_redundant(&p, |pt, off, d| seen.push((
+            pt,
+            off,
+            d.to_vec()
+        ))));
+        assert_eq!(
+            seen,
+            vec![(111, 1920, b"older".to_vec()), (111, 960, b"old".to_vec())]
+        );
+        assert!(!for_each_redundant(&[0x80 | 111, 0, 3], |_, _, _| panic!(
+            "malformed"
+        )));
     }
 
     #[test]

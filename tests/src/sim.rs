@@ -392,6 +392,9 @@ pub struct TrackStats {
     pub payload_errors: u64,
     /// Audio: packets that came as RED (the server's RED payload type); their primary is what is checked.
     pub red_packets: u64,
+    /// Audio: frames lost on the way that a later RED packet's redundancy brought back first (they count as
+    /// received; a NACK answer for them arriving later counts as a duplicate).
+    pub red_recovered: u64,
     /// Video keyframes (S=1 packets with P=0).
     pub keyframes: u64,
     /// When the first keyframe packet arrived.
@@ -458,6 +461,7 @@ struct TrackState {
     keyframe_widths: Vec<u16>,
     payload_errors: u64,
     red_packets: u64,
+    red_recovered: u64,
     keyframes: u64,
     first_keyframe_at: Option<Instant>,
     first_packet_at: Option<Instant>,
@@ -512,6 +516,7 @@ impl TrackRecorder {
                 keyframe_widths: Vec::new(),
                 payload_errors: 0,
                 red_packets: 0,
+                red_recovered: 0,
                 keyframes: 0,
                 first_keyframe_at: None,
                 first_packet_at: None,
@@ -542,6 +547,19 @@ impl TrackRecorder {
         } else {
             decode_payload(&pkt.payload, video, self.verify_payload)
         };
+        // What RED carries of earlier frames (at most two counters, decoded before the lock).
+        let mut earlier = [None; 2];
+        if red {
+            let mut n = 0;
+            giaoban_sfu::red::for_each_redundant(&pkt.payload, |_, _, block| {
+                if n < earlier.len() {
+                    earlier[n] = decode_payload(block, false, self.verify_payload)
+                        .filter(|d| d.intact)
+                        .map(|d| d.counter);
+                    n += 1;
+                }
+            });
+        }
         let mut s = self.lock();
         s.red_packets += u64::from(red);
         s.packets += 1;
@@ -623,6 +641,23 @@ impl TrackRecorder {
         } else {
             s.latency.negative += 1;
         }
+        // A frame lost on the way that this packet's redundancy brings back (before any NACK answer does): a
+        // receiver plays it from here. Counted as received, and as rebuilt from RED.
+        for c in earlier.into_iter().flatten() {
+            if let Some(first) = s.first_counter
+                && c >= first
+                && c < d.counter
+            {
+                let off = (c - first) as usize;
+                if let Some(w) = s.seen.get_mut(off / 64)
+                    && *w & (1u64 << (off % 64)) == 0
+                {
+                    *w |= 1u64 << (off % 64);
+                    s.distinct += 1;
+                    s.red_recovered += 1;
+                }
+            }
+        }
         s.last_counter = d.counter;
         let first = match s.first_counter {
             Some(first) => first,
@@ -684,6 +719,7 @@ impl TrackRecorder {
             keyframe_widths: s.keyframe_widths.clone(),
             payload_errors: s.payload_errors,
             red_packets: s.red_packets,
+            red_recovered: s.red_recovered,
             keyframes: s.keyframes,
             first_keyframe_at: s.first_keyframe_at,
             first_packet_at: s.first_packet_at,

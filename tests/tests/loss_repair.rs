@@ -134,6 +134,25 @@ async fn lossy_subscriber_in_namespace() {
         assert_eq!(audio.red_packets, expect, "{}: {audio:?}", hall.name());
         assert_eq!(audio.payload_errors, 0, "{}: {audio:?}", hall.name());
     }
+    // The lossy hall that takes RED has most lost frames back from the next packet, 20 ms later, before any NACK
+    // answer (which then arrives as a duplicate); the Opus-only one has them back only from the NACK answers.
+    let rebuilt = |h: &SimEndpoint| {
+        h.stats()
+            .track_from(&chair_id, TrackKind::Audio)
+            .map_or(0, |a| a.red_recovered)
+    };
+    let (red_rebuilt, opus_rebuilt) = (rebuilt(&lossy[1]), rebuilt(&lossy[0]));
+    println!(
+        "audio frames rebuilt from RED before a NACK answer: {red_rebuilt} at {}, {opus_rebuilt} at {}",
+        lossy[1].name(),
+        lossy[0].name()
+    );
+    assert!(
+        red_rebuilt > 0,
+        "RED rebuilds lost audio frames at {}",
+        lossy[1].name()
+    );
+    assert_eq!(opus_rebuilt, 0);
     println!(
         "loss repair: {dropped_packets} packets (GSO batches) dropped to the lossy halls, {resent} packets sent \
          again; {}",
