@@ -706,19 +706,6 @@ pub(crate) struct JoinStep {
     p95_ms: Option<f64>,
 }
 
-impl JoinStep {
-    /// `step  p50 …  p95 …  (n subscribers)`, as the reports print it.
-    pub(crate) fn line(&self) -> String {
-        format!(
-            "{:<24} p50 {}  p95 {}  ({} subscribers)",
-            self.step,
-            opt(self.p50_ms, "ms"),
-            opt(self.p95_ms, "ms"),
-            self.n
-        )
-    }
-}
-
 /// The join breakdown of the subscribers: each step's time after `join`, and two gaps between steps.
 pub(crate) fn join_steps<'a>(
     subs: impl IntoIterator<Item = &'a SimEndpoint>,
@@ -1755,7 +1742,13 @@ fn print_summary(s: &Summary) {
         opt(s.join_to_first_keyframe_p95_ms, "ms")
     );
     for j in &s.join_steps {
-        println!("    {}", j.line());
+        println!(
+            "    {:<24} p50 {}  p95 {}  ({} subscribers)",
+            j.step,
+            opt(j.p50_ms, "ms"),
+            opt(j.p95_ms, "ms"),
+            j.n
+        );
     }
     println!(
         "  SRTP (negotiated)    publish {}; subscribe {}  (offered {})",

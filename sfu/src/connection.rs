@@ -41,6 +41,17 @@ pub fn opus() -> RTCRtpCodec {
     }
 }
 
+/// RED around Opus (`red.rs`), as the SFU offers it.
+pub fn red() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: crate::red::MIME_TYPE.into(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: crate::red::RED_FMTP.into(),
+        rtcp_feedback: vec![],
+    }
+}
+
 /// The codecs the SFU forwards. Payload types are the server's own (they matter only on the subscribe leg,
 /// where the server offers; on the publish leg the browser's offer decides).
 fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
@@ -68,13 +79,7 @@ fn media_engine() -> Result<MediaEngine, rtc::shared::error::Error> {
     // it; subscribers that accept it get it as sent, the others the primary as plain Opus (`red.rs`).
     engine.register_codec(
         RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: crate::red::MIME_TYPE.into(),
-                clock_rate: 48_000,
-                channels: 2,
-                sdp_fmtp_line: crate::red::RED_FMTP.into(),
-                rtcp_feedback: vec![],
-            },
+            rtp_codec: red(),
             payload_type: crate::red::RED_PAYLOAD_TYPE,
         },
         RtpCodecKind::Audio,

@@ -10,23 +10,24 @@
 //! length), one byte for the primary (F=0, its payload type), then the redundant blocks' data in order, then the
 //! primary's data to the end of the payload.
 
+use bytes::{BufMut, Bytes};
+
 pub const MIME_TYPE: &str = "audio/red";
 
 /// The payload type the SFU gives RED on the legs it offers, and the Opus one its `111/111` format names.
 pub const RED_PAYLOAD_TYPE: u8 = 63;
 pub const RED_FMTP: &str = "111/111";
 
-/// Where the primary encoding's data starts in a RED payload, and its payload type. `None` if the payload is
-/// not well-formed RED (headers cut short, block lengths past the end) or carries no primary data.
-pub fn primary(payload: &[u8]) -> Option<(usize, u8)> {
+/// Where a well-formed RED payload's parts are: the primary's header byte (the block headers end there) and the
+/// primary's data.
+fn layout(payload: &[u8]) -> Option<(usize, usize)> {
     let mut pos = 0usize;
     let mut redundant = 0usize;
     loop {
         let b = *payload.get(pos)?;
         if b & 0x80 == 0 {
-            pos += 1;
-            let start = pos + redundant;
-            return (start < payload.len()).then_some((start, b & 0x7f));
+            let start = pos + 1 + redundant;
+            return (start < payload.len()).then_some((pos, start));
         }
         let header = payload.get(pos..pos + 4)?;
         redundant += usize::from(header[2] & 0x03) << 8 | usize::from(header[3]);
@@ -34,51 +35,57 @@ pub fn primary(payload: &[u8]) -> Option<(usize, u8)> {
     }
 }
 
+/// Where the primary encoding's data starts in a RED payload, and its payload type. `None` if the payload is
+/// not well-formed RED (headers cut short, block lengths past the end) or carries no primary data.
+pub fn primary(payload: &[u8]) -> Option<(usize, u8)> {
+    layout(payload).map(|(header, start)| (start, payload[header] & 0x7f))
+}
+
+/// The primary alone, as plain Opus: a view of the same bytes (no copy).
+pub fn primary_bytes(payload: &Bytes) -> Option<Bytes> {
+    primary(payload).map(|(at, _)| payload.slice(at..))
+}
+
 /// Each redundant block of a well-formed RED payload, oldest first: `f(payload type, timestamp offset, data)`.
 /// `false` (and nothing called) if the payload is not well-formed RED. The SFU forwards or strips RED and needs
 /// none of this; a receiver rebuilding lost frames does (the simulated endpoints count what RED would rebuild).
 pub fn for_each_redundant(payload: &[u8], mut f: impl FnMut(u8, u16, &[u8])) -> bool {
-    let Some((primary_at, _)) = primary(payload) else {
+    let Some((headers_end, _)) = layout(payload) else {
         return false;
     };
-    let block_len =
-        |at: usize| usize::from(payload[at + 2] & 0x03) << 8 | usize::from(payload[at + 3]);
-    // The headers end at the first byte with F=0; the blocks' data follows them.
-    let mut headers_end = 0usize;
-    while payload[headers_end] & 0x80 != 0 {
-        headers_end += 4;
-    }
     let mut data = headers_end + 1;
-    let mut header = 0usize;
-    while header < headers_end {
-        let h = &payload[header..header + 4];
+    for h in payload[..headers_end].chunks_exact(4) {
         let offset = (u16::from(h[1]) << 6) | u16::from(h[2] >> 2);
-        let len = block_len(header);
+        let len = usize::from(h[2] & 0x03) << 8 | usize::from(h[3]);
         f(h[0] & 0x7f, offset, &payload[data..data + len]);
         data += len;
-        header += 4;
     }
-    debug_assert_eq!(data, primary_at);
     true
+}
+
+/// Writes a RED payload: the `(payload type, timestamp offset, data)` redundant blocks, oldest first, then the
+/// primary. A sender's side (the simulated endpoints publish RED as Chromium does); data longer than 1023 bytes
+/// does not fit a block.
+pub fn write(out: &mut impl BufMut, blocks: &[(u8, u16, &[u8])], primary_pt: u8, primary: &[u8]) {
+    for (pt, offset, data) in blocks {
+        out.put_u8(0x80 | pt);
+        let v = (u32::from(*offset) << 10) | data.len() as u32;
+        out.put_slice(&v.to_be_bytes()[1..]);
+    }
+    out.put_u8(primary_pt);
+    for (_, _, data) in blocks {
+        out.put_slice(data);
+    }
+    out.put_slice(primary);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A RED payload: `(pt, ts_offset, data)` redundant blocks, then the primary.
     fn red(blocks: &[(u8, u16, &[u8])], primary_pt: u8, primary: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        for (pt, offset, data) in blocks {
-            out.push(0x80 | pt);
-            let v = (u32::from(*offset) << 10) | data.len() as u32;
-            out.extend_from_slice(&v.to_be_bytes()[1..]);
-        }
-        out.push(primary_pt);
-        for (_, _, data) in blocks {
-            out.extend_from_slice(data);
-        }
-        out.extend_from_slice(primary);
+        write(&mut out, blocks, primary_pt, primary);
         out
     }
 

@@ -336,6 +336,13 @@ struct Producer {
 }
 
 impl Producer {
+    /// Its tap into `rec`; its layer is chosen again (at the next keyframe, see `record_ssrc`).
+    fn start_recording(&mut self, rec: &Recording, key: ProducerKey, now: Instant) {
+        self.record = Some(rec.tap(key, self.track_info()));
+        self.record_ssrc = None;
+        self.record_since = Some(now);
+    }
+
     fn track_info(&self) -> TrackInfo {
         TrackInfo {
             producer_id: self.id.clone(),
@@ -946,9 +953,9 @@ impl Worker {
         // RED: the primary alone, for subscribers that did not accept RED (a view of the same bytes).
         let primary = match producer.codec {
             Codec::Red => {
-                let primary = crate::red::primary(&packet.payload);
+                let primary = crate::red::primary_bytes(&packet.payload);
                 sink.stats.red_received += u64::from(primary.is_some());
-                primary.map(|(at, _)| packet.payload.slice(at..))
+                primary
             }
             _ => None,
         };
@@ -1087,10 +1094,10 @@ impl Worker {
                     .then(|| crate::vp8::parse(&cached.payload))
                     .flatten();
                 let payload = if consumer.strip_red {
-                    match crate::red::primary(&cached.payload) {
-                        Some((at, _)) => cached.payload.slice(at..),
-                        None => continue,
-                    }
+                    let Some(primary) = crate::red::primary_bytes(&cached.payload) else {
+                        continue;
+                    };
+                    primary
                 } else {
                     cached.payload.clone()
                 };
@@ -1408,9 +1415,7 @@ impl Worker {
         if let Some(rec) = self.recordings.get(&room)
             && let Some(p) = self.producers.get_mut(&key)
         {
-            p.record = Some(rec.tap(key, p.track_info()));
-            p.record_ssrc = None;
-            p.record_since = Some(Instant::now());
+            p.start_recording(rec, key, Instant::now());
         }
         let subscribers: Vec<ParticipantId> = self
             .rooms
@@ -2079,9 +2084,7 @@ impl Worker {
         let mut video = Vec::new();
         let now = Instant::now();
         for (key, p) in self.producers.iter_mut().filter(|(_, p)| p.room == room) {
-            p.record = Some(rec.tap(*key, p.track_info()));
-            p.record_ssrc = None;
-            p.record_since = Some(now);
+            p.start_recording(&rec, *key, now);
             if p.kind == MediaKind::Video {
                 video.push(*key);
             }

@@ -294,11 +294,9 @@ export async function inboundStats(page) {
         out.video.push({ ssrc: s.ssrc, framesDecoded: s.framesDecoded ?? 0, codecId: s.codecId });
         if ((s.framesDecoded ?? 0) > 0) out.videoDecoding += 1;
       } else if (s.kind === 'audio') {
-        const codec = report.get(s.codecId)?.mimeType ?? null;
         out.audio.push({
           ssrc: s.ssrc,
           packetsReceived: s.packetsReceived ?? 0,
-          codec,
           samples: s.totalSamplesReceived ?? 0,
           concealed: s.concealedSamples ?? 0,
         });
@@ -334,7 +332,7 @@ export async function publishAudioCodecs(page) {
   });
 }
 
-/** Packets sent per kind on the page's publish connection, and the codec its audio is sent with (`audioCodec`). */
+/** Packets sent per kind on the page's publish connection. */
 export async function outboundStats(page) {
   return page.evaluate(async () => {
     const pc = window.giaoban?.publishPc?.();
@@ -342,9 +340,7 @@ export async function outboundStats(page) {
     const report = await pc.getStats();
     const out = {};
     report.forEach((s) => {
-      if (s.type !== 'outbound-rtp') return;
-      out[s.kind] = (out[s.kind] ?? 0) + (s.packetsSent ?? 0);
-      if (s.kind === 'audio') out.audioCodec = report.get(s.codecId)?.mimeType ?? null;
+      if (s.type === 'outbound-rtp') out[s.kind] = (out[s.kind] ?? 0) + (s.packetsSent ?? 0);
     });
     return out;
   });

@@ -967,16 +967,6 @@ fn vp8_codec() -> RTCRtpCodec {
     }
 }
 
-fn red_codec() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: giaoban_sfu::red::MIME_TYPE.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: giaoban_sfu::red::RED_FMTP.to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
 /// Media engine with Opus (RED ahead of it if asked) and VP8 (with nack / nack pli / ccm fir feedback) and the interceptor registry.
 fn media_setup(interceptors: Interceptors, red: bool) -> anyhow::Result<(MediaEngine, Registry)> {
     let mut me = MediaEngine::default();
@@ -984,7 +974,7 @@ fn media_setup(interceptors: Interceptors, red: bool) -> anyhow::Result<(MediaEn
         // Registered first: offered ahead of Opus, which is what makes a browser send it.
         me.register_codec(
             RTCRtpCodecParameters {
-                rtp_codec: red_codec(),
+                rtp_codec: giaoban_sfu::connection::red(),
                 payload_type: giaoban_sfu::red::RED_PAYLOAD_TYPE,
             },
             RtpCodecKind::Audio,
@@ -1708,7 +1698,7 @@ impl SimEndpoint {
                 vec![(String::new(), ssrc)]
             };
             let codec = if kind == RtpCodecKind::Audio && media.red {
-                red_codec()
+                giaoban_sfu::connection::red()
             } else if kind == RtpCodecKind::Audio {
                 opus_codec()
             } else {
@@ -2317,16 +2307,8 @@ async fn send_audio(
         if let Some(opus_pt) = red {
             let frame = payload;
             let mut out = BytesMut::with_capacity(5 + 2 * frame.len());
-            if let Some(prev) = &previous {
-                out.put_u8(0x80 | opus_pt);
-                let header = (ts_step << 10) | prev.len() as u32;
-                out.put_slice(&header.to_be_bytes()[1..]);
-            }
-            out.put_u8(opus_pt);
-            if let Some(prev) = &previous {
-                out.put_slice(prev);
-            }
-            out.put_slice(&frame);
+            let block = previous.as_ref().map(|p| (opus_pt, ts_step as u16, &p[..]));
+            giaoban_sfu::red::write(&mut out, block.as_slice(), opus_pt, &frame);
             previous = Some(frame);
             payload = out.freeze();
         }

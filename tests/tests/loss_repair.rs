@@ -51,15 +51,11 @@ async fn nacked_audio_and_video_are_sent_again_from_the_cache() {
 async fn lossy_subscriber_in_namespace() {
     let server = TestServer::start().await;
     let room = "sua-mat-goi";
-    let mut opts = server.opts(room, "Hội trường tỉnh");
-    opts.media.red = true;
-    let chair = SimEndpoint::connect(opts).await.expect("the chair joins");
-    chair.publish().await.expect("the chair publishes");
-    let mut opts = server.opts(room, "Xã Đồng Bằng");
-    opts.media.red = true;
-    let clean = SimEndpoint::connect(opts)
-        .await
-        .expect("the clean hall joins");
+    let red = |o: &mut giaoban_tests::sim::SimOptions| o.media.red = true;
+    let chair = server
+        .endpoint_with(room, "Hội trường tỉnh", true, red)
+        .await;
+    let clean = server.endpoint_with(room, "Xã Đồng Bằng", false, red).await;
     // The lossy halls' own loopback addresses: the drop rules match only what goes to them.
     const LOSSY: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
     let mut lossy = Vec::new();
@@ -67,13 +63,13 @@ async fn lossy_subscriber_in_namespace() {
         (LOSSY[0], "Xã Vùng Cao", false),
         (LOSSY[1], "Xã Biên Giới", true),
     ] {
-        let mut opts = server.opts(room, name);
-        opts.bind_ip = ip.parse().expect("address");
-        opts.media.red = red;
         lossy.push(
-            SimEndpoint::connect(opts)
-                .await
-                .expect("a lossy hall joins"),
+            server
+                .endpoint_with(room, name, false, |o| {
+                    o.bind_ip = ip.parse().expect("address");
+                    o.media.red = red;
+                })
+                .await,
         );
     }
     wait_all_flowing(

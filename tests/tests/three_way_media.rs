@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::{TestServer, assert_intact, wait_all_flowing, wait_receiving};
 use giaoban_signaling::protocol::TrackKind;
-use giaoban_tests::sim::SimEndpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_publishers_receive_each_other_intact() {
@@ -84,16 +83,15 @@ async fn three_publishers_receive_each_other_intact() {
 async fn red_audio_reaches_red_subscribers_as_sent_and_others_as_opus() {
     let server = TestServer::start().await;
     let room = "giao-ban-red";
-    let mut opts = server.opts(room, "Huyện (RED)");
-    opts.media.red = true;
-    opts.media.video = false;
-    let publisher = SimEndpoint::connect(opts).await.expect("publisher joins");
-    publisher.publish().await.expect("publisher publishes");
-    let mut opts = server.opts(room, "Xã nhận RED");
-    opts.media.red = true;
-    let red_sub = SimEndpoint::connect(opts)
-        .await
-        .expect("RED subscriber joins");
+    let publisher = server
+        .endpoint_with(room, "Huyện (RED)", true, |o| {
+            o.media.red = true;
+            o.media.video = false;
+        })
+        .await;
+    let red_sub = server
+        .endpoint_with(room, "Xã nhận RED", false, |o| o.media.red = true)
+        .await;
     let opus_sub = server.endpoint(room, "Xã chỉ Opus", false).await;
     for sub in [&red_sub, &opus_sub] {
         wait_receiving(

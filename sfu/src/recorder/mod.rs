@@ -675,22 +675,8 @@ mod tests {
 
     #[test]
     fn a_lost_keyframe_packet_asks_for_another_and_the_file_starts_at_a_whole_one() {
-        let dir = std::env::temp_dir().join(format!("giaoban-rec-kf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (events, mut ended) = tokio::sync::mpsc::unbounded_channel();
-        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
-        let tap = rec.tap(
-            7,
-            TrackInfo {
-                producer_id: "p1-1".into(),
-                participant: "p1".into(),
-                kind: MediaKind::Video,
-                source: MediaSource::Camera,
-                mime_type: "video/VP8".into(),
-                clock_rate: 90_000,
-                channels: 0,
-            },
-        );
+        let (dir, rec, mut ended) = start_in_temp("giaoban-rec-kf");
+        let tap = rec.tap(7, track("p1-1", "video/VP8"));
         let now = Instant::now();
         // A keyframe of 3 packets whose middle one never comes (65 later packets give it up), then inter frames.
         let mut seq = 100u16;
@@ -734,22 +720,8 @@ mod tests {
 
     #[test]
     fn red_audio_is_recorded_as_the_opus_inside_it() {
-        let dir = std::env::temp_dir().join(format!("giaoban-rec-red-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (events, mut ended) = tokio::sync::mpsc::unbounded_channel();
-        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
-        let tap = rec.tap(
-            3,
-            TrackInfo {
-                producer_id: "p1-0".into(),
-                participant: "p1".into(),
-                kind: MediaKind::Audio,
-                source: MediaSource::Microphone,
-                mime_type: "audio/red".into(),
-                clock_rate: 48_000,
-                channels: 2,
-            },
-        );
+        let (dir, rec, mut ended) = start_in_temp("giaoban-rec-red");
+        let tap = rec.tap(3, track("p1-0", "audio/red"));
         let now = Instant::now();
         // Ten packets: the previous frame (bytes 0x5_) as redundancy, then the current one (0xa_).
         let frame = |i: u8, fill: u8| {
@@ -759,17 +731,10 @@ mod tests {
         };
         for i in 0..10u8 {
             let mut payload = Vec::new();
-            if i > 0 {
-                let redundant = frame(i - 1, 0x50);
-                payload.push(0x80 | 111);
-                let v = (960u32 << 10) | redundant.len() as u32;
-                payload.extend_from_slice(&v.to_be_bytes()[1..]);
-                payload.push(111);
-                payload.extend_from_slice(&redundant);
-            } else {
-                payload.push(111);
-            }
-            payload.extend_from_slice(&frame(i, 0xa0));
+            let previous = (i > 0).then(|| frame(i - 1, 0x50));
+            let blocks: Vec<(u8, u16, &[u8])> =
+                previous.iter().map(|p| (111, 960, &p[..])).collect();
+            crate::red::write(&mut payload, &blocks, 111, &frame(i, 0xa0));
             let packet = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
@@ -816,22 +781,8 @@ mod tests {
     #[test]
     #[ignore]
     fn tap_cost() {
-        let dir = std::env::temp_dir().join(format!("giaoban-tap-cost-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (events, mut ended) = tokio::sync::mpsc::unbounded_channel();
-        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
-        let tap = rec.tap(
-            1,
-            TrackInfo {
-                producer_id: "p1-0".into(),
-                participant: "p1".into(),
-                kind: MediaKind::Audio,
-                source: MediaSource::Microphone,
-                mime_type: "audio/opus".into(),
-                clock_rate: 48_000,
-                channels: 2,
-            },
-        );
+        let (dir, rec, mut ended) = start_in_temp("giaoban-tap-cost");
+        let tap = rec.tap(1, track("p1-0", "audio/opus"));
         let mut packet = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
@@ -867,7 +818,7 @@ mod tests {
         // Fill the queue, then time the drop path.
         while rec
             .tx
-            .try_send(Item::Track(9, Box::new(tap_info())))
+            .try_send(Item::Track(9, Box::new(track("x", "video/H264"))))
             .is_ok()
         {}
         let t = Instant::now();
@@ -887,15 +838,40 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn tap_info() -> TrackInfo {
+    /// A recording started in a fresh folder under the temporary directory, and the receiver of its report.
+    fn start_in_temp(
+        tag: &str,
+    ) -> (
+        PathBuf,
+        Recording,
+        tokio::sync::mpsc::UnboundedReceiver<Event>,
+    ) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (events, ended) = tokio::sync::mpsc::unbounded_channel();
+        let rec = Recording::start("r".into(), dir.clone(), events).expect("start");
+        (dir, rec, ended)
+    }
+
+    /// Participant `p1`'s producer `producer_id` of `mime`: a camera at 90 kHz, or a stereo microphone at 48 kHz.
+    fn track(producer_id: &str, mime: &str) -> TrackInfo {
+        let video = mime.starts_with("video/");
         TrackInfo {
-            producer_id: "x".into(),
-            participant: "x".into(),
-            kind: MediaKind::Video,
-            source: MediaSource::Camera,
-            mime_type: "video/H264".into(),
-            clock_rate: 90_000,
-            channels: 0,
+            producer_id: producer_id.into(),
+            participant: "p1".into(),
+            kind: if video {
+                MediaKind::Video
+            } else {
+                MediaKind::Audio
+            },
+            source: if video {
+                MediaSource::Camera
+            } else {
+                MediaSource::Microphone
+            },
+            mime_type: mime.into(),
+            clock_rate: if video { 90_000 } else { 48_000 },
+            channels: if video { 0 } else { 2 },
         }
     }
 
@@ -903,7 +879,7 @@ mod tests {
     fn queue_empty(rec: &Recording) -> bool {
         // A probe item for an unknown-to-packets track; the writer just registers it.
         rec.tx
-            .try_send(Item::Track(8, Box::new(tap_info())))
+            .try_send(Item::Track(8, Box::new(track("x", "video/H264"))))
             .is_ok()
             && {
                 std::thread::sleep(Duration::from_millis(20));

@@ -43,7 +43,20 @@ impl TestServer {
 
     /// Join `name` to `room` (and publish audio+video if `publish`).
     pub async fn endpoint(&self, room: &str, name: &str, publish: bool) -> SimEndpoint {
-        let ep = SimEndpoint::connect(self.opts(room, name))
+        self.endpoint_with(room, name, publish, |_| {}).await
+    }
+
+    /// [`endpoint`](Self::endpoint) with its options changed by `configure` first (media profile, address).
+    pub async fn endpoint_with(
+        &self,
+        room: &str,
+        name: &str,
+        publish: bool,
+        configure: impl FnOnce(&mut SimOptions),
+    ) -> SimEndpoint {
+        let mut opts = self.opts(room, name);
+        configure(&mut opts);
+        let ep = SimEndpoint::connect(opts)
             .await
             .unwrap_or_else(|e| panic!("{name} joins: {e:#}"));
         if publish {
