@@ -301,6 +301,9 @@ pub struct ParticipantLinks {
     /// The downlink estimate of the subscribe leg (bit/s) that layer choice uses; `None` while unconstrained (no
     /// loss seen yet).
     pub estimate: Option<u64>,
+    /// The downlink's transport-wide CC (`None`: the subscriber did not accept it): feedback read, and the last
+    /// padding probe's outcome.
+    pub transport_cc: Option<crate::health::TransportCcHealth>,
     /// What arrives of each of the participant's producers, layer by layer.
     pub producers: Vec<crate::health::ProducerHealth>,
     /// What the participant receives: per consumer the layer chosen, and why.
@@ -323,6 +326,12 @@ pub struct WorkerStats {
     /// NACKs subscribers sent the server, and NACKs the server sent publishers (closed connections included).
     pub nacks_received: u64,
     pub nacks_sent: u64,
+    /// Padding probes of subscribers' downlinks started, and those the link carried; padding packets sent.
+    pub probes_started: u64,
+    pub probes_carried: u64,
+    pub padding_sent: u64,
+    /// Transport-wide CC feedback packets read from subscribers.
+    pub twcc_feedbacks: u64,
     /// Packets sent again to subscribers from the producers' caches, and NACKed packets too old to be.
     pub rtp_retransmitted: u64,
     pub nack_unrepaired: u64,
@@ -477,6 +486,10 @@ impl WorkerStats {
         self.nacks_received += o.nacks_received;
         self.nacks_sent += o.nacks_sent;
         self.rtp_retransmitted += o.rtp_retransmitted;
+        self.probes_started += o.probes_started;
+        self.probes_carried += o.probes_carried;
+        self.padding_sent += o.padding_sent;
+        self.twcc_feedbacks += o.twcc_feedbacks;
         self.nack_unrepaired += o.nack_unrepaired;
         self.rtp_sealed += o.rtp_sealed;
         self.tcp_streams += o.tcp_streams;

@@ -191,6 +191,24 @@ pub fn build_keyed(
                     kind,
                 );
             }
+            // Transport-wide CC: the SFU numbers what it sends on this leg itself (`twcc.rs`) and reads the
+            // subscriber's feedback for its downlink estimate and probes; no rtc interceptor takes part.
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                engine.register_feedback(
+                    RTCPFeedback {
+                        typ: "transport-cc".to_owned(),
+                        parameter: String::new(),
+                    },
+                    kind,
+                );
+                engine.register_header_extension(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                        uri: crate::twcc::URI.to_owned(),
+                    },
+                    kind,
+                    None,
+                )?;
+            }
             configure_rtcp_reports(Registry::new())
         }
     }

@@ -1,12 +1,14 @@
 //! An interceptor at the application end of each connection's chain that lets keyframe requests (PLI, FIR) and
 //! NACKs through to the worker. rtc's interceptors consume inbound RTCP unless one marks a packet for the
 //! application; the worker needs keyframe requests to ask the publisher for a keyframe, and NACKs to count what a
-//! subscriber lost before retransmission repaired it (its receiver reports show only what stayed lost).
+//! subscriber lost before retransmission repaired it (its receiver reports show only what stayed lost), and a
+//! subscriber's transport-wide CC feedback for its downlink estimate.
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -29,6 +31,8 @@ fn for_the_worker(p: &dyn rtc::rtcp::Packet) -> bool {
         || any.is::<TransportLayerNack>()
         // A subscriber's receiver reports carry LSR/DLSR: the worker measures the round trip from them.
         || any.is::<ReceiverReport>()
+        // A subscriber's transport-wide CC feedback on what the SFU sent it (`twcc.rs`).
+        || any.is::<TransportLayerCc>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {

@@ -181,6 +181,27 @@ impl Forwarder {
         Ok(out)
     }
 
+    /// Number a padding packet (a probe of the subscriber's downlink) after the last packet sent: returns its
+    /// sequence number and the last packet's timestamp; the source's later packets are numbered one further.
+    /// A source packet older than the padding (reordered on its way in) is dropped, as it would take a number
+    /// already sent. `None` before the first packet.
+    pub fn pad(&mut self) -> Option<(u16, u32)> {
+        let last = self.last.as_mut()?;
+        // Without a source (paused or held back) the next source starts after the last number sent anyway.
+        if let Some(src) = self.source.as_mut() {
+            // The newest source packet forwarded; anything up to it is now behind the padding.
+            src.first_seq = last.seq.wrapping_sub(src.seq_offset).wrapping_add(1);
+            src.seq_offset = src.seq_offset.wrapping_add(1);
+        }
+        last.seq = last.seq.wrapping_add(1);
+        Some((last.seq, last.timestamp))
+    }
+
+    /// Whether anything was sent yet (padding can follow it).
+    pub fn has_sent(&self) -> bool {
+        self.last.is_some()
+    }
+
     /// The producer was held back (not forwarded) and now resumes: continue the subscriber's sequence by one
     /// (no false loss), the timestamp by the wall time elapsed, and start video from a keyframe.
     pub fn resume(&mut self) {
@@ -284,6 +305,31 @@ mod tests {
             assert_eq!((r.seq, r.timestamp), (100 + i, 960 * u32::from(i)));
             assert_eq!(r.picture_id, None);
         }
+    }
+
+    #[test]
+    fn padding_takes_the_next_number_and_the_stream_goes_on_after_it() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Codec::Vp8, 90_000);
+        assert_eq!(f.pad(), None, "nothing sent yet: nothing to follow");
+        let key = vp8_packet(true, true, 11, 2);
+        f.forward(t0, 1, 100, 3000, &key).expect("keyframe");
+        // 101 is late (reordered on its way in); 102 came first.
+        let delta = vp8_packet(false, true, 12, 2);
+        assert_eq!(f.forward(t0, 1, 102, 6000, &delta).map(|r| r.seq), Ok(102));
+        assert_eq!(f.pad(), Some((103, 6000)));
+        assert_eq!(f.pad(), Some((104, 6000)));
+        // After the padding, the source's numbers move up by two; the late 101 would take a number already
+        // sent (101 + 2 = 103), so it is dropped.
+        assert_eq!(f.forward(t0, 1, 101, 3000, &delta), Err(Drop::BeforeSwitch));
+        assert_eq!(f.forward(t0, 1, 103, 9000, &delta).map(|r| r.seq), Ok(105));
+        // Held back (paused) and resumed: padding still follows the last number, and so does the next source.
+        f.resume();
+        assert_eq!(f.pad(), Some((106, 9000)));
+        let r = f
+            .forward(t0, 2, 500, 1, &key)
+            .expect("a keyframe of the new source");
+        assert_eq!(r.seq, 107);
     }
 
     #[test]

@@ -57,6 +57,25 @@ impl LinkCounters {
     }
 }
 
+/// A subscribe leg's transport-wide CC: feedback packets read, packets they reported, and the last padding probe.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TransportCcHealth {
+    pub feedbacks: u64,
+    pub reported: u64,
+    pub last_probe: Option<ProbeHealth>,
+}
+
+/// What a padding probe of a downlink met: the rate it was sent at and arrived at (bit/s), the share lost, its
+/// packets, and whether the link carried it (the layers it stood for were then chosen).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ProbeHealth {
+    pub sent_bps: u64,
+    pub received_bps: u64,
+    pub loss: f64,
+    pub packets: u32,
+    pub carried: bool,
+}
+
 /// What is known of one connection's link, for the API and the client's quality indicator.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkHealth {

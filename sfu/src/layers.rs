@@ -129,6 +129,17 @@ pub struct Estimator {
     history_len: u8,
     /// Reports until then are the aftermath of a cut or a failed probe (retransmissions draining), not background.
     quiet_until: Option<Instant>,
+    /// The subscriber's link can be probed with padding (transport-wide CC feedback tells what arrived): a probe
+    /// is then padding sent beside the media at the rate wanted, and only a probe the link carried switches
+    /// layers up.
+    padding_probes: bool,
+    /// A padding probe asked for (the total rate it should reach, bit/s), not yet taken by the worker.
+    probe_request: Option<u64>,
+    /// The padding probe under way: when it was asked for, and the rate.
+    padding_probe: Option<(Instant, u64)>,
+    /// The rate the subscriber's feedback says its packets arrived at over the last window (bit/s; transport-wide
+    /// CC), for the next update: a cut goes to just under it.
+    acked: Option<u64>,
 }
 
 pub const MIN_ESTIMATE: u64 = 30_000;
@@ -168,6 +179,18 @@ pub const PROBE_CONFIRM: Duration = Duration::from_secs(2);
 /// The wait after a failed probe, doubled after each further failure up to the maximum.
 pub const PROBE_BACKOFF: Duration = Duration::from_secs(1);
 pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The wait after a failed padding probe (each costs the link ~0.1 s of overrun, and a link that comes back must
+/// be found within a second or so) ...
+pub const PADDING_PROBE_BACKOFF: Duration = Duration::from_millis(600);
+/// ... for this many failures in a row; then `PROBE_BACKOFF_MAX`.
+pub const PADDING_PROBES_BEFORE_BACKOFF: u32 = 12;
+/// Reports in the history needed before a link with padding probes counts as steady.
+const PADDING_STEADY_REPORTS: u8 = 4;
+/// A cut from what arrived leaves this share of it.
+const ACKED_SHARE: f64 = 0.9;
+/// A failed padding probe raises the estimate to this share of the rate it arrived at (a token bucket in the way
+/// lets its first few kilobytes through at once, which the rate over a tenth of a second overstates).
+const PROBE_RECEIVED_SHARE: f64 = 0.85;
 
 impl Default for Estimator {
     fn default() -> Self {
@@ -190,6 +213,10 @@ impl Default for Estimator {
             history: 0,
             history_len: 0,
             quiet_until: None,
+            padding_probes: false,
+            probe_request: None,
+            padding_probe: None,
+            acked: None,
         }
     }
 }
@@ -204,14 +231,86 @@ impl Estimator {
         self.loss
     }
 
-    /// Whether the link's recent history (away from cuts and probes) is free of loss.
+    /// Whether the link's recent history (away from cuts and probes) is free of loss. With padding probes, which
+    /// cost a link little when they fail, a shorter history will do.
     fn steady(&self) -> bool {
-        self.history_len >= STEADY_REPORTS && self.history == 0
+        let reports = if self.padding_probes {
+            PADDING_STEADY_REPORTS
+        } else {
+            STEADY_REPORTS
+        };
+        self.history_len >= reports && self.history & ((1 << reports) - 1) == 0
     }
 
-    /// Whether a probe is under way.
+    /// The rate the subscriber's packets arrived at over the last window (transport-wide CC), for the next
+    /// [`update`](Self::update).
+    pub fn set_acked(&mut self, bps: Option<u64>) {
+        self.acked = bps;
+    }
+
+    /// Whether a probe is under way (layers switched up tentatively).
     pub fn probing(&self) -> bool {
         self.probe.is_some()
+    }
+
+    /// Whether the link can be probed with padding (see [`Estimator`]); without, a probe switches layers up
+    /// tentatively. A padding probe under way is forgotten when they stop being possible.
+    pub fn set_padding_probes(&mut self, possible: bool) {
+        self.padding_probes = possible;
+        if !possible {
+            self.probe_request = None;
+            self.padding_probe = None;
+        }
+    }
+
+    /// The padding probe to send now, if one was decided: the total rate (media and padding) it should reach.
+    pub fn take_probe_request(&mut self) -> Option<u64> {
+        self.probe_request.take()
+    }
+
+    /// Whether a padding probe is under way (asked for, its outcome not yet known).
+    pub fn padding_probe(&self) -> Option<(Instant, u64)> {
+        self.padding_probe
+    }
+
+    /// What became of the padding probe: `carried` if the link delivered it whole and at its pace. Then the
+    /// estimate becomes the probe's rate and the layers are switched up, still tentatively (a switch that then
+    /// loses falls back as any probe does); else the next probe waits `PADDING_PROBE_BACKOFF`, and what arrived
+    /// of it (`received_bps`: an overrun link delivers at its capacity) raises the estimate to a little under
+    /// that if it was lower. A failed padding probe costs the link a tenth of a second of overrun, and its packets
+    /// are left out of the loss the estimate reads (`twcc.rs`), so it needs none of a failed layer probe's grace.
+    /// Returns whether the estimate stepped.
+    pub fn padding_probe_result(
+        &mut self,
+        now: Instant,
+        carried: bool,
+        received_bps: Option<u64>,
+    ) -> bool {
+        let Some((_, rate)) = self.padding_probe.take() else {
+            return false;
+        };
+        if !carried {
+            self.failed_probes += 1;
+            let wait = if self.failed_probes > PADDING_PROBES_BEFORE_BACKOFF {
+                PROBE_BACKOFF_MAX
+            } else {
+                PADDING_PROBE_BACKOFF
+            };
+            self.next_probe = Some(now + wait);
+            let measured = received_bps.map_or(0, |r| (r as f64 * PROBE_RECEIVED_SHARE) as u64);
+            if measured > self.estimate {
+                self.estimate = measured.min(MAX_ESTIMATE);
+                return true;
+            }
+            return false;
+        }
+        if rate <= self.estimate {
+            return false;
+        }
+        self.probe = Some((now, self.estimate));
+        self.estimate = rate.min(MAX_ESTIMATE);
+        self.next_probe = None;
+        true
     }
 
     /// What the subscriber's consumers would take if the link allowed it (`wanted`: the most a probe asks of the
@@ -227,6 +326,7 @@ impl Estimator {
     /// the bit rate the server sent it over the last window. Returns whether the estimate stepped (a cut, a
     /// probe begun or abandoned): the layers should be chosen again now rather than at the next round.
     pub fn update(&mut self, now: Instant, loss: Option<f64>, delivered: u64) -> bool {
+        let acked = self.acked.take();
         let elapsed = self
             .last
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
@@ -305,22 +405,33 @@ impl Estimator {
                     .into_iter()
                     .find(|&r| r > 0)
                     .map_or(self.estimate, |r| r.min(self.estimate));
-                let cut = ((sending as f64 * (1.0 - 0.5 * lost)) as u64).max(floor);
+                // What arrived, when the feedback tells it, is what the link carries now (a tenth is left for
+                // the queue to drain); else GCC's rule on what was being sent.
+                let cut = match acked {
+                    Some(a) => (a as f64 * ACKED_SHARE) as u64,
+                    None => (sending as f64 * (1.0 - 0.5 * lost)) as u64,
+                }
+                .min(sending)
+                .max(floor);
                 if cut < self.estimate {
                     stepped = true;
                     self.estimate = cut;
                     self.hold_until = Some(now + HOLD_AFTER_CUT);
                     self.cut_at = Some(now);
                     self.quiet_until = Some(now + AFTERMATH);
-                    // The loss so far was the old layers'; what the new ones lose starts afresh.
-                    self.loss = None;
                 }
+                // The loss so far was the old layers' (or, with nothing left to cut, acted on already): what the
+                // new ones lose starts afresh, and a stale average does not cut again once reports are clean.
+                self.loss = None;
             }
         } else {
             self.high_since = None;
             // A link that keeps losing at random (background loss) does not grow either: its loss would end up
             // cutting again, each time at the cost of the audio.
+            // With padding probes the estimate rises only by what a probe showed the link carries: growth would
+            // switch layers up on a guess, and a guess too high overruns the link with a keyframe.
             if loss < LOW_LOSS
+                && !self.padding_probes
                 && (self.estimate < self.lowest || self.steady())
                 && self.hold_until.is_none_or(|t| now >= t)
             {
@@ -338,22 +449,37 @@ impl Estimator {
                 ((self.history << 1) | u16::from(sample >= CLEAN_LOSS)) & ((1 << HISTORY) - 1);
             self.history_len = (self.history_len + 1).min(HISTORY);
         }
-        // Probe: the link has been clean for a while, loses (next to) nothing at random, and the consumers want
-        // more than the estimate gives. A link with random loss is not probed: its loss would end every probe,
-        // and each probe costs it more.
+        if !stepped {
+            stepped = self.consider_probe(now);
+        }
+        stepped
+    }
+
+    /// Between updates (the worker's tick), with padding probes: the probe to send now, if one is due — a link
+    /// that came back is found as soon as the wait after the last failed probe is over, not at the next update.
+    pub fn poll_padding_probe(&mut self, now: Instant) -> Option<u64> {
+        if self.padding_probes && self.probe.is_none() {
+            self.consider_probe(now);
+        }
+        self.take_probe_request()
+    }
+
+    /// Probe: the link has been clean for a while, loses (next to) nothing at random, and the consumers want more
+    /// than the estimate gives. A link with random loss is not probed: its loss would end every probe, and each
+    /// probe costs it more. Returns whether the estimate stepped (a tentative layer probe).
+    fn consider_probe(&mut self, now: Instant) -> bool {
         let clean = self
             .clean_since
             .is_some_and(|t| now.saturating_duration_since(t) >= PROBE_AFTER_CLEAN)
             && self.steady();
-        if !stepped
-            && clean
+        let mut stepped = false;
+        if clean
             && self.wanted > self.estimate
             && self.hold_until.is_none_or(|t| now >= t)
             && self.next_probe.is_none_or(|t| now >= t)
         {
-            self.probe = Some((now, self.estimate));
             // A paused video is first brought back at its lowest layers; a flowing one tries all it wants.
-            self.estimate = if self.estimate < self.lowest {
+            let target = if self.estimate < self.lowest {
                 self.lowest.min(self.wanted)
             } else {
                 // Layer bit rates wander (a few percent from second to second): with no headroom the consumers
@@ -361,8 +487,17 @@ impl Estimator {
                 (self.wanted as f64 * PROBE_HEADROOM) as u64
             }
             .min(MAX_ESTIMATE);
-            self.next_probe = None;
-            stepped = true;
+            if self.padding_probes {
+                if self.padding_probe.is_none() {
+                    self.padding_probe = Some((now, target));
+                    self.probe_request = Some(target);
+                }
+            } else {
+                self.probe = Some((now, self.estimate));
+                self.estimate = target;
+                self.next_probe = None;
+                stepped = true;
+            }
         }
         stepped
     }

@@ -22,6 +22,7 @@ pub mod router;
 pub mod sendmmsg;
 pub mod srtp;
 pub mod tcp;
+pub mod twcc;
 pub mod udp;
 pub mod vp8;
 mod worker;

@@ -37,6 +37,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -53,6 +54,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+mod probe;
+
 /// Sender reports for the SFU-sealed streams: once a second.
 const SENDER_REPORT_EVERY_TICKS: u32 = 10;
 /// Housekeeping cadence: deferred keyframe requests, stats.
@@ -61,6 +64,9 @@ const POLICE_EVERY_TICKS: u32 = 10;
 /// Seconds over (or back under) the publish limit before video is held back (or forwarded again).
 const OVER_LIMIT_SECS: u8 = 3;
 const TICK: Duration = Duration::from_millis(100);
+/// Transport-wide CC loss is read for the downlink estimate once this many packets were reported in its window
+/// (else receiver reports and NACKs are).
+const TWCC_MIN_REPORTED: u32 = 10;
 /// At most this many receive batches per loop turn before commands and timers get a look in.
 const MAX_RECV_BATCHES_PER_TURN: usize = 16;
 
@@ -117,6 +123,13 @@ struct Conn {
     peer_addr: Option<SocketAddr>,
     /// Subscribe leg: the loss its receiver reports gave last (fraction lost, worst stream).
     rr_loss: Option<f64>,
+    /// Subscribe leg whose subscriber accepted transport-wide CC: the numbering of what the fast path sends it
+    /// and what its feedback said (`twcc.rs`).
+    twcc: Option<crate::twcc::TransportCc>,
+    /// Subscribe leg: the padding probe of its downlink under way (`worker/probe.rs`), and the last one's outcome
+    /// (and whether the link carried it).
+    probe: probe::ProbeState,
+    last_probe: Option<(crate::twcc::ProbeOutcome, bool)>,
 }
 
 struct Consumer {
@@ -433,6 +446,8 @@ pub struct Worker {
     /// When the earliest deferred keyframe request falls due (the loop wakes for it rather than at the next tick:
     /// a subscriber that connected just after another's keyframe waits one throttle interval, no more).
     keyframe_due: Option<Instant>,
+    /// When the next step of a padding probe is due (`worker/probe.rs`).
+    probe_due: Option<Instant>,
 }
 
 impl Worker {
@@ -465,6 +480,7 @@ impl Worker {
             scratch: Vec::with_capacity(1500),
             ticks: 0,
             keyframe_due: None,
+            probe_due: None,
         }
     }
 
@@ -472,7 +488,7 @@ impl Worker {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let deadline = [self.next_deadline(), self.keyframe_due]
+            let deadline = [self.next_deadline(), self.keyframe_due, self.probe_due]
                 .into_iter()
                 .flatten()
                 .fold(next_tick, Instant::min);
@@ -522,6 +538,7 @@ impl Worker {
             self.serve_ready_tcp();
             let now = Instant::now();
             self.handle_timeouts(now);
+            self.send_probes(now);
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -773,6 +790,16 @@ impl Worker {
                                 }
                             }
                         }
+                        continue;
+                    }
+                    if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                        if let Some(twcc) =
+                            self.conns.get_mut(&conn_id).and_then(|c| c.twcc.as_mut())
+                        {
+                            twcc.on_feedback(cc);
+                            self.stats.twcc_feedbacks += 1;
+                        }
+                        self.judge_probe(conn_id, m.now);
                         continue;
                     }
                     if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
@@ -1615,6 +1642,9 @@ impl Worker {
                 srtp_out: None,
                 peer_addr: None,
                 rr_loss: None,
+                twcc: None,
+                probe: probe::ProbeState::Idle,
+                last_probe: None,
             },
         );
         self.mark_dirty(id);
@@ -1684,12 +1714,17 @@ impl Worker {
             .conns
             .get_mut(&conn_id)
             .ok_or(SfuError::UnknownParticipant)?;
+        let twcc_id = crate::twcc::extension_id(&sdp);
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         conn.pc
             .set_remote_description(Instant::now(), answer)
             .map_err(|e| SfuError::InvalidSdp(e.to_string()))?;
         p.offer_outstanding = false;
+        // Transport-wide CC as the answer accepted it; a renegotiation that keeps its id keeps the numbering.
+        if conn.twcc.as_ref().map(|t| t.extension_id()) != twcc_id {
+            conn.twcc = twcc_id.map(|id| crate::twcc::TransportCc::new(id, Instant::now()));
+        }
         // A keyframe is asked for only once the connection is up: one arriving before it is connected is not
         // forwarded, and would only start the throttle's interval (the `connected` event asks for every stream).
         let connected = conn.state == RTCPeerConnectionState::Connected;
@@ -2187,6 +2222,25 @@ impl Worker {
                     .subscribe
                     .map(|_| p.estimator.estimate())
                     .filter(|e| *e < layers::MAX_ESTIMATE),
+                transport_cc: p
+                    .subscribe
+                    .and_then(|id| self.conns.get(&id))
+                    .and_then(|c| {
+                        let cc = c.twcc.as_ref()?;
+                        Some(crate::health::TransportCcHealth {
+                            feedbacks: cc.feedbacks,
+                            reported: cc.reported,
+                            last_probe: c.last_probe.map(|(o, carried)| {
+                                crate::health::ProbeHealth {
+                                    sent_bps: o.sent_bps,
+                                    received_bps: o.received_bps,
+                                    loss: o.loss,
+                                    packets: o.packets,
+                                    carried,
+                                }
+                            }),
+                        })
+                    }),
                 producers: produced.remove(pid.as_str()).unwrap_or_default(),
                 consumers: consumed.remove(pid.as_str()).unwrap_or_default(),
             });
@@ -2427,6 +2481,8 @@ impl Worker {
 
     fn tick(&mut self, now: Instant) {
         self.poll_keyframes(now);
+        self.judge_overdue_probes(now);
+        self.start_due_probes(now);
         let Worker {
             producers, conns, ..
         } = self;
@@ -2806,7 +2862,9 @@ impl Worker {
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort_unstable();
         let start = ids.partition_point(|id| *id < self.stats_cursor);
+        let mut probes = Vec::new();
         for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
+            let can_probe = self.can_probe(*id);
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.rtc_stats = read_rtc_stats(&mut conn.pc, now);
                 if conn.rtc_stats.loss_out.is_none() {
@@ -2843,13 +2901,24 @@ impl Worker {
                         let sent = conn.forwarded - forwarded;
                         let nack_loss = (sent > 0)
                             .then(|| ((conn.nacked - nacked) as f64 / sent as f64).min(1.0));
-                        let loss = match (conn.rtc_stats.loss_out, nack_loss) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
+                        // With transport-wide CC: what the link lost of the packets sent outside probes, by the
+                        // time they were sent (a probe's own overrun is not congestion of the media).
+                        let tally = conn.twcc.as_mut().map(|t| t.take_tally());
+                        let twcc_loss = tally.and_then(|t| t.loss(TWCC_MIN_REPORTED));
+                        p.estimator
+                            .set_acked(tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2)));
+                        let loss = match (twcc_loss, conn.rtc_stats.loss_out, nack_loss) {
+                            (Some(t), _, _) => Some(t),
+                            (None, Some(a), Some(b)) => Some(a.max(b)),
+                            (None, a, b) => a.or(b),
                         };
+                        p.estimator.set_padding_probes(can_probe);
                         if p.estimator.update(now, loss, conn.link.traffic.bitrate_out) {
                             // A cut or a probe: choose the layers at this tick, not at the next round.
                             self.layers_dirty = true;
+                        }
+                        if let Some(rate) = p.estimator.take_probe_request() {
+                            probes.push((*id, rate));
                         }
                         conn.nack_loss = nack_loss;
                     }
@@ -2862,6 +2931,9 @@ impl Worker {
                 }
             }
             self.stats_cursor = id + 1;
+        }
+        for (id, rate) in probes {
+            self.start_probe(id, rate, now);
         }
     }
 
@@ -3136,6 +3208,7 @@ fn write_rtp(
             outbox,
             tcp,
             &mut conn.link,
+            conn.twcc.as_mut().map(|t| (t, now)),
         ),
         None => conn
             .pc
@@ -3163,20 +3236,27 @@ fn seal_and_queue(
     outbox: &mut Outbox,
     tcp: &mut Option<TcpMedia>,
     link: &mut LinkCounters,
+    mut twcc: Option<(&mut crate::twcc::TransportCc, Instant)>,
 ) -> bool {
     use rtc::shared::marshal::MarshalSize;
     let Some(peer) = peer else {
         return false;
     };
-    let header_len = packet.header.marshal_size();
+    // The packet as rewritten has no extensions of its own (fixed header only); transport-wide CC adds one.
+    let fixed = packet.header.marshal_size();
+    let header_len = fixed + twcc.as_ref().map_or(0, |_| crate::twcc::EXTENSION_LEN);
     let len = header_len + packet.payload.len() + crate::srtp::TAG_LEN;
     let seq = packet.header.sequence_number;
     let roc = index.roc_for(seq);
     let mut write = |buf: &mut [u8]| -> bool {
         use rtc::shared::marshal::Marshal;
         let (plain, tag) = buf.split_at_mut(len - crate::srtp::TAG_LEN);
-        if packet.header.marshal_to(&mut plain[..header_len]).is_err() {
+        if packet.header.marshal_to(&mut plain[..fixed]).is_err() {
             return false;
+        }
+        if let Some((cc, now)) = twcc.as_mut() {
+            plain[0] |= 0x10;
+            cc.stamp(*now, len, &mut plain[fixed..header_len]);
         }
         plain[header_len..].copy_from_slice(&packet.payload);
         let mut t = [0u8; crate::srtp::TAG_LEN];

@@ -305,6 +305,17 @@ pub async fn api_health(
                 "subscribe": health_json(&l.subscribe),
                 "screen": health_json(&l.screen),
                 "estimate": l.estimate,
+                "transport_cc": l.transport_cc.map(|t| json!({
+                    "feedbacks": t.feedbacks,
+                    "reported": t.reported,
+                    "last_probe": t.last_probe.map(|p| json!({
+                        "sent_bps": p.sent_bps,
+                        "received_bps": p.received_bps,
+                        "loss": p.loss,
+                        "packets": p.packets,
+                        "carried": p.carried,
+                    })),
+                })),
                 // The loudest of its audio producers (RFC 6464, smoothed), dBov: −127 silence … 0 loudest.
                 "audio_level_dbov": l.producers.iter().filter_map(|p| p.audio_level).max(),
                 "producers": producers,
@@ -401,6 +412,7 @@ mod tests {
             }),
             screen: None,
             estimate: None,
+            transport_cc: None,
             producers: Vec::new(),
             consumers: Vec::new(),
         }

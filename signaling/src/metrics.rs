@@ -209,6 +209,30 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
         );
         counter(
             &mut registry,
+            "media_twcc_feedback",
+            "Transport-wide congestion control feedback packets read from subscribers",
+            s.twcc_feedbacks,
+        );
+        counter(
+            &mut registry,
+            "media_probes",
+            "Padding probes of subscribers' downlinks started",
+            s.probes_started,
+        );
+        counter(
+            &mut registry,
+            "media_probes_carried",
+            "Padding probes the subscriber's link carried whole and at their pace",
+            s.probes_carried,
+        );
+        counter(
+            &mut registry,
+            "media_padding_sent",
+            "Padding packets sent in probes",
+            s.padding_sent,
+        );
+        counter(
+            &mut registry,
             "media_rtp_sealed",
             "RTP packets sealed by the SFU's own SRTP context (the fast path) rather than rtc's write pipeline",
             s.rtp_sealed,

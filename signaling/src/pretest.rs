@@ -311,6 +311,7 @@ mod tests {
             subscribe: None,
             screen: None,
             estimate: None,
+            transport_cc: None,
             producers: Vec::new(),
             consumers: Vec::new(),
         };

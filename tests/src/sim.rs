@@ -390,6 +390,9 @@ pub struct TrackStats {
     pub keyframe_widths: Vec<u16>,
     /// Payloads too short, undecodable, or with wrong padding bytes.
     pub payload_errors: u64,
+    /// Packets of RTP padding only (the server's probes of the downlink): their sequence numbers count, nothing
+    /// else of them does.
+    pub padding_packets: u64,
     /// Audio: packets that came as RED (the server's RED payload type); their primary is what is checked.
     pub red_packets: u64,
     /// Audio: frames lost on the way that a later RED packet's redundancy brought back first (they count as
@@ -460,6 +463,7 @@ struct TrackState {
     gaps: Vec<(Instant, Duration)>,
     keyframe_widths: Vec<u16>,
     payload_errors: u64,
+    padding_packets: u64,
     red_packets: u64,
     red_recovered: u64,
     keyframes: u64,
@@ -515,6 +519,7 @@ impl TrackRecorder {
                 gaps: Vec::new(),
                 keyframe_widths: Vec::new(),
                 payload_errors: 0,
+                padding_packets: 0,
                 red_packets: 0,
                 red_recovered: 0,
                 keyframes: 0,
@@ -537,6 +542,19 @@ impl TrackRecorder {
     }
 
     fn on_packet(&self, pkt: &rtc::rtp::Packet) {
+        if pkt.header.padding && pkt.payload.is_empty() {
+            // A probe's padding: it takes a sequence number in the stream, and is neither media nor an error.
+            let mut s = self.lock();
+            s.padding_packets += 1;
+            let seq = pkt.header.sequence_number;
+            if let Some(last) = s.last_seq
+                && seq != last.wrapping_add(1)
+            {
+                s.seq_jumps += 1;
+            }
+            s.last_seq = Some(seq);
+            return;
+        }
         let now = Instant::now();
         let now_us = unix_micros();
         let video = self.lock().kind == TrackKind::Video;
@@ -718,6 +736,7 @@ impl TrackRecorder {
             gaps: s.gaps.clone(),
             keyframe_widths: s.keyframe_widths.clone(),
             payload_errors: s.payload_errors,
+            padding_packets: s.padding_packets,
             red_packets: s.red_packets,
             red_recovered: s.red_recovered,
             keyframes: s.keyframes,

@@ -65,7 +65,7 @@ async fn downlink_line(server: &TestServer, sub: &str) -> String {
     let c = l.consumers.iter().find(|c| c.kind == MediaKind::Video);
     let s = l.subscribe.as_ref();
     format!(
-        "layer {:?}->{:?}{} est {}k out {}k loss {:.1}% rtt {:?} nacks {}",
+        "layer {:?}->{:?}{} est {}k out {}k loss {:.1}% rtt {:?} nacks {} probe {:?}",
         c.and_then(|c| c.layer.clone()).unwrap_or_default(),
         c.and_then(|c| c.target.clone()).unwrap_or_default(),
         if c.is_some_and(|c| c.paused) {
@@ -78,6 +78,7 @@ async fn downlink_line(server: &TestServer, sub: &str) -> String {
         s.and_then(|s| s.stats.loss_out).unwrap_or(0.0) * 100.0,
         s.and_then(|s| s.stats.rtt_ms).map(|r| r as u32),
         s.map_or(0, |s| s.stats.nacks_received),
+        l.transport_cc.and_then(|t| t.last_probe),
     )
 }
 
@@ -503,6 +504,18 @@ async fn bandwidth_drop() {
          {up_at_hall:?} (estimate {:?})",
         video_choice(&server, &hall.id()).await.and_then(|c| c.1)
     );
+    // What found the link back: a padding probe it carried (transport-wide CC feedback said all of it arrived,
+    // at its pace), not a guess.
+    let probe = server
+        .hub()
+        .sfu
+        .links()
+        .await
+        .expect("links")
+        .into_iter()
+        .find(|l| l.participant == hall.id())
+        .and_then(|l| l.transport_cc);
+    println!("transport-wide CC at the hall's link: {probe:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stays = on_layer(&server, &hall.id(), "f").await;
 
@@ -517,20 +530,33 @@ async fn bandwidth_drop() {
             .collect()
     };
     println!(
-        "video: {} packets in {:?}, keyframe widths {:?}, pauses ≥ 250 ms {:?}, SSRC changes {}, timestamp jumps {}, \
-         PictureID jumps {}; audio: pauses ≥ 250 ms {:?}, timestamp jumps {}",
+        "video: {} packets ({} of padding) in {:?}, keyframe widths {:?}, pauses ≥ 250 ms {:?}, SSRC changes {}, \
+         timestamp jumps {}, PictureID jumps {}, sequence jumps {}; audio: pauses ≥ 250 ms {:?}, timestamp jumps {}",
         v.packets - before.packets,
+        v.padding_packets - before.padding_packets,
         window_start.elapsed(),
         v.keyframe_widths,
         gaps(&v),
         v.ssrc_changes,
         v.ts_jumps,
         v.picture_id_jumps,
+        v.seq_jumps - before.seq_jumps,
         gaps(&a),
         a.ts_jumps
     );
     assert!(down <= Duration::from_secs(2), "down-switch took {down:?}");
     assert!(up <= Duration::from_secs(2), "up-switch took {up:?}");
+    let probe = probe.expect("the hall accepted transport-wide CC");
+    assert!(probe.feedbacks > 0, "{probe:?}");
+    assert!(
+        probe.last_probe.is_some_and(|p| p.carried && p.loss < 0.05),
+        "the up-switch followed a probe the link carried: {probe:?}"
+    );
+    assert!(
+        v.padding_packets > 0,
+        "the probes' padding reached the hall in the video's sequence: {v:?}"
+    );
+
     assert!(
         stays,
         "the hall stays on f once the link is back: {:?}",
