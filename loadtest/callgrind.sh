@@ -6,6 +6,9 @@
 #
 #   loadtest/callgrind.sh SERVER_BIN [SUBSCRIBERS=10] [SECONDS=10]   (SECONDS ≥ 6)
 #
+# LOADTEST_ARGS adds loadtest flags, e.g. LOADTEST_ARGS=--full-interceptors (subscribers that send NACKs, receiver
+# reports and transport-wide CC feedback like a browser, so the server stamps every packet for it).
+#
 # Needs valgrind and a release build of loadtest (cargo build --release -p giaoban-loadtest). Compare builds with
 # the same SUBSCRIBERS and SECONDS: the figure includes what is paid once per received packet (decrypt, parse),
 # spread over the subscribers.
@@ -22,7 +25,7 @@ EOF
 chmod +x "$work/server.sh"
 
 target/release/loadtest --spawn-server --server-bin "$work/server.sh" --subscribers "$subs" --runs 1 \
-  --duration "$secs" > "$work/loadtest.log" 2>&1 &
+  --duration "$secs" ${LOADTEST_ARGS:-} > "$work/loadtest.log" 2>&1 &
 lt=$!
 wait_for() { # pattern, seconds
   for _ in $(seq 1 $(($2 * 10))); do

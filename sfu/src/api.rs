@@ -335,6 +335,8 @@ pub struct WorkerStats {
     /// Packets sent again to subscribers from the producers' caches, and NACKed packets too old to be.
     pub rtp_retransmitted: u64,
     pub nack_unrepaired: u64,
+    /// NACKed packets not sent again because the consumer had switched to another layer since.
+    pub nack_superseded: u64,
     /// RTP packets (forwarded or sent again) sealed by the SFU's own SRTP context rather than rtc's pipeline.
     pub rtp_sealed: u64,
     /// ICE-TCP streams open now.
@@ -491,6 +493,7 @@ impl WorkerStats {
         self.padding_sent += o.padding_sent;
         self.twcc_feedbacks += o.twcc_feedbacks;
         self.nack_unrepaired += o.nack_unrepaired;
+        self.nack_superseded += o.nack_superseded;
         self.rtp_sealed += o.rtp_sealed;
         self.tcp_streams += o.tcp_streams;
         self.layer_switches += o.layer_switches;

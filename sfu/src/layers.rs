@@ -478,8 +478,11 @@ impl Estimator {
             && self.hold_until.is_none_or(|t| now >= t)
             && self.next_probe.is_none_or(|t| now >= t)
         {
-            // A paused video is first brought back at its lowest layers; a flowing one tries all it wants.
-            let target = if self.estimate < self.lowest {
+            // A paused video is first brought back at its lowest layers; a flowing one tries all it wants. A
+            // padding probe always asks for all of it: one that fails still tells what the link carries (a
+            // paused video resumes from that), and a small one carried would hold the next back for the
+            // tentative switch's confirmation.
+            let target = if self.estimate < self.lowest && !self.padding_probes {
                 self.lowest.min(self.wanted)
             } else {
                 // Layer bit rates wander (a few percent from second to second): with no headroom the consumers
@@ -656,6 +659,20 @@ mod tests {
         random: f64,
         until_ms: u64,
     ) -> (Vec<(u64, Option<usize>)>, u32) {
+        simulate_with(capacity, random, until_ms, false)
+    }
+
+    /// [`simulate`], and with `padding` the subscriber's transport-wide CC feedback: each report also carries the
+    /// rate what was sent arrived at, and probes are padding — one asked for at rate `r` is judged 300 ms later
+    /// (its 100 ms and the feedback's way back): carried if the link's capacity when it was sent was at least `r`,
+    /// else it arrived at the capacity and a quarter more (a token bucket lets its first bytes through at once).
+    /// Probes counted are padding probes.
+    fn simulate_with(
+        capacity: impl Fn(u64) -> u64,
+        random: f64,
+        until_ms: u64,
+        padding: bool,
+    ) -> (Vec<(u64, Option<usize>)>, u32) {
         let costs = [75_000u64, 300_000, 1_200_000];
         let want = Want {
             layers: 3,
@@ -669,10 +686,20 @@ mod tests {
         let mut sent_before = costs[2] + AUDIO_BITRATE;
         let mut out = Vec::new();
         let mut probes = 0;
+        // A padding probe sent: when its outcome is known, its rate, and the capacity it met.
+        let mut pending: Option<(u64, u64, u64)> = None;
+        e.set_padding_probes(padding);
         for step in 0..until_ms / 100 {
             let ms = step * 100;
             let now = t0 + Duration::from_millis(ms);
             let in_use = chosen.map_or(0, |l| costs[l]) + AUDIO_BITRATE;
+            if let Some((due, rate, cap)) = pending
+                && ms >= due
+            {
+                pending = None;
+                let received = if rate <= cap { rate } else { cap + cap / 4 };
+                e.padding_probe_result(now, rate <= cap, Some(received));
+            }
             if ms % 500 == 0 {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
@@ -689,12 +716,20 @@ mod tests {
                     0.0
                 };
                 e.set_wanted(costs[2] + AUDIO_BITRATE, in_use, costs[0] + AUDIO_BITRATE);
+                if padding {
+                    e.set_acked(Some(sent_before.min(cap)));
+                }
                 let was_probing = e.probing();
                 e.update(now, Some((overrun + noise).min(1.0)), in_use);
-                if e.probing() && !was_probing {
+                if e.probing() && !was_probing && !padding {
                     probes += 1;
                 }
                 sent_before = in_use;
+            }
+            if padding && let Some(rate) = e.poll_padding_probe(now) {
+                assert!(pending.is_none(), "one padding probe at a time");
+                pending = Some((ms + 300, rate, capacity(ms)));
+                probes += 1;
             }
             let budget = e.estimate().saturating_sub(AUDIO_BITRATE);
             let paused = chosen.is_none();
@@ -751,6 +786,105 @@ mod tests {
             worst_up <= bound,
             "up after {worst_up} ms (bound {bound} ms)"
         );
+    }
+
+    #[test]
+    fn on_a_virtual_link_padding_probes_find_the_return_to_2m_within_2_s_and_never_guess_up() {
+        let mut worst_up = 0;
+        for back in (13_000..16_000).step_by(100) {
+            let capacity = |ms: u64| {
+                if (5_000..back).contains(&ms) {
+                    250_000
+                } else {
+                    2_000_000
+                }
+            };
+            let (trace, probes) = simulate_with(capacity, 0.0, back + 8_000, true);
+            let down = reached(&trace, 5_000, Some(0)).expect("down to q");
+            let up = reached(&trace, back, Some(2)).expect("back to f");
+            worst_up = worst_up.max(up);
+            assert!(down <= 2_000, "down after {down} ms");
+            assert!(
+                trace.iter().all(|(_, l)| l.is_some()),
+                "never paused: {trace:?}"
+            );
+            // At 250 kbit/s, nothing above q is ever tried: only a carried probe raises the layers.
+            assert!(
+                trace
+                    .iter()
+                    .filter(|(ms, _)| (5_000 + down..back).contains(ms))
+                    .all(|(_, l)| *l == Some(0)),
+                "{trace:?}"
+            );
+            assert!(
+                trace
+                    .iter()
+                    .filter(|(ms, _)| *ms >= back + up)
+                    .all(|(_, l)| *l == Some(2)),
+                "{trace:?}"
+            );
+            println!(
+                "back at {back} ms: down after {down} ms, up after {up} ms, {probes} padding probes"
+            );
+        }
+        // At the latest: a probe that failed just before the return is judged (0.3 s), the next waits the backoff
+        // and is judged in turn (0.3 s), plus a step.
+        let bound = (PADDING_PROBE_BACKOFF + Duration::from_millis(700)).as_millis() as u64;
+        println!("worst up-switch {worst_up} ms (bound {bound} ms; the issue asks 2000 ms)");
+        assert!(
+            worst_up <= bound,
+            "up after {worst_up} ms (bound {bound} ms)"
+        );
+    }
+
+    #[test]
+    fn padding_probes_are_left_alone_on_a_link_with_random_loss() {
+        let (trace, probes) = simulate_with(|_| 300_000, 0.05, 30_000, true);
+        let settled = reached(&trace, 0, Some(0)).expect("q");
+        println!("settled on q after {settled} ms; {probes} padding probes");
+        assert!(settled <= 2_000);
+        assert!(
+            trace
+                .iter()
+                .filter(|(ms, _)| *ms >= 5_000)
+                .all(|(_, l)| *l == Some(0)),
+            "{trace:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_padding_probe_raises_the_estimate_to_what_arrived_and_waits() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut e = Estimator::default();
+        e.set_padding_probes(true);
+        e.set_wanted(1_500_000, 200_000, 200_000);
+        // A cut to 200k, then clean reports: after the hold, a padding probe is asked for instead of a switch.
+        e.set_acked(Some(222_223));
+        assert!(e.update(at(0), Some(0.5), 200_000));
+        assert_eq!(e.estimate(), 200_000);
+        let mut asked = None;
+        for ms in (500..6_000).step_by(500) {
+            e.update(at(ms), Some(0.0), 200_000);
+            assert_eq!(e.estimate(), 200_000, "no growth with padding probes");
+            if let Some(rate) = e.take_probe_request() {
+                asked = Some((ms, rate));
+                break;
+            }
+        }
+        let (ms, rate) = asked.expect("a padding probe");
+        assert_eq!(rate, 1_800_000, "what is wanted and a fifth more");
+        assert!(!e.probing(), "no layer switched up on a guess");
+        assert_eq!(e.poll_padding_probe(at(ms + 100)), None, "one at a time");
+        // It arrived at 400k: not carried; the estimate rises to 85 % of that.
+        assert!(e.padding_probe_result(at(ms + 300), false, Some(400_000)));
+        assert_eq!(e.estimate(), 340_000);
+        assert_eq!(e.poll_padding_probe(at(ms + 800)), None, "the backoff");
+        assert_eq!(e.poll_padding_probe(at(ms + 900)), Some(1_800_000));
+        // Carried: the layers switch up, tentatively.
+        assert!(e.padding_probe_result(at(ms + 1_200), true, Some(1_800_000)));
+        assert_eq!(e.estimate(), 1_800_000);
+        assert!(e.probing());
     }
 
     #[test]

@@ -1106,6 +1106,17 @@ impl Worker {
                     }
                     Err(NotResent::Throttled) => continue,
                 };
+                // A packet of a layer the consumer has switched away from: the subscriber decodes from the new
+                // layer's keyframe on, and after a switch down for congestion these answers would flood the link
+                // that could not carry the old layer (burying the new layer's keyframe).
+                if consumer
+                    .forwarder
+                    .current_ssrc()
+                    .is_some_and(|current| current != sent.source_ssrc)
+                {
+                    self.stats.nack_superseded += 1;
+                    continue;
+                }
                 let Some(cached) = producer
                     .layers
                     .iter()

@@ -243,6 +243,12 @@ pub async fn render(hub: &Hub) -> Result<String, std::fmt::Error> {
             "NACKed packets too old for the producers' caches (not sent again)",
             s.nack_unrepaired,
         );
+        counter(
+            &mut registry,
+            "media_nack_superseded",
+            "NACKed packets of a layer the subscriber was switched away from since (not sent again)",
+            s.nack_superseded,
+        );
     }
     if let Ok(workers) = hub.sfu.worker_stats().await {
         let busy: Family<WorkerLabel, Counter<f64, std::sync::atomic::AtomicU64>> =
