@@ -141,6 +141,9 @@ struct Consumer {
     payload_type: Option<u8>,
     /// A RED producer's subscriber that did not accept RED: it gets each packet's primary as plain Opus.
     strip_red: bool,
+    /// Its sender was in a subscribe offer made: the answer to it tells its payload type. (A consumer added while
+    /// an offer is outstanding waits for the next one; the answer to the earlier offer says nothing of it.)
+    in_offer: bool,
     forwarder: Forwarder,
     /// The producer's layer (index into `Producer::layers`) this consumer should get; `None` = its video is
     /// paused (the link cannot carry it). The layer being forwarded until the switch is the forwarder's source.
@@ -1564,6 +1567,7 @@ impl Worker {
             ssrc,
             payload_type: None,
             strip_red: false,
+            in_offer: false,
             forwarder: Forwarder::new(producer.codec, producer.rtp_codec.clock_rate),
             // Start on the largest layer known; layer choice refines it at the next tick.
             target: Some(producer.layers.len().saturating_sub(1) as u8),
@@ -1693,6 +1697,7 @@ impl Worker {
                 let sdp = offer.sdp.clone();
                 conn.pc.set_local_description(now, offer).map(|_| sdp)
             });
+            let keys: Vec<ProducerKey> = conn.producer_by_ssrc.values().copied().collect();
             match result {
                 Ok(sdp) => {
                     p.offer_outstanding = true;
@@ -1701,6 +1706,13 @@ impl Worker {
                         participant: pid.clone(),
                         sdp,
                     });
+                    for key in keys {
+                        if let Some(producer) = self.producers.get_mut(&key) {
+                            for c in producer.consumers.iter_mut().filter(|c| c.conn == conn_id) {
+                                c.in_offer = true;
+                            }
+                        }
+                    }
                 }
                 Err(e) => warn!(participant = %pid, error = %e, "subscribe offer failed"),
             }
@@ -1753,7 +1765,7 @@ impl Worker {
             for c in producer
                 .consumers
                 .iter_mut()
-                .filter(|c| c.conn == conn_id && c.payload_type.is_none())
+                .filter(|c| c.conn == conn_id && c.payload_type.is_none() && c.in_offer)
             {
                 if let Some(mut sender) = conn.pc.rtp_sender(c.sender) {
                     let codecs = &sender.get_parameters().rtp_parameters.codecs;

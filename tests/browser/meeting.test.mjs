@@ -139,6 +139,12 @@ test('three halls see and hear each other; a leaver disappears', { timeout: 100_
       );
       t.diagnostic(`${p.name}: ${JSON.stringify(stats)}`);
     }
+    // Chromium accepted the server's transport-wide CC on its subscribe connection and reports what arrived of
+    // the packets the server stamped (Chromium sends such feedback every 50-100 ms per connection).
+    const twcc = await metric(server, 'giaoban_media_twcc_feedback_total');
+    await waitFor(async () => (await metric(server, 'giaoban_media_twcc_feedback_total')) >= twcc + 30, {
+      what: 'transport-wide CC feedback from the pages',
+    });
 
     // Each remote tile shows its publisher's colour.
     for (const viewer of people) {
