@@ -4,6 +4,7 @@
 use crate::api::Leg;
 use crate::srtp::KeyCapture;
 use rtc::crypto::SignatureScheme;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -228,6 +229,14 @@ pub fn build_keyed(
         settings = settings.with_crypto_provider(k.clone());
     }
     let settings = settings
+        // AES-128-GCM is what the fast path seals (`srtp.rs`). The DTLS server takes the first profile of the
+        // client's list that it has, and libwebrtc lists AES-256-GCM first when GCM is enabled: offered here, it
+        // would win. Without it such a client gets AES-128-GCM; one without GCM (Chromium by default: it offers
+        // AES-CM only), AES-CM on rtc's path.
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_answering_dtls_role(RTCDtlsRole::Server)
