@@ -229,10 +229,10 @@ pub fn build_keyed(
         settings = settings.with_crypto_provider(k.clone());
     }
     let settings = settings
-        // AES-128-GCM is what the fast path seals (`srtp.rs`). The DTLS server takes the first profile of the
-        // client's list that it has, and libwebrtc lists AES-256-GCM first when GCM is enabled: offered here, it
-        // would win. Without it such a client gets AES-128-GCM; one without GCM (Chromium by default: it offers
-        // AES-CM only), AES-CM on rtc's path.
+        // The fast path seals AES-128-GCM and AES-CM-128 with an 80-bit HMAC-SHA1 tag (`srtp.rs`). The DTLS
+        // server takes the first profile of the client's list that it has, and libwebrtc lists AES-256-GCM first
+        // when GCM is enabled: offered here, it would win and leave the fast path. Chromium by default offers
+        // AES-CM only.
         .with_srtp_protection_profiles(vec![
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
             SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,

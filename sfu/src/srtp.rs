@@ -7,8 +7,9 @@
 //! `block_encrypt` (the AES-CM PRF of RFC 3711 §4.3.3, keyed with the master key, the first input block being the
 //! master salt for the encryption label 0). `KeyCapture` wraps the default provider, passes every call through
 //! unchanged, and notes the first such derivation: rtc builds the local (outbound) SRTP context before the remote
-//! one, so it is the master key and salt the subscriber expects our packets under. Only AEAD AES-128-GCM (the
-//! profile rtc prefers and browsers offer) is taken; any other profile leaves the connection on rtc's own path.
+//! one, so it is the master key and salt the subscriber expects our packets under. Two profiles are taken:
+//! AEAD AES-128-GCM (the profile rtc prefers, our simulated endpoints' first) and AES-CM-128 with HMAC-SHA1-80
+//! (the only one Chromium offers by default); any other leaves the connection on rtc's own path.
 //!
 //! The keys are read once, when the connection reaches `connected`; nothing here runs per packet.
 
@@ -24,18 +25,31 @@ use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use std::sync::{Arc, Mutex};
 
-/// AES-128-GCM SRTP: 16-byte master key, 12-byte master salt (RFC 7714).
+/// AES-128 SRTP master key; the master salt is 12 bytes with AES-128-GCM (RFC 7714), 14 with AES-CM (RFC 3711).
 const KEY_LEN: usize = 16;
 const SALT_LEN: usize = 12;
+const CM_SALT_LEN: usize = 14;
+/// AES-CM's session authentication key (HMAC-SHA1), and the part of its tag sent with each packet (the `_80`).
+const CM_AUTH_KEY_LEN: usize = 20;
+const CM_TAG_LEN: usize = 10;
+
+/// The SRTP profile a connection's outbound context was made for, as told by the first cipher made after the
+/// first key derivation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    Gcm128,
+    /// AES-128 in counter mode with an HMAC-SHA1 tag. Only the 80-bit tag is offered (`connection.rs`), so a
+    /// counter-mode cipher means `SRTP_AES128_CM_HMAC_SHA1_80`.
+    Cm128,
+    Other,
+}
 
 #[derive(Default)]
 struct Seen {
     /// The first AES-128 PRF call: its key and input block (before encryption).
     first_prf: Option<([u8; KEY_LEN], [u8; 16])>,
-    /// An AES-128-GCM cipher was made right after that derivation: the SRTP profile is AEAD AES-128-GCM.
-    gcm128_after_prf: bool,
-    /// Something other than AES-128-GCM was made after it (another profile): no fast path.
-    other_after_prf: bool,
+    /// The first cipher made after that derivation.
+    profile: Option<Profile>,
 }
 
 /// A crypto provider for one connection that notes its outbound SRTP master key and salt.
@@ -63,41 +77,46 @@ impl KeyCapture {
     /// rtc-srtp's own outbound context from the captured keys (tests check the capture against it).
     #[cfg(test)]
     fn outbound_context(&self) -> Option<Context> {
-        let (key, salt) = self.master_key_and_salt()?;
-        Context::new(
-            &key,
-            &salt,
-            ProtectionProfile::AeadAes128Gcm,
-            None,
-            None,
-            self.inner.crypto(),
-        )
-        .map_err(|e| tracing::warn!(error = %e, "SRTP fast path: context not made"))
-        .ok()
+        let (profile, key, salt) = self.master_key_and_salt()?;
+        let (profile, salt) = match profile {
+            Profile::Gcm128 => (ProtectionProfile::AeadAes128Gcm, &salt[..SALT_LEN]),
+            Profile::Cm128 => (ProtectionProfile::Aes128CmHmacSha1_80, &salt[..]),
+            Profile::Other => return None,
+        };
+        Context::new(&key, salt, profile, None, None, self.inner.crypto())
+            .map_err(|e| tracing::warn!(error = %e, "SRTP fast path: context not made"))
+            .ok()
     }
 
-    fn master_key_and_salt(&self) -> Option<([u8; KEY_LEN], [u8; SALT_LEN])> {
+    /// The profile, master key and master salt (14 bytes: the first 12 for AES-128-GCM).
+    fn master_key_and_salt(&self) -> Option<(Profile, [u8; KEY_LEN], [u8; CM_SALT_LEN])> {
         let seen = self.crypto.seen.lock().ok()?;
-        if !seen.gcm128_after_prf || seen.other_after_prf {
-            return None;
-        }
+        let profile = seen.profile.filter(|p| *p != Profile::Other)?;
         let (key, block) = seen.first_prf?;
-        let mut salt = [0u8; SALT_LEN];
-        // Label 0 is XORed into byte 7: zero leaves the salt as it is.
-        salt.copy_from_slice(&block[..SALT_LEN]);
-        Some((key, salt))
+        let mut salt = [0u8; CM_SALT_LEN];
+        // Label 0 is XORed into byte 7: zero leaves the salt as it is. A 12-byte salt is followed by zeros.
+        salt.copy_from_slice(&block[..CM_SALT_LEN]);
+        Some((profile, key, salt))
     }
 }
 
-/// SRTP AEAD AES-128-GCM sealing of outbound RTP (RFC 7714), in place in the caller's buffer: the session key and
-/// salt derived once from the captured master key and salt (RFC 3711 §4.3.3 AES-CM PRF, as rtc-srtp does), one
-/// AES-GCM seal per packet, no allocation, no map lookup (each consumer keeps its own rollover counter).
-pub struct Sealer {
-    cipher: Box<dyn AeadCipher>,
-    session_salt: [u8; SALT_LEN],
+/// SRTP sealing of outbound RTP, in place in the caller's buffer: the session keys and salt derived once from the
+/// captured master key and salt (RFC 3711 §4.3.3 AES-CM PRF, as rtc-srtp does); per packet either one AES-GCM
+/// seal (RFC 7714), or AES-CTR over the payload and an HMAC-SHA1 over the packet and its rollover counter, cut to
+/// 80 bits (RFC 3711). No allocation, no map lookup (each consumer keeps its own rollover counter).
+pub enum Sealer {
+    Gcm {
+        cipher: Box<dyn AeadCipher>,
+        session_salt: [u8; SALT_LEN],
+    },
+    Cm {
+        keystream: Box<dyn StreamCipher>,
+        mac: Box<dyn Mac>,
+        session_salt: [u8; CM_SALT_LEN],
+    },
 }
 
-/// Authentication tag appended to each sealed packet.
+/// The longest authentication tag appended to a sealed packet (AES-GCM's; AES-CM-80's is 10 bytes).
 pub const TAG_LEN: usize = 16;
 
 /// The SRTP packet index of one outbound stream (RFC 3711 §3.3.1): the rollover counter and the highest sequence
@@ -135,13 +154,19 @@ impl StreamIndex {
 impl Sealer {
     fn new(
         crypto: &dyn RTCCrypto,
+        profile: Profile,
         key: &[u8; KEY_LEN],
-        salt: &[u8; SALT_LEN],
+        salt: &[u8; CM_SALT_LEN],
     ) -> Result<Sealer, CryptoError> {
+        let salt_len = if profile == Profile::Gcm128 {
+            SALT_LEN
+        } else {
+            CM_SALT_LEN
+        };
         let prf = |label: u8, out: &mut [u8]| -> Result<(), CryptoError> {
             for (i, chunk) in out.chunks_mut(16).enumerate() {
                 let mut block = [0u8; 16];
-                block[..SALT_LEN].copy_from_slice(salt);
+                block[..salt_len].copy_from_slice(&salt[..salt_len]);
                 block[7] ^= label;
                 block[14] = (i >> 8) as u8;
                 block[15] = i as u8;
@@ -152,17 +177,43 @@ impl Sealer {
         };
         let mut session_key = [0u8; KEY_LEN];
         prf(0x00, &mut session_key)?;
-        let mut session_salt = [0u8; SALT_LEN];
-        prf(0x02, &mut session_salt)?;
-        let cipher = crypto.new_aead(AeadAlgorithm::Aes128Gcm, &session_key)?;
-        Ok(Sealer {
-            cipher,
-            session_salt,
-        })
+        match profile {
+            Profile::Gcm128 => {
+                let mut session_salt = [0u8; SALT_LEN];
+                prf(0x02, &mut session_salt)?;
+                Ok(Sealer::Gcm {
+                    cipher: crypto.new_aead(AeadAlgorithm::Aes128Gcm, &session_key)?,
+                    session_salt,
+                })
+            }
+            Profile::Cm128 => {
+                let mut auth_key = [0u8; CM_AUTH_KEY_LEN];
+                prf(0x01, &mut auth_key)?;
+                let mut session_salt = [0u8; CM_SALT_LEN];
+                prf(0x02, &mut session_salt)?;
+                Ok(Sealer::Cm {
+                    keystream: crypto
+                        .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &session_key)?,
+                    mac: crypto.new_hmac(HmacAlgorithm::Sha1, &auth_key)?,
+                    session_salt,
+                })
+            }
+            Profile::Other => Err(CryptoError::UnsupportedAlgorithm(
+                CryptoAlgorithm::StreamCipher(StreamCipherAlgorithm::Aes256Ctr),
+            )),
+        }
+    }
+
+    /// The authentication tag's length on the wire.
+    pub fn tag_len(&self) -> usize {
+        match self {
+            Sealer::Gcm { .. } => TAG_LEN,
+            Sealer::Cm { .. } => CM_TAG_LEN,
+        }
     }
 
     /// Seal an RTP packet in place: `packet[..header_len]` is the header (authenticated), the rest the payload
-    /// (encrypted); `tag` receives the authentication tag that follows it on the wire.
+    /// (encrypted); `tag` (`tag_len()` bytes) receives the authentication tag that follows it on the wire.
     pub fn seal(
         &mut self,
         ssrc: u32,
@@ -170,25 +221,52 @@ impl Sealer {
         roc: u32,
         packet: &mut [u8],
         header_len: usize,
-        tag: &mut [u8; TAG_LEN],
+        tag: &mut [u8],
     ) -> Result<(), CryptoError> {
-        let mut iv = [0u8; SALT_LEN];
-        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-        iv[6..10].copy_from_slice(&roc.to_be_bytes());
-        iv[10..12].copy_from_slice(&seq.to_be_bytes());
-        for (v, s) in iv.iter_mut().zip(self.session_salt) {
-            *v ^= s;
+        match self {
+            Sealer::Gcm {
+                cipher,
+                session_salt,
+            } => {
+                let mut iv = [0u8; SALT_LEN];
+                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+                iv[6..10].copy_from_slice(&roc.to_be_bytes());
+                iv[10..12].copy_from_slice(&seq.to_be_bytes());
+                for (v, s) in iv.iter_mut().zip(*session_salt) {
+                    *v ^= s;
+                }
+                let (aad, payload) = packet.split_at_mut(header_len);
+                cipher.seal_in_place(&iv, aad, payload, tag)
+            }
+            Sealer::Cm {
+                keystream,
+                mac,
+                session_salt,
+            } => {
+                // The counter block: the session salt XOR the SSRC, the rollover counter and the sequence number
+                // (RFC 3711 §4.1.1), the last 16 bits counting blocks.
+                let mut iv = [0u8; 16];
+                iv[4..8].copy_from_slice(&ssrc.to_be_bytes());
+                iv[8..12].copy_from_slice(&roc.to_be_bytes());
+                iv[12..14].copy_from_slice(&seq.to_be_bytes());
+                for (v, s) in iv.iter_mut().zip(*session_salt) {
+                    *v ^= s;
+                }
+                keystream.apply_keystream(&iv, &mut packet[header_len..])?;
+                let mut full = [0u8; CM_AUTH_KEY_LEN];
+                mac.sign(&[packet, &roc.to_be_bytes()], &mut full)?;
+                tag.copy_from_slice(&full[..tag.len()]);
+                Ok(())
+            }
         }
-        let (aad, payload) = packet.split_at_mut(header_len);
-        self.cipher.seal_in_place(&iv, aad, payload, tag)
     }
 }
 
 impl KeyCapture {
     /// The in-place sealer for the subscriber's outbound RTP, once DTLS has keyed the connection with AES-128-GCM.
     pub fn sealer(&self) -> Option<Sealer> {
-        let (key, salt) = self.master_key_and_salt()?;
-        Sealer::new(self.inner.crypto(), &key, &salt)
+        let (profile, key, salt) = self.master_key_and_salt()?;
+        Sealer::new(self.inner.crypto(), profile, &key, &salt)
             .map_err(|e| tracing::warn!(error = %e, "SRTP fast path: sealer not made"))
             .ok()
     }
@@ -209,17 +287,12 @@ impl RTCCryptoProvider for KeyCapture {
 }
 
 impl CapturingCrypto {
-    fn note_cipher(&self, gcm128: bool) {
+    fn note_cipher(&self, profile: Profile) {
         if let Ok(mut seen) = self.seen.lock()
             && seen.first_prf.is_some()
-            && !seen.gcm128_after_prf
-            && !seen.other_after_prf
+            && seen.profile.is_none()
         {
-            if gcm128 {
-                seen.gcm128_after_prf = true;
-            } else {
-                seen.other_after_prf = true;
-            }
+            seen.profile = Some(profile);
         }
     }
 }
@@ -263,7 +336,11 @@ impl RTCCrypto for CapturingCrypto {
         algorithm: StreamCipherAlgorithm,
         key: &[u8],
     ) -> Result<Box<dyn StreamCipher>, CryptoError> {
-        self.note_cipher(false);
+        self.note_cipher(if algorithm == StreamCipherAlgorithm::Aes128Ctr {
+            Profile::Cm128
+        } else {
+            Profile::Other
+        });
         self.inner.crypto().new_stream_cipher(algorithm, key)
     }
 
@@ -272,7 +349,11 @@ impl RTCCrypto for CapturingCrypto {
         algorithm: AeadAlgorithm,
         key: &[u8],
     ) -> Result<Box<dyn AeadCipher>, CryptoError> {
-        self.note_cipher(algorithm == AeadAlgorithm::Aes128Gcm);
+        self.note_cipher(if algorithm == AeadAlgorithm::Aes128Gcm {
+            Profile::Gcm128
+        } else {
+            Profile::Other
+        });
         self.inner.crypto().new_aead(algorithm, key)
     }
 
@@ -347,7 +428,12 @@ mod tests {
         let _local = gcm(&key, &salt, capture.crypto()).expect("local context");
         let _remote =
             gcm(&[1u8; KEY_LEN], &[2u8; SALT_LEN], capture.crypto()).expect("remote context");
-        assert_eq!(capture.master_key_and_salt(), Some((key, salt)));
+        let mut padded = [0u8; CM_SALT_LEN];
+        padded[..SALT_LEN].copy_from_slice(&salt);
+        assert_eq!(
+            capture.master_key_and_salt(),
+            Some((Profile::Gcm128, key, padded))
+        );
 
         let mut ours = capture.outbound_context().expect("fast path context");
         let mut peer = gcm(&key, &salt, provider.crypto()).expect("peer context");
@@ -374,17 +460,34 @@ mod tests {
     }
 
     /// The in-place sealer produces exactly rtc-srtp's SRTP packets (the subscriber decrypts them), across a
-    /// sequence number wrap and for a retransmission from before it.
+    /// sequence number wrap and for a retransmission from before it: AEAD AES-128-GCM.
     #[test]
     fn sealer_matches_rtc_srtp_across_a_wrap() {
+        sealer_matches(ProtectionProfile::AeadAes128Gcm, &[5u8; SALT_LEN], TAG_LEN);
+    }
+
+    /// The same with AES-CM-128 and an 80-bit HMAC-SHA1 tag (what Chromium offers).
+    #[test]
+    fn aes_cm_sealer_matches_rtc_srtp_across_a_wrap() {
+        sealer_matches(
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            &[5u8; CM_SALT_LEN],
+            CM_TAG_LEN,
+        );
+    }
+
+    fn sealer_matches(profile: ProtectionProfile, salt: &[u8], tag_len: usize) {
         let provider = rtc::crypto::default_provider().expect("provider");
         let capture = KeyCapture::new(provider.clone());
         let key = [3u8; KEY_LEN];
-        let salt = [5u8; SALT_LEN];
-        let _local = gcm(&key, &salt, capture.crypto()).expect("local context");
+        let context = |crypto: &dyn RTCCrypto| {
+            Context::new(&key, salt, profile, None, None, crypto).expect("context")
+        };
+        let _local = context(capture.crypto());
         let mut sealer = capture.sealer().expect("sealer");
-        let mut reference = gcm(&key, &salt, provider.crypto()).expect("reference context");
-        let mut peer = gcm(&key, &salt, provider.crypto()).expect("peer context");
+        assert_eq!(sealer.tag_len(), tag_len);
+        let mut reference = context(provider.crypto());
+        let mut peer = context(provider.crypto());
         let mut index = StreamIndex::default();
         let mut first_65535 = Vec::new();
         use rtc::shared::marshal::{Marshal, MarshalSize};
@@ -408,7 +511,7 @@ mod tests {
             };
             let plain = packet.marshal().expect("marshal");
             let mut ours = plain.to_vec();
-            let mut tag = [0u8; TAG_LEN];
+            let mut tag = vec![0u8; tag_len];
             let roc = index.roc_for(seq);
             sealer
                 .seal(
@@ -461,14 +564,15 @@ mod tests {
         let provider = rtc::crypto::default_provider().expect("provider");
         let capture = KeyCapture::new(provider);
         let _local = Context::new(
-            &[7u8; 16],
-            &[9u8; 14],
-            ProtectionProfile::Aes128CmHmacSha1_80,
+            &[7u8; 32],
+            &[9u8; 12],
+            ProtectionProfile::AeadAes256Gcm,
             None,
             None,
             capture.crypto(),
         )
         .expect("local context");
         assert!(capture.outbound_context().is_none());
+        assert!(capture.sealer().is_none());
     }
 }

@@ -3268,12 +3268,13 @@ fn seal_and_queue(
     // The packet as rewritten has no extensions of its own (fixed header only); transport-wide CC adds one.
     let fixed = packet.header.marshal_size();
     let header_len = fixed + twcc.as_ref().map_or(0, |_| crate::twcc::EXTENSION_LEN);
-    let len = header_len + packet.payload.len() + crate::srtp::TAG_LEN;
+    let tag_len = sealer.tag_len();
+    let len = header_len + packet.payload.len() + tag_len;
     let seq = packet.header.sequence_number;
     let roc = index.roc_for(seq);
     let mut write = |buf: &mut [u8]| -> bool {
         use rtc::shared::marshal::Marshal;
-        let (plain, tag) = buf.split_at_mut(len - crate::srtp::TAG_LEN);
+        let (plain, tag) = buf.split_at_mut(len - tag_len);
         if packet.header.marshal_to(&mut plain[..fixed]).is_err() {
             return false;
         }
@@ -3282,15 +3283,9 @@ fn seal_and_queue(
             cc.stamp(*now, len, &mut plain[fixed..header_len]);
         }
         plain[header_len..].copy_from_slice(&packet.payload);
-        let mut t = [0u8; crate::srtp::TAG_LEN];
-        if sealer
-            .seal(packet.header.ssrc, seq, roc, plain, header_len, &mut t)
-            .is_err()
-        {
-            return false;
-        }
-        tag.copy_from_slice(&t);
-        true
+        sealer
+            .seal(packet.header.ssrc, seq, roc, plain, header_len, tag)
+            .is_ok()
     };
     let sent = match (tcp_stream, tcp) {
         (Some(stream), Some(tcp)) => {

@@ -139,8 +139,8 @@ test('three halls see and hear each other; a leaver disappears', { timeout: 100_
       );
       t.diagnostic(`${p.name}: ${JSON.stringify(stats)}`);
     }
-    // Which SRTP profile Chromium negotiated: the SFU's own sealing (and with it transport-wide CC and padding
-    // probes) needs AES-128-GCM, which Chromium does not offer by default (see the note on issue #5).
+    // Chromium offers AES-CM SRTP only: the SFU seals what it forwards to the pages itself all the same (the fast
+    // path), stamps each packet with a transport-wide sequence number, and the pages report what arrived.
     const cipher = await people[0].page.evaluate(async () => {
       const found = [];
       (await window.giaoban.publishPc().getStats()).forEach((s) => {
@@ -149,6 +149,14 @@ test('three halls see and hear each other; a leaver disappears', { timeout: 100_
       return found.join(',');
     });
     t.diagnostic(`SRTP profile of "${people[0].name}": ${cipher}`);
+    const sealed = await metric(server, 'giaoban_media_rtp_sealed_total');
+    const twcc = await metric(server, 'giaoban_media_twcc_feedback_total');
+    await waitFor(async () => (await metric(server, 'giaoban_media_rtp_sealed_total')) >= sealed + 300, {
+      what: 'the server to seal what it forwards to the pages',
+    });
+    await waitFor(async () => (await metric(server, 'giaoban_media_twcc_feedback_total')) >= twcc + 30, {
+      what: 'transport-wide CC feedback from the pages',
+    });
 
     // Each remote tile shows its publisher's colour.
     for (const viewer of people) {
