@@ -135,8 +135,8 @@ pub struct Estimator {
     padding_probes: bool,
     /// A padding probe asked for (the total rate it should reach, bit/s), not yet taken by the worker.
     probe_request: Option<u64>,
-    /// The padding probe under way: when it was asked for, and the rate.
-    padding_probe: Option<(Instant, u64)>,
+    /// The padding probe under way: the rate it stands for.
+    padding_probe: Option<u64>,
     /// The rate the subscriber's feedback says its packets arrived at over the last window (bit/s; transport-wide
     /// CC), for the next update: a cut goes to just under it.
     acked: Option<u64>,
@@ -269,7 +269,7 @@ impl Estimator {
     }
 
     /// Whether a padding probe is under way (asked for, its outcome not yet known).
-    pub fn padding_probe(&self) -> Option<(Instant, u64)> {
+    pub fn padding_probe(&self) -> Option<u64> {
         self.padding_probe
     }
 
@@ -286,7 +286,7 @@ impl Estimator {
         carried: bool,
         received_bps: Option<u64>,
     ) -> bool {
-        let Some((_, rate)) = self.padding_probe.take() else {
+        let Some(rate) = self.padding_probe.take() else {
             return false;
         };
         if !carried {
@@ -492,7 +492,7 @@ impl Estimator {
             .min(MAX_ESTIMATE);
             if self.padding_probes {
                 if self.padding_probe.is_none() {
-                    self.padding_probe = Some((now, target));
+                    self.padding_probe = Some(target);
                     self.probe_request = Some(target);
                 }
             } else {
@@ -654,20 +654,13 @@ mod tests {
     /// camera (q 75k, h 300k, f 1.2M) and one audio stream; each half-second report carries the loss of what was
     /// sent one report earlier (the round trip) plus `random` loss drawn from a fixed seed. Returns the layer
     /// chosen at each 100 ms step (`None` = paused) and how many probes started.
+    ///
+    /// With `padding`, the subscriber's transport-wide CC feedback too: each report also carries the rate what was
+    /// sent arrived at, and probes are padding — one asked for at rate `r` is judged 300 ms later (its 100 ms and
+    /// the feedback's way back): carried if the link's capacity when it was sent was at least `r`, else it arrived
+    /// at the capacity and a quarter more (a token bucket lets its first bytes through at once). Probes counted
+    /// are then padding probes.
     fn simulate(
-        capacity: impl Fn(u64) -> u64,
-        random: f64,
-        until_ms: u64,
-    ) -> (Vec<(u64, Option<usize>)>, u32) {
-        simulate_with(capacity, random, until_ms, false)
-    }
-
-    /// [`simulate`], and with `padding` the subscriber's transport-wide CC feedback: each report also carries the
-    /// rate what was sent arrived at, and probes are padding — one asked for at rate `r` is judged 300 ms later
-    /// (its 100 ms and the feedback's way back): carried if the link's capacity when it was sent was at least `r`,
-    /// else it arrived at the capacity and a quarter more (a token bucket lets its first bytes through at once).
-    /// Probes counted are padding probes.
-    fn simulate_with(
         capacity: impl Fn(u64) -> u64,
         random: f64,
         until_ms: u64,
@@ -747,12 +740,13 @@ mod tests {
             .map(|(ms, _)| ms - from)
     }
 
-    #[test]
-    fn on_a_virtual_link_the_layer_follows_a_drop_to_250k_and_the_return_to_2m() {
-        // 2 Mbit/s, 250 kbit/s from 5 s, 2 Mbit/s again from `back` (each of several moments, as probes come and
-        // go in between).
+    /// The drop-and-return link: 2 Mbit/s, 250 kbit/s from 5 s, 2 Mbit/s again from `back`, for each `back`
+    /// from 13 to 16 s in `step` ms (probes come and go in between). Each run goes down to q within 2 s, is never
+    /// paused (q fits 250 kbit/s with the audio), and once back on f stays there; with padding probes nothing
+    /// above q is tried while the link is at 250 kbit/s. Returns the worst up-switch (ms after the return).
+    fn drop_and_return(step: usize, padding: bool) -> u64 {
         let mut worst_up = 0;
-        for back in (13_000..16_000).step_by(250) {
+        for back in (13_000..16_000).step_by(step) {
             let capacity = |ms: u64| {
                 if (5_000..back).contains(&ms) {
                     250_000
@@ -760,13 +754,25 @@ mod tests {
                     2_000_000
                 }
             };
-            let (trace, probes) = simulate(capacity, 0.0, back + 8_000);
+            let (trace, probes) = simulate(capacity, 0.0, back + 8_000, padding);
             let down = reached(&trace, 5_000, Some(0)).expect("down to q");
             let up = reached(&trace, back, Some(2)).expect("back to f");
             worst_up = worst_up.max(up);
             assert!(down <= 2_000, "down after {down} ms");
-            // Never paused: q fits 250 kbit/s with the audio.
-            assert!(trace.iter().all(|(_, l)| l.is_some()), "{trace:?}");
+            assert!(
+                trace.iter().all(|(_, l)| l.is_some()),
+                "never paused: {trace:?}"
+            );
+            if padding {
+                // Only a carried probe raises the layers.
+                assert!(
+                    trace
+                        .iter()
+                        .filter(|(ms, _)| (5_000 + down..back).contains(ms))
+                        .all(|(_, l)| *l == Some(0)),
+                    "{trace:?}"
+                );
+            }
             // Once up, it stays there.
             assert!(
                 trace
@@ -777,6 +783,12 @@ mod tests {
             );
             println!("back at {back} ms: down after {down} ms, up after {up} ms, {probes} probes");
         }
+        worst_up
+    }
+
+    #[test]
+    fn on_a_virtual_link_the_layer_follows_a_drop_to_250k_and_the_return_to_2m() {
+        let worst_up = drop_and_return(250, false);
         // Up: at the latest one probe period after the return (backoff, the failed probe's grace, clean time).
         let bound =
             (PROBE_BACKOFF_MAX + PROBE_GRACE + PROBE_AFTER_CLEAN + Duration::from_millis(500))
@@ -790,43 +802,7 @@ mod tests {
 
     #[test]
     fn on_a_virtual_link_padding_probes_find_the_return_to_2m_within_2_s_and_never_guess_up() {
-        let mut worst_up = 0;
-        for back in (13_000..16_000).step_by(100) {
-            let capacity = |ms: u64| {
-                if (5_000..back).contains(&ms) {
-                    250_000
-                } else {
-                    2_000_000
-                }
-            };
-            let (trace, probes) = simulate_with(capacity, 0.0, back + 8_000, true);
-            let down = reached(&trace, 5_000, Some(0)).expect("down to q");
-            let up = reached(&trace, back, Some(2)).expect("back to f");
-            worst_up = worst_up.max(up);
-            assert!(down <= 2_000, "down after {down} ms");
-            assert!(
-                trace.iter().all(|(_, l)| l.is_some()),
-                "never paused: {trace:?}"
-            );
-            // At 250 kbit/s, nothing above q is ever tried: only a carried probe raises the layers.
-            assert!(
-                trace
-                    .iter()
-                    .filter(|(ms, _)| (5_000 + down..back).contains(ms))
-                    .all(|(_, l)| *l == Some(0)),
-                "{trace:?}"
-            );
-            assert!(
-                trace
-                    .iter()
-                    .filter(|(ms, _)| *ms >= back + up)
-                    .all(|(_, l)| *l == Some(2)),
-                "{trace:?}"
-            );
-            println!(
-                "back at {back} ms: down after {down} ms, up after {up} ms, {probes} padding probes"
-            );
-        }
+        let worst_up = drop_and_return(100, true);
         // At the latest: a probe that failed just before the return is judged (0.3 s), the next waits the backoff
         // and is judged in turn (0.3 s), plus a step.
         let bound = (PADDING_PROBE_BACKOFF + Duration::from_millis(700)).as_millis() as u64;
@@ -837,11 +813,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn padding_probes_are_left_alone_on_a_link_with_random_loss() {
-        let (trace, probes) = simulate_with(|_| 300_000, 0.05, 30_000, true);
+    /// 300 kbit/s with about 5 % random loss (drawn from a fixed seed): settled on q within 2 s and kept there
+    /// from 5 s on.
+    fn random_loss_keeps_q(padding: bool) {
+        let (trace, probes) = simulate(|_| 300_000, 0.05, 30_000, padding);
         let settled = reached(&trace, 0, Some(0)).expect("q");
-        println!("settled on q after {settled} ms; {probes} padding probes");
+        println!("settled on q after {settled} ms; {probes} probes (padding: {padding})");
         assert!(settled <= 2_000);
         assert!(
             trace
@@ -850,6 +827,11 @@ mod tests {
                 .all(|(_, l)| *l == Some(0)),
             "{trace:?}"
         );
+    }
+
+    #[test]
+    fn padding_probes_are_left_alone_on_a_link_with_random_loss() {
+        random_loss_keeps_q(true);
     }
 
     #[test]
@@ -889,18 +871,7 @@ mod tests {
 
     #[test]
     fn a_link_with_random_loss_is_not_probed_and_keeps_the_layer_that_fits() {
-        // 300 kbit/s with about 5 % random loss (drawn from a fixed seed): q, and no probe once settled.
-        let (trace, probes) = simulate(|_| 300_000, 0.05, 30_000);
-        let settled = reached(&trace, 0, Some(0)).expect("q");
-        println!("settled on q after {settled} ms; {probes} probes");
-        assert!(settled <= 2_000);
-        assert!(
-            trace
-                .iter()
-                .filter(|(ms, _)| *ms >= 5_000)
-                .all(|(_, l)| *l == Some(0)),
-            "{trace:?}"
-        );
+        random_loss_keeps_q(false);
     }
 
     fn bitrates(_: usize, layer: usize) -> u64 {

@@ -227,7 +227,8 @@ impl TransportCc {
         self.probe.take().map(|p| outcome(&p))
     }
 
-    pub fn probing(&self) -> bool {
+    #[cfg(test)]
+    fn probing(&self) -> bool {
         self.probe.is_some()
     }
 

@@ -126,10 +126,9 @@ struct Conn {
     /// Subscribe leg whose subscriber accepted transport-wide CC: the numbering of what the fast path sends it
     /// and what its feedback said (`twcc.rs`).
     twcc: Option<crate::twcc::TransportCc>,
-    /// Subscribe leg: the padding probe of its downlink under way (`worker/probe.rs`), and the last one's outcome
-    /// (and whether the link carried it).
+    /// Subscribe leg: the padding probe of its downlink under way (`worker/probe.rs`), and what the last one met.
     probe: probe::ProbeState,
-    last_probe: Option<(crate::twcc::ProbeOutcome, bool)>,
+    last_probe: Option<crate::health::ProbeHealth>,
 }
 
 struct Consumer {
@@ -2253,15 +2252,7 @@ impl Worker {
                         Some(crate::health::TransportCcHealth {
                             feedbacks: cc.feedbacks,
                             reported: cc.reported,
-                            last_probe: c.last_probe.map(|(o, carried)| {
-                                crate::health::ProbeHealth {
-                                    sent_bps: o.sent_bps,
-                                    received_bps: o.received_bps,
-                                    loss: o.loss,
-                                    packets: o.packets,
-                                    carried,
-                                }
-                            }),
+                            last_probe: c.last_probe,
                         })
                     }),
                 producers: produced.remove(pid.as_str()).unwrap_or_default(),
@@ -2505,7 +2496,6 @@ impl Worker {
     fn tick(&mut self, now: Instant) {
         self.poll_keyframes(now);
         self.judge_overdue_probes(now);
-        self.start_due_probes(now);
         let Worker {
             producers, conns, ..
         } = self;
@@ -2545,6 +2535,8 @@ impl Worker {
             tcp.sweep(now, |c| conns.contains_key(&c));
         }
         self.refresh_rtc_stats(now);
+        // After the estimates were updated: a probe one of them asked for starts at this tick.
+        self.start_due_probes(now);
         self.resend_unanswered_offers(now);
         self.ticks = self.ticks.wrapping_add(1);
         if self.ticks.is_multiple_of(SENDER_REPORT_EVERY_TICKS) {
@@ -2885,7 +2877,6 @@ impl Worker {
         let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
         ids.sort_unstable();
         let start = ids.partition_point(|id| *id < self.stats_cursor);
-        let mut probes = Vec::new();
         for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
             let can_probe = self.can_probe(*id);
             if let Some(conn) = self.conns.get_mut(id) {
@@ -2940,9 +2931,6 @@ impl Worker {
                             // A cut or a probe: choose the layers at this tick, not at the next round.
                             self.layers_dirty = true;
                         }
-                        if let Some(rate) = p.estimator.take_probe_request() {
-                            probes.push((*id, rate));
-                        }
                         conn.nack_loss = nack_loss;
                     }
                     // What the link health reports too: the worse of the two (receiver reports alone show ~0 on
@@ -2954,9 +2942,6 @@ impl Worker {
                 }
             }
             self.stats_cursor = id + 1;
-        }
-        for (id, rate) in probes {
-            self.start_probe(id, rate, now);
         }
     }
 

@@ -217,11 +217,17 @@ impl Worker {
         let Some(p) = self.participants.get_mut(&conn.participant) else {
             return;
         };
-        let Some((_, rate)) = p.estimator.padding_probe() else {
+        let Some(rate) = p.estimator.padding_probe() else {
             return;
         };
         let carried = outcome.is_some_and(|o| carried(&o, rate));
-        conn.last_probe = outcome.map(|o| (o, carried));
+        conn.last_probe = outcome.map(|o| crate::health::ProbeHealth {
+            sent_bps: o.sent_bps,
+            received_bps: o.received_bps,
+            loss: o.loss,
+            packets: o.packets,
+            carried,
+        });
         if carried {
             self.stats.probes_carried += 1;
         }
@@ -235,7 +241,8 @@ impl Worker {
         }
     }
 
-    /// Padding probes that fell due since the last update of their estimate (each tick).
+    /// The padding probes due (each tick, after the estimates were updated): asked for by an update, or fallen
+    /// due since one once the wait after the last probe is over.
     pub(super) fn start_due_probes(&mut self, now: Instant) {
         let due: Vec<(ConnId, u64)> = self
             .participants
