@@ -172,7 +172,12 @@ test('relay only: media through a local coturn with time-limited TURN REST crede
     // Each page got credentials of the REST scheme for itself ("<expiry>:<participant>"), in the future.
     for (const p of people) {
       await waitFor(() => p.page.evaluate(() => window.giaoban.state().joined), { what: `"${p.name}" to join` });
-      const cfg = await p.page.evaluate(() => window.giaoban.publishPc()?.getConfiguration() ?? null);
+      // A hall joining where others publish builds its publish connection after its first subscribe answer
+      // (at most 400 ms after joining, web client's PUBLISH_AFTER_SUBSCRIBE_MAX_MS): wait for it.
+      const cfg = await waitFor(
+        () => p.page.evaluate(() => window.giaoban.publishPc()?.getConfiguration() ?? null),
+        { what: `"${p.name}" to have a publish connection` },
+      );
       assert.ok(cfg, `"${p.name}" has a publish connection`);
       assert.equal(cfg.iceTransportPolicy, 'relay');
       const [server0] = cfg.iceServers;
