@@ -23,6 +23,10 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund)
 fi
 
+# On CI (a fresh clone, built once) incremental compilation only costs disk: its caches were ~2 GB beside the build,
+# and the CI run of 2026-11-27 died with "No space left on device" while linking.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+
 # Build with the same package selection as the tests, so dependencies are compiled once with one feature set.
 cargo build --workspace --bins
 cargo test --workspace
