@@ -172,10 +172,13 @@ struct Layer {
     ssrc: u32,
     packets: u64,
     bytes: u64,
-    /// Bit/s over the last window; `measured` keeps the last non-zero rate (a paused layer's cost is still known).
+    /// Bit/s over the last window; `measured` keeps the rate of the last window it flowed through whole (a
+    /// paused layer's cost is still known).
     bitrate: u64,
     measured: u64,
     window: Option<(Instant, u64)>,
+    /// The longest wait for a packet in the current window so far (from its start).
+    window_gap: Duration,
     last_packet: Option<Instant>,
     /// The sequence number of its last packet.
     last_seq: Option<u16>,
@@ -200,6 +203,7 @@ impl Layer {
             bitrate: 0,
             measured: 0,
             window: None,
+            window_gap: Duration::ZERO,
             last_packet: None,
             last_seq: None,
             width: 0,
@@ -218,6 +222,15 @@ impl Layer {
         crate::replay::from_keyframe(&self.cache, self.last_keyframe?, self.last_seq?, now)
     }
 
+    /// A packet of it arrived: the longest wait in the rate's window grows if this one was longer.
+    fn note_arrival(&mut self, now: Instant) {
+        if let Some((start, _)) = self.window {
+            let since = self.last_packet.map_or(start, |t| t.max(start));
+            self.window_gap = self.window_gap.max(now.saturating_duration_since(since));
+        }
+        self.last_packet = Some(now);
+    }
+
     /// Packets arrived recently (the publisher may drop a layer on its own when its uplink or CPU is short).
     fn is_flowing(&self, now: Instant) -> bool {
         self.last_packet
@@ -232,10 +245,19 @@ impl Layer {
                 if elapsed >= crate::health::RATE_WINDOW {
                     self.bitrate =
                         ((self.bytes - bytes) as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
-                    if self.bitrate > 0 {
+                    // What the layer costs is known only from a window it flowed through: one in which the
+                    // publisher stopped or started it (paused because nobody received it) holds a fraction of
+                    // it, and a layer that seemed to cost a few kbit/s would be chosen for a link that cannot
+                    // carry it (seen with Chromium: f "cost" 30 kbit/s after its pause, on a 250 kbit/s link).
+                    let gap = self.window_gap.max(
+                        self.last_packet
+                            .map_or(elapsed, |t| now.saturating_duration_since(t)),
+                    );
+                    if self.bitrate > 0 && gap < LAYER_GAP_IN_WINDOW {
                         self.measured = self.bitrate;
                     }
                     self.window = Some((now, self.bytes));
+                    self.window_gap = Duration::ZERO;
                 }
             }
         }
@@ -315,6 +337,9 @@ const AFTER_OUTAGE: Duration = Duration::from_millis(1500);
 const SOURCE_OUTAGE: Duration = Duration::from_secs(1);
 /// A layer with no packet for this long is not switched to.
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
+/// A layer's rate window with a wait for packets this long did not see it flow throughout (a video layer sends
+/// every frame, at least 5 a second): its rate is not taken as what the layer costs.
+const LAYER_GAP_IN_WINDOW: Duration = Duration::from_millis(300);
 /// Layer choice runs every this many ticks (and after anything that changes it).
 const CHOOSE_EVERY_TICKS: u32 = 5;
 /// How long a recording waits for a keyframe of a camera's top layer before it starts at any layer's.
@@ -882,7 +907,7 @@ impl Worker {
         layer.last_seq = Some(seq);
         layer.packets += 1;
         layer.bytes += packet.payload.len() as u64;
-        layer.last_packet = Some(now);
+        layer.note_arrival(now);
         if let Some(d) = &vp8
             && d.keyframe
             && let Some((w, _)) = crate::vp8::keyframe_size(&packet.payload, d)
@@ -3288,4 +3313,60 @@ fn seal_and_queue(
         link.sent(len);
     }
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer sending `bps` in 20 packets a second from `from` for `secs`, its rate windows kept as the tick does.
+    fn flow(layer: &mut Layer, from: Instant, secs: f64, bps: u64) -> Instant {
+        let step = Duration::from_millis(50);
+        let mut t = from;
+        while t < from + Duration::from_secs_f64(secs) {
+            layer.bytes += bps / 8 / 20;
+            layer.note_arrival(t);
+            layer.update_rate(t);
+            t += step;
+        }
+        t
+    }
+
+    #[test]
+    fn a_layer_costs_what_it_sent_through_a_whole_window_not_the_part_before_a_pause() {
+        let mut layer = Layer::new("f".into(), 1, MediaKind::Video);
+        assert_eq!(
+            layer.cost(2),
+            layers::nominal_bitrate(2),
+            "nothing measured yet"
+        );
+        let t = flow(&mut layer, Instant::now(), 3.0, 1_200_000);
+        assert!(
+            (1_100_000..=1_300_000).contains(&layer.cost(2)),
+            "{}",
+            layer.cost(2)
+        );
+        // Paused a fifth into a window: that window held a fifth of the rate, and it is not the layer's cost.
+        let t = flow(&mut layer, t, 0.2, 1_200_000);
+        for i in 1..=40 {
+            layer.update_rate(t + Duration::from_millis(50 * i));
+        }
+        assert!(
+            layer.bitrate < 400_000,
+            "the window's rate: {}",
+            layer.bitrate
+        );
+        assert!(
+            (1_100_000..=1_300_000).contains(&layer.cost(2)),
+            "cost after the pause: {}",
+            layer.cost(2)
+        );
+        // Resumed, and ramping up: once it flows through a window, that is its cost.
+        flow(&mut layer, t + Duration::from_secs(2), 2.5, 300_000);
+        assert!(
+            (250_000..=350_000).contains(&layer.cost(2)),
+            "{}",
+            layer.cost(2)
+        );
+    }
 }

@@ -140,7 +140,7 @@ function spawnServer(settings, demo, wrap = []) {
     let inDemo = false;
     stdout.on('line', (line) => {
       let m;
-      if ((m = /giaoban listening on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(line))) found.baseUrl = m[1];
+      if ((m = /giaoban listening on (http:\/\/[0-9.]+:\d+\/)/.exec(line))) found.baseUrl = m[1];
       else if ((m = /^\s+admin page: (\S+)/.exec(line))) found.adminUrl = m[1];
       else if (/^\s+demo meeting "/.test(line)) inDemo = true;
       else if (inDemo && (m = /^\s{3,}(\S.*?)\s+(http:\/\/\S+\?token=\S+)\s*$/.exec(line))) {
@@ -244,7 +244,7 @@ export function diagnostics(server, pages, { consoleLines = 40, serverLines = 80
  * Init script replacing getUserMedia: a canvas of one solid colour (20 fps; `width` × `height`, 640 × 360 unless
  * given) and a WebAudio oscillator. With `moving`, a white bar sweeps across it (real motion for the encoder).
  */
-export function fakeMediaScript({ rgb, tone, width = 640, height = 360, moving = false }) {
+export function fakeMediaScript({ rgb, tone, width = 640, height = 360, moving = false, noise = false }) {
   const md = navigator.mediaDevices;
   if (!md) return;
   md.getUserMedia = async (constraints = {}) => {
@@ -263,7 +263,27 @@ export function fakeMediaScript({ rgb, tone, width = 640, height = 360, moving =
           ctx.fillStyle = 'white';
           ctx.fillRect((frame * 8) % canvas.width, 0, canvas.width / 40, canvas.height);
         }
+        if (noise) {
+          // New random 8-pixel blocks every frame: the encoder needs its whole bit rate, as for a busy hall.
+          const cols = Math.ceil(canvas.width / 8);
+          const rows = Math.ceil(canvas.height / 8);
+          const img = noiseCtx.createImageData(cols, rows);
+          for (let i = 0; i < img.data.length; i += 4) {
+            const v = (Math.random() * 256) | 0;
+            img.data[i] = v;
+            img.data[i + 1] = (v * 7) & 255;
+            img.data[i + 2] = (v * 13) & 255;
+            img.data[i + 3] = 255;
+          }
+          noiseCtx.putImageData(img, 0, 0);
+          ctx.imageSmoothingEnabled = false;
+          ctx.drawImage(noiseCanvas, 0, 0, cols, rows, 0, canvas.height / 2, canvas.width, canvas.height / 2);
+        }
       };
+      const noiseCanvas = document.createElement('canvas');
+      noiseCanvas.width = Math.ceil(width / 8);
+      noiseCanvas.height = Math.ceil(height / 8);
+      const noiseCtx = noiseCanvas.getContext('2d');
       paint();
       setInterval(paint, 50); // repaint so the capture keeps producing frames
       out.addTrack(canvas.captureStream(20).getVideoTracks()[0]);
