@@ -40,6 +40,24 @@ const waitFor = (fn, options = {}) => harnessWaitFor(fn, { timeout: 30_000, what
 const tokenOf = (url) => new URL(url).searchParams.get('token');
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
+/** The hall's audio from the chair (its subscribe connection): packets received and lost, samples concealed. */
+function hallAudio(page) {
+  return page.evaluate(async () => {
+    const out = { received: 0, lost: 0, concealed: 0, samples: 0 };
+    const pc = window.giaoban?.subscribePc?.();
+    if (!pc) return out;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        out.received += s.packetsReceived ?? 0;
+        out.lost += s.packetsLost ?? 0;
+        out.concealed += s.concealedSamples ?? 0;
+        out.samples += s.totalSamplesReceived ?? 0;
+      }
+    });
+    return out;
+  });
+}
+
 /** The hall's main picture: decoded width and frames decoded of the chair's video (its subscribe connection). */
 function hallPicture(page) {
   return page.evaluate(async () => {
@@ -165,10 +183,19 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
       { what: 'the SFU to move the hall off f on 250 kbit/s', timeout: 20_000 },
     );
     t.diagnostic(`250 kbit/s: off f after ${Date.now() - narrowed} ms: ${JSON.stringify(down)}`);
-    // Let the estimate settle on the narrow link; the probes it makes there must not carry.
+    // Let the estimate settle on the narrow link; what the hall's audio meets there (the SFU's probes included).
+    const audioBefore = await hallAudio(hall.page);
+    const probesNarrow = await metric('giaoban_media_probes_total');
     await new Promise((r) => setTimeout(r, 6_000));
+    const audioAfter = await hallAudio(hall.page);
     const settled = await receiving();
-    t.diagnostic(`250 kbit/s, 6 s later: ${await line()}`);
+    const received = audioAfter.received - audioBefore.received;
+    const lost = audioAfter.lost - audioBefore.lost;
+    t.diagnostic(
+      `250 kbit/s, 6 s later: ${await line()}; probes in those 6 s ${(await metric('giaoban_media_probes_total')) - probesNarrow}; ` +
+        `the hall's audio: ${received} packets received, ${lost} lost, ` +
+        `${(((audioAfter.concealed - audioBefore.concealed) / Math.max(1, audioAfter.samples - audioBefore.samples)) * 100).toFixed(1)} % of samples concealed`,
+    );
     assert.notEqual(settled.layer, 'f', 'still off f on the narrow link');
     assert.notEqual(settled.target, 'f', 'no f aimed at on the narrow link');
 
