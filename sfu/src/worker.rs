@@ -163,6 +163,9 @@ struct Consumer {
     last_sent: Option<(u32, Instant)>,
     /// The SRTP index (rollover counter) of its stream, on the fast path.
     srtp_index: StreamIndex,
+    /// Its first picture being replayed from the cache (`replay.rs`): until it has caught up, its live packets
+    /// are sent by the replay, in order, not as they come.
+    replay: Option<crate::replay::Replay>,
 }
 
 /// One simulcast layer of a producer (or its only stream): its SSRC, what arrives of it, its keyframe requests.
@@ -217,9 +220,16 @@ impl Layer {
         }
     }
 
-    /// Its last keyframe and every packet since, from its cache, if they can be replayed (`replay.rs`).
-    fn cached_picture(&self, now: Instant) -> Option<crate::replay::Picture<'_>> {
-        crate::replay::from_keyframe(&self.cache, self.last_keyframe?, self.last_seq?, now)
+    /// A replay of its last keyframe and every packet since, from its cache, if they can be replayed
+    /// (`replay.rs`); `index` is its place among the producer's layers.
+    fn start_replay(&self, index: usize, now: Instant) -> Option<crate::replay::Replay> {
+        crate::replay::Replay::start(
+            &self.cache,
+            self.last_keyframe?,
+            self.last_seq?,
+            now,
+            (index, self.ssrc, self.cost(index)),
+        )
     }
 
     /// A packet of it arrived: the longest wait in the rate's window grows if this one was longer.
@@ -475,6 +485,8 @@ pub struct Worker {
     keyframe_due: Option<Instant>,
     /// When the next step of a padding probe is due (`worker/probe.rs`).
     probe_due: Option<Instant>,
+    /// When the paced replays of first pictures send next (`replay.rs`); `None` while none is under way.
+    replay_due: Option<Instant>,
 }
 
 impl Worker {
@@ -508,6 +520,7 @@ impl Worker {
             ticks: 0,
             keyframe_due: None,
             probe_due: None,
+            replay_due: None,
         }
     }
 
@@ -515,10 +528,15 @@ impl Worker {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let deadline = [self.next_deadline(), self.keyframe_due, self.probe_due]
-                .into_iter()
-                .flatten()
-                .fold(next_tick, Instant::min);
+            let deadline = [
+                self.next_deadline(),
+                self.keyframe_due,
+                self.probe_due,
+                self.replay_due,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(next_tick, Instant::min);
             let woke = tokio::select! {
                 biased;
                 cmd = commands.recv() => Woke::Command(cmd),
@@ -566,6 +584,7 @@ impl Worker {
             let now = Instant::now();
             self.handle_timeouts(now);
             self.send_probes(now);
+            self.pace_replays(now);
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -1003,6 +1022,7 @@ impl Worker {
             tcp: &mut self.tcp,
             dirty: &mut self.dirty,
             stats: &mut self.stats,
+            replay_due: &mut self.replay_due,
         };
         // RED: the primary alone, for subscribers that did not accept RED (a view of the same bytes).
         let primary = match producer.codec {
@@ -1016,6 +1036,10 @@ impl Worker {
         // Layers whose keyframe some consumer waits for (bit per layer).
         let mut want_keyframe = 0u8;
         for consumer in producer.consumers.iter_mut() {
+            // Its first picture is being replayed: the replay sends this packet too, after the ones before it.
+            if consumer.replay.is_some() {
+                continue;
+            }
             // Layer choice: the target layer, or the layer still flowing until the switch; nothing while paused.
             match consumer.target {
                 None => continue,
@@ -1050,25 +1074,27 @@ impl Worker {
                     // A subscriber that has never had a picture from this producer gets the last one from the
                     // cache (of this layer, or a lower one: `replay.rs`), a moment after its handshake; otherwise
                     // it waits for a fresh keyframe.
-                    if consumer.forwarder.current_ssrc().is_none()
-                        && let Some((from, picture)) = first_picture(layers, li, now)
+                    let settled = conn.connected_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= crate::replay::AFTER_CONNECTED
+                    });
+                    let first = consumer.forwarder.current_ssrc().is_none();
+                    // Until the connection has settled, only whether a recent keyframe is cached (no walk
+                    // through the cache per packet).
+                    if first && !settled && recent_keyframe(layers, li, now) {
+                        continue;
+                    }
+                    if first
+                        && settled
+                        && let Some(replay) = first_picture(layers, li, now)
                     {
-                        let settled = conn.connected_since.is_some_and(|t| {
-                            now.saturating_duration_since(t) >= crate::replay::AFTER_CONNECTED
-                        });
-                        if !settled {
-                            continue;
-                        }
-                        if replay(
-                            consumer,
-                            conn,
-                            pt,
-                            layers[from].ssrc,
-                            producer.codec,
-                            picture,
-                            now,
-                            &mut sink,
-                        ) {
+                        consumer.replay = Some(replay);
+                        if pace_replay(consumer, conn, pt, producer.codec, layers, now, &mut sink) {
+                            sink.stats.keyframes_replayed += 1;
+                            debug!(
+                                subscriber = %consumer.subscriber,
+                                ssrc = layers[usize::from(li)].ssrc,
+                                "first picture replayed from the cache"
+                            );
                             continue;
                         }
                     }
@@ -1194,6 +1220,48 @@ impl Worker {
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(conn_id);
+        }
+    }
+
+    /// The paced replays of first pictures (`replay.rs`) send what is due. A replay whose consumer was paused or
+    /// whose connection is no longer up ends; the consumer then starts from a keyframe as any other.
+    fn pace_replays(&mut self, now: Instant) {
+        if self.replay_due.is_none_or(|d| d > now) {
+            return;
+        }
+        self.replay_due = None;
+        let Worker {
+            producers,
+            conns,
+            scratch,
+            outbox,
+            tcp,
+            dirty,
+            stats,
+            replay_due,
+            ..
+        } = self;
+        let mut sink = Sink {
+            scratch,
+            outbox,
+            tcp,
+            dirty,
+            stats,
+            replay_due,
+        };
+        for producer in producers.values_mut() {
+            let layers = &producer.layers;
+            for consumer in producer.consumers.iter_mut().filter(|c| c.replay.is_some()) {
+                let conn = conns
+                    .get_mut(&consumer.conn)
+                    .filter(|c| c.state == RTCPeerConnectionState::Connected);
+                match (conn, consumer.payload_type) {
+                    (Some(conn), Some(pt)) if consumer.target.is_some() => {
+                        pace_replay(consumer, conn, pt, producer.codec, layers, now, &mut sink);
+                    }
+                    _ => consumer.replay = None,
+                }
+            }
         }
     }
 
@@ -1608,6 +1676,7 @@ impl Worker {
             octets: 0,
             last_sent: None,
             srtp_index: StreamIndex::default(),
+            replay: None,
         });
         self.layers_dirty = true;
         if let Some(p) = self.participants.get_mut(subscriber) {
@@ -3037,17 +3106,28 @@ fn queue_writes(conn: &mut Conn, tcp: &mut Option<TcpMedia>, outbox: &mut Outbox
     }
 }
 
-/// A new consumer's first picture: from the highest layer up to its target whose cached picture can be replayed
-/// (`replay.rs`), with that layer's index.
-fn first_picture(
-    layers: &[Layer],
-    target: u8,
-    now: Instant,
-) -> Option<(usize, crate::replay::Picture<'_>)> {
+/// Whether a layer up to `target` holds a keyframe recent enough to replay (`replay::MAX_AGE`).
+fn recent_keyframe(layers: &[Layer], target: u8, now: Instant) -> bool {
+    layers.iter().take(usize::from(target) + 1).any(|l| {
+        l.last_keyframe
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) <= crate::replay::MAX_AGE)
+    })
+}
+
+/// A new consumer's first picture (`replay.rs`): from the highest layer up to its target whose cached picture
+/// leaves in one burst, else the lowest layer's, paced.
+fn first_picture(layers: &[Layer], target: u8, now: Instant) -> Option<crate::replay::Replay> {
     let top = usize::from(target).min(layers.len().checked_sub(1)?);
-    (0..=top)
-        .rev()
-        .find_map(|i| layers[i].cached_picture(now).map(|p| (i, p)))
+    let mut lowest = None;
+    for i in (0..=top).rev() {
+        if let Some(r) = layers[i].start_replay(i, now) {
+            if r.bytes <= crate::replay::BURST {
+                return Some(r);
+            }
+            lowest = Some(r);
+        }
+    }
+    lowest
 }
 
 /// Where a forwarded packet goes once rewritten: the worker's send buffers and counters, borrowed apart from its
@@ -3058,6 +3138,8 @@ struct Sink<'a> {
     tcp: &'a mut Option<TcpMedia>,
     dirty: &'a mut Vec<ConnId>,
     stats: &'a mut WorkerStats,
+    /// When a paced replay sends next (`replay.rs`).
+    replay_due: &'a mut Option<Instant>,
 }
 
 /// Send one packet of the producer to a consumer, rewritten as its forwarder decided, and note it for the
@@ -3121,61 +3203,88 @@ fn deliver(
     }
 }
 
-/// A consumer's first picture, replayed from the layer's cache (`replay.rs`): each packet through its forwarder
-/// and out. `false` if the forwarder would not start from it (the caller asks the publisher for a keyframe).
-/// Once per joining subscriber, not per packet.
+/// Send what the consumer's replay may send now (`replay.rs`), each packet through its forwarder and out; the
+/// replay ends once it has caught up with the layer (or lost its place). `false` if the forwarder would not start
+/// from its first packet (nothing went; the caller asks the publisher for a keyframe).
 #[allow(clippy::too_many_arguments)]
-fn replay(
+fn pace_replay(
     consumer: &mut Consumer,
     conn: &mut Conn,
     payload_type: u8,
-    source_ssrc: u32,
     codec: Codec,
-    picture: crate::replay::Picture,
+    layers: &[Layer],
     now: Instant,
     sink: &mut Sink,
 ) -> bool {
-    let mut started = false;
-    for (p, timestamp) in picture {
-        let vp8 = if codec == Codec::Vp8 {
-            crate::vp8::parse(&p.payload)
-        } else {
-            None
-        };
-        match consumer
-            .forwarder
-            .forward_parsed(now, source_ssrc, p.seq, timestamp, &p.payload, vp8)
-        {
-            Ok(rewrite) => {
-                started = true;
-                deliver(
-                    consumer,
-                    conn,
-                    payload_type,
-                    source_ssrc,
-                    p.seq,
-                    p.marker,
-                    rewrite,
-                    &p.payload,
-                    vp8.as_ref(),
+    use crate::replay::Step;
+    let Some(mut replay) = consumer.replay.take() else {
+        return false;
+    };
+    let Some(layer) = layers.get(replay.layer) else {
+        return false;
+    };
+    let Some(newest) = layer.last_seq else {
+        return false;
+    };
+    replay.refill(now);
+    let mut started = consumer.forwarder.current_ssrc().is_some();
+    if replay.overdue(now) {
+        debug!(subscriber = %consumer.subscriber, ssrc = replay.ssrc, "first picture's replay did not catch up");
+        return started;
+    }
+    loop {
+        match replay.step(&layer.cache, newest) {
+            Step::Send(p, timestamp) => {
+                let vp8 = if codec == Codec::Vp8 {
+                    crate::vp8::parse(&p.payload)
+                } else {
+                    None
+                };
+                match consumer.forwarder.forward_parsed(
                     now,
-                    sink,
-                );
+                    replay.ssrc,
+                    p.seq,
+                    timestamp,
+                    &p.payload,
+                    vp8,
+                ) {
+                    Ok(rewrite) => {
+                        started = true;
+                        deliver(
+                            consumer,
+                            conn,
+                            payload_type,
+                            replay.ssrc,
+                            p.seq,
+                            p.marker,
+                            rewrite,
+                            &p.payload,
+                            vp8.as_ref(),
+                            now,
+                            sink,
+                        );
+                    }
+                    Err(_) if !started => return false,
+                    Err(_) => {}
+                }
             }
-            Err(_) if !started => return false,
-            Err(_) => {}
+            Step::Wait => {
+                consumer.replay = Some(replay);
+                let next = now + crate::replay::STEP;
+                *sink.replay_due = Some(sink.replay_due.map_or(next, |d| d.min(next)));
+                return started;
+            }
+            end @ (Step::Done | Step::Lost) => {
+                debug!(
+                    subscriber = %consumer.subscriber,
+                    ssrc = replay.ssrc,
+                    caught_up = matches!(end, Step::Done),
+                    "first picture's replay ended"
+                );
+                return started;
+            }
         }
     }
-    if started {
-        sink.stats.keyframes_replayed += 1;
-        debug!(
-            subscriber = %consumer.subscriber,
-            ssrc = source_ssrc,
-            packets = consumer.packets,
-            "first picture replayed from the cache"
-        );
-    }
-    started
 }
 
 /// The packet a consumer's subscriber gets: only the fixed header is carried over (the subscriber's leg negotiated

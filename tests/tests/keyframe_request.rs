@@ -140,6 +140,31 @@ async fn a_viewer_joining_after_a_recent_keyframe_starts_from_the_cache() {
     server.shutdown().await;
 }
 
+/// One layer at 1.5 Mbit/s (30 fps, a keyframe every half second): its picture — the keyframe and the frames
+/// since — is tens of kilobytes, more than leaves in one burst, so it is replayed paced (`replay.rs`), and the
+/// live stream follows the replay without a gap or a jump in sequence number, timestamp or PictureID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_picture_is_replayed_paced_and_the_live_stream_follows_it() {
+    let media = MediaProfile {
+        video_bitrate_bps: 1_500_000,
+        video_fps: 30,
+        keyframe_every: Some(15),
+        ..MediaProfile::default()
+    };
+    let (server, publisher, viewers, replays) =
+        join_after_keyframes("pli-replay-paced", media).await;
+    assert!(
+        (2..=4).contains(&replays),
+        "each viewer's first picture came from the cache, bar one started by a live keyframe: {replays} of 4"
+    );
+    let sent = publisher.sent();
+    assert_eq!(sent.plis, 0, "no keyframe asked of the publisher: {sent:?}");
+    for ep in viewers.iter().chain([&publisher]) {
+        ep.close().await;
+    }
+    server.shutdown().await;
+}
+
 /// The chair's three simulcast layers: the top layer's picture is too much to replay at once down a commune link
 /// (`replay::MAX_BYTES`), so a joining viewer's first picture is replayed from a lower layer (the highest that
 /// fits), and the viewer moves up to the top layer at its next keyframe — one continuous stream throughout.
