@@ -474,7 +474,23 @@ struct TrackState {
     ended: bool,
     /// Bit `c - first_counter` set when counter `c` was received.
     seen: Vec<u64>,
+    /// The same, for counters whose first arrival was at most [`IN_TIME`] after they were sent.
+    in_time: Vec<u64>,
     latency: LatencyHistogram,
+}
+
+/// A frame that first arrives later than this after it was sent came by a NACK answer across a round trip (150 ms
+/// in `impaired_links.rs`' weak link: the loss noticed at the next packet, the NACK, the resend): a receiver's
+/// jitter buffer, tens of milliseconds, has played past it. RED's copy comes one packet (20 ms) after the original.
+pub const IN_TIME: Duration = Duration::from_millis(150);
+
+/// Set bit `offset` of a bitset, growing it.
+fn set_bit(bits: &mut Vec<u64>, offset: usize) {
+    let word = offset / 64;
+    if word >= bits.len() {
+        bits.resize((word + 1).max(bits.len() * 2), 0);
+    }
+    bits[word] |= 1u64 << (offset % 64);
 }
 
 /// Everything recorded about one received track, and the handle to send RTCP about it.
@@ -528,6 +544,7 @@ impl TrackRecorder {
                 last_packet_at: None,
                 opens: 0,
                 ended: false,
+                in_time: Vec::new(),
                 seen: Vec::with_capacity(256),
                 latency: LatencyHistogram::default(),
             }),
@@ -573,7 +590,7 @@ impl TrackRecorder {
                 if n < earlier.len() {
                     earlier[n] = decode_payload(block, false, self.verify_payload)
                         .filter(|d| d.intact)
-                        .map(|d| d.counter);
+                        .map(|d| (d.counter, d.sent_us));
                     n += 1;
                 }
             });
@@ -661,7 +678,7 @@ impl TrackRecorder {
         }
         // A frame lost on the way that this packet's redundancy brings back (before any NACK answer does): a
         // receiver plays it from here. Counted as received, and as rebuilt from RED.
-        for c in earlier.into_iter().flatten() {
+        for (c, sent_us) in earlier.into_iter().flatten() {
             if let Some(first) = s.first_counter
                 && c >= first
                 && c < d.counter
@@ -673,6 +690,9 @@ impl TrackRecorder {
                     *w |= 1u64 << (off % 64);
                     s.distinct += 1;
                     s.red_recovered += 1;
+                    if now_us.saturating_sub(sent_us) <= IN_TIME.as_micros() as u64 {
+                        set_bit(&mut s.in_time, off);
+                    }
                 }
             }
         }
@@ -707,6 +727,9 @@ impl TrackRecorder {
         }
         s.seen[word] |= bit;
         s.distinct += 1;
+        if now_us.saturating_sub(d.sent_us) <= IN_TIME.as_micros() as u64 {
+            set_bit(&mut s.in_time, offset);
+        }
         if d.counter < s.max_counter {
             s.out_of_order += 1;
         } else {
@@ -764,6 +787,28 @@ impl TrackRecorder {
                     s.seen
                         .get(off / 64)
                         .is_none_or(|w| w & (1u64 << (off % 64)) == 0)
+                })
+                .count() as u64,
+        )
+    }
+
+    /// Counters in `from..to` that arrived, but first later than [`IN_TIME`] after they were sent; `None` if
+    /// `from` is before the first counter received.
+    pub fn late_in(&self, from: u64, to: u64) -> Option<u64> {
+        let s = self.lock();
+        let first = s.first_counter?;
+        if from < first {
+            return None;
+        }
+        let has = |bits: &[u64], off: usize| {
+            bits.get(off / 64)
+                .is_some_and(|w| w & (1u64 << (off % 64)) != 0)
+        };
+        Some(
+            (from..to)
+                .filter(|c| {
+                    let off = (c - first) as usize;
+                    has(&s.seen, off) && !has(&s.in_time, off)
                 })
                 .count() as u64,
         )
@@ -2027,6 +2072,17 @@ impl SimEndpoint {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(participant_id.to_string(), track_id.to_string()))
             .and_then(|r| r.missing_in(from, to))
+    }
+
+    /// Of a received track's counters in `from..to`, how many arrived later than [`IN_TIME`] after they were
+    /// sent (`None` before its first counter).
+    pub fn late_in(&self, participant_id: &str, track_id: &str, from: u64, to: u64) -> Option<u64> {
+        self.inner
+            .recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(participant_id.to_string(), track_id.to_string()))
+            .and_then(|r| r.late_in(from, to))
     }
 
     /// Snapshot of everything counted.
