@@ -1087,12 +1087,15 @@ impl Worker {
                         && settled
                         && let Some(replay) = first_picture(layers, li, now)
                     {
+                        let (ssrc, bytes) = (replay.ssrc, replay.bytes);
                         consumer.replay = Some(replay);
                         if pace_replay(consumer, conn, pt, producer.codec, layers, now, &mut sink) {
                             sink.stats.keyframes_replayed += 1;
                             debug!(
                                 subscriber = %consumer.subscriber,
-                                ssrc = layers[usize::from(li)].ssrc,
+                                ssrc,
+                                bytes,
+                                paced = consumer.replay.is_some(),
                                 "first picture replayed from the cache"
                             );
                             continue;

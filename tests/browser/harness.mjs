@@ -242,7 +242,8 @@ export function diagnostics(server, pages, { consoleLines = 40, serverLines = 80
 
 /**
  * Init script replacing getUserMedia: a canvas of one solid colour (20 fps; `width` × `height`, 640 × 360 unless
- * given) and a WebAudio oscillator. With `moving`, a white bar sweeps across it (real motion for the encoder).
+ * given) and a WebAudio oscillator. With `moving`, a white bar sweeps across it (real motion for the encoder); with
+ * `noise`, its lower half is new random blocks every frame (the encoder needs its whole bit rate).
  */
 export function fakeMediaScript({ rgb, tone, width = 640, height = 360, moving = false, noise = false }) {
   const md = navigator.mediaDevices;
