@@ -131,13 +131,10 @@ impl Replay {
             frames_after,
             previous_timestamp: None,
             credit: BURST as f64,
-            rate: (layer_bps as f64).max(picture_bps) * RATE_FACTOR as f64 / 8.0,
+            rate: ((layer_bps as f64).max(picture_bps) * RATE_FACTOR as f64).max(MIN_RATE as f64)
+                / 8.0,
             last: now,
             started: now,
-        })
-        .map(|mut r| {
-            r.rate = r.rate.max(MIN_RATE as f64 / 8.0);
-            r
         })
     }
 

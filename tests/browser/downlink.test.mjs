@@ -25,7 +25,10 @@ import {
   diagnostics as harnessDiagnostics,
   fakeMediaScript,
   findLink,
+  inboundStats,
   launchBrowser,
+  mainPicture,
+  metric,
   startServer,
   stopServer,
   waitFor as harnessWaitFor,
@@ -41,36 +44,10 @@ const tokenOf = (url) => new URL(url).searchParams.get('token');
 const run = (cmd, args) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
 /** The hall's audio from the chair (its subscribe connection): packets received and lost, samples concealed. */
-function hallAudio(page) {
-  return page.evaluate(async () => {
-    const out = { received: 0, lost: 0, concealed: 0, samples: 0 };
-    const pc = window.giaoban?.subscribePc?.();
-    if (!pc) return out;
-    (await pc.getStats()).forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
-        out.received += s.packetsReceived ?? 0;
-        out.lost += s.packetsLost ?? 0;
-        out.concealed += s.concealedSamples ?? 0;
-        out.samples += s.totalSamplesReceived ?? 0;
-      }
-    });
-    return out;
-  });
-}
-
-/** The hall's main picture: decoded width and frames decoded of the chair's video (its subscribe connection). */
-function hallPicture(page) {
-  return page.evaluate(async () => {
-    const v = document.querySelector('[data-testid="main-video"]');
-    const pc = window.giaoban?.subscribePc?.();
-    let framesDecoded = 0;
-    if (pc) {
-      (await pc.getStats()).forEach((s) => {
-        if (s.type === 'inbound-rtp' && s.kind === 'video') framesDecoded = Math.max(framesDecoded, s.framesDecoded ?? 0);
-      });
-    }
-    return { width: v?.videoWidth ?? 0, framesDecoded };
-  });
+async function hallAudio(page) {
+  const audio = (await inboundStats(page))?.audio ?? [];
+  const sum = (k) => audio.reduce((n, a) => n + a[k], 0);
+  return { received: sum('packetsReceived'), lost: sum('packetsLost'), concealed: sum('concealed'), samples: sum('samples') };
 }
 
 test('a hall whose downlink narrows gets a lower layer, and f again by padding probes once it widens', { timeout: 180_000 }, async (t) => {
@@ -107,11 +84,7 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
       assert.equal(res.status, 200, `${path}: ${res.status}`);
       return res.json();
     };
-    const metric = async (name) => {
-      const text = await (await fetch(new URL('/metrics', base))).text();
-      const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-      return line ? Number(line.split(' ')[1]) : 0;
-    };
+    const counter = async (name) => (await metric(server, name)) ?? 0;
     const adminToken = tokenOf(server.adminUrl);
     const healthOf = async (id) =>
       (await getJson(`api/health?token=${adminToken}`)).participants.find((p) => p.participant_id === id) ?? null;
@@ -160,7 +133,7 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
     const decodesAt = (width, what) =>
       waitFor(
         async () => {
-          const p = await hallPicture(hall.page);
+          const p = await mainPicture(hall.page);
           return p.width === width ? p : null;
         },
         { what },
@@ -185,14 +158,14 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
     t.diagnostic(`250 kbit/s: off f after ${Date.now() - narrowed} ms: ${JSON.stringify(down)}`);
     // Let the estimate settle on the narrow link; what the hall's audio meets there (the SFU's probes included).
     const audioBefore = await hallAudio(hall.page);
-    const probesNarrow = await metric('giaoban_media_probes_total');
+    const probesNarrow = await counter('giaoban_media_probes_total');
     await new Promise((r) => setTimeout(r, 6_000));
     const audioAfter = await hallAudio(hall.page);
     const settled = await receiving();
     const received = audioAfter.received - audioBefore.received;
     const lost = audioAfter.lost - audioBefore.lost;
     t.diagnostic(
-      `250 kbit/s, 6 s later: ${await line()}; probes in those 6 s ${(await metric('giaoban_media_probes_total')) - probesNarrow}; ` +
+      `250 kbit/s, 6 s later: ${await line()}; probes in those 6 s ${(await counter('giaoban_media_probes_total')) - probesNarrow}; ` +
         `the hall's audio: ${received} packets received, ${lost} lost, ` +
         `${(((audioAfter.concealed - audioBefore.concealed) / Math.max(1, audioAfter.samples - audioBefore.samples)) * 100).toFixed(1)} % of samples concealed`,
     );
@@ -200,8 +173,8 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
     assert.notEqual(settled.target, 'f', 'no f aimed at on the narrow link');
 
     // 3. The cap is lifted. Nothing tells the SFU: its padding probes must find the room, and f come back.
-    const probesBefore = await metric('giaoban_media_probes_carried_total');
-    const paddingBefore = await metric('giaoban_media_padding_sent_total');
+    const probesBefore = await counter('giaoban_media_probes_carried_total');
+    const paddingBefore = await counter('giaoban_media_padding_sent_total');
     run('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'del', 'dev', nsIf, 'root']);
     const widened = Date.now();
     await waitFor(
@@ -212,8 +185,8 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
       { what: 'the SFU to forward f again once the link widened', timeout: 30_000 },
     );
     const upAfter = Date.now() - widened;
-    const probesCarried = (await metric('giaoban_media_probes_carried_total')) - probesBefore;
-    const padding = (await metric('giaoban_media_padding_sent_total')) - paddingBefore;
+    const probesCarried = (await counter('giaoban_media_probes_carried_total')) - probesBefore;
+    const padding = (await counter('giaoban_media_padding_sent_total')) - paddingBefore;
     const tcc = (await healthOf(hallId))?.transport_cc;
     t.diagnostic(`link open again: f after ${upAfter} ms; probes carried ${probesCarried}, padding packets ${padding}; ${await line()}`);
     assert.ok(probesCarried >= 1, `a padding probe carried (${probesCarried})`);
@@ -223,7 +196,7 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
 
     // 4. The hall decodes 960 wide again, and frames keep coming.
     const pic = await decodesAt(960, 'the hall to decode 960 wide again');
-    await waitFor(async () => (await hallPicture(hall.page)).framesDecoded >= pic.framesDecoded + 30, {
+    await waitFor(async () => (await mainPicture(hall.page)).framesDecoded >= pic.framesDecoded + 30, {
       what: 'frames to keep coming on f',
     });
   } catch (err) {

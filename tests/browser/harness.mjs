@@ -318,6 +318,7 @@ export async function inboundStats(page) {
         out.audio.push({
           ssrc: s.ssrc,
           packetsReceived: s.packetsReceived ?? 0,
+          packetsLost: s.packetsLost ?? 0,
           samples: s.totalSamplesReceived ?? 0,
           concealed: s.concealedSamples ?? 0,
         });
@@ -329,6 +330,24 @@ export async function inboundStats(page) {
 }
 
 /** How many videos the page's subscribe connection decodes (inbound-rtp video with framesDecoded > 0). */
+/**
+ * The page's main picture: its decoded width and height, and the most frames decoded by one video stream of its
+ * subscribe connection (getStats).
+ */
+export async function mainPicture(page) {
+  return page.evaluate(async () => {
+    const v = document.querySelector('[data-testid="main-video"]');
+    const pc = window.giaoban?.subscribePc?.();
+    let framesDecoded = 0;
+    if (pc) {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') framesDecoded = Math.max(framesDecoded, s.framesDecoded ?? 0);
+      });
+    }
+    return { width: v?.videoWidth ?? 0, height: v?.videoHeight ?? 0, framesDecoded };
+  });
+}
+
 export async function videosDecoding(page) {
   return (await inboundStats(page))?.videoDecoding ?? 0;
 }

@@ -17,6 +17,7 @@ import {
   fakeMediaScript,
   findLink,
   launchBrowser,
+  mainPicture,
   serveClientFromDisk,
   startServer,
   stopServer,
@@ -62,22 +63,6 @@ async function cameraProducer(chairId) {
 async function receiving(hallId, trackId) {
   const h = await healthOf(hallId);
   return h?.receiving?.find((r) => r.track_id === trackId) ?? null;
-}
-
-/** The hall's main picture: decoded width and frames decoded of the chair's video (its subscribe connection). */
-function hallPicture(page) {
-  return page.evaluate(async () => {
-    const v = document.querySelector('[data-testid="main-video"]');
-    const pc = window.giaoban?.subscribePc?.();
-    let framesDecoded = 0;
-    if (pc) {
-      const report = await pc.getStats();
-      report.forEach((s) => {
-        if (s.type === 'inbound-rtp' && s.kind === 'video') framesDecoded = Math.max(framesDecoded, s.framesDecoded ?? 0);
-      });
-    }
-    return { width: v?.videoWidth ?? 0, height: v?.videoHeight ?? 0, framesDecoded };
-  });
 }
 
 /** The chair's outbound video encodings by rid: active flag, packets sent, frame width. */
@@ -142,7 +127,7 @@ test('Chromium publishes three layers; the chair moves a hall between them by it
     const trackId = producer.track_id;
 
     // The hall's main picture is the chair; it gets decoded frames.
-    await waitFor(async () => (await hallPicture(hall.page)).framesDecoded > 10, { what: 'the hall to decode the chair' });
+    await waitFor(async () => (await mainPicture(hall.page)).framesDecoded > 10, { what: 'the hall to decode the chair' });
 
     // The chair's cap select on the hall's tile.
     const capSelect = chair.page.locator(`.tile[data-participant-id="${hallId}"] [data-testid="tile-layer-cap"]`);
@@ -160,14 +145,14 @@ test('Chromium publishes three layers; the chair moves a hall between them by it
       );
       const pic = await waitFor(
         async () => {
-          const p = await hallPicture(hall.page);
+          const p = await mainPicture(hall.page);
           return p.width === width ? p : null;
         },
         { what: `the hall to decode ${width} wide (cap ${cap})` },
       );
       // No frozen picture after the switch: frames keep being decoded; and the layer keeps arriving at the SFU.
       const packets = await layerPackets(rid);
-      await waitFor(async () => (await hallPicture(hall.page)).framesDecoded >= pic.framesDecoded + 20, {
+      await waitFor(async () => (await mainPicture(hall.page)).framesDecoded >= pic.framesDecoded + 20, {
         what: `frames to keep coming after the switch to ${rid}`,
       });
       // Counted on its own clock: frames decoded after the first reading may have reached the SFU before it.

@@ -484,6 +484,12 @@ struct TrackState {
 /// jitter buffer, tens of milliseconds, has played past it. RED's copy comes one packet (20 ms) after the original.
 pub const IN_TIME: Duration = Duration::from_millis(150);
 
+/// Whether bit `offset` of a bitset is set.
+fn has_bit(bits: &[u64], offset: usize) -> bool {
+    bits.get(offset / 64)
+        .is_some_and(|w| w & (1u64 << (offset % 64)) != 0)
+}
+
 /// Set bit `offset` of a bitset, growing it.
 fn set_bit(bits: &mut Vec<u64>, offset: usize) {
     let word = offset / 64;
@@ -775,41 +781,33 @@ impl TrackRecorder {
     /// Counters in `from..to` (the publisher's per-track packet counters) never received: what stayed lost after
     /// any repair. `None` when nothing from that range on was recorded (the bitmap starts at the first counter).
     pub fn missing_in(&self, from: u64, to: u64) -> Option<u64> {
-        let s = self.lock();
-        let first = s.first_counter?;
-        if from < first {
-            return None;
-        }
-        Some(
-            (from..to)
-                .filter(|c| {
-                    let off = (c - first) as usize;
-                    s.seen
-                        .get(off / 64)
-                        .is_none_or(|w| w & (1u64 << (off % 64)) == 0)
-                })
-                .count() as u64,
-        )
+        self.count_in(from, to, |s, off| !has_bit(&s.seen, off))
     }
 
     /// Counters in `from..to` that arrived, but first later than [`IN_TIME`] after they were sent; `None` if
     /// `from` is before the first counter received.
     pub fn late_in(&self, from: u64, to: u64) -> Option<u64> {
+        self.count_in(from, to, |s, off| {
+            has_bit(&s.seen, off) && !has_bit(&s.in_time, off)
+        })
+    }
+
+    /// Counters in `from..to` for which `pick(state, counter - first counter)` holds; `None` if `from` is before
+    /// the first counter received (the bitsets start there).
+    fn count_in(
+        &self,
+        from: u64,
+        to: u64,
+        pick: impl Fn(&TrackState, usize) -> bool,
+    ) -> Option<u64> {
         let s = self.lock();
         let first = s.first_counter?;
         if from < first {
             return None;
         }
-        let has = |bits: &[u64], off: usize| {
-            bits.get(off / 64)
-                .is_some_and(|w| w & (1u64 << (off % 64)) != 0)
-        };
         Some(
             (from..to)
-                .filter(|c| {
-                    let off = (c - first) as usize;
-                    has(&s.seen, off) && !has(&s.in_time, off)
-                })
+                .filter(|c| pick(&s, (c - first) as usize))
                 .count() as u64,
         )
     }
@@ -1391,6 +1389,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// The recorder of a track received, if it was.
+    fn received(&self, participant_id: &str, track_id: &str) -> Option<Arc<TrackRecorder>> {
+        self.recorders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(participant_id.to_string(), track_id.to_string()))
+            .cloned()
+    }
+
     fn recorder(
         &self,
         participant_id: &str,
@@ -2050,10 +2057,7 @@ impl SimEndpoint {
     /// Snapshot of one received track.
     pub fn track(&self, participant_id: &str, track_id: &str) -> Option<TrackStats> {
         self.inner
-            .recorders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(participant_id.to_string(), track_id.to_string()))
+            .received(participant_id, track_id)
             .map(|r| r.snapshot())
     }
 
@@ -2067,10 +2071,7 @@ impl SimEndpoint {
         to: u64,
     ) -> Option<u64> {
         self.inner
-            .recorders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(participant_id.to_string(), track_id.to_string()))
+            .received(participant_id, track_id)
             .and_then(|r| r.missing_in(from, to))
     }
 
@@ -2078,10 +2079,7 @@ impl SimEndpoint {
     /// sent (`None` before its first counter).
     pub fn late_in(&self, participant_id: &str, track_id: &str, from: u64, to: u64) -> Option<u64> {
         self.inner
-            .recorders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(participant_id.to_string(), track_id.to_string()))
+            .received(participant_id, track_id)
             .and_then(|r| r.late_in(from, to))
     }
 
@@ -2157,11 +2155,7 @@ impl SimEndpoint {
     pub async fn send_pli(&self, participant_id: &str, track_id: &str) -> anyhow::Result<()> {
         let recorder = self
             .inner
-            .recorders
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(participant_id.to_string(), track_id.to_string()))
-            .cloned()
+            .received(participant_id, track_id)
             .ok_or_else(|| anyhow!("no received track {participant_id}/{track_id}"))?;
         let remote = recorder
             .remote
