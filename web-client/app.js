@@ -1543,16 +1543,19 @@ function syncChildren(parent, wanted) {
 // ---------------------------------------------------------------------------------------------------------
 // Simulcast: which camera layers to send, how large each received video is shown, videos paused by the server.
 
-/** Send only the camera layers someone receives (the server's `layers`). */
-function setCameraLayers(active) {
+/**
+ * Send the camera layers someone receives and stop those nobody receives (the server's `layers`). A rid in
+ * neither list has not reached the server yet: it stays as it is, or it would never arrive.
+ */
+function setCameraLayers(active, paused) {
   const sender = meeting?.cameraSender;
   if (!sender) return;
-  meeting.cameraLayers = active;
   const params = sender.getParameters();
   if (!params.encodings?.length) return;
   let changed = false;
   for (const enc of params.encodings) {
-    const on = !enc.rid || active.includes(enc.rid);
+    if (!enc.rid) continue;
+    const on = active.includes(enc.rid) ? true : paused.includes(enc.rid) ? false : enc.active;
     if (enc.active !== on) {
       enc.active = on;
       changed = true;
@@ -1861,7 +1864,7 @@ function onServerMessage(msg) {
       renderQuality();
       break;
     case 'layers':
-      if (msg.source === 'camera') setCameraLayers(msg.active || []);
+      if (msg.source === 'camera') setCameraLayers(msg.active || [], msg.paused || []);
       break;
     case 'video_paused':
       onVideoPaused(msg.track_id, !!msg.paused);

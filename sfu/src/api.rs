@@ -219,13 +219,15 @@ pub enum Event {
         leg: Leg,
         state: String,
     },
-    /// Which simulcast layers (by rid) of a publisher's producer someone receives: the publisher should send
-    /// only these (the others are paused at the source).
+    /// Which simulcast layers (by rid) of a publisher's producer someone receives (`active`) and which nobody
+    /// receives (`paused`: the publisher stops sending them). Only layers the SFU has seen are named: a rid whose
+    /// first packet has not arrived yet is in neither list, and the publisher leaves it as it is.
     LayersWanted {
         participant: ParticipantId,
         track_id: String,
         source: MediaSource,
         active: Vec<String>,
+        paused: Vec<String>,
     },
     /// A subscriber's video of `track_id` was paused because its link cannot carry it (audio goes on), or
     /// resumed.

@@ -2916,16 +2916,15 @@ impl Worker {
                 }
             }
             if changed {
+                let (paused, active): (Vec<&Layer>, Vec<&Layer>) =
+                    p.layers.iter().partition(|l| l.paused);
+                let rids = |ls: Vec<&Layer>| ls.into_iter().map(|l| l.rid.clone()).collect();
                 events.push(Event::LayersWanted {
                     participant: p.owner.clone(),
                     track_id: p.id.clone(),
                     source: p.source,
-                    active: p
-                        .layers
-                        .iter()
-                        .filter(|l| !l.paused)
-                        .map(|l| l.rid.clone())
-                        .collect(),
+                    active: rids(active),
+                    paused: rids(paused),
                 });
             }
         }

@@ -1223,6 +1223,7 @@ impl Hub {
                 track_id,
                 source,
                 active,
+                paused,
             } => {
                 let source = match source {
                     MediaSource::Microphone => TrackSource::Microphone,
@@ -1235,6 +1236,7 @@ impl Hub {
                         track_id,
                         source,
                         active,
+                        paused,
                     },
                 );
             }

@@ -519,12 +519,15 @@ pub enum ServerMessage {
     RecordingAlert {
         reason: String,
     },
-    /// Send only these simulcast layers (rids) of your track: nobody receives the others
-    /// (`RTCRtpSender.setParameters` with `encodings[i].active`).
+    /// Which simulcast layers (rids) of your track someone receives (`active`: send them) and which nobody
+    /// receives (`paused`: stop sending them), by `RTCRtpSender.setParameters` with `encodings[i].active`. Only
+    /// layers the server has seen are named; leave a rid in neither list as it is (its first packet may still be
+    /// on its way).
     Layers {
         track_id: String,
         source: TrackSource,
         active: Vec<String>,
+        paused: Vec<String>,
     },
     /// Your link cannot carry this video now: the server paused it (audio goes on) — or resumed it.
     VideoPaused {

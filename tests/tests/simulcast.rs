@@ -135,8 +135,9 @@ async fn a_hall_is_moved_between_simulcast_layers_and_its_stream_stays_continuou
         )
         .await
         .expect("the chair is told to send only q");
-    if let ServerMessage::Layers { source, .. } = &layers_msg {
+    if let ServerMessage::Layers { source, paused, .. } = &layers_msg {
         assert_eq!(*source, TrackSource::Camera);
+        assert_eq!(paused, &["h", "f"], "the layers to stop are named");
     }
     let paused: Vec<bool> = layers_at_sfu(&server, &chair_id)
         .await
