@@ -3023,7 +3023,16 @@ impl Worker {
                             (None, a, b) => a.or(b),
                         };
                         p.estimator.set_padding_probes(can_probe);
+                        let before = p.estimator.estimate();
                         if p.estimator.update(now, loss, conn.link.traffic.bitrate_out) {
+                            debug!(
+                                participant = %conn.participant,
+                                ?loss,
+                                acked = ?tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2)),
+                                before,
+                                estimate = p.estimator.estimate(),
+                                "downlink estimate stepped"
+                            );
                             // A cut or a probe: choose the layers at this tick, not at the next round.
                             self.layers_dirty = true;
                         }

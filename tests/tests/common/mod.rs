@@ -27,6 +27,13 @@ impl TestServer {
     }
 
     pub async fn start_with(config: giaoban_config::Config) -> TestServer {
+        // `TEST_LOG=giaoban_sfu=debug` (an env filter) prints the server's log to stderr.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let running = giaoban_signaling::start(config)
             .await
             .expect("server starts");
