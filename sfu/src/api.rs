@@ -301,7 +301,7 @@ pub struct ParticipantLinks {
     /// The screen share connection, while the participant shares its screen.
     pub screen: Option<crate::health::LinkHealth>,
     /// The downlink estimate of the subscribe leg (bit/s) that layer choice uses; `None` while unconstrained (no
-    /// loss seen yet).
+    /// loss seen yet, and no start estimate: see `layers::Estimator::start`).
     pub estimate: Option<u64>,
     /// The downlink's transport-wide CC (`None`: the subscriber did not accept it): feedback read, and the last
     /// padding probe's outcome.

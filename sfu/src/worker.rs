@@ -283,6 +283,19 @@ impl Layer {
 }
 
 impl Conn {
+    /// Whether media can go out on it: connected, or connected before and only *disconnected* now. rtc's ICE
+    /// calls a link disconnected when it has heard nothing it counts for 5 s; on a lossy commune line that
+    /// happened for 0.8 s while the hall's feedback kept coming (`impaired_links.rs` scenario 1), and the SFU
+    /// stopped forwarding: 39 of the hall's audio packets lost. The SRTP keys stay good, so the media goes on;
+    /// a link that is really gone fails and leaves.
+    fn sends_media(&self) -> bool {
+        match self.state {
+            RTCPeerConnectionState::Connected => true,
+            RTCPeerConnectionState::Disconnected => self.connected_since.is_some(),
+            _ => false,
+        }
+    }
+
     /// Count the packets a subscriber's NACK reports missing that no earlier NACK reported.
     fn count_nacked(&mut self, nack: &TransportLayerNack) {
         let newest = self.nack_newest.entry(nack.media_ssrc).or_insert_with(|| {
@@ -1057,8 +1070,8 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(&consumer.conn) else {
                 continue;
             };
-            if conn.state != RTCPeerConnectionState::Connected {
-                // SRTP is not keyed yet; the stream starts from a keyframe once it is.
+            if !conn.sends_media() {
+                // SRTP is not keyed yet (the stream starts from a keyframe once it is), or the link is gone.
                 continue;
             }
             let rewrite = match consumer.forwarder.forward_parsed(
@@ -1255,9 +1268,7 @@ impl Worker {
         for producer in producers.values_mut() {
             let layers = &producer.layers;
             for consumer in producer.consumers.iter_mut().filter(|c| c.replay.is_some()) {
-                let conn = conns
-                    .get_mut(&consumer.conn)
-                    .filter(|c| c.state == RTCPeerConnectionState::Connected);
+                let conn = conns.get_mut(&consumer.conn).filter(|c| c.sends_media());
                 match (conn, consumer.payload_type) {
                     (Some(conn), Some(pt)) if consumer.target.is_some() => {
                         pace_replay(consumer, conn, pt, producer.codec, layers, now, &mut sink);
@@ -1392,6 +1403,7 @@ impl Worker {
                                 "forwarded RTP sealed by the SFU's own SRTP context"
                             );
                         }
+
                         // Anything forwarded before the subscriber could decrypt it is lost: start each video
                         // stream again from a keyframe.
                         let keys: Vec<ProducerKey> =
@@ -1843,6 +1855,11 @@ impl Worker {
         // Transport-wide CC as the answer accepted it; a renegotiation that keeps its id keeps the numbering.
         if conn.twcc.as_ref().map(|t| t.extension_id()) != twcc_id {
             conn.twcc = twcc_id.map(|id| crate::twcc::TransportCc::new(id, Instant::now()));
+        }
+        // A link that padding can probe (its feedback tells what arrived) starts at a modest estimate and is
+        // probed as soon as a video stream flows on it, before its first picture can overrun it.
+        if conn.twcc.is_some() {
+            p.estimator.start();
         }
         // A keyframe is asked for only once the connection is up: one arriving before it is connected is not
         // forwarded, and would only start the throttle's interval (the `connected` event asks for every stream).
@@ -2768,7 +2785,7 @@ impl Worker {
         // Decide with shared borrows, then apply.
         let mut decisions: Vec<(ProducerKey, usize, Option<usize>)> = Vec::new();
         // What each subscriber would take unconstrained (the most a probe of its downlink asks for).
-        let mut wanted: Vec<(ParticipantId, [u64; 3])> = Vec::new();
+        let mut wanted: Vec<(ParticipantId, [u64; 3], bool)> = Vec::new();
         for (sub, (audio, videos)) in &by_subscriber {
             if videos.is_empty() {
                 continue;
@@ -2777,7 +2794,8 @@ impl Worker {
                 continue;
             };
             let cap = participant.cap.map(usize::from);
-            let budget = participant
+            let may_pause = participant.estimator.may_pause();
+            let mut budget = participant
                 .estimator
                 .estimate()
                 .saturating_sub(*audio as u64 * layers::AUDIO_BITRATE);
@@ -2814,24 +2832,32 @@ impl Worker {
             let lowest: u64 = (0..wants.len())
                 .map(|i| (cost(i, 0) as f64 * layers::RESUME_HEADROOM) as u64)
                 .sum();
+            if !may_pause {
+                // No loss has cut the estimate: it is a guess (the start) or a floor (a probe carried), and no
+                // video is paused for it.
+                budget = budget.max((0..wants.len()).map(|i| cost(i, 0)).sum());
+            }
             let chosen = layers::allocate(budget, &wants, cost);
             let in_use: u64 = chosen
                 .iter()
                 .enumerate()
                 .filter_map(|(i, c)| c.map(|l| cost(i, l)))
                 .sum();
+            let paused = chosen.iter().any(Option::is_none);
             wanted.push((
                 (*sub).into(),
                 [unconstrained, in_use, lowest].map(|b| b + audio_bps),
+                paused,
             ));
             for (&(key, i), desired) in videos.iter().zip(chosen) {
                 decisions.push((key, i, desired));
             }
         }
         drop(by_subscriber);
-        for (sub, [want, in_use, lowest]) in wanted {
+        for (sub, [want, in_use, lowest], paused) in wanted {
             if let Some(p) = self.participants.get_mut(&sub) {
                 p.estimator.set_wanted(want, in_use, lowest);
+                p.estimator.set_video_paused(paused);
             }
         }
         let mut events = Vec::new();
@@ -3028,6 +3054,9 @@ impl Worker {
                             debug!(
                                 participant = %conn.participant,
                                 ?loss,
+                                ?tally,
+                                rr = ?conn.rtc_stats.loss_out,
+                                ?nack_loss,
                                 acked = ?tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2)),
                                 before,
                                 estimate = p.estimator.estimate(),

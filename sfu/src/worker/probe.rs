@@ -70,6 +70,7 @@ impl Worker {
             return;
         };
         cc.start_probe();
+        tracing::debug!(participant = %conn.participant, rate, "padding probe started");
         conn.probe = ProbeState::Sending(PaddingProbe {
             rate,
             until: now + PROBE_DURATION,
