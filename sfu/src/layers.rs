@@ -304,6 +304,11 @@ impl Estimator {
         }
     }
 
+    /// Whether padding probes are possible on the link (as last set).
+    pub fn padding_probes_possible(&self) -> bool {
+        self.padding_probes
+    }
+
     /// The padding probe to send now, if one was decided: the total rate (media and padding) it should reach.
     pub fn take_probe_request(&mut self) -> Option<u64> {
         self.probe_request.take()

@@ -3000,7 +3000,7 @@ impl Worker {
         ids.sort_unstable();
         let start = ids.partition_point(|id| *id < self.stats_cursor);
         for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
-            let can_probe = self.can_probe(*id);
+            let can_probe = self.can_probe(*id, now);
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.rtc_stats = read_rtc_stats(&mut conn.pc, now);
                 if conn.rtc_stats.loss_out.is_none() {

@@ -112,6 +112,10 @@ pub struct MediaProfile {
     /// Simulcast: keyframe requests are answered on the lowest layer only (the upper ones send their first
     /// keyframe, then none), as Chromium short of CPU was seen to do.
     pub upper_layers_ignore_keyframe_requests: bool,
+    /// As a browser's decoder does: a received video with no keyframe this long after its first packet (the
+    /// keyframe's packets lost, their repair too) is asked for one with a PLI, again each such interval. `None`:
+    /// never (the default: tests that count keyframe requests see only their own).
+    pub pli_without_keyframe: Option<Duration>,
 }
 
 impl Default for MediaProfile {
@@ -130,6 +134,7 @@ impl Default for MediaProfile {
             keyframe_every: None,
             red: false,
             upper_layers_ignore_keyframe_requests: false,
+            pli_without_keyframe: None,
         }
     }
 }
@@ -1190,10 +1195,34 @@ impl PeerConnectionEventHandler for PcHandler {
             }
             recorder.lock().opens += 1;
             recorder.lock().ended = false;
+            let pli_after = inner
+                .opts
+                .media
+                .pli_without_keyframe
+                .filter(|_| kind == TrackKind::Video);
             drop(inner);
+            let mut first_at = None;
+            let mut last_pli: Option<std::time::Instant> = None;
             while let Some(event) = track.poll().await {
                 match event {
-                    TrackRemoteEvent::OnRtpPacket(pkt) => recorder.on_packet(&pkt),
+                    TrackRemoteEvent::OnRtpPacket(pkt) => {
+                        recorder.on_packet(&pkt);
+                        if let Some(after) = pli_after {
+                            let now = std::time::Instant::now();
+                            let first = *first_at.get_or_insert(now);
+                            if recorder.lock().keyframes == 0
+                                && now.duration_since(first) >= after
+                                && last_pli.is_none_or(|t| now.duration_since(t) >= after)
+                            {
+                                last_pli = Some(now);
+                                let pli = PictureLossIndication {
+                                    sender_ssrc: 0,
+                                    media_ssrc: pkt.header.ssrc,
+                                };
+                                let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+                            }
+                        }
+                    }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
                 }

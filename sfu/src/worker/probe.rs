@@ -16,6 +16,9 @@ use std::time::Duration;
 pub(super) const PROBE_DURATION: Duration = Duration::from_millis(100);
 /// How often padding goes out during a probe.
 const PROBE_STEP: Duration = Duration::from_millis(5);
+/// No probe in a connection's first second: its first pictures (keyframes, a replay) are on their way, and a
+/// probe's overrun of a weak link would take their packets with it.
+const FIRST_PROBE_AFTER: Duration = Duration::from_secs(1);
 /// A probe whose feedback is not all in this long after it ended is judged on what came.
 const OUTCOME_WAIT: Duration = Duration::from_millis(1000);
 /// A probe's arrival rate counts when it had at least this many packets.
@@ -245,6 +248,22 @@ impl Worker {
     /// The padding probes due (each tick, after the estimates were updated): asked for by an update, or fallen
     /// due since one once the wait after the last probe is over.
     pub(super) fn start_due_probes(&mut self, now: Instant) {
+        // A new link's first probe goes out as soon as a video stream can carry it, not at its next statistics
+        // round (the round robin visits each connection only every few seconds in a large meeting).
+        let waiting: Vec<ConnId> = self
+            .participants
+            .values()
+            .filter(|p| p.estimator.starting() && !p.estimator.padding_probes_possible())
+            .filter_map(|p| p.subscribe)
+            .collect();
+        for conn_id in waiting {
+            if self.can_probe(conn_id, now)
+                && let Some(conn) = self.conns.get(&conn_id)
+                && let Some(p) = self.participants.get_mut(&conn.participant)
+            {
+                p.estimator.set_padding_probes(true);
+            }
+        }
         let due: Vec<(ConnId, u64)> = self
             .participants
             .values_mut()
@@ -278,14 +297,18 @@ fn carried(o: &crate::twcc::ProbeOutcome, rate: u64) -> bool {
 }
 
 impl Worker {
-    /// Whether a padding probe can be sent on this connection: transport-wide CC feedback, the SFU's own SRTP
+    /// Whether a padding probe can be sent on this connection: connected for `FIRST_PROBE_AFTER`, transport-wide
+    /// CC feedback, the SFU's own SRTP
     /// (padding is sealed like forwarded packets), and a video stream of the subscriber's to carry it (a paused
     /// one will do: its numbers go on from where they stopped).
-    pub(super) fn can_probe(&self, conn_id: ConnId) -> bool {
+    pub(super) fn can_probe(&self, conn_id: ConnId, now: Instant) -> bool {
         let Some(conn) = self.conns.get(&conn_id) else {
             return false;
         };
         conn.twcc.is_some()
+            && conn
+                .connected_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= FIRST_PROBE_AFTER)
             && conn.srtp_out.is_some()
             && conn.producer_by_ssrc.values().any(|key| {
                 self.producers.get(key).is_some_and(|p| {
