@@ -88,8 +88,8 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 /// none of its last 12 reports lost 1 % or more, leaving out the second after a cut or a failed probe and reports
 /// while retransmissions drain (more than three times the chosen layers' cost sent). A link that keeps losing at
 /// random neither grows nor probes, as its loss would end each attempt at the audio's cost (a paused video grows
-/// back without that condition, and with padding probes is probed without it). Growth alone would take tens of seconds to climb from a commune link's 250 kbit/s
-/// back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
+/// back without that condition, and with padding probes is probed without it). Growth alone would take tens of
+/// seconds to climb from a commune link's 250 kbit/s back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
 /// loss) for 0.7 s, and what the subscriber's consumers want ([`set_wanted`](Estimator::set_wanted)) is more than
 /// the estimate, the estimate jumps to that want and a fifth more (a paused video: to its lowest layers) — the
 /// consumers are switched up tentatively (the layers already reach the server, so the probe is real traffic).
@@ -954,19 +954,20 @@ mod tests {
             e.set_wanted(1_300_000, 125_000, 147_000);
             e
         };
-        // Two windows of 11 % loss while 170k arrived: random loss, not an overrun; the lowest layers stay.
+        // Two windows of 11 % loss with `acked` arriving: the second cuts.
+        let two_lossy_windows = |e: &mut Estimator, acked: u64| {
+            e.set_acked(Some(acked));
+            e.update(at(0), Some(0.11), 140_000);
+            e.set_acked(Some(acked));
+            assert!(e.update(at(500), Some(0.11), 140_000));
+        };
+        // 170k arrived: random loss, not an overrun; the lowest layers stay.
         let mut e = fresh();
-        e.set_acked(Some(170_000));
-        e.update(at(0), Some(0.11), 140_000);
-        e.set_acked(Some(170_000));
-        assert!(e.update(at(500), Some(0.11), 140_000));
+        two_lossy_windows(&mut e, 170_000);
         assert_eq!(e.estimate(), 147_000);
-        // The same loss while only 100k arrived: the link cannot carry even q; the video may pause.
+        // Only 100k arrived: the link cannot carry even q; the video may pause.
         let mut e = fresh();
-        e.set_acked(Some(100_000));
-        e.update(at(0), Some(0.11), 140_000);
-        e.set_acked(Some(100_000));
-        assert!(e.update(at(500), Some(0.11), 140_000));
+        two_lossy_windows(&mut e, 100_000);
         assert_eq!(e.estimate(), 90_000);
         // Paused on a line that keeps losing a little: it is probed all the same, and what arrived of the probe
         // brings the video back.

@@ -1403,7 +1403,6 @@ impl Worker {
                                 "forwarded RTP sealed by the SFU's own SRTP context"
                             );
                         }
-
                         // Anything forwarded before the subscriber could decrypt it is lost: start each video
                         // stream again from a keyframe.
                         let keys: Vec<ProducerKey> =
@@ -2942,15 +2941,19 @@ impl Worker {
                 }
             }
             if changed {
-                let (paused, active): (Vec<&Layer>, Vec<&Layer>) =
-                    p.layers.iter().partition(|l| l.paused);
-                let rids = |ls: Vec<&Layer>| ls.into_iter().map(|l| l.rid.clone()).collect();
+                let rids = |paused: bool| {
+                    p.layers
+                        .iter()
+                        .filter(|l| l.paused == paused)
+                        .map(|l| l.rid.clone())
+                        .collect()
+                };
                 events.push(Event::LayersWanted {
                     participant: p.owner.clone(),
                     track_id: p.id.clone(),
                     source: p.source,
-                    active: rids(active),
-                    paused: rids(paused),
+                    active: rids(false),
+                    paused: rids(true),
                 });
             }
         }
@@ -3041,8 +3044,8 @@ impl Worker {
                         // time they were sent (a probe's own overrun is not congestion of the media).
                         let tally = conn.twcc.as_mut().map(|t| t.take_tally());
                         let twcc_loss = tally.and_then(|t| t.loss(TWCC_MIN_REPORTED));
-                        p.estimator
-                            .set_acked(tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2)));
+                        let acked = tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2));
+                        p.estimator.set_acked(acked);
                         let loss = match (twcc_loss, conn.rtc_stats.loss_out, nack_loss) {
                             (Some(t), _, _) => Some(t),
                             (None, Some(a), Some(b)) => Some(a.max(b)),
@@ -3057,7 +3060,7 @@ impl Worker {
                                 ?tally,
                                 rr = ?conn.rtc_stats.loss_out,
                                 ?nack_loss,
-                                acked = ?tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2)),
+                                ?acked,
                                 before,
                                 estimate = p.estimator.estimate(),
                                 "downlink estimate stepped"

@@ -1195,7 +1195,7 @@ impl PeerConnectionEventHandler for PcHandler {
             }
             recorder.lock().opens += 1;
             recorder.lock().ended = false;
-            let pli_after = inner
+            let mut pli_after = inner
                 .opts
                 .media
                 .pli_without_keyframe
@@ -1210,8 +1210,10 @@ impl PeerConnectionEventHandler for PcHandler {
                         if let Some(after) = pli_after {
                             let now = std::time::Instant::now();
                             let first = *first_at.get_or_insert(now);
-                            if recorder.lock().keyframes == 0
-                                && now.duration_since(first) >= after
+                            if recorder.lock().keyframes > 0 {
+                                // A picture came: nothing more to ask for.
+                                pli_after = None;
+                            } else if now.duration_since(first) >= after
                                 && last_pli.is_none_or(|t| now.duration_since(t) >= after)
                             {
                                 last_pli = Some(now);

@@ -86,6 +86,18 @@ async fn downlink_line(server: &TestServer, sub: &str) -> String {
     )
 }
 
+/// The SFU's transport-wide CC health of `sub`'s subscribe link (`None`: not negotiated, or `sub` gone).
+async fn transport_cc(
+    server: &TestServer,
+    sub: &str,
+) -> Option<giaoban_sfu::health::TransportCcHealth> {
+    let links = server.hub().sfu.links().await.expect("links");
+    links
+        .into_iter()
+        .find(|l| l.participant == sub)?
+        .transport_cc
+}
+
 /// Whether the SFU forwards layer `rid` to `sub` and means to (no switch under way).
 async fn on_layer(server: &TestServer, sub: &str, rid: &str) -> bool {
     matches!(
@@ -242,13 +254,10 @@ async fn weak_subscriber() {
     // and its overrun (a tenth of a second at five times the link's rate) has drained.
     let probed = Instant::now();
     loop {
-        let links = server.hub().sfu.links().await.expect("links");
-        let last_probe = links
-            .iter()
-            .find(|l| l.participant == weak.id())
-            .and_then(|l| l.transport_cc)
-            .and_then(|t| t.last_probe);
-        if let Some(p) = last_probe {
+        if let Some(p) = transport_cc(&server, &weak.id())
+            .await
+            .and_then(|t| t.last_probe)
+        {
             println!(
                 "the weak hall's first probe judged {:?} after it settled on q: {p:?}",
                 probed.elapsed()
@@ -574,15 +583,7 @@ async fn bandwidth_drop() {
     );
     // What found the link back: a padding probe it carried (transport-wide CC feedback said all of it arrived,
     // at its pace), not a guess.
-    let probe = server
-        .hub()
-        .sfu
-        .links()
-        .await
-        .expect("links")
-        .into_iter()
-        .find(|l| l.participant == hall.id())
-        .and_then(|l| l.transport_cc);
+    let probe = transport_cc(&server, &hall.id()).await;
     println!("transport-wide CC at the hall's link: {probe:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stays = on_layer(&server, &hall.id(), "f").await;
