@@ -254,6 +254,17 @@ impl Estimator {
         }
     }
 
+    /// Undo [`start`](Self::start) before anything was measured (the subscriber refused transport-wide CC, so
+    /// padding cannot probe its link): the estimate is unconstrained again. Whether it did.
+    pub fn cancel_start(&mut self) -> bool {
+        let undo = self.starting && self.last.is_none() && self.padding_probe.is_none();
+        if undo {
+            self.estimate = MAX_ESTIMATE;
+            self.starting = false;
+        }
+        undo
+    }
+
     /// Whether the link is not known yet (no probe judged).
     pub fn starting(&self) -> bool {
         self.starting
@@ -1031,12 +1042,25 @@ mod tests {
         assert_eq!(e.poll_padding_probe(at(100)), None);
         assert!(!e.may_pause());
 
-        // A link already measured is not started again (a reconnect).
+        // A link already measured is not started again (a reconnect), nor unconstrained by an answer.
         let mut e = Estimator::default();
         e.update(at(0), Some(0.0), 1_000_000);
         e.start();
         assert_eq!(e.estimate(), MAX_ESTIMATE);
         assert!(!e.starting());
+        e.update(at(500), Some(0.3), 1_000_000);
+        let cut = e.estimate();
+        assert!(cut < MAX_ESTIMATE);
+        assert!(!e.cancel_start());
+        assert_eq!(e.estimate(), cut);
+
+        // Started with the offer, undone by an answer that refused transport-wide CC: unconstrained again.
+        let mut e = Estimator::default();
+        e.start();
+        assert!(e.cancel_start());
+        assert_eq!(e.estimate(), MAX_ESTIMATE);
+        assert!(!e.starting());
+        assert!(!e.cancel_start(), "once");
     }
 
     #[test]

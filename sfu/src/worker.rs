@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+mod estimate;
 mod probe;
 
 /// Sender reports for the SFU-sealed streams: once a second.
@@ -1710,6 +1711,10 @@ impl Worker {
         let id = self.new_conn(participant, Leg::Subscribe, now).ok()?;
         if let Some(p) = self.participants.get_mut(participant) {
             p.subscribe = Some(id);
+            // Its offer asks for transport-wide CC: the estimate starts modest before the consumers' first layer
+            // choice, not at the answer after it (a weak hall's join would see f, then q, then f). An answer
+            // without it undoes the start.
+            p.estimator.start();
         }
         Some(id)
     }
@@ -1855,10 +1860,11 @@ impl Worker {
         if conn.twcc.as_ref().map(|t| t.extension_id()) != twcc_id {
             conn.twcc = twcc_id.map(|id| crate::twcc::TransportCc::new(id, Instant::now()));
         }
-        // A link that padding can probe (its feedback tells what arrived) starts at a modest estimate and is
-        // probed as soon as a video stream flows on it, before its first picture can overrun it.
-        if conn.twcc.is_some() {
-            p.estimator.start();
+        // A link that padding can probe (its feedback tells what arrived) started at a modest estimate with its
+        // offer, and is probed as soon as a video stream flows on it, before its first picture can overrun it.
+        // One whose answer refused transport-wide CC cannot be probed: it starts unconstrained instead.
+        if conn.twcc.is_none() && p.estimator.cancel_start() {
+            self.layers_dirty = true;
         }
         // A keyframe is asked for only once the connection is up: one arriving before it is connected is not
         // forwarded, and would only start the throttle's interval (the `connected` event asks for every stream).
@@ -2648,6 +2654,7 @@ impl Worker {
             tcp.sweep(now, |c| conns.contains_key(&c));
         }
         self.refresh_rtc_stats(now);
+        self.update_estimates(now);
         // After the estimates were updated: a probe one of them asked for starts at this tick.
         self.start_due_probes(now);
         self.resend_unanswered_offers(now);
@@ -3003,79 +3010,19 @@ impl Worker {
         ids.sort_unstable();
         let start = ids.partition_point(|id| *id < self.stats_cursor);
         for id in ids.iter().cycle().skip(start).take(PER_TICK.min(ids.len())) {
-            let can_probe = self.can_probe(*id, now);
             if let Some(conn) = self.conns.get_mut(id) {
                 conn.rtc_stats = read_rtc_stats(&mut conn.pc, now);
                 if conn.rtc_stats.loss_out.is_none() {
                     // SFU-sealed streams: rtc keeps no statistics for them; the receiver reports we read do.
                     conn.rtc_stats.loss_out = conn.rr_loss;
                 }
+                // What the link health reports of a subscriber's link: the worse of that and its NACKs' loss
+                // (receiver reports alone show ~0 on a link losing a fifth of its packets, once retransmissions
+                // fill the gaps; `update_estimates` measures it).
                 if conn.leg == Leg::Subscribe
-                    && conn.state == RTCPeerConnectionState::Connected
-                    && let Some(p) = self.participants.get_mut(&conn.participant)
+                    && let Some(n) = conn.nack_loss
                 {
-                    // A link that went silent is out, not congested: the estimate is left as it was through the
-                    // outage and the reports right after it (a hall back from a cut gets its layers back at once
-                    // instead of probing up from a paused video).
-                    let silent = conn
-                        .last_feedback
-                        .is_some_and(|t| now.saturating_duration_since(t) >= OUTAGE);
-                    match (silent, conn.outage) {
-                        (true, None | Some(Some(_))) => {
-                            debug!(participant = %conn.participant, "subscriber link out: the estimate holds");
-                            conn.outage = Some(None);
-                        }
-                        (false, Some(None)) => conn.outage = Some(Some(now + AFTER_OUTAGE)),
-                        (false, Some(Some(until))) if now >= until => conn.outage = None,
-                        _ => {}
-                    }
-                    // Loss over at least half a second: the worse of what its receiver reports say stayed lost
-                    // and what its NACKs said was lost (NACK retransmission hides random loss from the reports).
-                    let (forwarded, nacked, at) = conn.loss_mark;
-                    if conn.outage.is_some() {
-                        conn.loss_mark = (conn.forwarded, conn.nacked, now);
-                        conn.rr_loss = None;
-                    } else if now.saturating_duration_since(at) >= LOSS_WINDOW {
-                        conn.loss_mark = (conn.forwarded, conn.nacked, now);
-                        let sent = conn.forwarded - forwarded;
-                        let nack_loss = (sent > 0)
-                            .then(|| ((conn.nacked - nacked) as f64 / sent as f64).min(1.0));
-                        // With transport-wide CC: what the link lost of the packets sent outside probes, by the
-                        // time they were sent (a probe's own overrun is not congestion of the media).
-                        let tally = conn.twcc.as_mut().map(|t| t.take_tally());
-                        let twcc_loss = tally.and_then(|t| t.loss(TWCC_MIN_REPORTED));
-                        let acked = tally.and_then(|t| t.received_bps(LOSS_WINDOW / 2));
-                        p.estimator.set_acked(acked);
-                        let loss = match (twcc_loss, conn.rtc_stats.loss_out, nack_loss) {
-                            (Some(t), _, _) => Some(t),
-                            (None, Some(a), Some(b)) => Some(a.max(b)),
-                            (None, a, b) => a.or(b),
-                        };
-                        p.estimator.set_padding_probes(can_probe);
-                        let before = p.estimator.estimate();
-                        if p.estimator.update(now, loss, conn.link.traffic.bitrate_out) {
-                            debug!(
-                                participant = %conn.participant,
-                                ?loss,
-                                ?tally,
-                                rr = ?conn.rtc_stats.loss_out,
-                                ?nack_loss,
-                                ?acked,
-                                before,
-                                estimate = p.estimator.estimate(),
-                                "downlink estimate stepped"
-                            );
-                            // A cut or a probe: choose the layers at this tick, not at the next round.
-                            self.layers_dirty = true;
-                        }
-                        conn.nack_loss = nack_loss;
-                    }
-                    // What the link health reports too: the worse of the two (receiver reports alone show ~0 on
-                    // a link losing a fifth of its packets, once retransmissions fill the gaps).
-                    if let Some(n) = conn.nack_loss {
-                        conn.rtc_stats.loss_out =
-                            Some(conn.rtc_stats.loss_out.map_or(n, |r| r.max(n)));
-                    }
+                    conn.rtc_stats.loss_out = Some(conn.rtc_stats.loss_out.map_or(n, |r| r.max(n)));
                 }
             }
             self.stats_cursor = id + 1;

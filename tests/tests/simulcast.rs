@@ -116,11 +116,20 @@ async fn a_hall_is_moved_between_simulcast_layers_and_its_stream_stays_continuou
 
     // No size reported, no cap, ample estimate: the full layer.
     wait_layer(&server, &hall, &chair_id, &track_id, "f", 960).await;
-    // Where the switches this test asks for begin: the join's own (a first picture replayed from a lower layer,
-    // the start estimate's q, the probe's f) come before.
-    let before_switches = hall
+    // The join's own switches come before the ones this test asks for. The hall's link is not known yet, so it
+    // starts on q (the start estimate), and goes up once its probe carried: never down, as when its first layer
+    // was chosen at an unconstrained estimate and the start estimate then cut it (f, then q, then f).
+    let join_widths = hall
         .track(&chair_id, &track_id)
-        .map_or(0, |t| t.keyframe_widths.len());
+        .map(|t| t.keyframe_widths)
+        .unwrap_or_default();
+    println!("join: keyframe widths {join_widths:?}");
+    assert_eq!(join_widths.first(), Some(&240), "a new link starts on q");
+    assert!(
+        join_widths.is_sorted(),
+        "the join only switches up: {join_widths:?}"
+    );
+    let before_switches = join_widths.len();
 
     // The chair caps the hall at low: q; the publisher hears that nobody receives h and f.
     let from = chair.log_len();
