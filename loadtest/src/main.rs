@@ -165,8 +165,9 @@ struct Args {
     /// Subscribers reach the server over ICE-TCP only (with --spawn-server, the server gets a TCP port).
     #[arg(long)]
     ice_tcp: bool,
-    /// Run webrtc-rs's default interceptors on the subscribers too (costs client CPU); by default they run only
-    /// on the publisher.
+    /// Run webrtc-rs's default interceptors on the subscribers too (costs client CPU), as a browser does: NACKs,
+    /// receiver reports and transport-wide CC feedback, so the server estimates each downlink and probes it
+    /// (fanout, province: halls and observers). By default they run only on the publisher (the chair).
     #[arg(long)]
     full_interceptors: bool,
     /// Video bitrate, bit/s.

@@ -133,6 +133,10 @@ struct ProvinceSummary {
     floor: Vec<Holding>,
     /// Audio packets received from halls that did not hold the floor in the window (lecture: should be 0).
     unheard_audio_packets_received: u64,
+    /// The layer of the chair's camera each hall and observer got at the end of the window (the server's view).
+    host_video_layers: Option<HostLayers>,
+    /// What the server's media counters (`/metrics`) rose by in the window.
+    in_window: Option<MediaCounters>,
     /// Halls and observers: join → first keyframe of the chair's video.
     join_to_first_frame_p50_ms: Option<f64>,
     join_to_first_frame_p95_ms: Option<f64>,
@@ -170,20 +174,22 @@ struct ProvinceSummary {
     errors: Vec<String>,
 }
 
-/// `POST path` with a JSON body and a bearer token (HTTP/1.0, loopback); returns the status and the body.
-async fn http_post_json(
+/// `method path` with a bearer token and, for a POST, a JSON body (HTTP/1.0, loopback); returns the status and
+/// the body.
+async fn http_json(
     addr: SocketAddr,
+    method: &str,
     path: &str,
     token: &str,
-    body: &serde_json::Value,
+    body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| anyhow!("connect to {addr} timed out"))??;
-    let body = body.to_string();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -191,17 +197,150 @@ async fn http_post_json(
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
         .await
-        .map_err(|_| anyhow!("POST {path}: response timed out"))??;
+        .map_err(|_| anyhow!("{method} {path}: response timed out"))??;
     let text = String::from_utf8_lossy(&out).to_string();
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("POST {path}: malformed response: {text:?}"))?;
+        .ok_or_else(|| anyhow!("{method} {path}: malformed response: {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("POST {path}: no status in {head:?}"))?;
+        .ok_or_else(|| anyhow!("{method} {path}: no status in {head:?}"))?;
     Ok((status, body.to_string()))
+}
+
+/// What the server chose for the chair's camera at each receiver, from its link health (`GET /api/health`) at
+/// the end of the window: how many receivers got which layer (or had it paused), and their downlink estimates.
+#[derive(Debug, Default, Serialize)]
+struct HostLayers {
+    /// Receivers per rid forwarded ("paused": the server paused it for the link; "none": nothing forwarded).
+    receivers_by_layer: std::collections::BTreeMap<String, usize>,
+    /// Receivers whose downlink the server estimates (transport-wide CC: `--full-interceptors`), and the lowest
+    /// and median of those estimates, kbit/s (unconstrained links are left out).
+    estimated: usize,
+    estimate_min_kbps: Option<u64>,
+    estimate_median_kbps: Option<u64>,
+    /// Receivers whose last padding probe carried, and whose did not.
+    probes_carried: usize,
+    probes_not_carried: usize,
+    /// Receivers still joining: switching layers, or estimated and not probed yet (a new link starts on the lowest
+    /// layer and is probed about a second after it connected).
+    settling: usize,
+}
+
+/// The server's media counters that tell what its layer choice and loss repair did (`/metrics`).
+#[derive(Debug, Default, Serialize)]
+struct MediaCounters {
+    layer_switches: u64,
+    keyframe_requests: u64,
+    probes: u64,
+    probes_carried: u64,
+    nacks_received: u64,
+    rtp_retransmitted: u64,
+}
+
+impl MediaCounters {
+    fn parse(text: &str) -> MediaCounters {
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .strip_prefix(' ')?
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0) as u64
+        };
+        MediaCounters {
+            layer_switches: read("giaoban_media_layer_switches_total"),
+            keyframe_requests: read("giaoban_media_keyframe_requests_total"),
+            probes: read("giaoban_media_probes_total"),
+            probes_carried: read("giaoban_media_probes_carried_total"),
+            nacks_received: read("giaoban_media_nacks_received_total"),
+            rtp_retransmitted: read("giaoban_media_rtp_retransmitted_total"),
+        }
+    }
+
+    fn since(&self, before: &MediaCounters) -> MediaCounters {
+        MediaCounters {
+            layer_switches: self.layer_switches.saturating_sub(before.layer_switches),
+            keyframe_requests: self
+                .keyframe_requests
+                .saturating_sub(before.keyframe_requests),
+            probes: self.probes.saturating_sub(before.probes),
+            probes_carried: self.probes_carried.saturating_sub(before.probes_carried),
+            nacks_received: self.nacks_received.saturating_sub(before.nacks_received),
+            rtp_retransmitted: self
+                .rtp_retransmitted
+                .saturating_sub(before.rtp_retransmitted),
+        }
+    }
+}
+
+async fn media_counters(http: SocketAddr, token: &str) -> anyhow::Result<MediaCounters> {
+    match http_json(http, "GET", "/metrics", token, None).await? {
+        (200, body) => Ok(MediaCounters::parse(&body)),
+        (status, body) => bail!("HTTP {status}: {body}"),
+    }
+}
+
+/// Estimates at or above this are "unconstrained" (`layers::MAX_ESTIMATE`, never measured).
+const UNCONSTRAINED_BPS: u64 = 1_000_000_000;
+
+fn host_layers(health: &serde_json::Value, chair_id: &str) -> HostLayers {
+    let participants = health["participants"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let chair_video: Vec<&str> = participants
+        .iter()
+        .filter(|p| p["participant_id"] == chair_id)
+        .flat_map(|p| p["producers"].as_array().into_iter().flatten())
+        .filter(|t| t["kind"] == "video")
+        .filter_map(|t| t["track_id"].as_str())
+        .collect();
+    let mut out = HostLayers::default();
+    let mut estimates = Vec::new();
+    for p in participants
+        .iter()
+        .filter(|p| p["participant_id"] != chair_id)
+    {
+        let Some(c) = p["receiving"].as_array().into_iter().flatten().find(|c| {
+            c["track_id"]
+                .as_str()
+                .is_some_and(|t| chair_video.contains(&t))
+        }) else {
+            continue;
+        };
+        let layer = if c["paused"] == true {
+            "paused".to_string()
+        } else {
+            c["layer"].as_str().unwrap_or("none").to_string()
+        };
+        *out.receivers_by_layer.entry(layer).or_default() += 1;
+        let estimated = p["estimate"]
+            .as_u64()
+            .is_some_and(|e| e < UNCONSTRAINED_BPS);
+        if estimated {
+            estimates.push(p["estimate"].as_u64().unwrap_or_default() / 1000);
+        }
+        let probe = p["transport_cc"]["last_probe"]["carried"].as_bool();
+        match probe {
+            Some(true) => out.probes_carried += 1,
+            Some(false) => out.probes_not_carried += 1,
+            None => {}
+        }
+        if c["layer"] != c["target"] || (estimated && probe.is_none()) {
+            out.settling += 1;
+        }
+    }
+    estimates.sort_unstable();
+    out.estimated = estimates.len();
+    out.estimate_min_kbps = estimates.first().copied();
+    out.estimate_median_kbps = estimates.get(estimates.len() / 2).copied();
+    out
 }
 
 fn random_secret() -> anyhow::Result<String> {
@@ -313,15 +452,16 @@ async fn drive(
         role: Role::Admin,
         exp,
     });
-    let (status, body) = http_post_json(
+    let (status, body) = http_json(
         http,
+        "POST",
         "/api/admin/meetings",
         &admin,
-        &serde_json::json!({
+        Some(&serde_json::json!({
             "title": "Giao ban trực tuyến toàn tỉnh (loadtest)",
             "starts_at": "2026-01-05T08:00:00+07:00",
             "mode": "lecture",
-        }),
+        })),
     )
     .await?;
     if status != 201 {
@@ -382,7 +522,11 @@ async fn drive(
                 Role::Observer,
             )
         };
-        o.interceptors = Interceptors::Minimal;
+        o.interceptors = if args.full_interceptors {
+            Interceptors::Default
+        } else {
+            Interceptors::Minimal
+        };
         if hall {
             o.media.video_bitrate_bps = args.endpoint_video_kbps * 1000;
             o.media.video_fps = args.endpoint_fps;
@@ -469,6 +613,26 @@ async fn drive(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     b.finish_and_clear();
+    // With transport-wide CC (`--full-interceptors`), each receiver's link starts at a modest estimate on the
+    // chair's lowest layer and is probed about a second after it connected: the window starts once those joins
+    // are over, so it measures the meeting, not the last joiners' switch up.
+    loop {
+        let settling = match http_json(http, "GET", "/api/health", &admin, None).await {
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                .map(|h| host_layers(&h, &chair_id).settling)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if settling == 0 || Instant::now() >= deadline {
+            if settling > 0 {
+                errors.push(format!(
+                    "{settling} receivers were still switching the chair's camera layer when the window started"
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let settle_s = settle_started.elapsed().as_secs_f64();
     if with_host < receivers_n || seen_by_host < hall_ids.len() {
         errors.push(format!(
@@ -522,6 +686,7 @@ async fn drive(
     let cpu0 = pid.map(|p| cpu_of(Some(p), ticks)).transpose()?;
     let client0 = cpu_of(None, ticks)?;
     let drops1 = drops();
+    let media0 = media_counters(http, &admin).await;
     let t0 = Instant::now();
     let window = Duration::from_secs(args.duration());
     let floor_every = Duration::from_secs(args.floor_every.max(1));
@@ -593,6 +758,13 @@ async fn drive(
         lat.merge(&latency(e).since(l0));
     }
     let rss_after = pid.and_then(|p| rss_of(Some(p))).map(|r| r.0);
+    let in_window = match (media0, media_counters(http, &admin).await) {
+        (Ok(a), Ok(b)) => Some(b.since(&a)),
+        (Err(e), _) | (_, Err(e)) => {
+            errors.push(format!("GET /metrics: {e}"));
+            None
+        }
+    };
     let drops2 = drops();
     let since = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
 
@@ -693,6 +865,25 @@ async fn drive(
         errors.push(format!("… {} more refusals", refused - 5));
     }
 
+    // The layers the server chose for the chair's camera, from its link health as IT staff read it.
+    let host_video_layers = match http_json(http, "GET", "/api/health", &admin, None).await {
+        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(health) => Some(host_layers(&health, &chair_id)),
+            Err(e) => {
+                errors.push(format!("GET /api/health: {e}"));
+                None
+            }
+        },
+        Ok((status, body)) => {
+            errors.push(format!("GET /api/health: HTTP {status}: {body}"));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("GET /api/health: {e}"));
+            None
+        }
+    };
+
     // Teardown, bounded.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         let mut set = tokio::task::JoinSet::new();
@@ -730,6 +921,8 @@ async fn drive(
         halls_reaching_host,
         floor,
         unheard_audio_packets_received: unheard,
+        host_video_layers,
+        in_window,
         join_to_first_frame_p50_ms: quantile_ms(&first_frame, 0.5),
         join_to_first_frame_p95_ms: quantile_ms(&first_frame, 0.95),
         hall_join_to_host_frame_p50_ms: quantile_ms(&hall_to_host, 0.5),
@@ -915,6 +1108,41 @@ fn rows(s: &ProvinceSummary) -> Vec<(String, String)> {
             ),
         ),
     ];
+    if let Some(l) = &s.host_video_layers {
+        let by_layer = l
+            .receivers_by_layer
+            .iter()
+            .map(|(rid, n)| format!("{rid} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kbps = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} kbit/s"));
+        r.push((
+            "chair's camera layer at the end (server)".into(),
+            format!(
+                "{by_layer}; {} downlinks estimated (lowest {}, median {}); last probe carried at {}, not at {}",
+                l.estimated,
+                kbps(l.estimate_min_kbps),
+                kbps(l.estimate_median_kbps),
+                l.probes_carried,
+                l.probes_not_carried
+            ),
+        ));
+    }
+    if let Some(c) = &s.in_window {
+        r.push((
+            "server in the window".into(),
+            format!(
+                "{} layer switches, {} keyframe requests, {} probes ({} carried), {} NACKs received, {} \
+                 retransmitted",
+                c.layer_switches,
+                c.keyframe_requests,
+                c.probes,
+                c.probes_carried,
+                c.nacks_received,
+                c.rtp_retransmitted
+            ),
+        ));
+    }
     for h in &s.floor {
         r.push((
             format!("floor: {} from {:.0} s", h.hall, h.granted_at_s),
@@ -1138,6 +1366,70 @@ mod tests {
         );
         assert_eq!(sent_pct(49, 50), Some(98.0));
         assert_eq!(sent_pct(0, 0), None);
+    }
+
+    #[test]
+    fn the_chairs_camera_layers_from_the_link_health() {
+        let health = serde_json::json!({"participants": [
+            {"participant_id": "chair", "estimate": 1_000_000_000u64,
+             "producers": [{"track_id": "cam", "kind": "video"}, {"track_id": "mic", "kind": "audio"}],
+             "receiving": []},
+            // On f after a carried probe.
+            {"participant_id": "a", "estimate": 1_800_000,
+             "transport_cc": {"last_probe": {"carried": true}},
+             "receiving": [{"track_id": "mic", "layer": null, "target": null, "paused": false},
+                           {"track_id": "cam", "layer": "f", "target": "f", "paused": false}]},
+            // Joined a moment ago: on q, not probed yet.
+            {"participant_id": "b", "estimate": 300_000, "transport_cc": {"last_probe": null},
+             "receiving": [{"track_id": "cam", "layer": "q", "target": "q", "paused": false}]},
+            // Paused for its link, after a probe that did not carry.
+            {"participant_id": "c", "estimate": 90_000,
+             "transport_cc": {"last_probe": {"carried": false}},
+             "receiving": [{"track_id": "cam", "layer": null, "target": null, "paused": true}]},
+            // No transport-wide CC: unconstrained, switching up.
+            {"participant_id": "d", "estimate": 1_000_000_000u64,
+             "receiving": [{"track_id": "cam", "layer": "h", "target": "f", "paused": false}]},
+            // Receiving nothing of the chair's camera.
+            {"participant_id": "e", "receiving": []}
+        ]});
+        let l = host_layers(&health, "chair");
+        let by: Vec<(&str, usize)> = l
+            .receivers_by_layer
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(by, [("f", 1), ("h", 1), ("paused", 1), ("q", 1)]);
+        assert_eq!(l.estimated, 3);
+        assert_eq!(l.estimate_min_kbps, Some(90));
+        assert_eq!(l.estimate_median_kbps, Some(300));
+        assert_eq!((l.probes_carried, l.probes_not_carried), (1, 1));
+        assert_eq!(l.settling, 2, "b (not probed) and d (switching)");
+    }
+
+    #[test]
+    fn media_counters_from_the_metrics_text() {
+        let text = "# HELP giaoban_media_layer_switches_total Simulcast layer changes\n\
+                    giaoban_media_layer_switches_total 12\n\
+                    giaoban_media_probes_total 7\n\
+                    giaoban_media_probes_carried_total 5\n\
+                    giaoban_media_rtp_retransmitted_total 40\n";
+        let before = MediaCounters::parse(text);
+        assert_eq!(
+            (
+                before.layer_switches,
+                before.probes,
+                before.probes_carried,
+                before.rtp_retransmitted
+            ),
+            (12, 7, 5, 40)
+        );
+        assert_eq!(
+            before.nacks_received, 0,
+            "a counter not in the text reads 0"
+        );
+        let after = MediaCounters::parse(&text.replace(" 12", " 15"));
+        assert_eq!(after.since(&before).layer_switches, 3);
+        assert_eq!(after.since(&before).probes, 0);
     }
 
     #[test]
