@@ -1122,6 +1122,7 @@ impl Worker {
             };
             if rewrite.switched && simulcast {
                 sink.stats.layer_switches += 1;
+                debug!(subscriber = %consumer.subscriber, ssrc, layer = li, "layer switched on a keyframe");
             }
             deliver(
                 consumer,

@@ -5,7 +5,7 @@
 // WEB_CLIENT_FROM_DISK=1 lets a test serve web-client/ from disk instead of the copy compiled into the binary.
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -104,14 +104,19 @@ function spawnServer(settings, demo, wrap = []) {
   // GIAOBAN_BIN or open rooms) is passed on: only the settings given here.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GIAOBAN_')));
   // `wrap` runs the server through a command that execs it (e.g. `ip netns exec NS`), so the pid stays the server's.
+  // SERVER_LOG_LEVEL sets the server's log filter (`log.level`), for a diagnosis.
+  if (process.env.SERVER_LOG_LEVEL) settings = { ...settings, GIAOBAN_LOG_LEVEL: process.env.SERVER_LOG_LEVEL };
   const [cmd, ...args] = [...wrap, SERVER_BIN];
   const proc = spawn(cmd, args, { cwd: REPO_ROOT, env: { ...env, ...settings }, stdio: ['ignore', 'pipe', 'pipe'] });
   const log = [];
   // Log records (tracing lines, with a level) must never carry a join token or secret; the links the server prints
   // at start for the operator are plain lines without a level.
   const logRecords = { seen: 0, leaks: [] };
+  // SERVER_LOG_FILE=path keeps every line of the server's output there (with RUST_LOG for more: a diagnosis).
+  const keep = process.env.SERVER_LOG_FILE;
   const remember = (stream) => (line) => {
     log.push(`[${stream}] ${line}`);
+    if (keep) appendFileSync(keep, `${new Date().toISOString()} [${stream}] ${line}\n`);
     if (log.length > 400) log.shift();
     // eslint-disable-next-line no-control-regex
     const plain = line.replace(/\x1b\[[0-9;]*m/g, '');
