@@ -1171,12 +1171,26 @@ function sendCandidate(leg, candidate) {
  */
 const PC_DISCONNECTED_REJOIN_MS = 8_000;
 
+/**
+ * A media connection not connected this long after it was made is given up too: the page joins again. ICE and
+ * DTLS take well under a second on a good link and a few seconds on a lossy one; a handshake whose flight was lost
+ * at the wrong moment can stay `connecting` for good (the server's DTLS stack stops retransmitting when the
+ * browser repeats its own flight first), and Chromium would not call it `failed` for a long time.
+ */
+const PC_CONNECT_TIMEOUT_MS = 15_000;
+
 function watchPc(pc, leg) {
   const gen = meeting.generation;
   let lostTimer = null;
+  let connectTimer = setTimeout(() => {
+    connectTimer = null;
+    if (pc.connectionState !== 'connected' && pc.connectionState !== 'closed') rejoin('not connected in time');
+  }, PC_CONNECT_TIMEOUT_MS);
   const rejoin = (why) => {
     clearTimeout(lostTimer);
     lostTimer = null;
+    clearTimeout(connectTimer);
+    connectTimer = null;
     if (!meeting || meeting.generation !== gen) return;
     console.warn(`giaoban: ${leg} connection ${why}, rejoining`);
     showMessage('pc', 'msg.pc.failed', {}, 'warn');
@@ -1188,6 +1202,10 @@ function watchPc(pc, leg) {
   pc.onconnectionstatechange = () => {
     if (!meeting || meeting.generation !== gen) return;
     renderStatus();
+    if (pc.connectionState === 'connected' || pc.connectionState === 'closed') {
+      clearTimeout(connectTimer);
+      connectTimer = null;
+    }
     if (pc.connectionState === 'connected') {
       clearTimeout(lostTimer);
       lostTimer = null;
