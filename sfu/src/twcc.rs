@@ -88,7 +88,9 @@ pub struct ProbeOutcome {
     pub received_bps: u64,
     /// The share of them that did not arrive.
     pub loss: f64,
+    /// Packets it sent, and how many of them arrived.
     pub packets: u32,
+    pub received: u32,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +105,7 @@ struct ProbeWatch {
     last_size: u64,
     reported: u32,
     lost: u32,
+    received: u32,
     received_bytes: u64,
     first_arrival: Option<(i64, u64)>,
     last_arrival: i64,
@@ -306,6 +309,7 @@ impl TransportCc {
                 if let Some(p) = self.probe.as_mut().filter(|p| p.number == n) {
                     p.reported += 1;
                     if received {
+                        p.received += 1;
                         p.received_bytes += u64::from(e.size);
                         match p.first_arrival {
                             Some((first, _)) if first <= arrival_us => {}
@@ -349,6 +353,7 @@ fn outcome(p: &ProbeWatch) -> ProbeOutcome {
             f64::from(p.lost) / f64::from(p.sent)
         },
         packets: p.sent,
+        received: p.received,
     }
 }
 
@@ -510,7 +515,7 @@ mod tests {
         packets.extend((0..100).map(|_| Some(1000)));
         cc.on_feedback(&feedback(first, &packets));
         let o = cc.probe_outcome().expect("every packet reported");
-        assert_eq!(o.packets, 100);
+        assert_eq!((o.packets, o.received), (100, 100));
         assert_eq!(o.loss, 0.0);
         assert_eq!(o.sent_bps, 8_000_000);
         assert_eq!(o.received_bps, 8_000_000);
@@ -547,6 +552,7 @@ mod tests {
         cc.on_feedback(&feedback(first, &packets));
         let o = cc.probe_outcome().expect("reported");
         assert_eq!(o.packets, 50);
+        assert!(o.received < o.packets);
         assert!((o.loss - 0.5).abs() < 1e-9, "{o:?}");
         assert_eq!(o.sent_bps, 8_000_000);
         assert_eq!(o.received_bps, 2_000_000);

@@ -21,7 +21,8 @@ const PROBE_STEP: Duration = Duration::from_millis(5);
 const FIRST_PROBE_AFTER: Duration = Duration::from_secs(1);
 /// A probe whose feedback is not all in this long after it ended is judged on what came.
 const OUTCOME_WAIT: Duration = Duration::from_millis(1000);
-/// A probe's arrival rate counts when it had at least this many packets.
+/// A probe's arrival rate counts when at least this many of its packets arrived (a few that arrive close
+/// together on a link losing nearly everything would read as a fast link).
 const MIN_PACKETS_FOR_RATE: u32 = 10;
 /// At most this many padding packets in one step (a late step does not burst).
 const MAX_PER_STEP: u32 = 16;
@@ -236,11 +237,9 @@ impl Worker {
             self.stats.probes_carried += 1;
         }
         tracing::debug!(participant = %conn.participant, rate, ?outcome, carried, "padding probe judged");
-        // What arrived of it, if enough did to tell a rate.
-        let received = outcome
-            .filter(|o| o.packets >= MIN_PACKETS_FOR_RATE)
-            .map(|o| o.received_bps);
-        if p.estimator.padding_probe_result(now, carried, received) {
+        if p.estimator
+            .padding_probe_result(now, carried, arrival_rate(outcome))
+        {
             self.layers_dirty = true;
         }
     }
@@ -321,6 +320,13 @@ impl Worker {
     }
 }
 
+/// The rate a probe arrived at, if enough of it arrived to tell one.
+fn arrival_rate(outcome: Option<crate::twcc::ProbeOutcome>) -> Option<u64> {
+    outcome
+        .filter(|o| o.received >= MIN_PACKETS_FOR_RATE)
+        .map(|o| o.received_bps)
+}
+
 impl super::Consumer {
     /// Whether padding can go on its stream: its payload type is known and it has sent before.
     fn carries_padding(&self) -> bool {
@@ -338,7 +344,27 @@ mod tests {
             received_bps,
             loss,
             packets: 40,
+            received: 40,
         }
+    }
+
+    #[test]
+    fn a_probe_that_mostly_vanished_tells_no_rate() {
+        // 60 sent on a link losing 95 %: 3 arrived, 5 ms apart. Their "rate" would raise the estimate of a link
+        // that carries nearly nothing (and resume a paused video on it).
+        let vanished = crate::twcc::ProbeOutcome {
+            packets: 60,
+            received: 3,
+            ..outcome(1_500_000, 900_000, 0.95)
+        };
+        assert_eq!(arrival_rate(Some(vanished)), None);
+        let narrow = crate::twcc::ProbeOutcome {
+            packets: 60,
+            received: 20,
+            ..outcome(1_500_000, 300_000, 0.66)
+        };
+        assert_eq!(arrival_rate(Some(narrow)), Some(300_000));
+        assert_eq!(arrival_rate(None), None);
     }
 
     #[test]
