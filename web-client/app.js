@@ -1202,11 +1202,9 @@ function watchPc(pc, leg) {
   pc.onconnectionstatechange = () => {
     if (!meeting || meeting.generation !== gen) return;
     renderStatus();
-    if (pc.connectionState === 'connected' || pc.connectionState === 'closed') {
+    if (pc.connectionState === 'connected') {
       clearTimeout(connectTimer);
       connectTimer = null;
-    }
-    if (pc.connectionState === 'connected') {
       clearTimeout(lostTimer);
       lostTimer = null;
       clearMessage('pc');

@@ -279,6 +279,21 @@ impl MediaCounters {
     }
 }
 
+/// `host_layers` of the server's link health now.
+async fn read_host_layers(
+    http: SocketAddr,
+    token: &str,
+    chair_id: &str,
+) -> anyhow::Result<HostLayers> {
+    match http_json(http, "GET", "/api/health", token, None).await? {
+        (200, body) => Ok(host_layers(
+            &serde_json::from_str::<serde_json::Value>(&body)?,
+            chair_id,
+        )),
+        (status, body) => bail!("HTTP {status}: {body}"),
+    }
+}
+
 async fn media_counters(http: SocketAddr, token: &str) -> anyhow::Result<MediaCounters> {
     match http_json(http, "GET", "/metrics", token, None).await? {
         (200, body) => Ok(MediaCounters::parse(&body)),
@@ -617,12 +632,9 @@ async fn drive(
     // chair's lowest layer and is probed about a second after it connected: the window starts once those joins
     // are over, so it measures the meeting, not the last joiners' switch up.
     loop {
-        let settling = match http_json(http, "GET", "/api/health", &admin, None).await {
-            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
-                .map(|h| host_layers(&h, &chair_id).settling)
-                .unwrap_or(0),
-            _ => 0,
-        };
+        let settling = read_host_layers(http, &admin, &chair_id)
+            .await
+            .map_or(0, |l| l.settling);
         if settling == 0 || Instant::now() >= deadline {
             if settling > 0 {
                 errors.push(format!(
@@ -866,18 +878,8 @@ async fn drive(
     }
 
     // The layers the server chose for the chair's camera, from its link health as IT staff read it.
-    let host_video_layers = match http_json(http, "GET", "/api/health", &admin, None).await {
-        Ok((200, body)) => match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(health) => Some(host_layers(&health, &chair_id)),
-            Err(e) => {
-                errors.push(format!("GET /api/health: {e}"));
-                None
-            }
-        },
-        Ok((status, body)) => {
-            errors.push(format!("GET /api/health: HTTP {status}: {body}"));
-            None
-        }
+    let host_video_layers = match read_host_layers(http, &admin, &chair_id).await {
+        Ok(l) => Some(l),
         Err(e) => {
             errors.push(format!("GET /api/health: {e}"));
             None

@@ -89,9 +89,9 @@ pub fn layer_for_tile(tile_width: Option<u32>, widths: &[u32]) -> usize {
 /// while retransmissions drain (more than three times the chosen layers' cost sent). A link that keeps losing at
 /// random neither grows nor probes, as its loss would end each attempt at the audio's cost (a paused video grows
 /// back without that condition, and with padding probes is probed without it). Growth alone would take tens of
-/// seconds to climb from a commune link's 250 kbit/s back to a 1.2 Mbit/s layer. So it also *probes*: once a steady link has been clean (every report under 1 %
-/// loss) for 0.7 s, and what the subscriber's consumers want ([`set_wanted`](Estimator::set_wanted)) is more than
-/// the estimate, the estimate jumps to that want and a fifth more (a paused video: to its lowest layers) — the
+/// seconds to climb from a commune link's 250 kbit/s back to a 1.2 Mbit/s layer. So it also *probes*: once a
+/// steady link has been clean (every report under 1 % loss) for 0.7 s, and what the subscriber's consumers want
+/// ([`set_wanted`](Estimator::set_wanted)) is more than the estimate, the estimate jumps to that want and a fifth more (a paused video: to its lowest layers) — the
 /// consumers are switched up tentatively (the layers already reach the server, so the probe is real traffic).
 /// A report of 5 % loss or more while probing falls back at once to the estimate before the probe (the next 1.5 s
 /// of reports are the probe's aftermath), and the next probe waits 1 s, then 2 s after further failures; a probe

@@ -105,7 +105,6 @@ struct ProbeWatch {
     last_size: u64,
     reported: u32,
     lost: u32,
-    received: u32,
     received_bytes: u64,
     first_arrival: Option<(i64, u64)>,
     last_arrival: i64,
@@ -309,7 +308,6 @@ impl TransportCc {
                 if let Some(p) = self.probe.as_mut().filter(|p| p.number == n) {
                     p.reported += 1;
                     if received {
-                        p.received += 1;
                         p.received_bytes += u64::from(e.size);
                         match p.first_arrival {
                             Some((first, _)) if first <= arrival_us => {}
@@ -353,7 +351,7 @@ fn outcome(p: &ProbeWatch) -> ProbeOutcome {
             f64::from(p.lost) / f64::from(p.sent)
         },
         packets: p.sent,
-        received: p.received,
+        received: p.reported - p.lost,
     }
 }
 

@@ -29,6 +29,7 @@ import {
   inboundStats,
   launchBrowser,
   mainPicture,
+  removeNetns,
   startServer,
   stopServer,
   waitFor as harnessWaitFor,
@@ -242,11 +243,7 @@ test('a hall whose downlink narrows gets a lower layer, and f again by padding p
     for (const p of pages) await p.context.close().catch(() => {});
     for (const b of browsers) await b.close().catch(() => {});
     await stopServer(server);
-    try {
-      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
-    } catch {
-      // never created
-    }
+    removeNetns(ns);
     rmSync(tmp, { recursive: true, force: true });
   }
 });

@@ -20,17 +20,16 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  bothDecode,
   CHROMIUM,
-  colourMatches,
   diagnostics as harnessDiagnostics,
   fakeMediaScript,
   launchBrowser,
-  meanColour,
+  removeNetns,
   selectedPair,
   sleep,
   startServer,
   stopServer,
-  videosDecoding,
   waitFor,
   watchPage,
 } from './harness.mjs';
@@ -132,21 +131,6 @@ async function openPage(browser, server, p, room, index, extra = {}) {
   await page.addInitScript(fakeMediaScript, { rgb: p.rgb, tone: 300 + 200 * index });
   await page.goto(`${server.baseUrl}?${new URLSearchParams({ room, name: p.name, ...extra })}`);
   return { ...p, context, page, consoleLog };
-}
-
-/** Both pages decode the other's video, in the right colour. */
-async function bothDecode(people) {
-  for (const [i, p] of people.entries()) {
-    const other = people[1 - i];
-    await waitFor(async () => (await videosDecoding(p.page)) >= 1, {
-      timeout: 30_000,
-      what: `"${p.name}" to decode a video`,
-    });
-    await waitFor(async () => colourMatches(await meanColour(p.page, { participant: other.name }), other.rgb), {
-      timeout: 20_000,
-      what: `"${p.name}" to show "${other.name}" in its colour`,
-    });
-  }
 }
 
 test('relay only: media through a local coturn with time-limited TURN REST credentials', { timeout: 120_000 }, async () => {
@@ -255,11 +239,7 @@ test('UDP blocked: Chromium reaches the server over ICE-TCP', { timeout: 120_000
     for (const p of people) await p.context.close().catch(() => {});
     await browser?.close().catch(() => {});
     await stopServer(server);
-    try {
-      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
-    } catch {
-      // never created
-    }
+    removeNetns(ns);
   }
 });
 
@@ -343,11 +323,7 @@ async function dualStackCase(blocked) {
     for (const p of people) await p.context.close().catch(() => {});
     await browser?.close().catch(() => {});
     await stopServer(server);
-    try {
-      execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
-    } catch {
-      // never created
-    }
+    removeNetns(ns);
   }
 }
 

@@ -4,7 +4,7 @@
 // GIAOBAN_BIN overrides the server binary (default target/debug/giaoban), CHROMIUM_BIN overrides /usr/bin/chromium,
 // WEB_CLIENT_FROM_DISK=1 lets a test serve web-client/ from disk instead of the copy compiled into the binary.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -428,4 +428,28 @@ export function colourMatches(mean, rgb) {
   if (!mean) return false;
   const want = rgb.indexOf(Math.max(...rgb));
   return mean.every((v, i) => (i === want ? v >= 150 : v <= 90));
+}
+
+/** Two pages (`{ name, rgb, page }`) each decode the other's video, in the other's colour. */
+export async function bothDecode(people) {
+  for (const [i, p] of people.entries()) {
+    const other = people[1 - i];
+    await waitFor(async () => (await videosDecoding(p.page)) >= 1, {
+      timeout: 30_000,
+      what: `"${p.name}" to decode a video`,
+    });
+    await waitFor(async () => colourMatches(await meanColour(p.page, { participant: other.name }), other.rgb), {
+      timeout: 20_000,
+      what: `"${p.name}" to show "${other.name}" in its colour`,
+    });
+  }
+}
+
+/** Delete a network namespace a test made, if it was made at all. */
+export function removeNetns(ns) {
+  try {
+    execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+  } catch {
+    // never created
+  }
 }

@@ -25,6 +25,7 @@ import {
   findLink,
   launchBrowser,
   meanColour,
+  removeNetns,
   sleep,
   startServer,
   stopServer,
@@ -255,11 +256,7 @@ async function cutCase(t, cutMs, bound) {
     for (const br of browsers) await br.close().catch(() => {});
     await stopServer(server);
     for (const ns of [nsServer, nsHall]) {
-      try {
-        execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
-      } catch {
-        // never created
-      }
+      removeNetns(ns);
     }
   }
 }
